@@ -1,0 +1,3 @@
+from aegisctl.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""Typer apps: parse options, call the core, render the result. No logic lives here."""

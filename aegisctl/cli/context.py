@@ -1,0 +1,88 @@
+"""Global options, carried to every command, and the helpers commands share."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from aegisctl.config import LoadedConfig
+    from aegisctl.db import WorkKind
+    from aegisctl.targets import Target
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+FormatOption = Annotated[
+    OutputFormat | None,
+    typer.Option("--format", "-f", help="Output format: table for people, json for scripts."),
+]
+
+
+@dataclass
+class AppState:
+    config_path: str | None = None
+    target_name: str | None = None
+    format: OutputFormat = OutputFormat.table
+    quiet: bool = False
+    verbose: bool = False
+    debug: bool = False
+    data_dir: str | None = None
+    _loaded: LoadedConfig | None = field(default=None, repr=False)
+
+    def fmt(self, override: OutputFormat | None) -> OutputFormat:
+        return override or self.format
+
+    def config(self) -> LoadedConfig:
+        if self._loaded is None:
+            from aegisctl.config import load_config
+
+            self._loaded = load_config(self.config_path)
+            if self.data_dir:
+                self._loaded.settings.embedded.data_dir = self.data_dir
+                self._loaded.sources["embedded.data_dir"] = "--data-dir"
+        return self._loaded
+
+    def target(self) -> Target:
+        from aegisctl.targets import resolve_target
+
+        return resolve_target(self.config(), self.target_name)
+
+    def connect(self, command: str, kind: WorkKind = "query",
+                autocommit: bool = True) -> psycopg.Connection[Any]:
+        from aegisctl.db import connect
+
+        return connect(self.config(), self.target(), command, kind, autocommit=autocommit)
+
+
+def state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, AppState):
+        root.obj = AppState()
+    return root.obj
+
+
+def setup_logging(app_state: AppState) -> None:
+    level = logging.WARNING
+    if app_state.quiet:
+        level = logging.ERROR
+    if app_state.verbose:
+        level = logging.INFO
+    if app_state.debug:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("aegisctl: %(levelname)s: %(message)s"))
+    root = logging.getLogger("aegisctl")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

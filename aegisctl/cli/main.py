@@ -1,0 +1,133 @@
+"""The aegisctl command: global options, command groups, and the one place where failures
+become messages and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from aegisctl import __version__
+from aegisctl.cli import config_cmd, health_cmd, local_cmd
+from aegisctl.cli.context import AppState, OutputFormat, setup_logging
+from aegisctl.errors import AegisError, ExitCode
+
+
+def _fail(message: str, code: int) -> None:
+    prefix = "aegisctl: error: "
+    if not os.environ.get("NO_COLOR") and sys.stderr.isatty():
+        prefix = "\x1b[31maegisctl: error:\x1b[0m "
+    sys.stderr.write(prefix + message + "\n")
+    raise typer.Exit(code)
+
+
+class AegisGroup(TyperGroup):
+    """Turns foreseeable failures into one line and the documented exit code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        debug = isinstance(ctx.obj, AppState) and ctx.obj.debug or "--debug" in sys.argv
+        try:
+            return super().invoke(ctx)
+        except AegisError as exc:
+            if debug:
+                raise
+            _fail(str(exc), int(exc.exit_code))
+        except (KeyboardInterrupt, typer.Abort) as exc:
+            if debug and isinstance(exc, KeyboardInterrupt):
+                raise
+            _fail("interrupted", int(ExitCode.INTERRUPTED))
+        except (typer.TyperException, typer.Exit):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            _fail(
+                f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                " (rerun with --debug for the traceback, and please report it)",
+                int(ExitCode.FAILED),
+            )
+        return None
+
+
+app = typer.Typer(
+    cls=AegisGroup,
+    name="aegisctl",
+    help=(
+        "Operate a PostgreSQL + pgvector agent-memory database: health, schema, backups, "
+        "maintenance and memory search.\n\n"
+        "With no targets configured, aegisctl runs an embedded PostgreSQL 18 + pgvector.\n\n"
+        "Example: aegisctl health --format json"
+    ),
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"aegisctl {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config file (default: $AEGISCTL_CONFIG, "
+                     "./aegisctl.yaml, ~/.config/aegisctl/config.yaml, /etc/aegisctl/config.yaml).",
+                     dir_okay=False),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help="Which configured target to use "
+                     "(default: default_target, or the only one; 'embedded' for the local server).",
+                     envvar="AEGISCTL_TARGET"),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format for every command.")
+    ] = OutputFormat.table,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what is done.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Debug logs and tracebacks.")] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Data directory of the embedded PostgreSQL.",
+                     envvar="AEGISCTL_DATA_DIR", file_okay=False),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version,
+                           is_eager=True)
+    ] = False,
+) -> None:
+    """Global options come before the command: aegisctl --target replica health."""
+    ctx.obj = AppState(
+        config_path=str(config) if config else None,
+        target_name=target,
+        format=output_format,
+        quiet=quiet,
+        verbose=verbose,
+        debug=debug,
+        data_dir=str(data_dir) if data_dir else None,
+    )
+    setup_logging(ctx.obj)
+
+
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(local_cmd.app, name="local")
+health_cmd.register(app)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app(prog_name="aegisctl")
+    except KeyboardInterrupt:
+        sys.stderr.write("aegisctl: error: interrupted\n")
+        sys.exit(int(ExitCode.INTERRUPTED))

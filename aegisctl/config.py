@@ -1,0 +1,408 @@
+"""YAML + environment -> typed, validated settings.
+
+The key names follow ../shared/config-sketch.yaml: they are a contract that the README, scripts
+and tests rely on. Every value remembers where it came from so `config show` can say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from aegisctl.errors import ConfigError
+from aegisctl.units import parse_duration, parse_size
+
+# Markers for Annotated fields whose YAML form is a string with a unit.
+DURATION = "duration"
+SIZE = "size"
+Duration = Annotated[float, DURATION]
+Size = Annotated[int, SIZE]
+
+DEFAULT_EXTENSIONS = ["vector", "pg_trgm", "fuzzystrmatch", "pg_stat_statements", "pgcrypto"]
+
+
+@dataclass
+class TargetSettings:
+    dsn: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    role: Literal["primary", "replica"] = "primary"
+
+
+@dataclass
+class EmbeddedSettings:
+    # None -> $XDG_DATA_HOME/aegisctl/pgdata, or /var/lib/aegisctl/pgdata when run as root.
+    data_dir: str | None = None
+    database: str = "aegis"
+    # PostgreSQL refuses to run as root: as root the server runs as this system user.
+    run_as: str = "aegisctl"
+
+
+@dataclass
+class RetrySettings:
+    attempts: int = 4
+    initial_delay: Duration = 0.5
+    max_delay: Duration = 8.0
+
+
+@dataclass
+class TimeoutSettings:
+    statement_timeout: Duration = 0.0
+    lock_timeout: Duration = 0.0
+
+
+@dataclass
+class TimeoutClasses:
+    # Interactive reads (health, search, diagnostics): fail fast rather than hang a terminal.
+    query: TimeoutSettings = field(default_factory=lambda: TimeoutSettings(60.0, 5.0))
+    # Schema changes: never cut a migration short, but never queue behind a long lock either.
+    ddl: TimeoutSettings = field(default_factory=lambda: TimeoutSettings(0.0, 10.0))
+    # VACUUM, REINDEX, cleanup: long by nature.
+    maintenance: TimeoutSettings = field(default_factory=lambda: TimeoutSettings(0.0, 30.0))
+
+
+@dataclass
+class ConnectionSettings:
+    connect_timeout: Duration = 10.0
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    timeouts: TimeoutClasses = field(default_factory=TimeoutClasses)
+
+
+@dataclass
+class SchemaSettings:
+    embedding_dim: int = 1536
+    extensions: list[str] = field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+
+
+@dataclass
+class RoleSpec:
+    name: str
+    password_env: str | None = None
+    password_file: str | None = None
+
+
+@dataclass
+class RolesSettings:
+    app: RoleSpec = field(default_factory=lambda: RoleSpec(name="aegis_app"))
+    readonly: RoleSpec = field(default_factory=lambda: RoleSpec(name="aegis_readonly"))
+
+
+@dataclass
+class Settings:
+    targets: dict[str, TargetSettings] = field(default_factory=dict)
+    default_target: str | None = None
+    embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
+    connection: ConnectionSettings = field(default_factory=ConnectionSettings)
+    schema: SchemaSettings = field(default_factory=SchemaSettings)
+    roles: RolesSettings = field(default_factory=RolesSettings)
+
+
+@dataclass
+class LoadedConfig:
+    settings: Settings
+    path: Path | None
+    # dotted key path -> where the value came from ("config.yaml:12", "env AEGISCTL_DSN").
+    sources: dict[str, str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the file
+
+
+def candidate_paths(env: dict[str, str]) -> list[Path]:
+    config_home = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")) / ".config")
+    return [
+        Path("aegisctl.yaml"),
+        Path(config_home).expanduser() / "aegisctl" / "config.yaml",
+        Path("/etc/aegisctl/config.yaml"),
+    ]
+
+
+def find_config(explicit: str | None, env: dict[str, str]) -> Path | None:
+    """--config, then $AEGISCTL_CONFIG, then the usual places; the first found wins."""
+    for given, origin in ((explicit, "--config"), (env.get("AEGISCTL_CONFIG"), "AEGISCTL_CONFIG")):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise ConfigError(
+                    f"config file {path} (from {origin}) does not exist",
+                    hint="check the path, or omit it to use the defaults",
+                )
+            return path
+    for path in candidate_paths(env):
+        if path.is_file():
+            return path
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _yaml_lines(node: Any, prefix: str, lines: dict[str, int], origin: str) -> None:
+    """Record the line of every key, and refuse duplicate keys (YAML would keep the last)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            path = f"{prefix}.{key}" if prefix else key
+            if key in seen:
+                raise ConfigError(
+                    f"{origin}:{key_node.start_mark.line + 1}: duplicate key '{path}'",
+                    hint="keep one of them",
+                )
+            seen.add(key)
+            lines[path] = key_node.start_mark.line + 1
+            _yaml_lines(value_node, path, lines, origin)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = f"{prefix}[{index}]"
+            lines[path] = item.start_mark.line + 1
+            _yaml_lines(item, path, lines, origin)
+
+
+def parse_yaml(text: str, origin: str) -> tuple[dict[str, Any], dict[str, int]]:
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{origin}:{mark.line + 1}:{mark.column + 1}" if mark else origin
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: YAML error: {exc}") from exc
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of keys, not a {_kind(data)}")
+    lines: dict[str, int] = {}
+    _yaml_lines(root, "", lines, origin)
+    return data, lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: YAML values -> the dataclasses above, with the full key path in every error
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "mapping",
+    }.get(type(value), type(value).__name__)
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        base, *meta = get_args(tp)
+        if DURATION in meta:
+            return "a duration like 30s, 15m, 2h or 14d"
+        if SIZE in meta:
+            return "a size like 100GB"
+        return _describe(base)
+    if origin in (Union, types.UnionType):
+        parts = [_describe(a) for a in get_args(tp) if a is not type(None)]
+        return " or ".join(parts) + " (or null)" * (type(None) in get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(get_args(tp)[0])}s"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+class _Validator:
+    def __init__(self, origin: str, lines: dict[str, int]) -> None:
+        self.origin = origin
+        self.lines = lines
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        line = self.lines.get(path)
+        where = f"{self.origin}:{line}" if line else self.origin
+        return ConfigError(f"{where}: {path}: {message}")
+
+    def expected(self, path: str, tp: Any, value: Any) -> ConfigError:
+        return self.fail(path, f"expected {_describe(tp)}, got {_kind(value)} {value!r}")
+
+    def convert(self, value: Any, tp: Any, path: str) -> Any:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            base, *meta = get_args(tp)
+            if DURATION in meta or SIZE in meta:
+                parse = parse_duration if DURATION in meta else parse_size
+                try:
+                    return parse(value)
+                except (ValueError, TypeError):
+                    raise self.expected(path, tp, value) from None
+            return self.convert(value, base, path)
+        if origin in (Union, types.UnionType):
+            args = get_args(tp)
+            if value is None:
+                if type(None) in args:
+                    return None
+                raise self.expected(path, tp, value)
+            (inner,) = [a for a in args if a is not type(None)]
+            return self.convert(value, inner, path)
+        if origin is Literal:
+            if value not in get_args(tp):
+                raise self.expected(path, tp, value)
+            return value
+        if origin is list:
+            if not isinstance(value, list):
+                raise self.expected(path, tp, value)
+            (item_type,) = get_args(tp)
+            return [self.convert(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise self.expected(path, tp, value)
+            _, item_type = get_args(tp)
+            return {str(k): self.convert(v, item_type, f"{path}.{k}") for k, v in value.items()}
+        if dataclasses.is_dataclass(tp):
+            return self.build(value, tp, path)
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise self.expected(path, tp, value)
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.expected(path, tp, value)
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise self.expected(path, tp, value)
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise self.expected(path, tp, value)
+            return value
+        raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+    def build(self, value: Any, cls: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise self.expected(path or "(top level)", cls, value)
+        hints = get_type_hints(cls, include_extras=True)
+        known = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, item in value.items():
+            key = str(key)
+            key_path = f"{path}.{key}" if path else key
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                suggestion = f"did you mean '{close[0]}'? " if close else ""
+                raise self.fail(
+                    key_path,
+                    f"unknown key; {suggestion}expected one of: {', '.join(known)}",
+                )
+            kwargs[key] = self.convert(item, hints[key], key_path)
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # a required field is missing
+            missing = [
+                f.name
+                for f in dataclasses.fields(cls)
+                if f.name not in kwargs
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ]
+            raise self.fail(path, f"missing required key(s): {', '.join(missing)}") from exc
+
+
+def _record_sources(
+    data: Any, prefix: str, origin: str, lines: dict[str, int], sources: dict[str, str]
+) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            _record_sources(value, path, origin, lines, sources)
+    else:
+        line = lines.get(prefix)
+        sources[prefix] = f"{origin}:{line}" if line else origin
+
+
+def validate(data: dict[str, Any], origin: str, lines: dict[str, int] | None = None) -> Settings:
+    settings: Settings = _Validator(origin, lines or {}).build(data, Settings, "")
+    _check_consistency(settings, origin)
+    return settings
+
+
+def _check_consistency(settings: Settings, origin: str) -> None:
+    if settings.default_target and settings.default_target not in settings.targets:
+        known = ", ".join(settings.targets) or "none"
+        raise ConfigError(
+            f"{origin}: default_target '{settings.default_target}' is not among the targets "
+            f"(configured: {known})"
+        )
+    for name, target in settings.targets.items():
+        if target.password_env and target.password_file:
+            raise ConfigError(
+                f"{origin}: targets.{name}: give password_env or password_file, not both"
+            )
+    if not 1 <= settings.schema.embedding_dim <= 16000:
+        raise ConfigError(
+            f"{origin}: schema.embedding_dim: {settings.schema.embedding_dim} is outside "
+            "pgvector's range 1..16000"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: file + environment
+
+
+def load_config(
+    explicit_path: str | None = None,
+    env: dict[str, str] | None = None,
+) -> LoadedConfig:
+    env = dict(os.environ) if env is None else env
+    path = find_config(explicit_path, env)
+    sources: dict[str, str] = {}
+    if path is None:
+        settings = Settings()
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from exc
+        data, lines = parse_yaml(text, str(path))
+        settings = validate(data, str(path), lines)
+        _record_sources(data, "", str(path), lines, sources)
+    apply_environment(settings, env, sources)
+    return LoadedConfig(settings=settings, path=path, sources=sources)
+
+
+def apply_environment(settings: Settings, env: dict[str, str], sources: dict[str, str]) -> None:
+    """AEGISCTL_* variables override the file; documented in config.example.yaml."""
+    if env.get("AEGISCTL_DATA_DIR"):
+        settings.embedded.data_dir = env["AEGISCTL_DATA_DIR"]
+        sources["embedded.data_dir"] = "env AEGISCTL_DATA_DIR"
+    if env.get("AEGISCTL_TARGET"):
+        settings.default_target = env["AEGISCTL_TARGET"]
+        sources["default_target"] = "env AEGISCTL_TARGET"
+    # AEGISCTL_DSN is applied when a target is chosen (targets.resolve_target): it replaces the
+    # chosen target's DSN, whichever --target picks.
+
+
+def to_dict(settings: Settings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)

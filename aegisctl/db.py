@@ -1,0 +1,167 @@
+"""Connections: targets, application_name, timeouts, retries for transient failures only.
+
+psycopg is imported inside the functions so that importing this module (and `aegisctl --help`)
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from aegisctl.config import LoadedConfig, Settings, TimeoutSettings
+from aegisctl.errors import ConnectionFailed
+from aegisctl.targets import Target
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+WorkKind = Literal["query", "ddl", "maintenance"]
+T = TypeVar("T")
+
+# SQLSTATEs worth another try: the server is starting, stopping or restarting, or a
+# serializable transaction lost a race. Everything else (bad password, missing database,
+# missing privilege) fails at once: retrying cannot fix it.
+TRANSIENT_SQLSTATES = {
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now (starting up / shutting down / recovery)
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "08006",  # connection_failure
+    "08001",  # sqlclient_unable_to_establish_sqlconnection
+}
+# libpq reports connection-time failures as text without an SQLSTATE.
+TRANSIENT_MESSAGES = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "connection refused",
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
+    "no such file or directory",  # Unix socket not there yet while the server restarts
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        return sqlstate in TRANSIENT_SQLSTATES
+    text = str(exc).lower()
+    if any(marker in text for marker in ("password authentication failed", "no password supplied",
+                                          "database \"", "role \"", "no pg_hba.conf entry")):
+        return False
+    return any(marker in text for marker in TRANSIENT_MESSAGES)
+
+
+def backoff_delays(attempts: int, initial: float, maximum: float) -> list[float]:
+    """Exponential backoff with full jitter: attempt n waits up to initial * 2**n."""
+    return [random.uniform(0, min(maximum, initial * 2**n)) for n in range(max(0, attempts - 1))]
+
+
+def retry_transient(
+    action: Callable[[], T], attempts: int, initial: float, maximum: float, what: str
+) -> T:
+    delays = backoff_delays(attempts, initial, maximum)
+    for attempt in range(len(delays) + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt >= len(delays) or not is_transient(exc):
+                raise
+            log.info("%s failed (%s); retrying in %.1fs", what, _first_line(exc), delays[attempt])
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for prefix in ("connection failed: ", "connection is bad: "):
+        text = text.removeprefix(prefix)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # libpq puts the useful cause on the line after "connection to server ... failed:".
+    for line in lines:
+        if "failed: " in line:
+            return line.split("failed: ", 1)[1]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+@dataclass
+class ConnectParams:
+    conninfo: str
+    kwargs: dict[str, Any]
+
+
+def connect_params(
+    settings: Settings, target: Target, command: str, kind: WorkKind = "query",
+    data_dir: str | None = None,
+) -> ConnectParams:
+    """What psycopg.connect needs; starts the embedded server when that is the target."""
+    conninfo = target.dsn
+    if target.embedded:
+        from aegisctl.local import server_for
+
+        server = server_for(data_dir or settings.embedded.data_dir, settings.embedded.database,
+                            settings.embedded.run_as)
+        conninfo = server.ensure_running().uri or ""
+    timeouts: TimeoutSettings = getattr(settings.connection.timeouts, kind)
+    options = (
+        f"-c statement_timeout={_ms(timeouts.statement_timeout)} "
+        f"-c lock_timeout={_ms(timeouts.lock_timeout)}"
+    )
+    kwargs: dict[str, Any] = {
+        "application_name": f"aegisctl {command}"[:63],
+        "connect_timeout": max(1, int(settings.connection.connect_timeout)),
+        "options": options,
+    }
+    if target.password is not None:
+        kwargs["password"] = target.password
+    return ConnectParams(conninfo=conninfo, kwargs=kwargs)
+
+
+def connect(
+    loaded: LoadedConfig,
+    target: Target,
+    command: str,
+    kind: WorkKind = "query",
+    *,
+    autocommit: bool = True,
+    data_dir: str | None = None,
+) -> psycopg.Connection[Any]:
+    """A connection to the target, retried only while the failure is transient."""
+    import psycopg
+
+    settings = loaded.settings
+    params = connect_params(settings, target, command, kind, data_dir)
+    retry = settings.connection.retry
+
+    def attempt() -> psycopg.Connection[Any]:
+        return psycopg.connect(params.conninfo, autocommit=autocommit, **params.kwargs)
+
+    try:
+        return retry_transient(attempt, retry.attempts, retry.initial_delay, retry.max_delay,
+                               f"connecting to {target.name}")
+    except psycopg.Error as exc:
+        raise ConnectionFailed(
+            f"cannot connect to target '{target.name}' ({target.display_dsn}): {_first_line(exc)}"
+        ) from None
+
+
+def server_version(conn: psycopg.Connection[Any]) -> tuple[int, str]:
+    """(server_version_num, human version) of the connected server."""
+    row = conn.execute(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])

@@ -1,0 +1,99 @@
+"""`aegisctl health`: can we reach the server, what is it, and does it have what we need?"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+@dataclass
+class ExtensionState:
+    name: str
+    installed_version: str | None
+    available_version: str | None
+
+    @property
+    def status(self) -> str:
+        if self.installed_version:
+            return "installed"
+        return "available" if self.available_version else "missing"
+
+
+@dataclass
+class HealthReport:
+    target: str
+    reachable: bool
+    dsn: str
+    embedded: bool
+    error: str | None = None
+    server_version: str | None = None
+    server_version_num: int | None = None
+    role: str | None = None  # primary | standby
+    database: str | None = None
+    user: str | None = None
+    connect_ms: float | None = None
+    latency_ms: float | None = None
+    extensions: list[ExtensionState] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "reachable": self.reachable,
+            "dsn": self.dsn,
+            "embedded": self.embedded,
+            "error": self.error,
+            "server_version": self.server_version,
+            "server_version_num": self.server_version_num,
+            "role": self.role,
+            "database": self.database,
+            "user": self.user,
+            "connect_ms": self.connect_ms,
+            "latency_ms": self.latency_ms,
+            "extensions": [
+                {
+                    "name": e.name,
+                    "status": e.status,
+                    "installed_version": e.installed_version,
+                    "available_version": e.available_version,
+                }
+                for e in self.extensions
+            ],
+        }
+
+
+def probe(conn: psycopg.Connection[Any], report: HealthReport, required: list[str],
+          pings: int = 5) -> HealthReport:
+    """Fill the report from a live connection: version, role, latency, extensions."""
+    samples = []
+    for _ in range(pings):
+        start = time.perf_counter()
+        conn.execute("SELECT 1").fetchone()
+        samples.append((time.perf_counter() - start) * 1000)
+    report.latency_ms = round(statistics.median(samples), 3)
+    row = conn.execute(
+        "SELECT current_setting('server_version'), current_setting('server_version_num')::int,"
+        " pg_is_in_recovery(), current_database(), current_user"
+    ).fetchone()
+    assert row is not None
+    report.server_version, report.server_version_num = row[0], row[1]
+    report.role = "standby" if row[2] else "primary"
+    report.database, report.user = row[3], row[4]
+    rows = conn.execute(
+        "SELECT r.name, e.extversion, a.default_version"
+        " FROM unnest(%s::text[]) AS r(name)"
+        " LEFT JOIN pg_available_extensions a ON a.name = r.name"
+        " LEFT JOIN pg_extension e ON e.extname = r.name",
+        (required,),
+    ).fetchall()
+    found = {r[0]: r for r in rows}
+    report.extensions = [
+        ExtensionState(name, found[name][1] if name in found else None,
+                       found[name][2] if name in found else None)
+        for name in required
+    ]
+    return report

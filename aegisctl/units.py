@@ -1,0 +1,77 @@
+"""Durations and sizes as written in the config: 90s, 15m, 2h, 14d, 2w, 6mo, 1y; 100GB."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1,
+    "m": 60,
+    "min": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 7 * 86400,
+    "mo": 30 * 86400,
+    "y": 365 * 86400,
+}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d|w|mo|y)?\s*$")
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds in a duration; a bare number means seconds. Raises ValueError with the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 90s, 15m, 2h, 14d, 6mo or 1y")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = _DURATION_RE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration: use a number with s, m, h, d, w, mo or y")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit or "s"]
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes in a size such as 100GB or 512MiB; a bare number means bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 100GB")
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(value)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size: use a number with KB, MB, GB, TB (or KiB, MiB...)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest honest rendering: 45s, 12m, 3h, 14d."""
+    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:g}s"
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
