@@ -209,7 +209,13 @@ class EmbeddedServer:
         if not parent.exists():
             # Folders we create for the server are ours to make traversable (as root, its user
             # must pass through them); existing ones are never touched.
-            parent.mkdir(parents=True, mode=0o755 if is_root() else 0o700)
+            try:
+                parent.mkdir(parents=True, mode=0o755 if is_root() else 0o700)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot create {parent} for the embedded server's data: {exc.strerror}",
+                    hint="set embedded.data_dir or --data-dir to a writable place",
+                ) from None
 
     def _check_reachable(self) -> None:
         if not is_root():

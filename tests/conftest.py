@@ -22,8 +22,8 @@ import psycopg
 import pytest
 import yaml
 from pytest_postgresql import factories
-from pytest_postgresql.janitor import DatabaseJanitor
 from pytest_postgresql.executors.noop import NoopExecutor
+from pytest_postgresql.janitor import DatabaseJanitor
 from typer.testing import CliRunner
 
 from aegisctl.cli.main import app

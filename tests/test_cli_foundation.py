@@ -10,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
 import pytest
 import typer
+from conftest import dsn_of
 
 from aegisctl.cli.main import app
-from conftest import dsn_of
 
 
 def test_version(cli) -> None:

@@ -48,7 +48,7 @@ def test_wrong_type_names_path_and_expectation(write_config, clean_env) -> None:
 def test_wrong_type_in_list_and_duration(clean_env) -> None:
     with pytest.raises(ConfigError, match=r"schema\.extensions\[1\]: expected a string"):
         validate({"schema": {"extensions": ["vector", 3]}}, "x.yaml")
-    with pytest.raises(ConfigError, match="connection.connect_timeout: expected a duration"):
+    with pytest.raises(ConfigError, match=r"connection\.connect_timeout: expected a duration"):
         validate({"connection": {"connect_timeout": "soon"}}, "x.yaml")
     settings = validate({"connection": {"connect_timeout": "2m"}}, "x.yaml")
     assert settings.connection.connect_timeout == 120

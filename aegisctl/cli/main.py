@@ -29,7 +29,7 @@ class AegisGroup(TyperGroup):
     """Turns foreseeable failures into one line and the documented exit code."""
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
-        debug = isinstance(ctx.obj, AppState) and ctx.obj.debug or "--debug" in sys.argv
+        debug = (isinstance(ctx.obj, AppState) and ctx.obj.debug) or "--debug" in sys.argv
         try:
             return super().invoke(ctx)
         except AegisError as exc:
