@@ -12,8 +12,10 @@ from aegisctl.errors import ConnectionFailed, ExitCode
 
 
 def health(ctx: typer.Context, fmt: FormatOption = None) -> None:
-    """Check that the database answers: server version, primary or standby, round-trip
-    latency, and which of the configured extensions are installed.
+    """Check that the database answers, and what it is.
+
+    Reports the server version, whether it is a primary or a standby, connect time and
+    round-trip latency, and which of the configured extensions are installed.
 
     Exits 0 when the server is reachable, 3 when it is not.
 

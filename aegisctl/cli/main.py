@@ -3,6 +3,7 @@ become messages and exit codes."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from aegisctl import __version__
-from aegisctl.cli import config_cmd, health_cmd, local_cmd
+from aegisctl.cli import health_cmd
 from aegisctl.cli.context import AppState, OutputFormat, setup_logging
 from aegisctl.errors import AegisError, ExitCode
 
@@ -25,8 +26,30 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+# Command groups are imported only when used: `aegisctl --version` and each command pay for
+# what they run, not for every group's imports and signatures.
+LAZY_GROUPS: dict[str, str] = {
+    "config": "aegisctl.cli.config_cmd",
+    "local": "aegisctl.cli.local_cmd",
+}
+
+
 class AegisGroup(TyperGroup):
-    """Turns foreseeable failures into one line and the documented exit code."""
+    """Loads command groups lazily, and turns foreseeable failures into one line and the
+    documented exit code."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        eager = super().list_commands(ctx)
+        return eager + [name for name in LAZY_GROUPS if name not in eager]
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:  # type: ignore[override]
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_GROUPS:
+            module = importlib.import_module(LAZY_GROUPS[cmd_name])
+            command = typer.main.get_command(module.app)
+            command.name = cmd_name
+            self.commands[cmd_name] = command
+        return command
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         debug = (isinstance(ctx.obj, AppState) and ctx.obj.debug) or "--debug" in sys.argv
@@ -119,8 +142,6 @@ def main(
     setup_logging(ctx.obj)
 
 
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(local_cmd.app, name="local")
 health_cmd.register(app)
 
 
