@@ -182,3 +182,24 @@ def run_transaction(
             return work(conn)
 
     return retry_transient(attempt, retry.attempts, retry.initial_delay, retry.max_delay, what)
+
+
+def describe_db_error(exc: BaseException) -> tuple[str, int]:
+    """A one-line message and exit code for a database error no command anticipated."""
+    from aegisctl.errors import ExitCode
+
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    first = _first_line(exc)
+    if sqlstate == "57014":
+        return (f"the statement was cancelled (statement_timeout, see connection.timeouts): "
+                f"{first}", int(ExitCode.FAILED))
+    if sqlstate == "55P03":
+        return (f"could not get a lock within lock_timeout (see connection.timeouts): {first}",
+                int(ExitCode.FAILED))
+    if sqlstate == "42501":
+        return f"permission denied on the server: {first}", int(ExitCode.FAILED)
+    if sqlstate.startswith("08") or sqlstate.startswith("57P") or (
+        not sqlstate and type(exc).__name__ == "OperationalError"
+    ):
+        return f"lost the connection to the database: {first}", int(ExitCode.UNREACHABLE)
+    return f"database error{f' {sqlstate}' if sqlstate else ''}: {first}", int(ExitCode.FAILED)

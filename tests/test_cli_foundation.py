@@ -232,3 +232,18 @@ def test_typer_exit_codes_are_documented() -> None:
 
     assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 130]
     assert typer.Exit  # the CLI's only way out
+
+
+def test_unanticipated_database_errors_are_one_line(cli, db_config, empty_db, monkeypatch) -> None:
+    """A statement cut by statement_timeout inside a command: one line, exit 1, no traceback."""
+    import aegisctl.health
+
+    def slow_probe(conn, report, required, pings=5):
+        conn.execute("SET statement_timeout = '50ms'")
+        conn.execute("SELECT pg_sleep(2)")
+
+    monkeypatch.setattr(aegisctl.health, "probe", slow_probe)
+    result = cli("--config", str(db_config), "health")
+    assert result.exit_code == 1
+    assert "statement was cancelled (statement_timeout" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

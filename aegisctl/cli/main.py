@@ -68,6 +68,10 @@ class AegisGroup(TyperGroup):
         except Exception as exc:
             if debug:
                 raise
+            if type(exc).__module__.startswith("psycopg"):
+                from aegisctl.db import describe_db_error
+
+                _fail(*describe_db_error(exc))
             _fail(
                 f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 " (rerun with --debug for the traceback, and please report it)",
