@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from aegisctl.backup.settings import BackupSettings
 from aegisctl.errors import ConfigError
 from aegisctl.units import parse_duration, parse_size
 
@@ -77,6 +78,8 @@ class ConnectionSettings:
 class SchemaSettings:
     embedding_dim: int = 1536
     extensions: list[str] = field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+    # How long `schema migrate`/`init` wait for another run's migration lock (--wait-lock).
+    lock_wait: Duration = 60.0
 
 
 @dataclass
@@ -93,6 +96,33 @@ class RolesSettings:
 
 
 @dataclass
+class EmbeddingSettings:
+    # openai | local | none; unset -> local when the wordllama extra is installed, else none.
+    provider: Literal["openai", "local", "none"] | None = None
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "text-embedding-3-small"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    # Sent to the endpoint when set; unset -> the database's embedding dimension is expected.
+    dimensions: int | None = None
+    batch_size: int = 64
+    timeout: Duration = 30.0
+    retries: int = 4
+    max_retry_wait: Duration = 60.0
+
+
+@dataclass
+class SearchSettings:
+    ef_search: int = 100
+    # semantic | keyword | hybrid; unset -> hybrid with a provider, keyword without one.
+    default_mode: Literal["semantic", "keyword", "hybrid"] | None = None
+    limit: int = 10
+    # Below this many estimated matching rows a filtered search is exact (no index).
+    exact_below: int = 5000
+    iterative_scan: Literal["strict_order", "relaxed_order", "off"] = "strict_order"
+    rrf_k: int = 60
+
+
+@dataclass
 class Settings:
     targets: dict[str, TargetSettings] = field(default_factory=dict)
     default_target: str | None = None
@@ -100,6 +130,9 @@ class Settings:
     connection: ConnectionSettings = field(default_factory=ConnectionSettings)
     schema: SchemaSettings = field(default_factory=SchemaSettings)
     roles: RolesSettings = field(default_factory=RolesSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
 
 
 @dataclass
@@ -347,6 +380,7 @@ def validate(data: dict[str, Any], origin: str, lines: dict[str, int] | None = N
 
 
 def _check_consistency(settings: Settings, origin: str) -> None:
+    _check_memory_settings(settings, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
         raise ConfigError(
@@ -363,6 +397,22 @@ def _check_consistency(settings: Settings, origin: str) -> None:
             f"{origin}: schema.embedding_dim: {settings.schema.embedding_dim} is outside "
             "pgvector's range 1..16000"
         )
+
+
+def _check_memory_settings(settings: Settings, origin: str) -> None:
+    emb, search = settings.embedding, settings.search
+    if emb.dimensions is not None and not 1 <= emb.dimensions <= 16000:
+        raise ConfigError(f"{origin}: embedding.dimensions: {emb.dimensions} is outside 1..16000")
+    for key, value, low in (("embedding.batch_size", emb.batch_size, 1),
+                            ("embedding.retries", emb.retries, 0),
+                            ("search.ef_search", search.ef_search, 1),
+                            ("search.limit", search.limit, 1),
+                            ("search.exact_below", search.exact_below, 0),
+                            ("search.rrf_k", search.rrf_k, 1)):
+        if value < low:
+            raise ConfigError(f"{origin}: {key}: must be at least {low}, got {value}")
+    if search.ef_search > 1000:
+        raise ConfigError(f"{origin}: search.ef_search: pgvector allows at most 1000")
 
 
 # ---------------------------------------------------------------------------------------------

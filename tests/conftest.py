@@ -155,3 +155,35 @@ class Cli:
 @pytest.fixture
 def cli(clean_env: Path) -> Cli:
     return Cli()
+
+
+# ---------------------------------------------------------------------------------------------
+# The fully migrated Aegis schema (embedding dimension 1536), built once per session in a
+# template database; `aegis_db` is a fresh clone of it for each test.
+
+
+def _load_aegis_schema(host: str, port: int, user: str, dbname: str,
+                       password: str | None = None, **_: Any) -> None:
+    from aegisctl.config import SchemaSettings
+    from aegisctl.schema import init_schema
+
+    with psycopg.connect(host=host, port=port, user=user, dbname=dbname, password=password,
+                         autocommit=True) as conn:
+        init_schema(conn, SchemaSettings(embedding_dim=1536), wait_lock=60)
+
+
+schema_template = factories.postgresql_noproc(depends_on="pg_server", dbname="aegis_schema",
+                                              load=[_load_aegis_schema])
+aegis_db = factories.postgresql("schema_template")
+
+
+@pytest.fixture
+def aegis_dsn(aegis_db: psycopg.Connection[Any]) -> str:
+    return dsn_of(aegis_db)
+
+
+@pytest.fixture
+def aegis_config(write_config: Callable[..., Path], aegis_dsn: str) -> Path:
+    """A config whose only target, 'primary', is this test's fully migrated database."""
+    return write_config({"targets": {"primary": {"dsn": aegis_dsn}},
+                         "connection": {"retry": {"attempts": 1}}})

@@ -1,0 +1,71 @@
+"""The Aegis schema: extensions, versioned migrations, the embedding dimension, verification.
+
+Public API (other modules build on these names):
+  embedding_index_expr(dim)        -> "embedding" | "embedding::halfvec(N)" (ORDER BY this)
+  database_embedding_dim(conn)     -> int | None
+  check_embedding_dim(conn, dim)   raises ConfigError on mismatch
+  migrate(conn, settings, ...)     -> MigrationResult
+  schema_status(conn)              -> SchemaStatus
+  init_schema(conn, settings, ...) -> InitResult (extensions, then migrations)
+  verify_schema(conn, ...)         -> VerifyReport
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aegisctl.config import SchemaSettings
+from aegisctl.schema.dimension import (
+    check_embedding_dim,
+    database_embedding_dim,
+    embedding_index_expr,
+    validate_dim,
+)
+from aegisctl.schema.extensions import ExtensionReport, install_extensions, list_extensions
+from aegisctl.schema.runner import (
+    MigrationFailed,
+    MigrationResult,
+    SchemaStatus,
+    migrate,
+    schema_status,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = [
+    "ExtensionReport",
+    "InitResult",
+    "MigrationFailed",
+    "MigrationResult",
+    "SchemaStatus",
+    "check_embedding_dim",
+    "database_embedding_dim",
+    "embedding_index_expr",
+    "init_schema",
+    "install_extensions",
+    "list_extensions",
+    "migrate",
+    "schema_status",
+]
+
+
+@dataclass
+class InitResult:
+    extensions: ExtensionReport
+    migration: MigrationResult
+
+
+def init_schema(conn: psycopg.Connection[Any], settings: SchemaSettings, *,
+                embedding_dim: int | None = None, wait_lock: float | None = None,
+                migrations_dir: Path | None = None) -> InitResult:
+    """Install the configured extensions, then apply every pending migration. Idempotent."""
+    dim = validate_dim(embedding_dim if embedding_dim is not None else settings.embedding_dim)
+    check_embedding_dim(conn, dim,
+                        "--embedding-dim" if embedding_dim is not None else "schema.embedding_dim")
+    extensions = install_extensions(conn, None, settings.extensions)
+    migration = migrate(conn, settings, embedding_dim=dim, wait_lock=wait_lock,
+                        migrations_dir=migrations_dir)
+    return InitResult(extensions, migration)
