@@ -182,3 +182,33 @@ def test_works_as_an_ordinary_user(tmp_path: Path) -> None:
                        env=env, cwd="/", capture_output=True, timeout=120)
         shutil.rmtree(home, ignore_errors=True)
         time.sleep(0.1)
+
+
+def test_health_reports_a_standby(cli, spare_dir: Path, write_config) -> None:
+    """A real streaming standby of an embedded server answers health as role 'standby'."""
+    primary = EmbeddedServer(spare_dir / "pgdata")
+    status = primary.ensure_running()
+    standby_parent = spare_dir / "standby"
+    standby_parent.mkdir(mode=0o755, exist_ok=True)
+    standby_dir = standby_parent / "pgdata"
+    ids = primary._service_uid()
+    if ids:
+        os.chown(standby_parent, *ids)
+    primary._run([primary._bin("pg_basebackup"), "-D", str(standby_dir), "-R", "-X", "stream", "-c", "fast",
+                  "-h", str(status.socket_dir), "-U", "postgres"], "clone a standby")
+    standby = EmbeddedServer(standby_dir)
+    try:
+        standby_status = standby.ensure_running()
+        path = write_config({"targets": {
+            "primary": {"dsn": primary.uri()},
+            "replica": {"dsn": standby.uri(), "role": "replica"},
+        }})
+        result = cli("--config", str(path), "--target", "replica", "health", "-f", "json")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["role"] == "standby"
+        assert standby_status.socket_dir != status.socket_dir
+        primary_report = json.loads(cli("--config", str(path), "health", "-f", "json").stdout)
+        assert primary_report["role"] == "primary"
+    finally:
+        standby.stop()
