@@ -1,0 +1,59 @@
+"""aegisctl roles: least-privilege database roles."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from aegisctl import output
+from aegisctl.cli.context import FormatOption, OutputFormat, state
+
+app = typer.Typer(
+    help=(
+        "Least-privilege roles from the roles: section of the config: an application role "
+        "(read/write on the memory and operational tables) and a read-only role.\n\n"
+        "Example: aegisctl roles apply --dry-run"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def apply(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the statements; change "
+                                          "nothing.")] = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Create or update the application and read-only roles and their privileges, in one
+    transaction. Idempotent; re-run it after `schema migrate` adds tables. Passwords come from
+    roles.*.password_env / password_file and are never shown (PASSWORD '***').
+
+    Examples:
+
+      aegisctl roles apply --dry-run
+
+      AEGIS_APP_PASSWORD=... aegisctl roles apply
+    """
+    import dataclasses
+
+    from aegisctl.roles import apply_roles
+
+    app_state = state(ctx)
+    settings = app_state.config().settings
+    with app_state.connect("roles apply", "ddl") as conn:
+        result = apply_roles(conn, settings.roles, dry_run=dry_run)
+    if app_state.fmt(fmt) is OutputFormat.json:
+        output.emit_json(dataclasses.asdict(result))
+        return
+    for statement in result.statements:
+        output.print_line(statement + ";")
+    if dry_run:
+        output.print_status("dry run: nothing was changed")
+    else:
+        for role in result.roles:
+            output.print_status(
+                f"{role.kind} role {role.name}: {'created' if role.created else 'updated'}"
+                f"{', password set' if role.password_set else ''}")
