@@ -34,6 +34,7 @@ LAZY_GROUPS: dict[str, str] = {
     "schema": "aegisctl.cli.schema_cmd",
     "ext": "aegisctl.cli.ext_cmd",
     "roles": "aegisctl.cli.roles_cmd",
+    "backup": "aegisctl.cli.backup_cmd",
 }
 
 

@@ -1,0 +1,240 @@
+"""`backup verify`: checksums, `pg_restore --list`, and optionally a full restore test into a
+scratch database (always dropped afterwards) with row counts, index validity, embedding
+dimensions and a nearest-neighbour query checked."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aegisctl.backup import crypto
+from aegisctl.backup.dump import USER_TABLES, directory_digest, vector_columns
+from aegisctl.backup.manifest import BackupManifest, Verification, format_time, utcnow
+from aegisctl.backup.store import TMP_PREFIX, BackupStore, sha256_file
+from aegisctl.backup.tools import PgTools, child_conninfo, choose_pg_dump
+from aegisctl.config import LoadedConfig
+from aegisctl.db import connect, connect_params
+from aegisctl.errors import OperationFailed
+from aegisctl.targets import Target
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+def tools_for(loaded: LoadedConfig, manifest: BackupManifest) -> PgTools:
+    """A pg_restore able to read this archive: at least the major version that wrote it."""
+    major = int(manifest.pg_dump_version.split(".")[0])
+    return choose_pg_dump(loaded.settings.backup.pg_dump_path, major)
+
+
+def check_files(store: BackupStore, manifest: BackupManifest) -> list[str]:
+    problems = []
+    files = list(manifest.files) + ([manifest.globals_file] if manifest.globals_file else [])
+    for item in files:
+        path = store.folder / item.path
+        if not path.is_file():
+            problems.append(f"{item.path}: missing")
+        elif path.stat().st_size != item.size:
+            problems.append(f"{item.path}: size {path.stat().st_size}, manifest says {item.size}")
+        elif sha256_file(path) != item.sha256:
+            problems.append(f"{item.path}: sha256 differs from the manifest")
+    if manifest.format == "directory" and not problems and \
+            directory_digest(manifest.files) != manifest.sha256:
+        problems.append("the manifest's file list does not match its digest")
+    return problems
+
+
+def archive_path(store: BackupStore, manifest: BackupManifest) -> Path:
+    if manifest.format == "directory":
+        return store.folder / Path(manifest.files[0].path).parts[0]
+    return store.folder / manifest.archive.path
+
+
+@contextlib.contextmanager
+def readable_archive(store: BackupStore, manifest: BackupManifest,
+                     key: crypto.BackupKey | None) -> Iterator[Path]:
+    """The archive as pg_restore can read it: decrypted into a 0600 temporary if need be."""
+    path = archive_path(store, manifest)
+    if not manifest.encryption:
+        yield path
+        return
+    plain = store.folder / f"{TMP_PREFIX}{manifest.id}.plain.{os.getpid()}"
+    try:
+        crypto.decrypt_to_file(path, plain, key)
+        yield plain
+    finally:
+        plain.unlink(missing_ok=True)
+
+
+def restore_list(tools: PgTools, archive: Path) -> list[str]:
+    done = subprocess.run([tools.sibling("pg_restore"), "--list", str(archive)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise OperationFailed(f"pg_restore --list cannot read the archive: "
+                              f"{lines[-1] if lines else done.returncode}")
+    return [ln for ln in done.stdout.splitlines() if ln and not ln.startswith(";")]
+
+
+@dataclass
+class VerifyReport:
+    manifest: BackupManifest
+    verification: Verification
+    scratch_database: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verification.status == "ok"
+
+
+def verify_backup(loaded: LoadedConfig, target: Target, manifest: BackupManifest, *,
+                  restore_test: bool = False, jobs: int = 1) -> VerifyReport:
+    """Checks a backup and records the result in its manifest. A wrong or missing encryption
+    key raises (the backup is not at fault) and records nothing."""
+    store = BackupStore(loaded.settings.backup, target.name)
+    key = crypto.load_key(loaded.settings.backup.encryption) if manifest.encryption else None
+    if manifest.encryption:
+        path = archive_path(store, manifest)
+        if path.is_file():
+            with open(path, "rb") as handle, contextlib.suppress(OperationFailed):
+                crypto.read_header(handle, key, path.name)  # wrong key -> ConfigError
+    checks: list[str] = []
+    problems = check_files(store, manifest)
+    level = "checksum"
+    scratch = None
+    if not problems:
+        checks.append(f"sha256 of {len(manifest.files)} file(s)")
+        tools = tools_for(loaded, manifest)
+        try:
+            with readable_archive(store, manifest, key) as archive:
+                if manifest.encryption:
+                    checks.append("decrypted and authenticated")
+                entries = restore_list(tools, archive)
+                level = "list"
+                checks.append(f"pg_restore --list: {len(entries)} entries")
+                problems += _missing_data_entries(manifest, entries)
+                if restore_test and not problems:
+                    level = "restore-test"
+                    scratch, found = _restore_test(loaded, target, manifest, tools, archive, jobs)
+                    problems += found
+                    checks.append(f"restored into scratch database {scratch} (dropped)")
+        except OperationFailed as exc:
+            problems.append(exc.message)
+    verification = Verification(status="failed" if problems else "ok", level=level,
+                                at=format_time(utcnow()), problems=problems, checks=checks)
+    manifest.verification = verification
+    store.save(manifest)
+    return VerifyReport(manifest, verification, scratch)
+
+
+def _missing_data_entries(manifest: BackupManifest, entries: list[str]) -> list[str]:
+    data = {" ".join(e.split()[-3:-1]) for e in entries if " TABLE DATA " in e}
+    missing = [f"{t.schema}.{t.name}" for t in manifest.tables
+               if f"{t.schema} {t.name}" not in data]
+    return [f"no TABLE DATA entry for {name}" for name in missing]
+
+
+def _restore_test(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
+                  tools: PgTools, archive: Path, jobs: int) -> tuple[str, list[str]]:
+    from psycopg import sql
+
+    scratch = f"aegis_verify_{manifest.id.lower().replace('-', '_')}_{secrets.token_hex(3)}"
+    admin = connect(loaded, target, "backup verify", "maintenance")
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
+            sql.Identifier(scratch)))
+        try:
+            params = connect_params(loaded.settings, target, "backup verify", "maintenance")
+            conninfo, env = child_conninfo(params.conninfo, target.password, "backup verify",
+                                           dbname=scratch)
+            argv = [tools.sibling("pg_restore"), "-d", conninfo, "--exit-on-error",
+                    "--no-owner", "--no-privileges"]
+            argv += [f"--jobs={jobs}"] if jobs > 1 else ["--single-transaction"]
+            done = subprocess.run([*argv, str(archive)], env=env, capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines()
+                return scratch, [f"restore test failed: {lines[-1] if lines else 'error'}"]
+            import psycopg
+
+            with psycopg.connect(conninfo, password=target.password, autocommit=True) as conn:
+                return scratch, _compare(conn, manifest)
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(scratch)))
+
+
+def _compare(conn: psycopg.Connection[Any], manifest: BackupManifest) -> list[str]:
+    from psycopg import sql
+
+    problems = []
+    present = {(s, t) for s, t, _ in conn.execute(USER_TABLES).fetchall()}
+    for table in manifest.tables:
+        name = f"{table.schema}.{table.name}"
+        if (table.schema, table.name) not in present:
+            problems.append(f"{name}: missing after restore")
+            continue
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(table.schema), sql.Identifier(table.name))).fetchone()
+        restored = int(row[0]) if row else 0
+        if table.exact and restored != table.rows:
+            problems.append(f"{name}: {restored} rows restored, manifest says {table.rows}")
+        if not table.exact and table.rows > 0 and restored == 0:
+            problems.append(f"{name}: empty after restore, about {table.rows} rows expected")
+    invalid = conn.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE NOT (i.indisvalid AND i.indisready) AND n.nspname <> 'pg_catalog'").fetchall()
+    problems += [f"index {name} is not valid" for (name,) in invalid]
+    dims = vector_columns(conn)
+    for column, dim in manifest.vector_columns.items():
+        if dims.get(column) != dim:
+            problems.append(f"{column}: embedding dimension {dims.get(column)}, recorded {dim}")
+    problems += _nearest_neighbour(conn)
+    return problems
+
+
+HNSW_INDEXES = """
+SELECT n.nspname, c.relname, a.attname, ic.relname
+FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_am am ON am.oid = ic.relam AND am.amname IN ('hnsw', 'ivfflat')
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+WHERE a.atttypid = to_regtype('vector')
+"""
+
+
+def _nearest_neighbour(conn: psycopg.Connection[Any]) -> list[str]:
+    """Through each vector index: the nearest neighbours of a stored vector come back."""
+    from psycopg import sql
+
+    problems = []
+    for schema, table, column, index in conn.execute(HNSW_INDEXES).fetchall():
+        tbl = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        col = sql.Identifier(column)
+        probe = conn.execute(sql.SQL("SELECT {}::text FROM {} WHERE {} IS NOT NULL LIMIT 1")
+                             .format(col, tbl, col)).fetchone()
+        if probe is None:
+            continue
+        opclass = conn.execute(
+            "SELECT o.opcname FROM pg_index i JOIN pg_opclass o ON o.oid = i.indclass[0]"
+            " WHERE i.indexrelid = %s::regclass",
+            (sql.Identifier(schema, index).as_string(conn),)).fetchone()
+        op = {"vector_l2_ops": "<->", "vector_ip_ops": "<#>", "vector_l1_ops": "<+>"}.get(
+            opclass[0] if opclass else "", "<=>")
+        with conn.transaction():
+            conn.execute("SET LOCAL enable_seqscan = off")
+            rows = conn.execute(
+                sql.SQL("SELECT 1 FROM {} ORDER BY {} " + op + " %s::vector LIMIT 5")
+                .format(tbl, col), (probe[0],)).fetchall()
+        if not rows:
+            problems.append(f"nearest-neighbour query through {index} returned no rows")
+    return problems
