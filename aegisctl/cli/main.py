@@ -31,6 +31,7 @@ def _fail(message: str, code: int) -> None:
 LAZY_GROUPS: dict[str, str] = {
     "config": "aegisctl.cli.config_cmd",
     "local": "aegisctl.cli.local_cmd",
+    "memory": "aegisctl.cli.memory_cmd",
     "schema": "aegisctl.cli.schema_cmd",
     "ext": "aegisctl.cli.ext_cmd",
     "roles": "aegisctl.cli.roles_cmd",

@@ -1,0 +1,318 @@
+"""Writing memories: import JSON lines (binary COPY), add one, re-embed in resumable batches.
+
+An import is one transaction: a bad line either stops it and nothing is kept, or (skip_bad) is
+reported with its line number and left out. Duplicates — a text whose md5 (the tables'
+generated `content_hash`) is already stored, or appeared earlier in the file — are skipped.
+Rows without an `embedding` are embedded in batches by the configured provider.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aegisctl.errors import OperationFailed
+from aegisctl.memory.refs import (
+    IMPORTANCE_LEVELS,
+    JSON_COLUMNS,
+    KINDS,
+    TABLES,
+    TIME_COLUMNS,
+    Kind,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from aegisctl.memory.providers import EmbeddingProvider
+
+CHUNK_ROWS = 2000
+Progress = Callable[[str, int], None]  # (stage, rows just done)
+
+# Binary COPY type of each column (text for varchar and the importance enum: same wire format).
+COLUMN_TYPES = {
+    "timestamp": "timestamptz", "created_at": "timestamptz", "updated_at": "timestamptz",
+    "graphiti_synced_at": "timestamptz", "event_type": "text", "summary": "text",
+    "details": "jsonb", "context": "jsonb", "metadata": "jsonb", "importance": "text",
+    "tags": "text[]", "related_memories": "int4[]", "decision": "text", "concept": "text",
+    "content": "text", "category": "text", "source": "text", "confidence": "float8",
+    "embedding": "vector",
+}
+MAX_LENGTH = {"event_type": 100, "concept": 200, "category": 100, "source": 200}
+IGNORED_KEYS = {"id", "kind", "score", "similarity", "keyword_score", "match", "ranks", "decay"}
+
+
+class BadLine(ValueError):
+    pass
+
+
+@dataclass
+class ImportResult:
+    lines: int = 0
+    inserted: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
+    duplicates: int = 0
+    embedded: int = 0
+    without_embedding: int = 0
+    bad_lines: list[dict[str, Any]] = field(default_factory=list)
+    rolled_back: bool = False
+
+    @property
+    def total_inserted(self) -> int:
+        return sum(self.inserted.values())
+
+
+def content_hash(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def _time(value: Any, column: str) -> dt.datetime:
+    if not isinstance(value, str):
+        raise BadLine(f"{column}: expected an ISO timestamp string")
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadLine(f"{column}: {value!r} is not an ISO timestamp") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _string_list(value: Any, column: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadLine(f"{column}: expected a list of strings")
+    return value
+
+
+def parse_record(obj: Any, dim: int) -> tuple[Kind, dict[str, Any]]:
+    """A validated row for COPY from one decoded JSON line."""
+    if not isinstance(obj, dict):
+        raise BadLine("expected a JSON object")
+    kind = obj.get("kind")
+    if kind not in KINDS:
+        raise BadLine(f"kind must be 'episodic' or 'semantic', got {kind!r}")
+    info = TABLES[kind]
+    unknown = sorted(set(obj) - set(info.columns) - IGNORED_KEYS - {"embedding"})
+    if unknown:
+        raise BadLine(f"unknown key(s) for {kind} memory: {', '.join(unknown)}")
+    for column in info.required:
+        if not isinstance(obj.get(column), str) or not obj[column].strip():
+            raise BadLine(f"{column} is required (a non-empty string)")
+    row: dict[str, Any] = {}
+    for column in info.columns:
+        value = obj.get(column)
+        if value is None:
+            row[column] = None
+        elif column in TIME_COLUMNS:
+            row[column] = _time(value, column)
+        elif column in JSON_COLUMNS:
+            row[column] = value
+        elif column == "tags":
+            row[column] = _string_list(value, column)
+        elif column == "related_memories":
+            if not isinstance(value, list) or not all(type(v) is int for v in value):
+                raise BadLine("related_memories: expected a list of integers")
+            row[column] = value
+        elif column == "importance":
+            if value not in IMPORTANCE_LEVELS:
+                raise BadLine(f"importance must be one of {', '.join(IMPORTANCE_LEVELS)}")
+            row[column] = value
+        elif column == "confidence":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise BadLine("confidence: expected a number")
+            row[column] = float(value)
+        else:
+            if not isinstance(value, str):
+                raise BadLine(f"{column}: expected a string")
+            if column in MAX_LENGTH and len(value) > MAX_LENGTH[column]:
+                raise BadLine(f"{column}: longer than {MAX_LENGTH[column]} characters")
+            if "\x00" in value:
+                raise BadLine(f"{column}: contains a NUL character")
+            row[column] = value
+    embedding = obj.get("embedding")
+    if embedding is not None and (
+            not isinstance(embedding, list) or len(embedding) != dim
+            or not all(isinstance(x, int | float) and not isinstance(x, bool)
+                       and math.isfinite(x) for x in embedding)):
+        got = len(embedding) if isinstance(embedding, list) else type(embedding).__name__
+        raise BadLine(f"embedding: expected {dim} finite numbers (the database's "
+                      f"dimension), got {got}")
+    row["embedding"] = embedding
+    return kind, row
+
+
+def read_lines(lines: Iterable[str], dim: int, result: ImportResult, skip_bad: bool
+               ) -> Iterator[tuple[int, Kind, dict[str, Any]]]:
+    for number, line in enumerate(lines, start=1):
+        result.lines = number
+        if not line.strip():
+            continue
+        try:
+            kind, row = parse_record(json.loads(line), dim)
+        except (BadLine, json.JSONDecodeError) as exc:
+            message = f"invalid JSON: {exc.msg}" if isinstance(exc, json.JSONDecodeError) \
+                else str(exc)
+            result.bad_lines.append({"line": number, "error": message})
+            if not skip_bad:
+                raise OperationFailed(
+                    f"line {number}: {message}; nothing was imported",
+                    hint="fix the line, or pass --skip-bad to import the other lines",
+                ) from None
+            continue
+        yield number, kind, row
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _fill_defaults(kind: Kind, row: dict[str, Any], now: dt.datetime) -> None:
+    """COPY sends every listed column, so the tables' defaults are applied here."""
+    if kind == "episodic":
+        row["timestamp"] = row["timestamp"] or now
+        row["importance"] = row["importance"] or "medium"
+    else:
+        row["confidence"] = 1.0 if row["confidence"] is None else row["confidence"]
+        row["updated_at"] = row["updated_at"] or row["created_at"] or now
+    row["created_at"] = row["created_at"] or now
+
+
+def _existing_hashes(conn: psycopg.Connection[Any], kind: Kind, hashes: list[str]) -> set[str]:
+    from psycopg import sql
+
+    query = sql.SQL("SELECT DISTINCT content_hash FROM {} WHERE content_hash = ANY(%s)").format(
+        sql.Identifier(TABLES[kind].table))
+    return {str(r[0]) for r in conn.execute(query, (hashes,)).fetchall()}
+
+
+def _copy_rows(conn: psycopg.Connection[Any], kind: Kind, rows: list[dict[str, Any]]) -> None:
+    from pgvector import Vector
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    columns = [*TABLES[kind].columns, "embedding"]
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(TABLES[kind].table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types([COLUMN_TYPES[c] for c in columns])
+        for row in rows:
+            values = []
+            for column in columns:
+                value = row[column]
+                if value is not None and column in JSON_COLUMNS:
+                    value = Jsonb(value)
+                elif value is not None and column == "embedding":
+                    value = Vector(value)
+                values.append(value)
+            copy.write_row(values)
+
+
+def import_lines(conn: psycopg.Connection[Any], lines: Iterable[str], dim: int,
+                 provider: EmbeddingProvider | None, *, skip_bad: bool = False,
+                 progress: Progress | None = None) -> ImportResult:
+    """Import JSON lines in one transaction (rolled back on a bad line unless skip_bad)."""
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+    result = ImportResult()
+    seen: set[tuple[str, str]] = set()
+    try:
+        with conn.transaction():
+            now_row = conn.execute("SELECT now()").fetchone()
+            assert now_row is not None
+            now = now_row[0]
+            chunk: list[tuple[Kind, dict[str, Any]]] = []
+            for _, kind, row in read_lines(lines, dim, result, skip_bad):
+                chunk.append((kind, row))
+                if len(chunk) >= CHUNK_ROWS:
+                    _load_chunk(conn, chunk, provider, now, seen, result, progress)
+                    chunk = []
+            _load_chunk(conn, chunk, provider, now, seen, result, progress)
+    except OperationFailed:
+        result.rolled_back = True
+        raise
+    return result
+
+
+def _load_chunk(conn: psycopg.Connection[Any], chunk: list[tuple[Kind, dict[str, Any]]],
+                provider: EmbeddingProvider | None, now: dt.datetime,
+                seen: set[tuple[str, str]], result: ImportResult,
+                progress: Progress | None) -> None:
+    from aegisctl.memory.providers import embed_texts
+
+    by_kind: dict[Kind, list[dict[str, Any]]] = {k: [] for k in KINDS}
+    for kind, row in chunk:
+        by_kind[kind].append(row)
+    for kind, rows in by_kind.items():
+        if not rows:
+            continue
+        text_column = TABLES[kind].text
+        hashes = [content_hash(r[text_column]) for r in rows]
+        existing = _existing_hashes(conn, kind, sorted(set(hashes)))
+        fresh: list[dict[str, Any]] = []
+        for row, digest in zip(rows, hashes, strict=True):
+            if digest in existing or (kind, digest) in seen:
+                result.duplicates += 1
+                continue
+            seen.add((kind, digest))
+            _fill_defaults(kind, row, now)
+            fresh.append(row)
+        missing = [r for r in fresh if r["embedding"] is None]
+        if missing and provider is not None:
+            vectors = embed_texts(provider, [r[text_column] for r in missing],
+                                  (lambda n: progress("embedding", n)) if progress else None)
+            for row, vector in zip(missing, vectors, strict=True):
+                row["embedding"] = vector
+            result.embedded += len(missing)
+        elif missing:
+            result.without_embedding += len(missing)
+        _copy_rows(conn, kind, fresh)
+        result.inserted[kind] += len(fresh)
+        if progress:
+            progress("loading", len(rows))
+
+
+def add_memory(conn: psycopg.Connection[Any], obj: dict[str, Any], dim: int,
+               provider: EmbeddingProvider | None) -> tuple[str, bool]:
+    """Insert one memory; returns (its id, inserted) — inserted is False for a duplicate."""
+    from psycopg import sql
+
+    kind, row = parse_record(obj, dim)
+    info = TABLES[kind]
+    digest = content_hash(row[info.text])
+    found = conn.execute(
+        sql.SQL("SELECT id FROM {} WHERE content_hash = %s ORDER BY id LIMIT 1").format(
+            sql.Identifier(info.table)), (digest,)).fetchone()
+    if found is not None:
+        return f"{kind}:{found[0]}", False
+    if row["embedding"] is None and provider is not None:
+        from aegisctl.memory.providers import embed_texts
+
+        row["embedding"] = embed_texts(provider, [row[info.text]])[0]
+    from pgvector.psycopg import register_vector
+    from psycopg.types.json import Jsonb
+
+    register_vector(conn)
+    columns = [c for c in (*info.columns, "embedding") if row.get(c) is not None]
+    values = []
+    for column in columns:
+        value = row[column]
+        if column in JSON_COLUMNS:
+            value = Jsonb(value)
+        elif column == "embedding":
+            from pgvector import Vector
+
+            value = Vector(value)
+        values.append(value)
+    statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
+        sql.Identifier(info.table), sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join([sql.Placeholder()] * len(columns)))
+    inserted = conn.execute(statement, values).fetchone()
+    assert inserted is not None
+    return f"{kind}:{inserted[0]}", True

@@ -1,0 +1,459 @@
+"""Semantic, keyword and hybrid search over episodic and semantic memory.
+
+Semantic search is written so pgvector's HNSW index serves it: `ORDER BY <index expr> <=> $q
+LIMIT k` with the filters in the same query and the similarity in the select list. Filtered
+queries use iterative index scans (pgvector >= 0.8) so a selective filter still returns k rows;
+when the planner estimates the filtered set at most `search.exact_below` rows, the search is
+exact instead (a materialised CTE: the filter's B-tree/GIN index, then exact distances), which
+is then both faster and perfect.
+
+Keyword search is full-text with OR semantics, ranked by the summed inverse document frequency
+of the query terms a memory contains (then ts_rank_cd): AND semantics finds almost nothing for
+natural-language questions. A trigram pass (pg_trgm word similarity) tops it up for short or
+misspelt queries. Hybrid is reciprocal rank fusion of both lists (k = 60).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from aegisctl.config import Settings
+from aegisctl.errors import OperationFailed, UsageError
+from aegisctl.memory.filters import Filters
+from aegisctl.memory.refs import IMPORTANCE_WEIGHT, TABLES, Kind, record_from_row
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from aegisctl.memory.providers import EmbeddingProvider
+
+Mode = Literal["semantic", "keyword", "hybrid"]
+TRIGRAM_THRESHOLD = 0.4
+FTS_CONFIG = "english"
+
+
+@dataclass
+class Hit:
+    kind: Kind
+    id: int
+    record: dict[str, Any]
+    similarity: float | None = None
+    keyword_score: float | None = None
+    match: str | None = None  # fulltext | trigram
+    ranks: dict[str, int] = field(default_factory=dict)
+    score: float = 0.0
+    decay: float | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.kind, self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.record)
+        out["score"] = round(self.score, 6)
+        out["similarity"] = None if self.similarity is None else round(self.similarity, 6)
+        out["keyword_score"] = (None if self.keyword_score is None
+                                else round(self.keyword_score, 6))
+        out["match"] = self.match
+        out["ranks"] = dict(self.ranks)
+        if self.decay is not None:
+            out["decay"] = round(self.decay, 6)
+        return out
+
+
+@dataclass
+class PathInfo:
+    kind: Kind
+    signal: str  # semantic | keyword | trigram
+    path: str
+    estimated_rows: int | None = None
+    rows: int = 0
+    plan: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Explain:
+    mode: Mode
+    provider: str | None = None
+    model: str | None = None
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    ef_search: int | None = None
+    iterative_scan: str | None = None
+    paths: list[PathInfo] = field(default_factory=list)
+
+
+@dataclass
+class SearchRequest:
+    query: str
+    filters: Filters = field(default_factory=Filters)
+    limit: int = 10
+    mode: Mode | None = None
+    threshold: float | None = None
+    decay_half_life: float | None = None  # seconds
+    explain: bool = False
+
+
+@dataclass
+class SearchResult:
+    query: str
+    mode: Mode
+    hits: list[Hit]
+    explain: Explain
+
+
+def resolve_mode(requested: Mode | None, settings: Settings,
+                 provider: EmbeddingProvider | None) -> Mode:
+    mode = requested or settings.search.default_mode or ("hybrid" if provider else "keyword")
+    if mode != "keyword" and provider is None:
+        if requested is None and settings.search.default_mode is None:
+            return "keyword"
+        raise UsageError(
+            f"{mode} search needs an embedding provider, and embedding.provider is none",
+            hint="configure embedding: (openai or local), or use --mode keyword",
+        )
+    return mode
+
+
+def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchRequest,
+           provider: EmbeddingProvider | None, dim: int) -> SearchResult:
+    mode = resolve_mode(request.mode, settings, provider)
+    if request.threshold is not None and mode == "keyword":
+        raise UsageError("--threshold is a cosine similarity: it needs --mode semantic or hybrid")
+    explain = Explain(mode=mode, provider=provider.name if provider else None,
+                      model=provider.model if provider else None)
+    kinds = request.filters.kinds()
+    vector: str | None = None
+    if mode != "keyword":
+        assert provider is not None
+        from aegisctl.memory.providers import embed_texts, vector_literal
+
+        started = time.perf_counter()
+        vector = vector_literal(embed_texts(provider, [request.query])[0])
+        explain.embed_ms = round((time.perf_counter() - started) * 1000, 2)
+    fused = mode == "hybrid" or request.decay_half_life is not None
+    fetch = max(request.limit * 4, 40) if fused else request.limit
+    started = time.perf_counter()
+    semantic: list[Hit] = []
+    keyword: list[Hit] = []
+    if vector is not None:
+        semantic = semantic_search(conn, settings, kinds, request.filters, vector, dim, fetch,
+                                   explain, request.explain)
+        if request.threshold is not None:
+            semantic = [h for h in semantic if (h.similarity or 0.0) >= request.threshold]
+    if mode != "semantic":
+        keyword = keyword_search(conn, kinds, request.filters, request.query, fetch, explain,
+                                 request.explain, vector, dim)
+    hits = fuse(semantic, keyword, mode, settings.search.rrf_k)
+    if request.decay_half_life is not None:
+        hits = apply_decay(hits, request.decay_half_life)
+    explain.search_ms = round((time.perf_counter() - started) * 1000, 2)
+    return SearchResult(query=request.query, mode=mode, hits=hits[:request.limit],
+                        explain=explain)
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic
+
+
+def pgvector_version(conn: psycopg.Connection[Any]) -> tuple[int, ...]:
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    if row is None:
+        raise OperationFailed("the vector extension is not installed in this database",
+                              hint="run aegisctl schema init")
+    return tuple(int(p) for p in str(row[0]).split(".") if p.isdigit())
+
+
+def _order_expr(dim: int, alias: str = "") -> tuple[Any, Any]:
+    """(indexed expression, query cast) — the same expression the HNSW index is built on."""
+    from psycopg import sql
+
+    from aegisctl.schema import embedding_index_expr
+
+    column = sql.Identifier(alias, "embedding") if alias else sql.Identifier("embedding")
+    if embedding_index_expr(dim) == "embedding":
+        return column, sql.SQL("%(q)s::vector")
+    half = sql.SQL("::halfvec({})").format(sql.Literal(dim))
+    return sql.Composed([sql.SQL("("), column, half, sql.SQL(")")]), sql.SQL("%(q)s") + half
+
+
+def _select_list(kind: Kind, alias: str = "") -> Any:
+    from psycopg import sql
+
+    columns = ("id", *TABLES[kind].columns)
+    if alias:
+        return sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns)
+    return sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+
+
+def estimate_rows(conn: psycopg.Connection[Any], kind: Kind, where: Any,
+                  params: dict[str, Any]) -> int:
+    """The planner's estimate of how many rows with an embedding match the filters."""
+    from psycopg import sql
+
+    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE embedding IS NOT NULL AND {}")
+    row = conn.execute(query.format(sql.Identifier(TABLES[kind].table), where), params).fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else __import__("json").loads(row[0])
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Sequence[Kind],
+                    filters: Filters, vector: str, dim: int, limit: int, explain: Explain,
+                    with_plan: bool = False, exclude: tuple[str, int] | None = None) -> list[Hit]:
+    """The `limit` nearest memories across `kinds`, most similar first."""
+    from psycopg import sql
+    from psycopg.rows import dict_row
+
+    version = pgvector_version(conn)
+    iterative = settings.search.iterative_scan if version >= (0, 8) else "off"
+    ef_search = min(1000, max(settings.search.ef_search, limit))
+    explain.ef_search = ef_search
+    hits: list[Hit] = []
+    for kind in kinds:
+        info = TABLES[kind]
+        where, params = filters.where(kind)
+        if exclude and exclude[0] == kind:
+            where = sql.SQL("{} AND id <> %(exclude_id)s").format(where)
+            params["exclude_id"] = exclude[1]
+        params.update(q=vector, k=limit)
+        estimated = estimate_rows(conn, kind, where, params)
+        order, qcast = _order_expr(dim)
+        table = sql.Identifier(info.table)
+        if estimated <= settings.search.exact_below:
+            path = f"exact: estimated {estimated} matching rows <= search.exact_below"
+            query = sql.SQL(
+                "WITH candidates AS MATERIALIZED ("
+                "SELECT {cols}, embedding FROM {table} WHERE embedding IS NOT NULL AND {where}) "
+                "SELECT {cols}, 1 - (embedding <=> %(q)s::vector) AS similarity FROM candidates "
+                "ORDER BY embedding <=> %(q)s::vector LIMIT %(k)s"
+            ).format(cols=_select_list(kind), table=table, where=where)
+            settings_sql: list[str] = []
+        else:
+            settings_sql = [f"SET LOCAL hnsw.ef_search = {ef_search}"]
+            path = f"hnsw index, ef_search {ef_search}"
+            if filters.active or exclude:
+                if iterative != "off":
+                    settings_sql.append(f"SET LOCAL hnsw.iterative_scan = {iterative}")
+                    path += f", iterative scan ({iterative})"
+                    explain.iterative_scan = iterative
+                else:
+                    path += " (pgvector < 0.8: a selective filter may return fewer rows)"
+            path += f"; estimated {estimated} matching rows"
+            query = sql.SQL(
+                "SELECT {cols}, 1 - ({order} <=> {qcast}) AS similarity FROM {table} "
+                "WHERE embedding IS NOT NULL AND {where} "
+                "ORDER BY {order} <=> {qcast} LIMIT %(k)s"
+            ).format(cols=_select_list(kind), order=order, qcast=qcast, table=table, where=where)
+        info_path = PathInfo(kind=kind, signal="semantic", path=path, estimated_rows=estimated)
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            for statement in settings_sql:
+                cur.execute(statement)
+            if with_plan:
+                cur.execute(sql.SQL("EXPLAIN ") + query, params)
+                info_path.plan = [str(next(iter(r.values()))) for r in cur.fetchall()]
+            cur.execute(query, params)
+            rows = cur.fetchall()
+        info_path.rows = len(rows)
+        explain.paths.append(info_path)
+        hits.extend(Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
+                        similarity=float(r["similarity"])) for r in rows)
+    hits.sort(key=lambda h: -(h.similarity or 0.0))
+    for rank, hit in enumerate(hits[:limit], start=1):
+        hit.ranks["semantic"] = rank
+    return hits[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyword
+
+
+def _tsquery_literal(lexeme: str) -> str:
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def query_lexemes(conn: psycopg.Connection[Any], text: str) -> list[str]:
+    row = conn.execute("SELECT tsvector_to_array(to_tsvector(%s::regconfig, %s))",
+                       (FTS_CONFIG, text)).fetchone()
+    return list(row[0]) if row and row[0] else []
+
+
+def _has_trigram(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'").fetchone()
+    return bool(row and row[0])
+
+
+def keyword_search(conn: psycopg.Connection[Any], kinds: Sequence[Kind], filters: Filters,
+                   text: str, limit: int, explain: Explain, with_plan: bool = False,
+                   vector: str | None = None, dim: int = 0) -> list[Hit]:
+    """Full-text (OR of the query's lexemes, IDF-ranked), topped up by trigram similarity."""
+    lexemes = query_lexemes(conn, text)
+    hits: list[Hit] = []
+    if lexemes:
+        for kind in kinds:
+            hits.extend(_fulltext(conn, kind, filters, lexemes, limit, explain, with_plan,
+                                  vector))
+        hits.sort(key=lambda h: -(h.keyword_score or 0.0))
+        hits = hits[:limit]
+    if len(hits) < limit and _has_trigram(conn):
+        seen = {h.key for h in hits}
+        extra: list[Hit] = []
+        for kind in kinds:
+            extra.extend(h for h in _trigram(conn, kind, filters, text, limit, explain,
+                                             with_plan, vector) if h.key not in seen)
+        extra.sort(key=lambda h: -(h.keyword_score or 0.0))
+        hits.extend(extra[:limit - len(hits)])
+    for rank, hit in enumerate(hits, start=1):
+        hit.ranks["keyword"] = rank
+    return hits
+
+
+def _similarity_column(vector: str | None) -> Any:
+    from psycopg import sql
+
+    if vector is None:
+        return sql.SQL("NULL::float8 AS similarity")
+    return sql.SQL("1 - (embedding <=> %(q)s::vector) AS similarity")
+
+
+def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexemes: list[str],
+              limit: int, explain: Explain, with_plan: bool, vector: str | None) -> list[Hit]:
+    from psycopg import sql
+    from psycopg.rows import dict_row
+
+    info = TABLES[kind]
+    table, tsv = sql.Identifier(info.table), sql.Identifier(info.tsv)
+    queries = [_tsquery_literal(lx) for lx in lexemes]
+    or_query = " | ".join(queries)
+    # Document frequency of each term, for IDF: one pass over the rows holding any of them.
+    counts = sql.SQL(", ").join(
+        sql.SQL("count(*) FILTER (WHERE {} @@ {}::tsquery)").format(tsv, sql.Literal(q))
+        for q in queries
+    )
+    row = conn.execute(
+        sql.SQL("SELECT {counts}, (SELECT greatest(reltuples::bigint, 0) FROM pg_class "
+                "WHERE oid = {regclass}::regclass) FROM {table} WHERE {tsv} @@ %s::tsquery")
+        .format(counts=counts, regclass=sql.Literal(info.table), table=table, tsv=tsv),
+        (or_query,),
+    ).fetchone()
+    assert row is not None
+    dfs = [int(x) for x in row[:-1]]
+    total = max(int(row[-1] or 0), max(dfs, default=0), 1)
+    idf = [math.log(1 + (total - df + 0.5) / (df + 0.5)) for df in dfs]
+    where, params = filters.where(kind)
+    params.update(orq=or_query, tqs=queries, idfs=idf, k=limit)
+    if vector is not None:
+        params["q"] = vector
+    query = sql.SQL(
+        "SELECT {cols}, {similarity}, "
+        "(SELECT coalesce(sum(w.idf), 0) FROM unnest(%(tqs)s::text[]::tsquery[], "
+        "%(idfs)s::float8[]) AS w(tq, idf) WHERE {tsv} @@ w.tq) "
+        "+ ts_rank_cd({tsv}, %(orq)s::tsquery, 32) AS kw_score "
+        "FROM {table} WHERE {tsv} @@ %(orq)s::tsquery AND {where} "
+        "ORDER BY kw_score DESC, id DESC LIMIT %(k)s"
+    ).format(cols=_select_list(kind), similarity=_similarity_column(vector), tsv=tsv,
+             table=table, where=where)
+    path = PathInfo(kind=kind, signal="keyword",
+                    path=f"full-text OR of {len(lexemes)} terms, IDF-ranked (GIN on {info.tsv})")
+    with conn.cursor(row_factory=dict_row) as cur:
+        if with_plan:
+            cur.execute(sql.SQL("EXPLAIN ") + query, params)
+            path.plan = [str(next(iter(r.values()))) for r in cur.fetchall()]
+        cur.execute(query, params)
+        rows = cur.fetchall()
+    path.rows = len(rows)
+    explain.paths.append(path)
+    return [Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
+                similarity=None if r["similarity"] is None else float(r["similarity"]),
+                keyword_score=float(r["kw_score"]), match="fulltext") for r in rows]
+
+
+def _trigram(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, text: str,
+             limit: int, explain: Explain, with_plan: bool, vector: str | None) -> list[Hit]:
+    from psycopg import sql
+    from psycopg.rows import dict_row
+
+    info = TABLES[kind]
+    column = sql.Identifier(info.text)
+    where, params = filters.where(kind)
+    params.update(text=text, k=limit)
+    if vector is not None:
+        params["q"] = vector
+    query = sql.SQL(
+        "SELECT {cols}, {similarity}, word_similarity(%(text)s, {column}) AS kw_score "
+        "FROM {table} WHERE %(text)s <% {column} AND {where} "
+        "ORDER BY kw_score DESC, id DESC LIMIT %(k)s"
+    ).format(cols=_select_list(kind), similarity=_similarity_column(vector), column=column,
+             table=sql.Identifier(info.table), where=where)
+    path = PathInfo(kind=kind, signal="trigram",
+                    path=f"trigram word similarity >= {TRIGRAM_THRESHOLD} on {info.text} "
+                         "(fallback: full-text found fewer than the limit)")
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SET LOCAL pg_trgm.word_similarity_threshold = {TRIGRAM_THRESHOLD}")
+        if with_plan:
+            cur.execute(sql.SQL("EXPLAIN ") + query, params)
+            path.plan = [str(next(iter(r.values()))) for r in cur.fetchall()]
+        cur.execute(query, params)
+        rows = cur.fetchall()
+    path.rows = len(rows)
+    explain.paths.append(path)
+    return [Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
+                similarity=None if r["similarity"] is None else float(r["similarity"]),
+                keyword_score=float(r["kw_score"]), match="trigram") for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fusion and decay
+
+
+def fuse(semantic: list[Hit], keyword: list[Hit], mode: Mode, rrf_k: int) -> list[Hit]:
+    if mode == "semantic":
+        for hit in semantic:
+            hit.score = hit.similarity or 0.0
+        return semantic
+    if mode == "keyword":
+        for hit in keyword:
+            hit.score = hit.keyword_score or 0.0
+        return keyword
+    merged: dict[tuple[str, int], Hit] = {}
+    for hit in semantic + keyword:
+        existing = merged.get(hit.key)
+        if existing is None:
+            merged[hit.key] = hit
+            continue
+        existing.ranks.update(hit.ranks)
+        existing.keyword_score = existing.keyword_score or hit.keyword_score
+        existing.match = existing.match or hit.match
+        if existing.similarity is None:
+            existing.similarity = hit.similarity
+    for hit in merged.values():
+        hit.score = sum(1.0 / (rrf_k + rank) for rank in hit.ranks.values())
+    return sorted(merged.values(), key=lambda h: (-h.score, min(h.ranks.values())))
+
+
+def importance_weight(record: dict[str, Any]) -> float:
+    """The seed's importance factor: the enum for episodic memories, confidence for semantic."""
+    if record["kind"] == "episodic":
+        return IMPORTANCE_WEIGHT.get(str(record.get("importance") or "medium"), 0.5)
+    confidence = record.get("confidence")
+    return 1.0 if confidence is None else min(1.0, max(0.0, float(confidence)))
+
+
+def apply_decay(hits: list[Hit], half_life: float, now: dt.datetime | None = None) -> list[Hit]:
+    """score x 0.5^(age / half_life) x importance, as in the seed's relevance model."""
+    from aegisctl.memory.refs import record_time
+
+    if half_life <= 0:
+        raise UsageError("--decay needs a positive half-life such as 7d")
+    now = now or dt.datetime.now(dt.UTC)
+    for hit in hits:
+        when = record_time(hit.record)
+        age = max(0.0, (now - when).total_seconds()) if when else 0.0
+        hit.decay = 0.5 ** (age / half_life) * importance_weight(hit.record)
+        hit.score = max(hit.score, 0.0) * hit.decay
+    return sorted(hits, key=lambda h: -h.score)
