@@ -20,6 +20,12 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _group() -> None:
+    # A callback keeps `roles` a group (Typer would otherwise collapse a single command into it).
+    pass
+
+
 @app.command()
 def apply(
     ctx: typer.Context,

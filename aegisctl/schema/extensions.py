@@ -69,7 +69,9 @@ def pgvector_warning(version: str | None) -> str | None:
     return None
 
 
-def preload_warning(name: str, shared_preload_libraries: str) -> str | None:
+def preload_warning(name: str, shared_preload_libraries: str | None) -> str | None:
+    if shared_preload_libraries is None:  # not visible to this role: cannot tell
+        return None
     loaded = {lib.strip().strip('"') for lib in shared_preload_libraries.split(",")}
     if name in PRELOAD_EXTENSIONS and name not in loaded:
         return (f"{name} is not in shared_preload_libraries, so its views raise an error: add "
@@ -101,13 +103,15 @@ def privilege_message(name: str, user: str) -> str:
             "azure.extensions, or a role with rds_superuser / cloudsqlsuperuser)")
 
 
-def _server(conn: psycopg.Connection[Any]) -> tuple[int, str, str]:
+def _server(conn: psycopg.Connection[Any]) -> tuple[int, str, str | None]:
+    """(major version, current user, shared_preload_libraries or None when this role may not
+    read it: pg_settings hides it from roles without pg_read_all_settings)."""
     row = conn.execute(
         "SELECT current_setting('server_version_num')::int / 10000, current_user,"
-        " current_setting('shared_preload_libraries')"
+        " (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries')"
     ).fetchone()
     assert row is not None
-    return int(row[0]), str(row[1]), str(row[2])
+    return int(row[0]), str(row[1]), None if row[2] is None else str(row[2])
 
 
 def list_extensions(conn: psycopg.Connection[Any], configured: list[str]) -> list[ExtensionInfo]:
