@@ -212,6 +212,7 @@ def create_backup(
         tools = choose_pg_dump(settings.pg_dump_path, num // 10000)
         from psycopg import IsolationLevel
 
+        conn.rollback()
         conn.isolation_level = IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         snapshot_row = conn.execute("SELECT pg_export_snapshot()").fetchone()

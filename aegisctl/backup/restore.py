@@ -182,5 +182,7 @@ def _replace_rows(psql: str, pg_restore: str, conninfo: str, env: dict[str, str]
                           capture_output=True)
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        raise OperationFailed(f"restoring rows failed, nothing was changed: "
-                              f"{lines[-1] if lines else done.returncode}")
+        errors = [ln for ln in lines if "ERROR" in ln] or lines
+        hints = [ln.strip() for ln in lines if "HINT" in ln]
+        detail = " ".join(errors[-1:] + hints) or str(done.returncode)
+        raise OperationFailed(f"restoring rows failed, nothing was changed: {detail}")

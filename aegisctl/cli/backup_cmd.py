@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,12 +35,12 @@ WaitLock = Annotated[float, typer.Option(
     help="Wait this long for another backup, prune or restore of the target, then exit 4.")]
 
 
-class DumpFormat(str, Enum):
+class DumpFormat(StrEnum):
     custom = "custom"
     directory = "directory"
 
 
-class VerifyLevel(str, Enum):
+class VerifyLevel(StrEnum):
     none = "none"
     quick = "quick"
     restore_test = "restore-test"
