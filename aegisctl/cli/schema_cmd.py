@@ -221,7 +221,9 @@ def verify(ctx: typer.Context, fmt: FormatOption = None) -> None:
     if app_state.fmt(fmt) is OutputFormat.json:
         output.emit_json({**dataclasses.asdict(report), "ok": report.ok})
     elif report.ok:
-        checked = ", ".join(f"{n} {kind}s" for kind, n in report.checked.items())
+        plural = {"index": "indexes"}
+        checked = ", ".join(f"{n} {plural.get(kind, kind + 's')}"
+                            for kind, n in report.checked.items())
         output.print_line(f"schema verified: no differences ({checked})")
     else:
         output.print_table(
