@@ -237,6 +237,13 @@ def import_lines(conn: psycopg.Connection[Any], lines: Iterable[str], dim: int,
     except OperationFailed:
         result.rolled_back = True
         raise
+    # Fresh statistics: search decides between the index and an exact scan from the planner's
+    # row estimates, and keyword ranking reads the table size from them.
+    for kind in KINDS:
+        if result.inserted[kind]:
+            from psycopg import sql
+
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(TABLES[kind].table)))
     return result
 
 

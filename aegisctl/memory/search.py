@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -256,9 +257,14 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                 cur.execute(statement)
             if with_plan:
                 cur.execute(sql.SQL("EXPLAIN ") + query, params)
-                info_path.plan = [str(next(iter(r.values()))) for r in cur.fetchall()]
+                info_path.plan = _plan_lines(cur.fetchall())
             cur.execute(query, params)
             rows = cur.fetchall()
+        if info_path.plan:
+            used = any("Index Scan using" in line and "embedding" in line
+                       for line in info_path.plan)
+            info_path.path += ("; the plan scans the HNSW index" if used
+                               else "; the plan does not use the HNSW index")
         info_path.rows = len(rows)
         explain.paths.append(info_path)
         hits.extend(Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
@@ -271,6 +277,14 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
 
 # ---------------------------------------------------------------------------------------------
 # Keyword
+
+
+_VECTOR_LITERAL = re.compile(r"'\[[-0-9.e,]{200,}\]'")
+
+
+def _plan_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """EXPLAIN output with the query vector's literal shortened."""
+    return [_VECTOR_LITERAL.sub("'[query vector]'", str(next(iter(r.values())))) for r in rows]
 
 
 def _tsquery_literal(lexeme: str) -> str:
@@ -336,14 +350,18 @@ def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexem
         for q in queries
     )
     row = conn.execute(
-        sql.SQL("SELECT {counts}, (SELECT greatest(reltuples::bigint, 0) FROM pg_class "
+        sql.SQL("SELECT {counts}, (SELECT reltuples::bigint FROM pg_class "
                 "WHERE oid = {regclass}::regclass) FROM {table} WHERE {tsv} @@ %s::tsquery")
         .format(counts=counts, regclass=sql.Literal(info.table), table=table, tsv=tsv),
         (or_query,),
     ).fetchone()
     assert row is not None
     dfs = [int(x) for x in row[:-1]]
-    total = max(int(row[-1] or 0), max(dfs, default=0), 1)
+    total = int(row[-1] or 0)
+    if total <= 0:  # never analysed: count once
+        counted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+        total = int(counted[0]) if counted else 0
+    total = max(total, max(dfs, default=0), 1)
     idf = [math.log(1 + (total - df + 0.5) / (df + 0.5)) for df in dfs]
     where, params = filters.where(kind)
     params.update(orq=or_query, tqs=queries, idfs=idf, k=limit)
@@ -363,7 +381,7 @@ def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexem
     with conn.cursor(row_factory=dict_row) as cur:
         if with_plan:
             cur.execute(sql.SQL("EXPLAIN ") + query, params)
-            path.plan = [str(next(iter(r.values()))) for r in cur.fetchall()]
+            path.plan = _plan_lines(cur.fetchall())
         cur.execute(query, params)
         rows = cur.fetchall()
     path.rows = len(rows)
@@ -386,7 +404,7 @@ def _trigram(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, text: 
         params["q"] = vector
     query = sql.SQL(
         "SELECT {cols}, {similarity}, word_similarity(%(text)s, {column}) AS kw_score "
-        "FROM {table} WHERE %(text)s <% {column} AND {where} "
+        "FROM {table} WHERE %(text)s <%% {column} AND {where} "
         "ORDER BY kw_score DESC, id DESC LIMIT %(k)s"
     ).format(cols=_select_list(kind), similarity=_similarity_column(vector), column=column,
              table=sql.Identifier(info.table), where=where)
@@ -397,7 +415,7 @@ def _trigram(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, text: 
         cur.execute(f"SET LOCAL pg_trgm.word_similarity_threshold = {TRIGRAM_THRESHOLD}")
         if with_plan:
             cur.execute(sql.SQL("EXPLAIN ") + query, params)
-            path.plan = [str(next(iter(r.values()))) for r in cur.fetchall()]
+            path.plan = _plan_lines(cur.fetchall())
         cur.execute(query, params)
         rows = cur.fetchall()
     path.rows = len(rows)
