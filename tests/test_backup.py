@@ -296,3 +296,11 @@ def test_remote_unreachable_then_uploaded(cli, aegis_db, backup_config, s3_endpo
                  "--format", "json")
     assert pruned.exit_code == 0, pruned.output
     assert json.loads(pruned.stdout)["delete"] == {}
+
+
+def test_schema_migrate_backup_takes_a_verified_backup(cli, aegis_db, backup_config) -> None:
+    cfg = backup_config()
+    result = cli("--config", str(cfg), "schema", "migrate", "--backup")
+    assert result.exit_code == 0, result.output
+    backups = _list(cli, cfg)["backups"]
+    assert [(b["label"], b["verified"]) for b in backups] == [("before-migration", "ok")]

@@ -133,6 +133,9 @@ def migrate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be applied; "
                                           "change nothing.")] = False,
     wait_lock: WaitLockOption = None,
+    backup: Annotated[bool, typer.Option(
+        "--backup", help="First take a backup and verify it (aegisctl backup create); no "
+        "migration without it.")] = False,
     fmt: FormatOption = None,
 ) -> None:
     """Apply pending migrations in order, each in its own transaction. A failed migration is
@@ -145,11 +148,19 @@ def migrate(
       aegisctl schema migrate --dry-run
 
       aegisctl schema migrate --to 3 --wait-lock 120
+
+      aegisctl schema migrate --backup
     """
     from aegisctl.schema import migrate as run_migrate
 
     app_state = state(ctx)
     settings = app_state.config().settings
+    if backup and not dry_run:
+        from aegisctl.backup.service import create_verified_backup
+
+        taken = create_verified_backup(app_state.config(), app_state.target(),
+                                       label="before-migration")
+        output.print_status(f"verified backup {taken.id} taken before migrating")
     out = app_state.fmt(fmt)
     with app_state.connect("schema migrate", "ddl") as conn:
         result = _run_migration(ctx, out, lambda: run_migrate(
