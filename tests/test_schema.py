@@ -469,3 +469,38 @@ def test_split_statements_respects_quotes_comments_and_dollar_bodies() -> None:
     assert statements[0].text.endswith("$body$")
     assert statements[1].text.startswith("SELECT 'it''s") and "odd;name" in statements[1].text
     assert [s.text for s in statements[2:]] == ["SELECT $$;$$", "SELECT 1"]
+
+
+def test_concurrent_init_on_a_fresh_database(db_config, empty_db, clean_env) -> None:
+    """Two `schema init` at once: extensions and migrations are installed once, both succeed."""
+    empty_db.autocommit = True
+    outcomes: list[subprocess.CompletedProcess[str]] = []
+
+    def run() -> None:
+        outcomes.append(subprocess.run(
+            [_script(), "--config", str(db_config), "schema", "init", "--wait-lock", "120",
+             "-f", "json"], capture_output=True, text=True, env=_env(), timeout=180))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [p.returncode for p in outcomes] == [0, 0], [p.stderr for p in outcomes]
+    applied = sorted(s["version"] for p in outcomes
+                     for s in json.loads(p.stdout)["migration"]["steps"])
+    assert applied == SHIPPED
+    created = [a["name"] for p in outcomes for a in json.loads(p.stdout)["extensions"]["actions"]
+               if a["action"] == "created"]
+    assert created.count("vector") == 1
+
+
+def test_init_lock_busy_exits_4_before_touching_anything(cli, db_config, empty_db) -> None:
+    empty_db.autocommit = True
+    with psycopg.connect(empty_db.info.dsn, autocommit=True,
+                         password=empty_db.info.password) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        result = cli("--config", str(db_config), "schema", "init", "--wait-lock", "0")
+    assert result.exit_code == 4
+    assert empty_db.execute("SELECT count(*) FROM pg_extension WHERE extname = 'vector'"
+                            ).fetchone() == (0,)

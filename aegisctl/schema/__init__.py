@@ -28,7 +28,9 @@ from aegisctl.schema.runner import (
     MigrationFailed,
     MigrationResult,
     SchemaStatus,
+    acquire_lock,
     migrate,
+    release_lock,
     schema_status,
 )
 
@@ -65,7 +67,13 @@ def init_schema(conn: psycopg.Connection[Any], settings: SchemaSettings, *,
     dim = validate_dim(embedding_dim if embedding_dim is not None else settings.embedding_dim)
     check_embedding_dim(conn, dim,
                         "--embedding-dim" if embedding_dim is not None else "schema.embedding_dim")
-    extensions = install_extensions(conn, None, settings.extensions)
-    migration = migrate(conn, settings, embedding_dim=dim, wait_lock=wait_lock,
-                        migrations_dir=migrations_dir)
+    # Under the migration lock: two concurrent inits must not race on CREATE EXTENSION either.
+    waited = acquire_lock(conn, settings.lock_wait if wait_lock is None else wait_lock)
+    try:
+        extensions = install_extensions(conn, None, settings.extensions)
+        migration = migrate(conn, settings, embedding_dim=dim, migrations_dir=migrations_dir,
+                            lock_held=True)
+    finally:
+        release_lock(conn)
+    migration.lock_waited_s = round(waited, 3)
     return InitResult(extensions, migration)

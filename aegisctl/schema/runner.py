@@ -354,12 +354,12 @@ def _require_vector(conn: psycopg.Connection[Any], plan: list[MigrationFile]) ->
 def migrate(conn: psycopg.Connection[Any], settings: SchemaSettings, *,
             to: int | None = None, dry_run: bool = False, wait_lock: float | None = None,
             embedding_dim: int | None = None, migrations_dir: Path | None = None,
-            ) -> MigrationResult:
+            lock_held: bool = False) -> MigrationResult:
     """Apply the pending migrations (up to `to`), each in its own transaction.
 
     `conn` must be in autocommit mode. The dimension is `embedding_dim`, else the configured
     one; it must equal the database's when the database has one. A dry run takes no lock and
-    changes nothing.
+    changes nothing. `lock_held`: the caller already holds the migration lock (acquire_lock).
     """
     files = load_migrations(migrations_dir or default_migrations_dir())
     dim = validate_dim(embedding_dim if embedding_dim is not None else settings.embedding_dim)
@@ -377,7 +377,9 @@ def migrate(conn: psycopg.Connection[Any], settings: SchemaSettings, *,
                                len(split_statements(f.render(dim))), f.transactional)
                    for f in plan])
 
-    waited = acquire_lock(conn, settings.lock_wait if wait_lock is None else wait_lock)
+    waited = 0.0
+    if not lock_held:
+        waited = acquire_lock(conn, settings.lock_wait if wait_lock is None else wait_lock)
     try:
         with conn.transaction():
             for statement in BOOTSTRAP:
@@ -400,4 +402,5 @@ def migrate(conn: psycopg.Connection[Any], settings: SchemaSettings, *,
                 record_embedding_dim(conn, dim)
         return result
     finally:
-        release_lock(conn)
+        if not lock_held:
+            release_lock(conn)
