@@ -187,3 +187,15 @@ def aegis_config(write_config: Callable[..., Path], aegis_dsn: str) -> Path:
     """A config whose only target, 'primary', is this test's fully migrated database."""
     return write_config({"targets": {"primary": {"dsn": aegis_dsn}},
                          "connection": {"retry": {"attempts": 1}}})
+
+
+# The memory tests' fixtures (a migrated 32-dimension database, a real embedding server),
+# registered here once: a session template defined in two test modules would be built twice.
+from memory_fixtures import (  # noqa: E402, F401
+    embedding_server,
+    make_config,
+    memory_db,
+    memory_dsn,
+    memory_settings,
+    memory_template,
+)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 from embedding_server import EmbeddingServer
-from memory_fixtures import DIM, embedding_server  # noqa: F401
+from memory_fixtures import DIM
 
 from aegisctl.config import EmbeddingSettings
 from aegisctl.errors import ConfigError, ExitCode, OperationFailed, RemoteUnavailable

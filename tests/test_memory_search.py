@@ -10,17 +10,7 @@ from typing import Any
 
 import psycopg
 from embedding_server import CONCEPTS, EmbeddingServer
-from memory_fixtures import (  # noqa: F401
-    embedding_server,
-    episodic,
-    jsonl,
-    make_config,
-    memory_db,
-    memory_dsn,
-    memory_settings,
-    memory_template,
-    results,
-)
+from memory_fixtures import episodic, jsonl, results
 
 NOW = dt.datetime.now(dt.UTC)
 

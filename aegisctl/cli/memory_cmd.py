@@ -585,9 +585,10 @@ def import_cmd(
         lines = handle
     with _session(ctx, "import") as (app_state, settings, conn, dim):
         provider = _provider(settings, dim)
-        with _progress(app_state, total, "importing") as progress:
+        with _progress(app_state, total, "importing") as progress, \
+                app_state.connect("memory import") as lookup:
             result = import_lines(conn, lines, dim, provider, skip_bad=skip_bad,
-                                  progress=progress)
+                                  progress=progress, lookup=lookup)
     payload = {"lines": result.lines, "inserted": result.inserted,
                "duplicates": result.duplicates, "embedded": result.embedded,
                "without_embedding": result.without_embedding, "bad_lines": result.bad_lines}

@@ -12,6 +12,9 @@ import datetime as dt
 import hashlib
 import json
 import math
+import struct
+import sys
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,14 +44,22 @@ COLUMN_TYPES = {
     "details": "jsonb", "context": "jsonb", "metadata": "jsonb", "importance": "text",
     "tags": "text[]", "related_memories": "int4[]", "decision": "text", "concept": "text",
     "content": "text", "category": "text", "source": "text", "confidence": "float8",
-    "embedding": "vector",
 }
 MAX_LENGTH = {"event_type": 100, "concept": 200, "category": 100, "source": 200}
 IGNORED_KEYS = {"id", "kind", "score", "similarity", "keyword_score", "match", "ranks", "decay"}
 
 
-class BadLine(ValueError):
+class BadLine(Exception):
     pass
+
+
+def _loads(line: str) -> Any:
+    """orjson parses the 1536 floats of an embedding several times faster than json."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is a dependency
+        return json.loads(line)
+    return orjson.loads(line)
 
 
 @dataclass
@@ -135,16 +146,26 @@ def parse_record(obj: Any, dim: int) -> tuple[Kind, dict[str, Any]]:
             if "\x00" in value:
                 raise BadLine(f"{column}: contains a NUL character")
             row[column] = value
-    embedding = obj.get("embedding")
-    if embedding is not None and (
-            not isinstance(embedding, list) or len(embedding) != dim
-            or not all(isinstance(x, int | float) and not isinstance(x, bool)
-                       and math.isfinite(x) for x in embedding)):
-        got = len(embedding) if isinstance(embedding, list) else type(embedding).__name__
+    row["embedding"] = _embedding(obj.get("embedding"), dim)
+    return kind, row
+
+
+def _embedding(value: Any, dim: int) -> array[float] | None:
+    """A float32 array of the database's dimension (fast: a C loop, not a Python one)."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, list):
+            raise TypeError
+        vector = array("f", value)
+    except (TypeError, OverflowError):
+        vector = None
+    # sum() is NaN or infinite when any element is (float32 overflow included).
+    if vector is None or len(vector) != dim or not math.isfinite(sum(vector)):
+        got = len(value) if isinstance(value, list) else type(value).__name__
         raise BadLine(f"embedding: expected {dim} finite numbers (the database's "
                       f"dimension), got {got}")
-    row["embedding"] = embedding
-    return kind, row
+    return vector
 
 
 def read_lines(lines: Iterable[str], dim: int, result: ImportResult, skip_bad: bool
@@ -154,10 +175,9 @@ def read_lines(lines: Iterable[str], dim: int, result: ImportResult, skip_bad: b
         if not line.strip():
             continue
         try:
-            kind, row = parse_record(json.loads(line), dim)
-        except (BadLine, json.JSONDecodeError) as exc:
-            message = f"invalid JSON: {exc.msg}" if isinstance(exc, json.JSONDecodeError) \
-                else str(exc)
+            kind, row = parse_record(_loads(line), dim)
+        except (BadLine, ValueError) as exc:
+            message = str(exc) if isinstance(exc, BadLine) else f"invalid JSON: {exc}"
             result.bad_lines.append({"line": number, "error": message})
             if not skip_bad:
                 raise OperationFailed(
@@ -191,49 +211,101 @@ def _existing_hashes(conn: psycopg.Connection[Any], kind: Kind, hashes: list[str
     return {str(r[0]) for r in conn.execute(query, (hashes,)).fetchall()}
 
 
-def _copy_rows(conn: psycopg.Connection[Any], kind: Kind, rows: list[dict[str, Any]]) -> None:
-    from pgvector import Vector
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
+def _vector_binary(vector: array[float]) -> bytes:
+    """pgvector's binary input: dim (int16), unused (int16), float32s, all big-endian."""
+    if sys.byteorder == "little":
+        vector = array("f", vector)
+        vector.byteswap()
+    return struct.pack(">HH", len(vector), 0) + vector.tobytes()
 
-    columns = [*TABLES[kind].columns, "embedding"]
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(TABLES[kind].table), sql.SQL(", ").join(map(sql.Identifier, columns)))
-    with conn.cursor() as cur, cur.copy(statement) as copy:
-        copy.set_types([COLUMN_TYPES[c] for c in columns])
-        for row in rows:
-            values = []
-            for column in columns:
-                value = row[column]
-                if value is not None and column in JSON_COLUMNS:
-                    value = Jsonb(value)
-                elif value is not None and column == "embedding":
-                    value = Vector(value)
-                values.append(value)
-            copy.write_row(values)
+
+class _CopyStream:
+    """One binary COPY kept open across chunks (closed only when the kind changes or a query
+    must run on this connection), its rows sent by a writer thread: Python parses the next
+    rows while the server inserts the previous ones."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.kind: Kind | None = None
+        self._cursor: Any = None
+        self._copy: Any = None
+        self._context: Any = None
+        self.columns: list[str] = []
+
+    def open(self, kind: Kind) -> None:
+        from psycopg import sql
+        from psycopg.copy import QueuedLibpqWriter
+
+        if self.kind == kind:
+            return
+        self.close()
+        self.columns = [*TABLES[kind].columns, "embedding"]
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(TABLES[kind].table),
+            sql.SQL(", ").join(map(sql.Identifier, self.columns)))
+        self._cursor = self.conn.cursor()
+        self._context = self._cursor.copy(statement, writer=QueuedLibpqWriter(self._cursor))
+        self._copy = self._context.__enter__()
+        # The vector column goes as raw bytes in pgvector's binary format (bytea's dumper
+        # passes them through unchanged).
+        self._copy.set_types([COLUMN_TYPES[c] if c != "embedding" else "bytea"
+                              for c in self.columns])
+        self.kind = kind
+
+    def write(self, row: dict[str, Any]) -> None:
+        from psycopg.types.json import Jsonb
+
+        values = []
+        for column in self.columns:
+            value = row[column]
+            if value is not None and column in JSON_COLUMNS:
+                value = Jsonb(value)
+            elif value is not None and column == "embedding":
+                value = _vector_binary(value)
+            values.append(value)
+        self._copy.write_row(values)
+
+    def close(self, error: BaseException | None = None) -> None:
+        if self._copy is not None:
+            context, cursor = self._context, self._cursor
+            self._copy = self._cursor = self._context = None
+            self.kind = None
+            try:
+                context.__exit__(type(error) if error else None, error, None)
+            finally:
+                cursor.close()
 
 
 def import_lines(conn: psycopg.Connection[Any], lines: Iterable[str], dim: int,
                  provider: EmbeddingProvider | None, *, skip_bad: bool = False,
-                 progress: Progress | None = None) -> ImportResult:
-    """Import JSON lines in one transaction (rolled back on a bad line unless skip_bad)."""
-    from pgvector.psycopg import register_vector
+                 progress: Progress | None = None,
+                 lookup: psycopg.Connection[Any] | None = None) -> ImportResult:
+    """Import JSON lines in one transaction (rolled back on a bad line unless skip_bad).
 
-    register_vector(conn)
+    `lookup`, a second connection, answers the duplicate checks so the COPY on `conn` can
+    stay open for the whole file; without it the COPY is closed for each check.
+    """
     result = ImportResult()
     seen: set[tuple[str, str]] = set()
     try:
         with conn.transaction():
             now_row = conn.execute("SELECT now()").fetchone()
             assert now_row is not None
-            now = now_row[0]
-            chunk: list[tuple[Kind, dict[str, Any]]] = []
-            for _, kind, row in read_lines(lines, dim, result, skip_bad):
-                chunk.append((kind, row))
-                if len(chunk) >= CHUNK_ROWS:
-                    _load_chunk(conn, chunk, provider, now, seen, result, progress)
-                    chunk = []
-            _load_chunk(conn, chunk, provider, now, seen, result, progress)
+            stream = _CopyStream(conn)
+            try:
+                chunk: list[tuple[Kind, dict[str, Any]]] = []
+                for _, kind, row in read_lines(lines, dim, result, skip_bad):
+                    chunk.append((kind, row))
+                    if len(chunk) >= CHUNK_ROWS:
+                        _load_chunk(stream, lookup, chunk, provider, now_row[0], seen, result,
+                                    progress)
+                        chunk = []
+                _load_chunk(stream, lookup, chunk, provider, now_row[0], seen, result,
+                            progress)
+            except BaseException as exc:
+                stream.close(exc)
+                raise
+            stream.close()
     except OperationFailed:
         result.rolled_back = True
         raise
@@ -247,42 +319,47 @@ def import_lines(conn: psycopg.Connection[Any], lines: Iterable[str], dim: int,
     return result
 
 
-def _load_chunk(conn: psycopg.Connection[Any], chunk: list[tuple[Kind, dict[str, Any]]],
-                provider: EmbeddingProvider | None, now: dt.datetime,
-                seen: set[tuple[str, str]], result: ImportResult,
+def _load_chunk(stream: _CopyStream, lookup: psycopg.Connection[Any] | None,
+                chunk: list[tuple[Kind, dict[str, Any]]], provider: EmbeddingProvider | None,
+                now: dt.datetime, seen: set[tuple[str, str]], result: ImportResult,
                 progress: Progress | None) -> None:
     from aegisctl.memory.providers import embed_texts
 
-    by_kind: dict[Kind, list[dict[str, Any]]] = {k: [] for k in KINDS}
+    if not chunk:
+        return
+    if lookup is None:
+        stream.close()
+    hashes: dict[Kind, list[str]] = {k: [] for k in KINDS}
+    digests = []
     for kind, row in chunk:
-        by_kind[kind].append(row)
-    for kind, rows in by_kind.items():
-        if not rows:
+        digest = content_hash(row[TABLES[kind].text])
+        digests.append(digest)
+        hashes[kind].append(digest)
+    existing = {kind: _existing_hashes(lookup or stream.conn, kind, sorted(set(found)))
+                for kind, found in hashes.items() if found}
+    fresh: list[tuple[Kind, dict[str, Any]]] = []
+    for (kind, row), digest in zip(chunk, digests, strict=True):
+        if digest in existing[kind] or (kind, digest) in seen:
+            result.duplicates += 1
             continue
-        text_column = TABLES[kind].text
-        hashes = [content_hash(r[text_column]) for r in rows]
-        existing = _existing_hashes(conn, kind, sorted(set(hashes)))
-        fresh: list[dict[str, Any]] = []
-        for row, digest in zip(rows, hashes, strict=True):
-            if digest in existing or (kind, digest) in seen:
-                result.duplicates += 1
-                continue
-            seen.add((kind, digest))
-            _fill_defaults(kind, row, now)
-            fresh.append(row)
-        missing = [r for r in fresh if r["embedding"] is None]
-        if missing and provider is not None:
-            vectors = embed_texts(provider, [r[text_column] for r in missing],
-                                  (lambda n: progress("embedding", n)) if progress else None)
-            for row, vector in zip(missing, vectors, strict=True):
-                row["embedding"] = vector
-            result.embedded += len(missing)
-        elif missing:
-            result.without_embedding += len(missing)
-        _copy_rows(conn, kind, fresh)
-        result.inserted[kind] += len(fresh)
-        if progress:
-            progress("loading", len(rows))
+        seen.add((kind, digest))
+        _fill_defaults(kind, row, now)
+        fresh.append((kind, row))
+    missing = [(k, r) for k, r in fresh if r["embedding"] is None]
+    if missing and provider is not None:
+        vectors = embed_texts(provider, [r[TABLES[k].text] for k, r in missing],
+                              (lambda n: progress("embedding", n)) if progress else None)
+        for (_, row), vector in zip(missing, vectors, strict=True):
+            row["embedding"] = array("f", vector)
+        result.embedded += len(missing)
+    elif missing:
+        result.without_embedding += len(missing)
+    for kind, row in fresh:
+        stream.open(kind)
+        stream.write(row)
+        result.inserted[kind] += 1
+    if progress:
+        progress("loading", len(chunk))
 
 
 def add_memory(conn: psycopg.Connection[Any], obj: dict[str, Any], dim: int,
@@ -298,14 +375,12 @@ def add_memory(conn: psycopg.Connection[Any], obj: dict[str, Any], dim: int,
             sql.Identifier(info.table)), (digest,)).fetchone()
     if found is not None:
         return f"{kind}:{found[0]}", False
-    if row["embedding"] is None and provider is not None:
-        from aegisctl.memory.providers import embed_texts
-
-        row["embedding"] = embed_texts(provider, [row[info.text]])[0]
-    from pgvector.psycopg import register_vector
     from psycopg.types.json import Jsonb
 
-    register_vector(conn)
+    from aegisctl.memory.providers import embed_texts, vector_literal
+
+    if row["embedding"] is None and provider is not None:
+        row["embedding"] = embed_texts(provider, [row[info.text]])[0]
     columns = [c for c in (*info.columns, "embedding") if row.get(c) is not None]
     values = []
     for column in columns:
@@ -313,13 +388,13 @@ def add_memory(conn: psycopg.Connection[Any], obj: dict[str, Any], dim: int,
         if column in JSON_COLUMNS:
             value = Jsonb(value)
         elif column == "embedding":
-            from pgvector import Vector
-
-            value = Vector(value)
+            value = vector_literal(list(value))
         values.append(value)
+    placeholders = [sql.SQL("%s::vector") if c == "embedding" else sql.Placeholder()
+                    for c in columns]
     statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
         sql.Identifier(info.table), sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join([sql.Placeholder()] * len(columns)))
+        sql.SQL(", ").join(placeholders))
     inserted = conn.execute(statement, values).fetchone()
     assert inserted is not None
     return f"{kind}:{inserted[0]}", True
