@@ -7,7 +7,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -583,7 +583,8 @@ def import_cmd(
         except OSError as exc:
             raise UsageError(f"cannot read {file}: {exc.strerror}") from None
         lines = handle
-    with _session(ctx, "import") as (app_state, settings, conn, dim):
+    with _session(ctx, "import") as (app_state, settings, conn, dim), \
+            (lines if hasattr(lines, "close") and lines is not sys.stdin else nullcontext()):
         provider = _provider(settings, dim)
         with _progress(app_state, total, "importing") as progress, \
                 app_state.connect("memory import") as lookup:
