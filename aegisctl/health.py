@@ -7,21 +7,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aegisctl.schema.extensions import ExtensionInfo, list_extensions
+
 if TYPE_CHECKING:
     import psycopg
-
-
-@dataclass
-class ExtensionState:
-    name: str
-    installed_version: str | None
-    available_version: str | None
-
-    @property
-    def status(self) -> str:
-        if self.installed_version:
-            return "installed"
-        return "available" if self.available_version else "missing"
 
 
 @dataclass
@@ -38,7 +27,7 @@ class HealthReport:
     user: str | None = None
     connect_ms: float | None = None
     latency_ms: float | None = None
-    extensions: list[ExtensionState] = field(default_factory=list)
+    extensions: list[ExtensionInfo] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,7 +48,8 @@ class HealthReport:
                     "name": e.name,
                     "status": e.status,
                     "installed_version": e.installed_version,
-                    "available_version": e.available_version,
+                    "available_version": e.default_version,
+                    "notes": e.notes,
                 }
                 for e in self.extensions
             ],
@@ -83,17 +73,6 @@ def probe(conn: psycopg.Connection[Any], report: HealthReport, required: list[st
     report.server_version, report.server_version_num = row[0], row[1]
     report.role = "standby" if row[2] else "primary"
     report.database, report.user = row[3], row[4]
-    rows = conn.execute(
-        "SELECT r.name, e.extversion, a.default_version"
-        " FROM unnest(%s::text[]) AS r(name)"
-        " LEFT JOIN pg_available_extensions a ON a.name = r.name"
-        " LEFT JOIN pg_extension e ON e.extname = r.name",
-        (required,),
-    ).fetchall()
-    found = {r[0]: r for r in rows}
-    report.extensions = [
-        ExtensionState(name, found[name][1] if name in found else None,
-                       found[name][2] if name in found else None)
-        for name in required
-    ]
+    # The configured extensions only: health answers "do we have what we need?".
+    report.extensions = [e for e in list_extensions(conn, required) if e.configured]
     return report

@@ -60,9 +60,9 @@ def health(ctx: typer.Context, fmt: FormatOption = None) -> None:
             title="health",
         )
         output.print_table(
-            ["extension", "status", "installed", "available"],
-            [(e.name, e.status, e.installed_version or "-", e.available_version or "-")
-             for e in report.extensions],
+            ["extension", "status", "installed", "available", "note"],
+            [(e.name, e.status, e.installed_version or "-", e.default_version or "-",
+              "; ".join(e.notes)) for e in report.extensions],
         )
     if not report.reachable:
         raise typer.Exit(int(ExitCode.UNREACHABLE))

@@ -116,7 +116,7 @@ def _server(conn: psycopg.Connection[Any]) -> tuple[int, str, str | None]:
 
 def list_extensions(conn: psycopg.Connection[Any], configured: list[str]) -> list[ExtensionInfo]:
     """The configured extensions (installed, available or missing) and every installed one."""
-    _, _, preload = _server(conn)
+    major, _, preload = _server(conn)
     rows = conn.execute(
         "SELECT n.name, e.extversion, a.default_version, s.nspname"
         " FROM (SELECT unnest(%s::text[]) UNION SELECT extname FROM pg_extension) AS n(name)"
@@ -126,7 +126,6 @@ def list_extensions(conn: psycopg.Connection[Any], configured: list[str]) -> lis
         " ORDER BY n.name",
         (configured,),
     ).fetchall()
-    major = _server(conn)[0]
     result = []
     for name, installed, default, schema in rows:
         info = ExtensionInfo(name, installed, default, schema, configured=name in configured)
