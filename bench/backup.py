@@ -20,6 +20,7 @@ Usage: python bench/backup.py [--rows 50000]      (starts its own embedded Postg
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -142,8 +143,13 @@ def main() -> None:
                 [*aegisctl, "backup", "create", "--dump-format", "directory", "--jobs", "2"]))
         sizes = {"bare -Fc": size_of(out / "bare0.dump"),
                  "bare -Fd -j2": size_of(out / "bare0.dir")}
-        ids = sorted(p.name.split(".")[0] for p in (out / "aegisctl" / "bench").glob(
-            "*.manifest.json"))
+        manifests = sorted((out / "aegisctl" / "bench").glob("*.manifest.json"))
+        ids = [p.name.split(".")[0] for p in manifests]
+        # aegisctl's own sizes, as its manifests record them (first round of each format).
+        recorded = [json.loads(p.read_text()) for p in manifests]
+        sizes["aegisctl custom"] = next(m["size"] for m in recorded if m["format"] == "custom")
+        sizes["aegisctl directory -j2"] = next(m["size"] for m in recorded
+                                               if m["format"] == "directory")
         restore_db = f"{DB}_restored"
         bare_restore_db = f"{DB}_bare_restored"
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
