@@ -138,12 +138,16 @@ def connect(
     *,
     autocommit: bool = True,
     data_dir: str | None = None,
+    dbname: str | None = None,
 ) -> psycopg.Connection[Any]:
-    """A connection to the target, retried only while the failure is transient."""
+    """A connection to the target (or, with `dbname`, to another database on the target's
+    server, with the same credentials), retried only while the failure is transient."""
     import psycopg
 
     settings = loaded.settings
     params = connect_params(settings, target, command, kind, data_dir)
+    if dbname is not None:
+        params.kwargs["dbname"] = dbname
     retry = settings.connection.retry
 
     def attempt() -> psycopg.Connection[Any]:
@@ -153,8 +157,10 @@ def connect(
         return retry_transient(attempt, retry.attempts, retry.initial_delay, retry.max_delay,
                                f"connecting to {target.name}")
     except psycopg.Error as exc:
+        where = f" database '{dbname}'" if dbname else ""
         raise ConnectionFailed(
-            f"cannot connect to target '{target.name}' ({target.display_dsn}): {_first_line(exc)}"
+            f"cannot connect to target '{target.name}'{where} ({target.display_dsn}): "
+            f"{_first_line(exc)}"
         ) from None
 
 

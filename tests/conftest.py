@@ -91,15 +91,19 @@ empty_template = factories.postgresql_noproc(depends_on="pg_server", dbname="aeg
 empty_db = factories.postgresql("empty_template")
 
 
-def dsn_of(conn: psycopg.Connection[Any], dbname: str | None = None) -> str:
-    """A URI for the database `conn` is connected to (password included when there is one)."""
+def dsn_of(conn: psycopg.Connection[Any], dbname: str | None = None, *, user: str | None = None,
+           password: str | None = None) -> str:
+    """A URI for the database `conn` is connected to: as the same user with its password, or as
+    `user` with `password` (None: no password, as the embedded server's socket trusts)."""
     info = conn.info
-    password = f":{quote(info.password, safe='')}" if info.password else ""
+    login = user or info.user
+    secret = password if user else info.password
+    auth = f"{quote(login, safe='')}" + (f":{quote(secret, safe='')}" if secret else "")
     host = info.host
     db = dbname or info.dbname
     if host.startswith("/"):
-        return f"postgresql://{quote(info.user, safe='')}{password}@/{db}?host={host}&port={info.port}"
-    return f"postgresql://{quote(info.user, safe='')}{password}@{host}:{info.port}/{db}"
+        return f"postgresql://{auth}@/{db}?host={host}&port={info.port}"
+    return f"postgresql://{auth}@{host}:{info.port}/{db}"
 
 
 @pytest.fixture

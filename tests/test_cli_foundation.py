@@ -77,14 +77,13 @@ def test_wrong_password_exits_3_and_never_echoes_it(cli, empty_db, write_config)
     empty_db.execute("DROP ROLE IF EXISTS aegis_pw_test")
     empty_db.execute("CREATE ROLE aegis_pw_test LOGIN PASSWORD 'right-password'")
     try:
-        info = empty_db.info
-        if info.host.startswith("/"):
+        if empty_db.info.host.startswith("/"):
             # The embedded server trusts its private socket; password auth needs a TCP listener,
             # which it deliberately does not have. Check the path through libpq's error instead.
-            dsn = dsn_of(empty_db).replace("postgresql://postgres@", "postgresql://nobody_here:wrong-password@")
+            dsn = dsn_of(empty_db, user="nobody_here", password="wrong-password")
             expected = 'role "nobody_here" does not exist'
         else:
-            dsn = f"postgresql://aegis_pw_test:wrong-password@{info.host}:{info.port}/{info.dbname}"
+            dsn = dsn_of(empty_db, user="aegis_pw_test", password="wrong-password")
             expected = "password authentication failed"
         path = write_config({"targets": {"primary": {"dsn": dsn}},
                              "connection": {"retry": {"attempts": 3, "initial_delay": "2s"}}})

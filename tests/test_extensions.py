@@ -70,10 +70,8 @@ def test_missing_privilege_message(cli, empty_db, write_config) -> None:
     empty_db.execute("DROP ROLE IF EXISTS aegis_ext_nopriv")
     empty_db.execute("CREATE ROLE aegis_ext_nopriv LOGIN PASSWORD 'pw-ext'")
     try:
-        user = empty_db.info.user
-        dsn = dsn_of(empty_db).replace(f"postgresql://{user}", "postgresql://aegis_ext_nopriv", 1)
-        if not empty_db.info.host.startswith("/"):
-            dsn = dsn.replace("aegis_ext_nopriv@", "aegis_ext_nopriv:pw-ext@", 1)
+        password = None if empty_db.info.host.startswith("/") else "pw-ext"
+        dsn = dsn_of(empty_db, user="aegis_ext_nopriv", password=password)
         path = write_config({"targets": {"primary": {"dsn": dsn}},
                              "connection": {"retry": {"attempts": 1}}})
         result = cli("--config", str(path), "ext", "install", "pg_stat_statements")

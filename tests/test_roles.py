@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import dsn_of
+from psycopg import sql
 
 from aegisctl.roles import scram_verifier
 from aegisctl.schema import database_embedding_dim
@@ -51,12 +52,14 @@ def roles_config(write_config, aegis_dsn: str, role_names: tuple[str, str],
 
 def connect_as(conn: psycopg.Connection[Any], role: str,
                password: str | None = None) -> psycopg.Connection[Any]:
-    """The same database as `conn`, as another role (the embedded server trusts its socket)."""
-    user = conn.info.user
-    dsn = dsn_of(conn).replace(f"postgresql://{user}", f"postgresql://{role}", 1)
-    if password and not conn.info.host.startswith("/"):
-        dsn = dsn.replace(f"{role}@", f"{role}:{password}@", 1)
-    return psycopg.connect(dsn, autocommit=True)
+    """The same database as `conn`, as another role. The embedded server trusts its socket;
+    over TCP (AEGISCTL_TEST_DSN) a role without a password gets a test-only one."""
+    if not conn.info.host.startswith("/") and password is None:
+        password = "test-only-" + secrets.token_hex(4)
+        conn.autocommit = True
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)))
+    return psycopg.connect(dsn_of(conn, user=role, password=password), autocommit=True)
 
 
 def _role_exists(conn: psycopg.Connection[Any], name: str) -> bool:

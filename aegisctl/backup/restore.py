@@ -21,7 +21,7 @@ from aegisctl.backup.tools import child_conninfo
 from aegisctl.backup.verify import check_files, readable_archive, restore_list, tools_for
 from aegisctl.config import LoadedConfig
 from aegisctl.db import connect, connect_params
-from aegisctl.errors import ConnectionFailed, OperationFailed, UsageError
+from aegisctl.errors import OperationFailed, UsageError
 from aegisctl.targets import Target
 
 if TYPE_CHECKING:
@@ -110,15 +110,7 @@ def plan_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
 def connect_to(loaded: LoadedConfig, target: Target, database: str,
                command: str) -> psycopg.Connection[Any]:
     """A connection to another database on the target's server."""
-    import psycopg
-
-    params = connect_params(loaded.settings, target, command, "maintenance")
-    try:
-        return psycopg.connect(params.conninfo, autocommit=True,
-                               **{**params.kwargs, "dbname": database})
-    except psycopg.Error as exc:
-        raise ConnectionFailed(f"cannot connect to database '{database}': "
-                               f"{str(exc).strip().splitlines()[-1]}") from None
+    return connect(loaded, target, command, "maintenance", dbname=database)
 
 
 def run_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,

@@ -161,9 +161,8 @@ def _restore_test(loaded: LoadedConfig, target: Target, manifest: BackupManifest
             if done.returncode != 0:
                 lines = done.stderr.strip().splitlines()
                 return scratch, [f"restore test failed: {lines[-1] if lines else 'error'}"]
-            import psycopg
-
-            with psycopg.connect(conninfo, password=target.password, autocommit=True) as conn:
+            with connect(loaded, target, "backup verify", "maintenance",
+                         dbname=scratch) as conn:
                 return scratch, _compare(conn, manifest)
         finally:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
