@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import threading
@@ -25,6 +26,7 @@ from backup_fixtures import (  # noqa: F401  (fixtures)
 from conftest import dsn_of
 
 from aegisctl.backup.lock import target_lock
+from aegisctl.resources import migrations_dir
 
 
 def _create(cli: Any, cfg: Path, *args: str) -> dict[str, Any]:
@@ -298,9 +300,23 @@ def test_remote_unreachable_then_uploaded(cli, aegis_db, backup_config, s3_endpo
     assert json.loads(pruned.stdout)["delete"] == {}
 
 
-def test_schema_migrate_backup_takes_a_verified_backup(cli, aegis_db, backup_config) -> None:
+def test_schema_migrate_backup_takes_a_verified_backup(cli, aegis_db, backup_config, tmp_path,
+                                                       monkeypatch) -> None:
     cfg = backup_config()
+    # Nothing pending: nothing to protect, no backup.
+    idle = cli("--config", str(cfg), "schema", "migrate", "--backup")
+    assert idle.exit_code == 0, idle.output
+    assert "no backup needed" in idle.stderr
+    assert _list(cli, cfg)["backups"] == []
+    # A pending migration: a verified backup first, then the migration.
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(migrations_dir(), sql_dir / "migrations")
+    (sql_dir / "migrations" / "0999_extra.sql").write_text(
+        "CREATE TABLE aegis_extra_note (id serial PRIMARY KEY, note text);\n")
+    monkeypatch.setenv("AEGISCTL_SQL_DIR", str(sql_dir))
     result = cli("--config", str(cfg), "schema", "migrate", "--backup")
     assert result.exit_code == 0, result.output
     backups = _list(cli, cfg)["backups"]
     assert [(b["label"], b["verified"]) for b in backups] == [("before-migration", "ok")]
+    assert aegis_db.execute("SELECT to_regclass('aegis_extra_note')").fetchone() == (
+        "aegis_extra_note",)

@@ -152,10 +152,16 @@ def migrate(
       aegisctl schema migrate --backup
     """
     from aegisctl.schema import migrate as run_migrate
+    from aegisctl.schema import schema_status
 
     app_state = state(ctx)
     settings = app_state.config().settings
     if backup and not dry_run:
+        with app_state.connect("schema migrate") as conn:
+            pending = schema_status(conn).having("pending")
+        if not pending:
+            output.print_status("no pending migrations: no backup needed")
+    if backup and not dry_run and pending:
         from aegisctl.backup.service import create_verified_backup
 
         taken = create_verified_backup(app_state.config(), app_state.target(),
