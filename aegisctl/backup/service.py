@@ -46,8 +46,11 @@ def run_create(loaded: LoadedConfig, target: Target, options: CreateOptions, *,
         result = CreateResult(manifest, removed_temporaries=leftovers)
         level = verify or settings.verify_after_create
         if level != "none":
+            # The checksums were computed from the files a moment ago, after fsync: hashing
+            # them again would only re-read the page cache.
             result.verification = verify_backup(loaded, target, manifest,
-                                                restore_test=level == "restore-test")
+                                                restore_test=level == "restore-test",
+                                                fresh=True)
             result.manifest = result.verification.manifest
         if upload and settings.remote is not None:
             result.uploaded, result.upload_error = _upload_pending(loaded, target, progress)
