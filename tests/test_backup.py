@@ -11,10 +11,12 @@ import shutil
 import signal
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from backup_fixtures import (  # noqa: F401  (fixtures)
     backup_config,
     fill,
@@ -320,3 +322,47 @@ def test_schema_migrate_backup_takes_a_verified_backup(cli, aegis_db, backup_con
     assert [(b["label"], b["verified"]) for b in backups] == [("before-migration", "ok")]
     assert aegis_db.execute("SELECT to_regclass('aegis_extra_note')").fetchone() == (
         "aegis_extra_note",)
+
+
+def test_directory_backup_remote_round_trip_with_object_lock(cli, aegis_db, backup_config,
+                                                            s3_endpoint, tmp_path,
+                                                            monkeypatch) -> None:
+    """A directory-format backup goes up file by file under Object Lock (the bucket refuses
+    to let them be deleted early), comes back, and verifies."""
+    import boto3
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"aegis-locked-{os.getpid()}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    fill(aegis_db, rows=6)
+    cfg = backup_config(name="locked.yaml", remote={
+        "endpoint_url": s3_endpoint, "bucket": bucket, "region": "us-east-1",
+        "object_lock_days": 7, "object_lock_mode": "GOVERNANCE"})
+    made = cli("--config", str(cfg), "backup", "create", "--dump-format", "directory",
+               "--jobs", "2", "--format", "json")
+    assert made.exit_code == 0, made.output
+    listed = _list(cli, cfg)["backups"][0]
+    backup_id = listed["id"]
+    assert listed["uploaded"] == "uploaded"
+
+    objects = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    data_files = [k for k in objects if "/" in k and k.endswith(".dat.gz")]
+    assert data_files, objects
+    head = s3.head_object(Bucket=bucket, Key=data_files[0])  # moto's GetObjectRetention 500s
+    assert head["ObjectLockMode"] == "GOVERNANCE"
+    assert head["ObjectLockRetainUntilDate"].timestamp() > time.time() + 6 * 86400
+    version = s3.list_object_versions(Bucket=bucket, Prefix=data_files[0])["Versions"][0]
+    with pytest.raises(Exception, match="AccessDenied"):
+        s3.delete_object(Bucket=bucket, Key=data_files[0], VersionId=version["VersionId"])
+
+    shutil.rmtree(tmp_path / "backups" / "primary" / f"{backup_id}.dir")
+    got = cli("--config", str(cfg), "backup", "download", backup_id)
+    assert got.exit_code == 0, got.output
+    verified = cli("--config", str(cfg), "backup", "verify", backup_id, "--format", "json")
+    assert verified.exit_code == 0, verified.output
+    again = cli("--config", str(cfg), "backup", "download", backup_id)
+    assert again.exit_code == 1
+    assert "already here, complete" in again.stderr

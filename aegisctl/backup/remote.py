@@ -193,7 +193,13 @@ def download_backup(store: BackupStore, remote: Remote, backup_id: str,
     prefix = remote.prefix(backup_id)
     store.ensure()
     if store.manifest_path(backup_id).exists():
-        raise OperationFailed(f"backup {backup_id} is already here ({store.folder})")
+        from aegisctl.backup.verify import check_files
+
+        # A local copy whose files are all there is never overwritten; one with missing or
+        # truncated files is repaired from the remote copy.
+        if not check_files(store, store.load(backup_id), checksum=False):
+            raise OperationFailed(f"backup {backup_id} is already here, complete "
+                                  f"({store.folder})", hint="aegisctl backup verify to check it")
     with remote_errors(f"downloading backup {backup_id}"):
         try:
             body = remote.client.get_object(Bucket=remote.settings.bucket,
