@@ -342,7 +342,6 @@ def _similarity_column(vector: str | None) -> Any:
 def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexemes: list[str],
               limit: int, explain: Explain, with_plan: bool, vector: str | None) -> list[Hit]:
     from psycopg import sql
-    from psycopg.rows import dict_row
 
     info = TABLES[kind]
     table, tsv = sql.Identifier(info.table), sql.Identifier(info.tsv)
@@ -382,23 +381,12 @@ def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexem
              table=table, where=where)
     path = PathInfo(kind=kind, signal="keyword",
                     path=f"full-text OR of {len(lexemes)} terms, IDF-ranked (GIN on {info.tsv})")
-    with conn.cursor(row_factory=dict_row) as cur:
-        if with_plan:
-            cur.execute(sql.SQL("EXPLAIN ") + query, params)
-            path.plan = _plan_lines(cur.fetchall())
-        cur.execute(query, params)
-        rows = cur.fetchall()
-    path.rows = len(rows)
-    explain.paths.append(path)
-    return [Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
-                similarity=None if r["similarity"] is None else float(r["similarity"]),
-                keyword_score=float(r["kw_score"]), match="fulltext") for r in rows]
+    return _keyword_hits(conn, kind, query, params, path, explain, with_plan, "fulltext")
 
 
 def _trigram(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, text: str,
              limit: int, explain: Explain, with_plan: bool, vector: str | None) -> list[Hit]:
     from psycopg import sql
-    from psycopg.rows import dict_row
 
     info = TABLES[kind]
     column = sql.Identifier(info.text)
@@ -415,8 +403,18 @@ def _trigram(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, text: 
     path = PathInfo(kind=kind, signal="trigram",
                     path=f"trigram word similarity >= {TRIGRAM_THRESHOLD} on {info.text} "
                          "(fallback: full-text found fewer than the limit)")
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"SET LOCAL pg_trgm.word_similarity_threshold = {TRIGRAM_THRESHOLD}")
+    with conn.transaction():
+        conn.execute(f"SET LOCAL pg_trgm.word_similarity_threshold = {TRIGRAM_THRESHOLD}")
+        return _keyword_hits(conn, kind, query, params, path, explain, with_plan, "trigram")
+
+
+def _keyword_hits(conn: psycopg.Connection[Any], kind: Kind, query: Any, params: dict[str, Any],
+                  path: PathInfo, explain: Explain, with_plan: bool, match: str) -> list[Hit]:
+    """Run a keyword query (and its plan when asked); its rows as hits."""
+    from psycopg import sql
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
         if with_plan:
             cur.execute(sql.SQL("EXPLAIN ") + query, params)
             path.plan = _plan_lines(cur.fetchall())
@@ -426,7 +424,7 @@ def _trigram(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, text: 
     explain.paths.append(path)
     return [Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
                 similarity=None if r["similarity"] is None else float(r["similarity"]),
-                keyword_score=float(r["kw_score"]), match="trigram") for r in rows]
+                keyword_score=float(r["kw_score"]), match=match) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------
