@@ -163,6 +163,13 @@ def _dump_data(run: _Run, dest: Path, key: crypto.BackupKey | None,
                 progress("dumping", _size(dest))
 
 
+def _place(tmp: Path, final: Path, folder: Path) -> None:
+    """Make a finished temporary file or folder durable, then give it its final name."""
+    fsync_tree(tmp)
+    os.replace(tmp, final)
+    fsync_dir(folder)
+
+
 def _size(path: Path) -> int:
     try:
         if path.is_dir():
@@ -241,9 +248,7 @@ def create_backup(
             version = schema_version(conn)
             if progress:
                 progress("syncing", _size(tmp))
-            fsync_tree(tmp)
-            os.replace(tmp, final)
-            fsync_dir(store.folder)
+            _place(tmp, final, store.folder)
         except BaseException:
             run.kill()
             remove_path(tmp)
@@ -298,9 +303,7 @@ def _dump_globals(store: BackupStore, tools: PgTools, conninfo: str, env: dict[s
             if key:
                 writer.close()
         run.finish("pg_dumpall --globals-only")
-        fsync_tree(tmp)
-        os.replace(tmp, final)
-        fsync_dir(store.folder)
+        _place(tmp, final, store.folder)
     except BaseException:
         run.kill()
         remove_path(tmp)
