@@ -12,6 +12,8 @@ from aegisctl.schema.extensions import ExtensionInfo, list_extensions
 if TYPE_CHECKING:
     import psycopg
 
+    from aegisctl.output import Block
+
 
 @dataclass
 class HealthReport:
@@ -54,6 +56,28 @@ class HealthReport:
                 for e in self.extensions
             ],
         }
+
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Fields, Table
+
+        where = "embedded" if self.embedded else self.dsn
+        if not self.reachable:
+            return [Fields([("target", f"{self.target} ({where})"), ("error", self.error)],
+                           title="health")]
+        return [
+            Fields([
+                ("target", f"{self.target} ({where})"),
+                ("server", f"PostgreSQL {self.server_version}"),
+                ("role", self.role),
+                ("database", f"{self.database} as {self.user}"),
+                ("connect", f"{self.connect_ms} ms"),
+                ("latency", f"{self.latency_ms} ms (median of 5 × SELECT 1)"),
+            ], title="health"),
+            Table(["extension", "status", "installed", "available", "note"],
+                  [(e.name, e.status, e.installed_version or "-", e.default_version or "-",
+                    "; ".join(e.notes)) for e in self.extensions]),
+        ]
 
 
 def probe(conn: psycopg.Connection[Any], report: HealthReport, required: list[str],

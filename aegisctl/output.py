@@ -1,4 +1,12 @@
-"""Rendering results: tables on a terminal, stable JSON for scripts.
+"""The one output path: every result object becomes a table for people or JSON for scripts here.
+
+A result is any object with `to_json()` (its one, stable JSON form) and `to_view()` (what a
+person sees: a list of `Fields`, `Table` and `Note` blocks). Commands call `render(result, fmt)`
+and never print tables or assemble payloads themselves (patronictl's `print_output` is the model).
+
+Data is printed inert: cells become rich `Text` (never parsed as markup) and control characters
+(escape sequences stored in memory text, say) are shown as visible `\\x1b`-style escapes in the
+table and as `\\u001b` escapes in JSON. Identifier columns never wrap or truncate.
 
 The one non-CLI module allowed to use rich; it imports rich lazily so start-up stays fast.
 """
@@ -9,18 +17,34 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, runtime_checkable
+
+# C0 controls but tab and newline, DEL, and C1 controls (U+0080..U+009F: a terminal may take
+# U+009B as CSI). Escape sequences start with one of these, so escaping them neutralises all.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_C1 = re.compile(r"[\x7f-\x9f]")
+
+
+def inert(text: str) -> str:
+    """Text from data made safe for a terminal: control characters become visible escapes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _default(value: Any) -> Any:
+    if hasattr(value, "to_json") and callable(value.to_json):
+        return value.to_json()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, Enum):
@@ -31,12 +55,141 @@ def _default(value: Any) -> Any:
 
 
 def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=_default, ensure_ascii=False)
+    """Stable JSON. NaN and infinities are refused (they are not JSON); C1 controls, which
+    json.dumps leaves raw with ensure_ascii=False, are escaped like C0 ones."""
+    text = json.dumps(obj, indent=2, default=_default, ensure_ascii=False, allow_nan=False)
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def emit_json(obj: Any) -> None:
     sys.stdout.write(to_json(obj) + "\n")
     sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# The view model: what a result looks like to a person
+
+
+ColumnKind = Literal["id", "text", "plain", "number"]
+
+
+@dataclass
+class Column:
+    """`id` never wraps nor truncates (users copy it); `text` wraps in its own column;
+    `number` is right-aligned; `plain` is rich's default."""
+
+    name: str
+    kind: ColumnKind = "plain"
+
+
+@dataclass
+class Table:
+    columns: list[Column | str]
+    rows: list[Sequence[Any]]
+    title: str | None = None
+    empty: str | None = None  # said instead of an empty table, e.g. "no backups yet"
+
+
+@dataclass
+class Fields:
+    pairs: list[tuple[str, Any]]
+    title: str | None = None
+
+
+@dataclass
+class Note:
+    """A line of prose under or between blocks (stdout: it is part of the result)."""
+
+    text: str
+    style: str = ""
+
+
+Block = Table | Fields | Note
+
+
+@runtime_checkable
+class Result(Protocol):
+    def to_json(self) -> Any: ...
+
+    def to_view(self) -> list[Block]: ...
+
+
+@dataclass
+class Message:
+    """The smallest result: a sentence, with the same facts as JSON."""
+
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> Any:
+        return {"message": self.text, **self.data}
+
+    def to_view(self) -> list[Block]:
+        return [Note(self.text)]
+
+
+def render(result: Any, fmt: str | Enum = "table") -> None:
+    """The one way a command shows its result: `fmt` is 'table' or 'json'."""
+    name = fmt.value if isinstance(fmt, Enum) else fmt
+    if name == "json":
+        emit_json(result.to_json())
+        return
+    blocks = result.to_view()
+    for block in blocks:
+        _print_block(block)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="seconds")
+    return inert(str(value))
+
+
+def _print_block(block: Block) -> None:
+    from rich import box
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    console = _console()
+    if isinstance(block, Note):
+        console.print(Text(inert(block.text), style=block.style if color_enabled() else ""))
+        return
+    if isinstance(block, Fields):
+        table = RichTable(title=block.title, box=box.SIMPLE, show_header=False,
+                          title_justify="left")
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for key, value in block.pairs:
+            table.add_row(Text(inert(key)), Text(_cell(value)))
+        console.print(table)
+        return
+    if not block.rows and block.empty:
+        console.print(Text(inert(block.empty)))
+        return
+    table = RichTable(title=block.title, box=box.SIMPLE_HEAD, title_justify="left")
+    for column in block.columns:
+        col = column if isinstance(column, Column) else Column(column)
+        if col.kind == "id":
+            table.add_column(col.name, no_wrap=True, overflow="ignore", min_width=len(col.name))
+        elif col.kind == "text":
+            table.add_column(col.name, overflow="fold", ratio=1)
+        elif col.kind == "number":
+            table.add_column(col.name, justify="right", no_wrap=True)
+        else:
+            table.add_column(col.name, overflow="fold")
+    for row in block.rows:
+        table.add_row(*(Text(_cell(cell)) for cell in row))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Terminal helpers
 
 
 def color_enabled(stream: Any = None) -> bool:
@@ -52,36 +205,23 @@ def _console(stderr: bool = False) -> Any:
         file=stream,
         no_color=not color_enabled(stream),
         highlight=False,
+        markup=False,
+        emoji=False,
         soft_wrap=False,
         width=None if stream.isatty() else 200,
     )
 
 
 def print_table(
-    columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None
+    columns: Sequence[str | Column], rows: Iterable[Sequence[Any]], title: str | None = None
 ) -> None:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
-    _console().print(table)
+    """Deprecated shim for commands not yet on `render`: same inert rendering."""
+    _print_block(Table(list(columns), list(rows), title))
 
 
 def print_fields(pairs: Iterable[tuple[str, Any]], title: str | None = None) -> None:
-    """A two-column key/value listing."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=title, box=box.SIMPLE, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in pairs:
-        table.add_row(key, "" if value is None else str(value))
-    _console().print(table)
+    """Deprecated shim for commands not yet on `render`."""
+    _print_block(Fields(list(pairs), title))
 
 
 def print_line(text: str) -> None:
@@ -91,7 +231,10 @@ def print_line(text: str) -> None:
 
 def print_status(text: str, style: str = "") -> None:
     """A progress or status line for a person: stderr, so stdout stays parseable."""
+    text = inert(text)
     if style and color_enabled(sys.stderr):
-        _console(stderr=True).print(text, style=style)
+        from rich.text import Text
+
+        _console(stderr=True).print(Text(text, style=style))
     else:
         sys.stderr.write(text + "\n")

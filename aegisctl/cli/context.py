@@ -86,3 +86,19 @@ def setup_logging(app_state: AppState) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+def confirm(question: str, yes: bool) -> None:
+    """The one confirmation for destructive commands. --yes skips it; without a terminal to ask
+    on it is a usage error (2); answering no cancels with exit 1 and nothing changed."""
+    from aegisctl import output
+    from aegisctl.errors import ExitCode
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        output.print_status("not a terminal to ask on: pass --yes to confirm")
+        raise typer.Exit(int(ExitCode.USAGE))
+    if not typer.confirm(question, default=False, err=True):
+        output.print_status("cancelled; nothing was changed")
+        raise typer.Exit(int(ExitCode.FAILED))

@@ -8,7 +8,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, state
-from aegisctl.errors import ConnectionFailed, ExitCode
+from aegisctl.errors import ConnectionFailed
 
 
 def health(ctx: typer.Context, fmt: FormatOption = None) -> None:
@@ -38,34 +38,13 @@ def health(ctx: typer.Context, fmt: FormatOption = None) -> None:
     except ConnectionFailed as exc:
         if app_state.fmt(fmt) is OutputFormat.json:
             report.error = str(exc)
-            output.emit_json(report.to_json())
+            output.render(report, "json")
         raise
     report.reachable = True
     report.connect_ms = round((time.perf_counter() - started) * 1000, 1)
     with conn:
         probe(conn, report, loaded.settings.schema.extensions)
-
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json(report.to_json())
-    else:
-        output.print_fields(
-            [
-                ("target", f"{report.target} ({'embedded' if report.embedded else report.dsn})"),
-                ("server", f"PostgreSQL {report.server_version}"),
-                ("role", report.role),
-                ("database", f"{report.database} as {report.user}"),
-                ("connect", f"{report.connect_ms} ms"),
-                ("latency", f"{report.latency_ms} ms (median of 5 × SELECT 1)"),
-            ],
-            title="health",
-        )
-        output.print_table(
-            ["extension", "status", "installed", "available", "note"],
-            [(e.name, e.status, e.installed_version or "-", e.default_version or "-",
-              "; ".join(e.notes)) for e in report.extensions],
-        )
-    if not report.reachable:
-        raise typer.Exit(int(ExitCode.UNREACHABLE))
+    output.render(report, app_state.fmt(fmt))
 
 
 def register(app: typer.Typer) -> None:

@@ -68,7 +68,7 @@ class AegisGroup(TyperGroup):
             if debug and isinstance(exc, KeyboardInterrupt):
                 raise
             _fail("interrupted", int(ExitCode.INTERRUPTED))
-        except (typer.TyperException, typer.Exit):
+        except (typer.TyperException, typer.Exit, BrokenPipeError):
             raise
         except Exception as exc:
             if debug:
@@ -154,10 +154,21 @@ def main(
 health_cmd.register(app)
 
 
+def _quiet_broken_pipe() -> None:
+    """The reader went away (`| head`): stop quietly. Point stdout at /dev/null so the
+    interpreter's final flush cannot raise again (the recipe in Python's signal docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
+
+
 def run() -> None:
     """Console-script entry point."""
     try:
         app(prog_name="aegisctl")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
     except KeyboardInterrupt:
         sys.stderr.write("aegisctl: error: interrupted\n")
         sys.exit(int(ExitCode.INTERRUPTED))
