@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.errors import ConfigError
+from aegisctl.scheduling.jobs import check_schedule
+from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
 from aegisctl.units import parse_duration, parse_size
 
 # Markers for Annotated fields whose YAML form is a string with a unit.
@@ -133,6 +135,8 @@ class Settings:
     backup: BackupSettings = field(default_factory=BackupSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    schedule: dict[str, JobSettings] = field(default_factory=dict)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
 
 @dataclass
@@ -381,6 +385,7 @@ def validate(data: dict[str, Any], origin: str, lines: dict[str, int] | None = N
 
 def _check_consistency(settings: Settings, origin: str) -> None:
     _check_memory_settings(settings, origin)
+    check_schedule(settings, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
         raise ConfigError(

@@ -23,6 +23,11 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 FormatOption = Annotated[
     OutputFormat | None,
     typer.Option("--format", "-f", help="Output format: table for people, json for scripts."),
@@ -37,6 +42,7 @@ class AppState:
     quiet: bool = False
     verbose: bool = False
     debug: bool = False
+    log_format: LogFormat = LogFormat.text
     data_dir: str | None = None
     _loaded: LoadedConfig | None = field(default=None, repr=False)
 
@@ -81,7 +87,10 @@ def setup_logging(app_state: AppState) -> None:
     if app_state.debug:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("aegisctl: %(levelname)s: %(message)s"))
+    from aegisctl.scheduling.events import JsonFormatter, TextFormatter
+
+    json_logs = app_state.log_format is LogFormat.json
+    handler.setFormatter(JsonFormatter() if json_logs else TextFormatter())
     root = logging.getLogger("aegisctl")
     root.handlers[:] = [handler]
     root.setLevel(level)

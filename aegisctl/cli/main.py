@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from aegisctl import __version__
 from aegisctl.cli import health_cmd
-from aegisctl.cli.context import AppState, OutputFormat, setup_logging
+from aegisctl.cli.context import AppState, LogFormat, OutputFormat, setup_logging
 from aegisctl.errors import AegisError, ExitCode
 
 
@@ -36,6 +36,9 @@ LAZY_GROUPS: dict[str, str] = {
     "ext": "aegisctl.cli.ext_cmd",
     "roles": "aegisctl.cli.roles_cmd",
     "backup": "aegisctl.cli.backup_cmd",
+    "schedule": "aegisctl.cli.schedule_cmd",
+    "systemd": "aegisctl.cli.systemd_cmd",
+    "jobs": "aegisctl.cli.jobs_cmd",
 }
 
 
@@ -128,6 +131,10 @@ def main(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what is done.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Debug logs and tracebacks.")] = False,
+    log_format: Annotated[
+        LogFormat, typer.Option("--log-format", help="Logs on stderr: text, or one JSON object "
+                                "per line for log shippers.", envvar="AEGISCTL_LOG_FORMAT")
+    ] = LogFormat.text,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Data directory of the embedded PostgreSQL.",
@@ -146,6 +153,7 @@ def main(
         quiet=quiet,
         verbose=verbose,
         debug=debug,
+        log_format=log_format,
         data_dir=str(data_dir) if data_dir else None,
     )
     setup_logging(ctx.obj)

@@ -1,0 +1,57 @@
+"""Scheduled commands checked against the live command tree: the command exists, it is a
+command (not a group), and its options and arguments parse. Done at validation time, so a
+schedule naming a command added by another package version is judged by what is installed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from aegisctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aegisctl.config import Settings
+
+
+def check_command(argv: list[str]) -> None:
+    """Raises ValueError saying what is wrong with `argv` as an aegisctl command line."""
+    from aegisctl.cli.main import app
+
+    command: Any = typer.main.get_command(app)
+    ctx = typer.Context(command, info_name="aegisctl")
+    path: list[str] = []
+    rest = list(argv)
+    while hasattr(command, "list_commands"):
+        if not rest:
+            names = ", ".join(command.list_commands(ctx))
+            raise ValueError(f"'{' '.join(path)}' is a group of commands; name one of: {names}")
+        name = rest[0]
+        sub = command.get_command(ctx, name)
+        if sub is None:
+            where = f"'{' '.join(path)}'" if path else "aegisctl"
+            raise ValueError(f"{where} has no command '{name}'")
+        path.append(name)
+        rest = rest[1:]
+        command = sub
+        ctx = typer.Context(command, info_name=name, parent=ctx)
+    if "--help" in rest or "-h" in rest:
+        raise ValueError("--help does nothing useful in a schedule")
+    try:
+        command.make_context(" ".join(path), rest, parent=ctx, resilient_parsing=False)
+    except typer.TyperException as exc:  # click's UsageError and its kin
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        raise ValueError(f"'{' '.join(path)}': {message}") from None
+    except typer.Exit:
+        pass
+
+
+def check_schedule_commands(settings: Settings, origin: str) -> None:
+    """Every job's command parses as an aegisctl command (ConfigError naming the job if not)."""
+    from aegisctl.scheduling.jobs import split_command
+
+    for name, job in settings.schedule.items():
+        try:
+            check_command(split_command(job.command))
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: schedule.{name}.command {job.command!r}: {exc}") from None

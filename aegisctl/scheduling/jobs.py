@@ -1,0 +1,161 @@
+"""The schedule, validated: each job's command, calendar and defaults, and the rule that an
+unattended destructive command states its intent with --yes.
+
+`check_schedule` runs on every config load (config.py calls it) and needs nothing but the
+settings. Whether each command exists and its options parse is checked against the live
+command tree by `aegisctl.cli.command_tree`, which `config validate`, `schedule` and
+`systemd` call (it imports every command group, too heavy for every load).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aegisctl.errors import ConfigError
+from aegisctl.scheduling.calendar import (
+    Calendar,
+    describe,
+    parse_at,
+    parse_cron,
+    parse_every,
+)
+
+if TYPE_CHECKING:
+    from aegisctl.config import Settings
+    from aegisctl.scheduling.settings import JobSettings
+
+# Commands that delete, overwrite or lock out: a schedule must pass --yes (nobody is there to
+# answer the question). (command path, the option that makes it destructive or None: always).
+DESTRUCTIVE: tuple[tuple[tuple[str, ...], str | None], ...] = (
+    (("backup", "prune"), None),
+    (("backup", "restore"), None),
+    (("cleanup", "run"), None),
+    (("maint", "vacuum"), "--full"),
+    (("memory", "reembed"), None),
+    (("memory", "delete"), None),
+    (("local", "destroy"), None),
+)
+JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+
+@dataclass
+class Job:
+    name: str
+    settings: JobSettings
+    argv: list[str]
+    calendar: Calendar
+
+    @property
+    def when(self) -> str:
+        s = self.settings
+        return describe(s.at, s.cron, s.every, s.timezone)
+
+    def grace(self, interval: float) -> float:
+        if self.settings.grace is not None:
+            return self.settings.grace
+        return min(interval, 3600.0)
+
+    def randomized_delay(self, interval: float) -> float:
+        if self.settings.randomized_delay is not None:
+            return self.settings.randomized_delay
+        return float(int(min(300.0, interval / 5)))
+
+
+def split_command(command: str) -> list[str]:
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ValueError(f"command {command!r} cannot be split into words: {exc}") from None
+    if not argv:
+        raise ValueError("command is empty")
+    if argv[0] == "aegisctl":
+        raise ValueError(f"command {command!r}: leave out the program name "
+                         f"(write {shlex.join(argv[1:])!r})")
+    if argv[0].startswith("-"):
+        raise ValueError(f"command {command!r} starts with an option: global options do not "
+                         "belong in a scheduled command (set the job's target: key instead)")
+    return argv
+
+
+def destructive_path(argv: list[str]) -> tuple[str, ...] | None:
+    """The destructive command `argv` runs without --yes, or None when it is safe."""
+    for path, option in DESTRUCTIVE:
+        if tuple(argv[: len(path)]) != path:
+            continue
+        rest = argv[len(path):]
+        if option is not None and not any(a == option or a.startswith(option + "=")
+                                          for a in rest):
+            continue
+        if "--yes" in rest or "-y" in rest or "--dry-run" in rest:
+            return None
+        return path
+    return None
+
+
+def build_job(name: str, job: JobSettings) -> Job:
+    """Raises ValueError with a message naming the problem (the caller adds the key path)."""
+    if not JOB_NAME.match(name):
+        raise ValueError("a job name is 1-40 lower-case letters, digits, '-' or '_', starting "
+                         "with a letter or digit (it names the systemd units)")
+    argv = split_command(job.command)
+    path = destructive_path(argv)
+    if path is not None:
+        raise ValueError(f"command {job.command!r}: '{' '.join(path)}' is destructive and an "
+                         "unattended run cannot be asked: add --yes to state the intent")
+    given = [key for key in ("at", "cron", "every") if getattr(job, key) is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of at, cron or every"
+                         + (f" (got {', '.join(given)})" if given else ""))
+    if job.at is not None:
+        calendar = parse_at(job.at, job.timezone)
+    elif job.cron is not None:
+        calendar = parse_cron(job.cron, job.timezone)
+    else:
+        calendar = parse_every(float(job.every or 0), job.timezone)
+    for key in ("grace", "misfire_grace", "timeout", "randomized_delay"):
+        value = getattr(job, key)
+        if value is not None and value < 0:
+            raise ValueError(f"{key} cannot be negative")
+    if any(not 0 <= code <= 255 for code in job.success_exit_codes):
+        raise ValueError("success_exit_codes are exit codes 0..255")
+    return Job(name, job, argv, calendar)
+
+
+def scheduled_jobs(settings: Settings, include_disabled: bool = False) -> list[Job]:
+    jobs = [build_job(name, job) for name, job in settings.schedule.items()]
+    return [j for j in jobs if include_disabled or j.settings.enabled]
+
+
+def find_job(settings: Settings, name: str) -> Job:
+    if name not in settings.schedule:
+        known = ", ".join(sorted(settings.schedule)) or "none configured"
+        raise ConfigError(f"no job named '{name}' in the schedule (jobs: {known})",
+                          hint="see `aegisctl schedule list`")
+    return build_job(name, settings.schedule[name])
+
+
+def check_schedule(settings: Settings, origin: str) -> None:
+    """Called from config._check_consistency: every job well-formed, every target known."""
+    for name, job in settings.schedule.items():
+        try:
+            build_job(name, job)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: schedule.{name}: {exc}") from None
+        if job.target and job.target not in settings.targets and job.target != "embedded":
+            known = ", ".join(sorted(settings.targets)) or "none configured"
+            raise ConfigError(f"{origin}: schedule.{name}.target: unknown target "
+                              f"'{job.target}' (targets: {known})")
+    sched = settings.scheduler
+    if sched.stop_timeout < 0 or sched.kill_timeout < 0:
+        raise ConfigError(f"{origin}: scheduler: stop_timeout and kill_timeout cannot be negative")
+    for key in ("user", "group"):
+        if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", getattr(sched.systemd, key)):
+            raise ConfigError(f"{origin}: scheduler.systemd.{key}: not a valid user/group name")
+    for key in ("executable", "config_path", "environment_file", "unit_dir"):
+        value = getattr(sched.systemd, key)
+        if value is not None and (not value.startswith("/") or any(c in value for c in "\n\r\"' ")):
+            raise ConfigError(f"{origin}: scheduler.systemd.{key}: must be an absolute path "
+                              "without spaces or quotes")
