@@ -105,7 +105,8 @@ class JobHistory:
     def to_view(self) -> list[Block]:
         from aegisctl.output import Column, Note, Table
 
-        rows: list[Sequence[Any]] = [(r.started_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"), r.job, r.target,
+        rows: list[Sequence[Any]] = [
+                (r.started_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"), r.job, r.target,
                  r.trigger, r.status, r.exit_code, _duration(r.duration_s),
                  r.error or "", r.id) for r in self.runs]
         blocks: list[Block] = [Table(

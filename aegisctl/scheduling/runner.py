@@ -309,7 +309,7 @@ def _summary(data: bytes) -> Any:
 def _error_line(tail: deque[str], code: int | None) -> str:
     for line in reversed(tail):
         if "error:" in line:
-            return line.strip()[:1000]
+            return line.strip().removeprefix("aegisctl: error: ")[:1000]
     if tail:
         return tail[-1].strip()[:1000]
     if code is not None and code < 0:

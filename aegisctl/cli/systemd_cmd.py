@@ -1,0 +1,106 @@
+"""aegisctl systemd: render and install the units of the schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aegisctl import output
+from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
+
+app = typer.Typer(
+    help="systemd timers for the schedule: one hardened oneshot service and one timer per "
+         "job, rendered from the config.\n\nExample: aegisctl systemd install --dry-run",
+    no_args_is_help=True,
+)
+
+
+def _units(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    from aegisctl.cli.command_tree import check_schedule_commands
+    from aegisctl.scheduling.systemd import render_units
+
+    loaded = state(ctx).config()
+    check_schedule_commands(loaded.settings, str(loaded.path or "config"))
+    return loaded, render_units(loaded.settings, loaded.path)
+
+
+@app.command()
+def render(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--output", "-o", file_okay=False,
+                                             help="Write the unit files into this folder "
+                                                  "(default: print them).")] = None,
+    fmt: FormatOption = None,
+) -> None:
+    """Render aegisctl-<job>.service and .timer for every enabled job of the schedule.
+
+    The service runs `aegisctl jobs run JOB --trigger timer` as the dedicated user; the timer
+    has the job's OnCalendar= (cron entries translated), Persistent=true and
+    RandomizedDelaySec=. Files are written to a temporary name and renamed into place;
+    aegisctl units in the folder that are no longer in the schedule are listed, not deleted.
+
+    Examples:
+
+      aegisctl systemd render
+
+      aegisctl --config /etc/aegisctl/config.yaml systemd render --output ./units
+    """
+    from aegisctl.scheduling.systemd import UnitsResult, plan_units, write_units
+
+    app_state = state(ctx)
+    _, units = _units(ctx)
+    if out is None:
+        result = UnitsResult(units)
+        if app_state.fmt(fmt) is OutputFormat.json:
+            output.render(result, "json")
+            return
+        for unit in units:
+            output.print_line(f"# ---- {unit.name}")
+            output.print_line(unit.content)
+        return
+    result = plan_units(units, out)
+    write_units(result)
+    output.render(result, app_state.fmt(fmt))
+
+
+@app.command()
+def install(
+    ctx: typer.Context,
+    unit_dir: Annotated[Path | None, typer.Option("--unit-dir", file_okay=False,
+                                                  help="Where to write (default: "
+                                                       "scheduler.systemd.unit_dir).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be written; "
+                                          "write nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Overwrite changed units without "
+                                      "asking.")] = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Write the units into the systemd folder and print the commands that create the user and
+    folders and enable the timers (aegisctl does not run systemctl itself).
+
+    New units are written; a unit whose content differs from the rendered one is overwritten
+    only after confirmation (--yes when not on a terminal); unchanged ones are left alone.
+
+    Examples:
+
+      aegisctl systemd install --dry-run
+
+      sudo aegisctl --config /etc/aegisctl/config.yaml systemd install --yes
+    """
+    from aegisctl.scheduling.systemd import install_commands, plan_units, write_units
+
+    app_state = state(ctx)
+    loaded, units = _units(ctx)
+    directory = unit_dir or Path(loaded.settings.scheduler.systemd.unit_dir)
+    result = plan_units(units, directory)
+    result.dry_run = dry_run
+    result.commands = install_commands(loaded.settings, result)
+    changed = [u.name for u in result.units if u.state == "changed"]
+    if not dry_run:
+        if changed:
+            confirm(f"overwrite {len(changed)} changed unit(s) in {directory} "
+                    f"({', '.join(changed)})?", yes)
+        write_units(result)
+    output.render(result, app_state.fmt(fmt))
