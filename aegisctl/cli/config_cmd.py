@@ -62,11 +62,13 @@ def validate(
 
       aegisctl config validate && systemctl restart aegisctl-backup.timer
     """
+    from aegisctl.cli.command_tree import check_schedule_commands
     from aegisctl.config import load_config
 
     app_state = state(ctx)
     loaded = load_config(str(path) if path else app_state.config_path)
     where = str(loaded.path) if loaded.path else "(no config file: defaults)"
+    check_schedule_commands(loaded.settings, where)  # against the installed command tree
     if app_state.fmt(fmt) is OutputFormat.json:
         output.emit_json({"valid": True, "path": where, "targets": sorted(loaded.settings.targets)})
     else:

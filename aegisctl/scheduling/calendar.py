@@ -240,6 +240,8 @@ def _cron_field(text: str, low: int, high: int, what: str,
         elif "-" in body:
             a, b = body.split("-", 1)
             start, end = _cron_value(a, names, base, what), _cron_value(b, names, base, what)
+            if what == "day-of-week" and end == 0 and start > 0:
+                end = 7  # fri-sun: Sunday as 7 closes the range
         else:
             start = _cron_value(body, names, base, what)
             end = high if step_text else start
