@@ -41,3 +41,50 @@ def aegisctl(*args: str, timeout: float = 120, env: dict[str, str] | None = None
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "aegisctl", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env or clean_env())
+
+
+class LineCollector:
+    """Collects a running process's stderr lines in a thread; wait_for() polls them."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.proc = proc
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def events(self) -> list[dict[str, Any]]:
+        import json
+
+        found = []
+        for line in list(self.lines):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+        return found
+
+    def wait_for(self, predicate: Any, timeout: float = 60) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return
+            if self.proc.poll() is not None:
+                self._thread.join(2)
+                if predicate(self):
+                    return
+                raise AssertionError(f"process ended ({self.proc.returncode}): {self.lines}")
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; stderr so far: {self.lines}")
+
+    def count(self, name: str, **fields: Any) -> int:
+        return sum(1 for e in self.events() if e.get("event") == name
+                   and all(e.get(k) == v for k, v in fields.items()))

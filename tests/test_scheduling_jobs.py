@@ -1,0 +1,170 @@
+"""Job runs: locks, history in aegis_job_runs (and the local fallback), freshness verdicts,
+interruption. aegisctl runs as real subprocesses, the way timers and cron start it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from scheduling_fixtures import LineCollector, aegisctl, schedule_config, start
+
+from aegisctl.config import load_config
+from aegisctl.scheduling.freshness import job_freshness
+from aegisctl.scheduling.lock import ADVISORY_CLASS, advisory_key
+
+
+def runs(dsn: str, job: str | None = None) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT job, target, trigger, status, exit_code, summary, error, started_at"
+            " FROM aegis_job_runs WHERE job = coalesce(%s, job) ORDER BY started_at",
+            (job,)).fetchall()
+    keys = ("job", "target", "trigger", "status", "exit_code", "summary", "error", "started_at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+# Blocks in a table lock the test holds, without the usual lock_timeout giving up.
+NO_LOCK_TIMEOUT = {"connection": {"retry": {"attempts": 1},
+                                  "timeouts": {"query": {"lock_timeout": 0}}}}
+
+
+def blocking_config(path: Path, dsn: str, state: Path, **scheduler: Any) -> Path:
+    import yaml
+
+    config = schedule_config(path, dsn, {
+        "status": {"command": "schema status", "at": "01:00"},
+        "health": {"command": "health", "every": "1s", "randomized_delay": 0},
+    }, state, **scheduler)
+    data = yaml.safe_load(config.read_text())
+    data.update(NO_LOCK_TIMEOUT)
+    config.write_text(yaml.safe_dump(data))
+    return config
+
+
+def test_run_records_success_with_summary(aegis_dsn: str, tmp_path: Path) -> None:
+    config = schedule_config(tmp_path / "c.yaml", aegis_dsn,
+                             {"health": {"command": "health", "every": "5m"}}, tmp_path / "s")
+    done = aegisctl("--config", str(config), "jobs", "run", "health", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert run["status"] == "succeeded" and run["recorded_in"] == "database"
+    assert "job health started" in done.stderr and "job health succeeded" in done.stderr
+    (row,) = runs(aegis_dsn)
+    assert row["status"] == "succeeded" and row["trigger"] == "manual"
+    assert row["summary"]["reachable"] is True  # the command's own JSON result
+    history = aegisctl("--config", str(config), "jobs", "history", "--format", "json")
+    assert [r["id"] for r in json.loads(history.stdout)["runs"]] == [run["id"]]
+
+
+def test_failing_job_is_recorded_and_goes_critical_after_grace(aegis_dsn: str,
+                                                               tmp_path: Path) -> None:
+    config = schedule_config(tmp_path / "c.yaml", aegis_dsn, {
+        "verify": {"command": "backup verify --latest", "every": "1m", "grace": "30s"},
+        "health": {"command": "health", "every": "1m", "grace": "30s"},
+        "never": {"command": "health", "at": "01:00"},
+    }, tmp_path / "state")
+    failed = aegisctl("--config", str(config), "jobs", "run", "verify", "--trigger", "cron")
+    assert failed.returncode != 0
+    assert "job verify failed" in failed.stderr
+    (row,) = runs(aegis_dsn, "verify")
+    assert row["status"] == "failed" and row["trigger"] == "cron"
+    assert row["exit_code"] == failed.returncode and "no local backups" in row["error"]
+    assert aegisctl("--config", str(config), "jobs", "run", "health").returncode == 0
+
+    status = aegisctl("--config", str(config), "jobs", "status", "--format", "json")
+    assert status.returncode == 3, status.stderr  # "never" has no run yet: UNKNOWN is worst
+    verdicts = {j["job"]: j for j in json.loads(status.stdout)["jobs"]}
+    assert verdicts["verify"]["status"] == "WARNING"
+    assert verdicts["health"]["status"] == "OK"
+    assert verdicts["never"]["status"] == "UNKNOWN"
+
+    settings = load_config(str(config)).settings
+    started = row["started_at"]
+    with psycopg.connect(aegis_dsn) as conn:
+        within = job_freshness(settings, conn, "primary", now=started + dt.timedelta(seconds=80))
+        after = job_freshness(settings, conn, "primary", now=started + dt.timedelta(seconds=95))
+    assert {j.job: j.status for j in within.jobs}["verify"] == "WARNING"
+    late = {j.job: j for j in after.jobs}
+    assert late["verify"].status == "CRITICAL"
+    assert "never succeeded" in late["verify"].message
+    assert late["health"].status == "CRITICAL"  # its last success is now 95 s old > 60 + 30
+    assert late["health"].threshold_s == 90
+
+
+def test_two_simultaneous_starts_run_the_job_once(aegis_dsn: str, tmp_path: Path) -> None:
+    config = blocking_config(tmp_path / "c.yaml", aegis_dsn, tmp_path / "state")
+    with psycopg.connect(aegis_dsn) as holder:
+        holder.execute("LOCK TABLE aegis_schema_migrations IN ACCESS EXCLUSIVE MODE")
+        first = start("--config", str(config), "jobs", "run", "status")
+        first_log = LineCollector(first)
+        first_log.wait_for(lambda c: any("job status started" in ln for ln in c.lines))
+        second = aegisctl("--config", str(config), "jobs", "run", "status", "--trigger", "timer")
+        assert second.returncode == 4, second.stderr
+        assert "job 'status' is already running for target 'primary'" in second.stderr
+        assert "this start is skipped" in second.stderr
+        assert first.poll() is None  # still blocked behind our lock
+    assert first.wait(60) == 0, first_log.lines
+    statuses = sorted((r["status"], r["trigger"]) for r in runs(aegis_dsn, "status"))
+    assert statuses == [("skipped", "timer"), ("succeeded", "manual")]
+
+
+def test_advisory_lock_keeps_other_hosts_out(aegis_dsn: str, tmp_path: Path) -> None:
+    config = blocking_config(tmp_path / "c.yaml", aegis_dsn, tmp_path / "state")
+    with psycopg.connect(aegis_dsn, autocommit=True) as other_host:
+        other_host.execute("SELECT pg_advisory_lock(%s, %s)", (ADVISORY_CLASS, advisory_key("status")))
+        done = aegisctl("--config", str(config), "jobs", "run", "status")
+    assert done.returncode == 4
+    assert "on another host" in done.stderr
+    assert [r["status"] for r in runs(aegis_dsn, "status")] == ["skipped"]
+
+
+def test_sigterm_interrupts_the_job_and_records_it(aegis_dsn: str, tmp_path: Path) -> None:
+    config = blocking_config(tmp_path / "c.yaml", aegis_dsn, tmp_path / "state")
+    with psycopg.connect(aegis_dsn) as holder:
+        holder.execute("LOCK TABLE aegis_schema_migrations IN ACCESS EXCLUSIVE MODE")
+        proc = start("--config", str(config), "jobs", "run", "status")
+        log = LineCollector(proc)
+        log.wait_for(lambda c: any("job status started" in ln for ln in c.lines))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130
+        holder.rollback()
+        waiting = holder.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name"
+                                 " = 'aegisctl schema status'").fetchone()
+    (row,) = runs(aegis_dsn, "status")
+    assert row["status"] == "interrupted", log.lines
+    assert waiting == (0,)  # the command itself is gone, not left blocked on the server
+
+
+def test_history_falls_back_to_a_local_file_and_is_copied_in_later(aegis_dsn: str,
+                                                                    tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    down = schedule_config(tmp_path / "down.yaml", "postgresql://nobody@127.0.0.1:1/none",
+                           {"health": {"command": "health", "every": "5m"}}, state)
+    done = aegisctl("--config", str(down), "jobs", "run", "health", "-f", "json")
+    assert done.returncode == 3
+    assert json.loads(done.stdout)["recorded_in"] == "local"
+    assert "history goes to the local file" in done.stderr
+    local = aegisctl("--config", str(down), "jobs", "history", "--failed", "-f", "json")
+    (run,) = json.loads(local.stdout)["runs"]
+    assert run["status"] == "failed" and run["recorded_in"] == "local"
+
+    up = schedule_config(tmp_path / "up.yaml", aegis_dsn,
+                         {"health": {"command": "health", "every": "5m"}}, state)
+    assert aegisctl("--config", str(up), "jobs", "run", "health").returncode == 0
+    assert [r["status"] for r in runs(aegis_dsn, "health")] == ["failed", "succeeded"]
+    assert (state / "job-history.jsonl").read_text() == ""
+
+
+def test_unknown_job_and_bad_command(aegis_dsn: str, tmp_path: Path) -> None:
+    config = schedule_config(tmp_path / "c.yaml", aegis_dsn,
+                             {"typo": {"command": "schema stauts", "at": "01:00"}}, tmp_path)
+    done = aegisctl("--config", str(config), "jobs", "run", "nope")
+    assert done.returncode == 2 and "no job named 'nope'" in done.stderr
+    done = aegisctl("--config", str(config), "jobs", "run", "typo")
+    assert done.returncode == 2 and "no command 'stauts'" in done.stderr
+    assert "Traceback" not in done.stderr
