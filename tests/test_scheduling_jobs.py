@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from scheduling_fixtures import LineCollector, aegisctl, schedule_config, start
 
 from aegisctl.config import load_config

@@ -105,7 +105,7 @@ def test_backup_jobs_need_a_backup_directory() -> None:
                          "scheduler": {"systemd": {"executable": "/usr/bin/aegisctl",
                                                    "config_path": "/etc/aegisctl/c.yaml"}}},
                         "test")
-    with pytest.raises(ConfigError, match="set backup.directory"):
+    with pytest.raises(ConfigError, match=r"set backup\.directory"):
         render_units(settings)
 
 
