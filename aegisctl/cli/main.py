@@ -4,6 +4,7 @@ become messages and exit codes."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,11 @@ from aegisctl.errors import AegisError, ExitCode
 
 
 def _fail(message: str, code: int) -> None:
+    logger = logging.getLogger("aegisctl")
+    if any(type(h.formatter).__name__ == "JsonFormatter" for h in logger.handlers):
+        # --log-format json: the error is one more JSON line for the log shipper.
+        logger.error("%s", message, extra={"event": "error", "fields": {"exit_code": code}})
+        raise typer.Exit(code)
     prefix = "aegisctl: error: "
     if not os.environ.get("NO_COLOR") and sys.stderr.isatty():
         prefix = "\x1b[31maegisctl: error:\x1b[0m "

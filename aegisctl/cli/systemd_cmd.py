@@ -19,11 +19,20 @@ app = typer.Typer(
 
 def _units(ctx: typer.Context):  # type: ignore[no-untyped-def]
     from aegisctl.cli.command_tree import check_schedule_commands
+    from aegisctl.scheduling.freshness import job_targets
     from aegisctl.scheduling.systemd import render_units
 
     loaded = state(ctx).config()
     check_schedule_commands(loaded.settings, str(loaded.path or "config"))
-    return loaded, render_units(loaded.settings, loaded.path)
+    units = render_units(loaded.settings, loaded.path)
+    embedded = sorted(job for job, target in job_targets(loaded).items() if target == "embedded"
+                      and loaded.settings.schedule[job].enabled)
+    if embedded:
+        output.print_status(
+            f"warning: job(s) {', '.join(embedded)} run against the embedded server: a server "
+            "a oneshot job starts is killed with the job's cgroup. Under systemd, configure a "
+            "target whose server runs as its own service.")
+    return loaded, units
 
 
 @app.command()

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from aegisctl.scheduling import history
 from aegisctl.scheduling.history import JobRun, LocalHistory
 from aegisctl.scheduling.jobs import Job, scheduled_jobs
-from aegisctl.units import format_duration
 
 if TYPE_CHECKING:
     import psycopg
@@ -82,7 +81,7 @@ class FreshnessReport:
         from aegisctl.output import Column, Note, Table
 
         rows: list[Sequence[Any]] = [(j.job, j.status, _when(j.last_success), j.last_run_status or "-",
-                 f"{format_duration(j.interval_s)} + {format_duration(j.grace_s)}", j.message)
+                 f"{_ago(j.interval_s)} + {_ago(j.grace_s)}", j.message)
                 for j in self.jobs]
         blocks: list[Block] = [Table(
             [Column("job", "id"), Column("status"), Column("last success (UTC)"),
@@ -100,7 +99,8 @@ def _when(value: dt.datetime | None) -> str:
 def _ago(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
+            return f"{seconds // size:.0f}{unit}" if seconds % size == 0 \
+                else f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
 
 
@@ -135,7 +135,7 @@ def assess(job: Job, target: str, runs: list[JobRun], now: dt.datetime) -> JobFr
     if result.age_s > limit:
         result.status = CRITICAL
         result.message = (f"last success {_ago(result.age_s)} ago, older than interval "
-                          f"{format_duration(interval)} + grace {format_duration(grace)}; "
+                          f"{_ago(interval)} + grace {_ago(grace)}; "
                           f"last run {last.status}{why}")
     elif last.status in _FAILED:
         result.status = WARNING

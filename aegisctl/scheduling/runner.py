@@ -308,6 +308,13 @@ def _summary(data: bytes) -> Any:
 
 def _error_line(tail: deque[str], code: int | None) -> str:
     for line in reversed(tail):
+        if line.startswith("{"):  # the child logs JSON (--log-format json)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and record.get("level") == "error":
+                return str(record.get("message", line))[:1000]
         if "error:" in line:
             return line.strip().removeprefix("aegisctl: error: ")[:1000]
     if tail:
