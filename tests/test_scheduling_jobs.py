@@ -167,3 +167,19 @@ def test_unknown_job_and_bad_command(aegis_dsn: str, tmp_path: Path) -> None:
     done = aegisctl("--config", str(config), "jobs", "run", "typo")
     assert done.returncode == 2 and "no command 'stauts'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_job_timeout_stops_the_command(aegis_dsn: str, tmp_path: Path) -> None:
+    import yaml
+
+    config = blocking_config(tmp_path / "c.yaml", aegis_dsn, tmp_path / "state")
+    data = yaml.safe_load(config.read_text())
+    data["schedule"]["status"]["timeout"] = "1s"
+    config.write_text(yaml.safe_dump(data))
+    with psycopg.connect(aegis_dsn) as holder:
+        holder.execute("LOCK TABLE aegis_schema_migrations IN ACCESS EXCLUSIVE MODE")
+        done = aegisctl("--config", str(config), "jobs", "run", "status", timeout=60)
+    assert done.returncode != 0
+    (row,) = runs(aegis_dsn, "status")
+    assert row["status"] == "timeout"
+    assert "timeout of 1s" in row["error"]

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aegisctl.errors import LockBusy
+from aegisctl.errors import LockBusy, OperationFailed
 
 if TYPE_CHECKING:
     import psycopg
@@ -34,8 +34,14 @@ def lock_path(state: Path, target: str, job: str) -> Path:
 
 @contextlib.contextmanager
 def job_file_lock(path: Path, job: str, target: str, holder: dict[str, Any]) -> Iterator[None]:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise OperationFailed(
+            f"cannot open the job lock {path}: {exc.strerror}",
+            hint="run jobs as the user the units run as (sudo -u aegisctl aegisctl jobs run "
+                 "...), or point scheduler.state_dir at a folder this user owns") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aegisctl.errors import ConnectionFailed, LockBusy
+from aegisctl.errors import ConnectionFailed, LockBusy, OperationFailed
 from aegisctl.scheduling import history, lock
 from aegisctl.scheduling.events import event
 from aegisctl.scheduling.history import JobRun, LocalHistory
@@ -150,10 +150,15 @@ class JobExecution:
             except Exception as exc:  # the server went away mid-run: keep the record locally
                 if not type(exc).__module__.startswith("psycopg"):
                     raise
+                conn = None
                 event(log, logging.WARNING, "history.db_failed",
                       f"could not record run {run.id} in the database ({exc}); recorded locally",
                       run_id=run.id)
-        local.append(run)
+        try:
+            local.append(run)
+        except OSError as exc:
+            raise OperationFailed(f"cannot record run {run.id} of job {run.job} in "
+                                  f"{local.path}: {exc.strerror}") from None
         run.recorded_in = "local"
 
     def _finish(self, run: JobRun, conn: psycopg.Connection[Any] | None, local: LocalHistory,

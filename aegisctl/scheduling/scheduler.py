@@ -68,7 +68,7 @@ class ForegroundScheduler:
             interval = job.calendar.interval()
             scheduler.add_job(self._run_job, job.calendar.trigger(job.randomized_delay(interval)),
                               args=[job], id=job.name, name=job.name,
-                              misfire_grace_time=int(job.settings.misfire_grace) or None)
+                              misfire_grace_time=max(1, int(job.settings.misfire_grace)))
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         scheduler.start()
         for job in self.jobs:
