@@ -179,7 +179,7 @@ def test_job_timeout_stops_the_command(aegis_dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(aegis_dsn) as holder:
         holder.execute("LOCK TABLE aegis_schema_migrations IN ACCESS EXCLUSIVE MODE")
         done = aegisctl("--config", str(config), "jobs", "run", "status", timeout=60)
-    assert done.returncode != 0
+    assert done.returncode == 1
     (row,) = runs(aegis_dsn, "status")
     assert row["status"] == "timeout"
     assert "timeout of 1s" in row["error"]

@@ -58,7 +58,8 @@ def run_job(
     """Run one scheduled job now: take its lock, record the run, run its command in a
     subprocess, record the outcome. This is what the systemd units and cron lines call.
 
-    Exits with the command's own exit code; 4 when the job is already running for its target
+    Exits with the command's own exit code (1 when it timed out); 4 when the job is already
+    running for its target
     (the start is skipped and recorded as such). SIGTERM or Ctrl-C interrupts the command
     (SIGINT to its process group) and records the run as interrupted.
 
@@ -89,8 +90,10 @@ def run_job(
     finally:
         signal.signal(signal.SIGTERM, previous)
     output.render(run, app_state.fmt(fmt))
+    if run.status == "failed" and run.exit_code and run.exit_code > 0:
+        raise typer.Exit(run.exit_code)  # the command's own code: 3 unreachable, 4 locked...
     if run.status != "succeeded":
-        raise typer.Exit(run.exit_code if run.exit_code and run.exit_code > 0 else 1)
+        raise typer.Exit(1)  # timed out, or killed by a signal
 
 
 @app.command("history")
