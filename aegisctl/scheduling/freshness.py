@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
-_SEVERITY = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
+# Worst first: CRITICAL, WARNING, UNKNOWN, OK (the order `check` ranks them in).
+_SEVERITY = {OK: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3}
 _FAILED = ("failed", "interrupted", "timeout", "abandoned")
 
 
