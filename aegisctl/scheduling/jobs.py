@@ -156,6 +156,7 @@ def check_schedule(settings: Settings, origin: str) -> None:
             raise ConfigError(f"{origin}: scheduler.systemd.{key}: not a valid user/group name")
     for key in ("executable", "config_path", "environment_file", "unit_dir"):
         value = getattr(sched.systemd, key)
-        if value is not None and (not value.startswith("/") or any(c in value for c in "\n\r\"' ")):
+        if value is not None and (not value.startswith("/")
+                                  or re.search(r"[\s\"'%$\\;]", value)):
             raise ConfigError(f"{origin}: scheduler.systemd.{key}: must be an absolute path "
                               "without spaces or quotes")

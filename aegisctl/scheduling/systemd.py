@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aegisctl.errors import ConfigError
+from aegisctl.errors import ConfigError, OperationFailed
 from aegisctl.scheduling.jobs import Job, scheduled_jobs
 
 if TYPE_CHECKING:
@@ -80,14 +80,21 @@ def _seconds(value: float) -> str:
     return f"{int(value)}s" if value == int(value) else f"{value:g}s"
 
 
+def _plain_path(path: str, key: str) -> str:
+    """A path that can stand unquoted on an ExecStart= line."""
+    if not path.startswith("/") or re.search(r"[\s\"'%$\\;]", path) or _UNSAFE.search(path):
+        raise ConfigError(f"{path!r} cannot go on an ExecStart= line unquoted (spaces, quotes, "
+                          f"%, $): set scheduler.systemd.{key} to a plain absolute path")
+    return path
+
+
 def executable_path(settings: Settings) -> str:
     configured = settings.scheduler.systemd.executable
     if configured:
         return configured
     beside = Path(sys.executable).parent / "aegisctl"
-    if beside.exists():
-        return str(beside)
-    return str(Path(sys.argv[0]).resolve())
+    found = beside if beside.exists() else Path(sys.argv[0]).resolve()
+    return _plain_path(str(found), "executable")
 
 
 def config_path(settings: Settings, loaded_path: Path | None) -> str:
@@ -97,7 +104,7 @@ def config_path(settings: Settings, loaded_path: Path | None) -> str:
     if loaded_path is None:
         raise ConfigError("the units need a config file to pass with --config: render from a "
                           "config file, or set scheduler.systemd.config_path")
-    return str(loaded_path.resolve())
+    return _plain_path(str(loaded_path.resolve()), "config_path")
 
 
 def read_write_paths(settings: Settings, jobs: list[Job]) -> list[str]:
@@ -113,8 +120,9 @@ def read_write_paths(settings: Settings, jobs: list[Job]) -> list[str]:
     paths += settings.scheduler.systemd.read_write_paths
     unique: list[str] = []
     for path in paths:
-        if not path.startswith("/") or any(c.isspace() for c in path):
-            raise ConfigError(f"the units need absolute paths without spaces, got {path!r}")
+        if not path.startswith("/") or re.search(r"[\s\"'%$\\;]", path) or _UNSAFE.search(path):
+            raise ConfigError(f"the units need plain absolute paths (no spaces, quotes, % or $), "
+                              f"got {path!r}")
         if path not in unique:
             unique.append(path)
     return unique
@@ -216,10 +224,14 @@ def plan_units(units: list[UnitFile], directory: Path) -> UnitsResult:
 def write_units(result: UnitsResult) -> None:
     assert result.directory is not None
     directory = Path(result.directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for unit in result.units:
-        if unit.state != "unchanged":
-            _write(directory / unit.name, unit.content)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for unit in result.units:
+            if unit.state != "unchanged":
+                _write(directory / unit.name, unit.content)
+    except OSError as exc:
+        raise OperationFailed(f"cannot write the units into {directory}: {exc.strerror}",
+                              hint="run it as root, or pass another folder") from None
 
 
 def install_commands(settings: Settings, result: UnitsResult) -> list[str]:
