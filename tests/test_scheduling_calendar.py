@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -154,3 +155,25 @@ def test_config_validate_checks_scheduled_commands(cli, write_config) -> None:
     path = write_config({"schedule": {"prune": {"command": "backup prune", "at": "02:00"}}})
     result = cli("config", "validate", str(path))
     assert result.exit_code == 2 and "add --yes" in result.stderr
+
+
+def test_destructive_rule_never_demands_a_flag_the_command_lacks() -> None:
+    """Each destructive command that is installed accepts the --yes the schedule must give."""
+    from aegisctl.cli.command_tree import check_command
+    from aegisctl.scheduling.jobs import DESTRUCTIVE
+
+    checked = 0
+    for path, option in DESTRUCTIVE:
+        try:
+            check_command([*path, "--help-probe-only"])
+        except ValueError as exc:
+            if "has no command" in str(exc):
+                continue  # not installed in this build
+        help_text = subprocess.run(
+            [sys.executable, "-m", "aegisctl", *path, "--help"], capture_output=True,
+            text=True, timeout=60).stdout
+        assert "--yes" in help_text, path
+        if option:
+            assert option in help_text, path
+        checked += 1
+    assert checked >= 3  # backup prune, backup restore, memory reembed at least

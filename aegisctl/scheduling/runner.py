@@ -258,19 +258,22 @@ class JobExecution:
             run.error = _error_line(tail, proc.returncode)
 
     def _stop_child(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGINT to the child's process group (aegisctl cleans up as on Ctrl-C), then SIGKILL
-        after kill_timeout."""
+        """SIGINT to the child's process group, as Ctrl-C would (long commands stop after
+        their current step and clean up); a second SIGINT after kill_timeout (abort now);
+        SIGKILL 5 s later."""
         if proc.poll() is not None:
             return
         event(log, logging.WARNING, "job.interrupting",
               f"job {self.job.name}: interrupting the command (pid {proc.pid})",
               job=self.job.name, pid=proc.pid)
-        _signal_group(proc, signal.SIGINT)
-        try:
-            proc.wait(timeout=self.loaded.settings.scheduler.kill_timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
+        for sig, wait in ((signal.SIGINT, self.loaded.settings.scheduler.kill_timeout),
+                          (signal.SIGINT, 5.0), (signal.SIGKILL, None)):
+            _signal_group(proc, sig)
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
     def _child_line(self, run: JobRun, line: str, tail: deque[str]) -> None:
         tail.append(line)
