@@ -183,3 +183,31 @@ def test_job_timeout_stops_the_command(aegis_dsn: str, tmp_path: Path) -> None:
     (row,) = runs(aegis_dsn, "status")
     assert row["status"] == "timeout"
     assert "timeout of 1s" in row["error"]
+
+
+def test_database_without_the_history_table_or_read_only(db_dsn: str, tmp_path: Path) -> None:
+    """Not migrated yet, or read-only: the job still runs, its record goes to the local file."""
+    state = tmp_path / "state"
+    config = schedule_config(tmp_path / "c.yaml", db_dsn,
+                             {"health": {"command": "health", "every": "5m"}}, state)
+    done = aegisctl("--config", str(config), "jobs", "run", "health", "-f", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["recorded_in"] == "local"
+    assert "aegis_job_runs is missing" in done.stderr
+
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute((Path(__file__).parent.parent / "sql" / "migrations"
+                      / "0008_job_runs.sql").read_text())
+        dbname = conn.info.dbname
+        conn.execute(f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = on')
+    try:
+        done = aegisctl("--config", str(config), "jobs", "run", "health", "-f", "json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["recorded_in"] == "local"
+        assert "cannot write aegis_job_runs" in done.stderr
+    finally:
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
+    assert aegisctl("--config", str(config), "jobs", "run", "health").returncode == 0
+    assert [r["status"] for r in runs(db_dsn, "health")] == ["succeeded"] * 3

@@ -175,7 +175,7 @@ def job_freshness(settings: Settings, conn: psycopg.Connection[Any] | None, targ
                 "    AND status <> 'skipped') r"
                 " WHERE n = 1 OR started_at = first_started", (target, names)).fetchall()
             for row in rows:
-                run = history._row_to_run(row)
+                run = history.row_to_run(row)
                 runs[run.job].append(run)
         else:
             report.warnings.append(f"table {history.TABLE} is missing: run `aegisctl schema "

@@ -186,7 +186,7 @@ def prune(conn: psycopg.Connection[Any], job: str, target: str, keep_seconds: fl
     return cur.rowcount or 0
 
 
-def _row_to_run(row: tuple[Any, ...]) -> JobRun:
+def row_to_run(row: tuple[Any, ...]) -> JobRun:
     data = dict(zip(_COLUMNS, row, strict=True))
     data["id"] = str(data["id"])
     return JobRun(**data)
@@ -212,7 +212,7 @@ def query(conn: psycopg.Connection[Any], *, job: str | None = None, target: str 
     statement = sql.SQL("SELECT {} FROM aegis_job_runs WHERE {} ORDER BY started_at DESC"
                         " LIMIT %s").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMNS), sql.SQL(" AND ").join(where))
-    return [_row_to_run(r) for r in conn.execute(statement, [*params, limit]).fetchall()]
+    return [row_to_run(r) for r in conn.execute(statement, [*params, limit]).fetchall()]
 
 
 # ---------------------------------------------------------------------------------------------

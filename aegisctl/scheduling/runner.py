@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -109,19 +108,7 @@ class JobExecution:
                     raise LockBusy(f"job '{self.job.name}' is already running for target "
                                    f"'{target.name}' on another host{who}; this start is "
                                    "skipped")
-                recording = history.table_exists(conn)
-                if not recording:
-                    event(log, logging.WARNING, "job.no_history_table",
-                          f"job {self.job.name}: table {history.TABLE} is missing (run "
-                          "`aegisctl schema migrate`); its history goes to the local file",
-                          job=self.job.name, target=target.name)
-                else:
-                    history.mark_abandoned(conn, run.job, run.target, run.id)
-                    moved = local.flush_to(conn, target.name)
-                    if moved:
-                        event(log, logging.INFO, "history.flushed",
-                              f"copied {moved} locally recorded run(s) into {history.TABLE}",
-                              target=target.name, runs=moved)
+                recording = self._prepare_history(conn, run, target, local)
             self._record(run, conn if recording else None, local)
             event(log, logging.INFO, "job.started",
                   f"job {run.job} started: {run.command} (target {run.target}, trigger "
@@ -139,6 +126,35 @@ class JobExecution:
         finally:
             if conn is not None:
                 conn.close()  # also releases the advisory lock
+
+    def _prepare_history(self, conn: psycopg.Connection[Any], run: JobRun, target: Any,
+                         local: LocalHistory) -> bool:
+        """Whether runs can be recorded in this database; tidies its history if so."""
+        why = None
+        if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
+            why = "the target is a standby (read-only)"
+        elif not history.table_exists(conn):
+            why = f"table {history.TABLE} is missing (run `aegisctl schema migrate`)"
+        if why:
+            event(log, logging.INFO if "standby" in why else logging.WARNING,
+                  "job.history_local", f"job {self.job.name}: {why}; its history goes to the "
+                  "local file", job=self.job.name, target=target.name)
+            return False
+        try:
+            history.mark_abandoned(conn, run.job, run.target, run.id)
+            moved = local.flush_to(conn, target.name)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("psycopg"):
+                raise
+            event(log, logging.WARNING, "history.db_failed",
+                  f"job {self.job.name}: cannot write {history.TABLE} ({exc}); its history "
+                  "goes to the local file", job=self.job.name, target=target.name)
+            return False
+        if moved:
+            event(log, logging.INFO, "history.flushed",
+                  f"copied {moved} locally recorded run(s) into {history.TABLE}",
+                  target=target.name, runs=moved)
+        return True
 
     def _record(self, run: JobRun, conn: psycopg.Connection[Any] | None,
                 local: LocalHistory) -> None:
@@ -334,7 +350,3 @@ def _error_line(tail: deque[str], code: int | None) -> str:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def shell_line(argv: list[str]) -> str:
-    return shlex.join(argv)
