@@ -96,6 +96,11 @@ class ForegroundScheduler:
             return
         execution = JobExecution(self.loaded, job, self.options)
         with self._lock:
+            if job.name in self._active:  # its catch-up run and a regular one met
+                event(log, logging.INFO, "job.still_running",
+                      f"job {job.name}: already running here; this run is not started",
+                      job=job.name)
+                return
             self._active[job.name] = execution
         try:
             execution.run()
@@ -146,9 +151,10 @@ class ForegroundScheduler:
     def _catch_up(self, scheduler: Any) -> None:
         now = dt.datetime.now(dt.UTC)
         for job in self.jobs:
-            grace = job.settings.misfire_grace
-            due = [t for t in job.calendar.next_runs(now - dt.timedelta(seconds=grace), 1000)
-                   if t <= now] if grace > 0 else []
+            # The last scheduled instant within misfire_grace (one interval back at most).
+            window = min(job.settings.misfire_grace, job.calendar.interval(now))
+            due = [t for t in job.calendar.next_runs(now - dt.timedelta(seconds=window), 100)
+                   if t <= now] if window > 0 else []
             if due:
                 scheduler.add_job(self._run_job, "date", run_date=now, args=[job, due[-1]],
                                   id=f"{job.name}-catch-up", misfire_grace_time=None)
