@@ -196,7 +196,15 @@ def job_freshness(settings: Settings, conn: psycopg.Connection[Any] | None, targ
 
 def job_targets(loaded: Any) -> dict[str, str]:
     """Job name -> the name of the target it runs against (as `jobs run` resolves it)."""
+    from aegisctl.errors import ConfigError
     from aegisctl.targets import resolve_target
 
-    return {name: resolve_target(loaded, job.target).name
-            for name, job in loaded.settings.schedule.items()}
+    def name_of(requested: str | None) -> str:
+        try:
+            return resolve_target(loaded, requested).name
+        except ConfigError:  # e.g. its password variable is not set here: the name is enough
+            targets = loaded.settings.targets
+            return (requested or loaded.settings.default_target
+                    or (next(iter(targets)) if len(targets) == 1 else "primary"))
+
+    return {name: name_of(job.target) for name, job in loaded.settings.schedule.items()}
