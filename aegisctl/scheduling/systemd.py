@@ -181,6 +181,8 @@ def render_units(settings: Settings, loaded_path: Path | None = None) -> list[Un
         timer = [header, "[Unit]", f"Description=aegisctl job {job.name}: {_text(job.when)}", "",
                  "[Timer]"]
         timer += [f"OnCalendar={expr}" for expr in job.calendar.on_calendar()]
+        if interval < 3600:  # the default AccuracySec=1min would swallow short intervals
+            timer.append("AccuracySec=1s")
         timer += ["Persistent=true",
                   f"RandomizedDelaySec={_seconds(job.randomized_delay(interval))}",
                   f"Unit={UNIT_PREFIX}{job.name}.service", "",
