@@ -293,8 +293,28 @@ class JobExecution:
 
     def _child_line(self, run: JobRun, line: str, tail: deque[str]) -> None:
         tail.append(line)
+        record = _json_object(line)
+        if record is not None:  # the command logs JSON too: pass its event on, flat
+            level = logging.getLevelName(str(record.get("level", "info")).upper())
+            fields = {k: v for k, v in record.items()
+                      if k not in ("time", "level", "logger", "event", "message")}
+            event(log, level if isinstance(level, int) else logging.INFO,
+                  str(record.get("event", "job.output")),
+                  f"job {run.job}: {record.get('message', '')}",
+                  **{**fields, "job": run.job, "run_id": run.id, "source": "command"})
+            return
         event(log, logging.INFO, "job.output", f"job {run.job}: {line}", job=run.job,
               run_id=run.id, line=line)
+
+
+def _json_object(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -332,13 +352,9 @@ def _summary(data: bytes) -> Any:
 
 def _error_line(tail: deque[str], code: int | None) -> str:
     for line in reversed(tail):
-        if line.startswith("{"):  # the child logs JSON (--log-format json)
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict) and record.get("level") == "error":
-                return str(record.get("message", line))[:1000]
+        record = _json_object(line)  # the child logs JSON (--log-format json)
+        if record is not None and record.get("level") == "error":
+            return str(record.get("message", line))[:1000]
         if "error:" in line:
             return line.strip().removeprefix("aegisctl: error: ")[:1000]
     if tail:
