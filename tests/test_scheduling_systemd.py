@@ -166,3 +166,23 @@ def test_render_refuses_unknown_commands(cli, write_config, tmp_path: Path) -> N
     result = cli("--config", str(config), "systemd", "render")
     assert result.exit_code == 2
     assert "no command 'craete'" in result.stderr
+
+
+def test_example_schedule_commands_parse(clean_env) -> None:
+    """config.example.yaml's scheduled commands parse against the installed commands. Groups
+    built on other branches (cleanup, maint, check) are skipped until they are merged."""
+    from aegisctl.cli.command_tree import check_command
+    from aegisctl.scheduling.jobs import split_command
+
+    loaded = load_config(str(EXAMPLE))
+    missing = []
+    for name, job in loaded.settings.schedule.items():
+        try:
+            check_command(split_command(job.command))
+        except ValueError as exc:
+            if "aegisctl has no command" in str(exc):
+                missing.append(name)
+                continue
+            raise AssertionError(f"schedule.{name}: {exc}") from None
+    if missing:
+        pytest.skip(f"commands not in this build yet: {', '.join(missing)}")
