@@ -48,16 +48,21 @@ def blocking_config(path: Path, dsn: str, state: Path, **scheduler: Any) -> Path
 def test_run_records_success_with_summary(aegis_dsn: str, tmp_path: Path) -> None:
     config = schedule_config(tmp_path / "c.yaml", aegis_dsn,
                              {"health": {"command": "health", "every": "5m"}}, tmp_path / "s")
+    with psycopg.connect(aegis_dsn) as conn:  # a run whose runner was killed -9 long ago
+        conn.execute("INSERT INTO aegis_job_runs (id, job, target, trigger, command, host,"
+                     " started_at, status) VALUES (gen_random_uuid(), 'health', 'primary',"
+                     " 'timer', 'health', 'h', now() - interval '1 day', 'running')")
     done = aegisctl("--config", str(config), "jobs", "run", "health", "--format", "json")
     assert done.returncode == 0, done.stderr
     run = json.loads(done.stdout)
     assert run["status"] == "succeeded" and run["recorded_in"] == "database"
     assert "job health started" in done.stderr and "job health succeeded" in done.stderr
-    (row,) = runs(aegis_dsn)
+    dead, row = runs(aegis_dsn)
+    assert dead["status"] == "abandoned" and "runner died" in dead["error"]
     assert row["status"] == "succeeded" and row["trigger"] == "manual"
     assert row["summary"]["reachable"] is True  # the command's own JSON result
     history = aegisctl("--config", str(config), "jobs", "history", "--format", "json")
-    assert [r["id"] for r in json.loads(history.stdout)["runs"]] == [run["id"]]
+    assert next(r["id"] for r in json.loads(history.stdout)["runs"]) == run["id"]
 
 
 def test_failing_job_is_recorded_and_goes_critical_after_grace(aegis_dsn: str,
