@@ -50,7 +50,11 @@ class ForegroundScheduler:
         self._lock = threading.Lock()
 
     def request_stop(self, reason: str) -> None:
-        """Safe from a signal handler: only sets a flag."""
+        """Safe from a signal handler: sets flags. A second request interrupts running jobs
+        at once instead of waiting for stop_timeout."""
+        if self._stop.is_set():
+            for execution in list(self._active.values()):
+                execution.interrupt()
         self._stop_reason = reason
         self._stop.set()
 
