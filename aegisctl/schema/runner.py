@@ -25,7 +25,7 @@ from aegisctl.schema.dimension import (
     check_embedding_dim,
     database_embedding_dim,
     record_embedding_dim,
-    validate_dim,
+    resolve_embedding_dim,
 )
 from aegisctl.schema.files import MigrationFile, Statement, load_migrations, split_statements
 
@@ -358,13 +358,12 @@ def migrate(conn: psycopg.Connection[Any], settings: SchemaSettings, *,
     """Apply the pending migrations (up to `to`), each in its own transaction.
 
     `conn` must be in autocommit mode. The dimension is `embedding_dim`, else the configured
-    one; it must equal the database's when the database has one. A dry run takes no lock and
+    one, else the database's (resolve_embedding_dim); it must equal the database's when the
+    database has one. A dry run takes no lock and
     changes nothing. `lock_held`: the caller already holds the migration lock (acquire_lock).
     """
     files = load_migrations(migrations_dir or default_migrations_dir())
-    dim = validate_dim(embedding_dim if embedding_dim is not None else settings.embedding_dim)
-    setting = "--embedding-dim" if embedding_dim is not None else "schema.embedding_dim"
-    check_embedding_dim(conn, dim, setting)
+    dim, setting = resolve_embedding_dim(conn, embedding_dim, settings.embedding_dim)
 
     if dry_run:
         status = schema_status(conn, files=files)
