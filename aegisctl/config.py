@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import types
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.errors import ConfigError
 from aegisctl.units import parse_duration, parse_size
+
+log = logging.getLogger(__name__)
 
 # Markers for Annotated fields whose YAML form is a string with a unit.
 DURATION = "duration"
@@ -498,8 +501,10 @@ def load_config(
     path = find_config(explicit_path, env)
     sources: dict[str, str] = {}
     if path is None:
+        log.info("no config file found: using the defaults")
         settings = Settings()
     else:
+        log.info("reading the config file %s", path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:

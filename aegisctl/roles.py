@@ -10,8 +10,10 @@ computed here: the plain text never reaches the server, its logs or any output.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import unicodedata
@@ -25,6 +27,10 @@ from aegisctl.errors import ConfigError, OperationFailed
 if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
+
+    from aegisctl.output import Block
+
+log = logging.getLogger(__name__)
 
 MEMORY_TABLES = ("episodic_memory", "semantic_memory", "decision_outcomes")
 OPERATIONAL_TABLES = (
@@ -52,6 +58,22 @@ class RolesResult:
     schema: str
     roles: list[RoleOutcome] = field(default_factory=list)
     statements: list[str] = field(default_factory=list)  # as shown: passwords as '***'
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_view(self) -> list[Block]:
+        """The statements as an SQL script (a dry run's output can be reviewed or kept as is);
+        what happened to each role is status, on stderr (`status_lines`)."""
+        from aegisctl.output import Note
+
+        return [Note(f"{statement};", wrap=False) for statement in self.statements]
+
+    def status_lines(self) -> list[str]:
+        if self.dry_run:
+            return ["dry run: nothing was changed"]
+        return [f"{r.kind} role {r.name}: {'created' if r.created else 'updated'}"
+                f"{', password set' if r.password_set else ''}" for r in self.roles]
 
 
 def scram_verifier(password: str, salt: bytes | None = None,
@@ -206,6 +228,10 @@ def apply_roles(conn: psycopg.Connection[Any], roles: RolesSettings, *, dry_run:
         with conn.transaction():
             for planned in plans:
                 conn.execute(planned.run)
+        for role in result.roles:
+            log.info("%s role %s %s%s", role.kind, role.name,
+                     "created" if role.created else "updated",
+                     " with a new password" if role.password_set else "")
     except psycopg.errors.InsufficientPrivilege as exc:
         raise OperationFailed(
             f"permission denied while applying roles: {exc.diag.message_primary}",

@@ -37,6 +37,8 @@ from aegisctl.schema.runner import (
 if TYPE_CHECKING:
     import psycopg
 
+    from aegisctl.output import Block
+
 __all__ = [
     "ExtensionReport",
     "InitResult",
@@ -58,6 +60,12 @@ __all__ = [
 class InitResult:
     extensions: ExtensionReport
     migration: MigrationResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {"extensions": self.extensions.to_json(), "migration": self.migration.to_json()}
+
+    def to_view(self) -> list[Block]:
+        return [*self.extensions.to_view(), *self.migration.to_view()]
 
 
 def init_schema(conn: psycopg.Connection[Any], settings: SchemaSettings, *,

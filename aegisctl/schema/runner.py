@@ -9,6 +9,7 @@ CREATE INDEX CONCURRENTLY in another session (Flyway #1654, golang-migrate #960)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import socket
@@ -31,6 +32,8 @@ from aegisctl.schema.files import MigrationFile, Statement, load_migrations, spl
 
 if TYPE_CHECKING:
     import psycopg
+
+    from aegisctl.output import Block
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,33 @@ class SchemaStatus:
     def up_to_date(self) -> bool:
         return not any(m.state != "applied" for m in self.migrations)
 
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "current_version": self.current_version,
+                "up_to_date": self.up_to_date}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Fields, Table
+
+        return [
+            Fields([
+                ("version", _fmt_version(self.current_version)),
+                ("embedding dimension", self.embedding_dim or "not set (run aegisctl schema init)"),
+                ("pending", len(self.having("pending"))),
+                ("changed", len(self.having("changed"))),
+            ], title="schema"),
+            Table([Column("version", "id"), Column("name", "id"), "state", "applied at",
+                   Column("took", "number"), "applied by"],
+                  [(f"{m.version:04d}", m.name, m.state,
+                    m.applied_at.strftime("%Y-%m-%d %H:%M:%S%z") if m.applied_at else "-",
+                    f"{m.duration_ms} ms" if m.duration_ms is not None else "-",
+                    m.applied_by or "-") for m in self.migrations],
+                  empty="no migrations"),
+        ]
+
+
+def _fmt_version(version: int | None) -> str:
+    return f"{version:04d}" if version is not None else "none"
+
 
 @dataclass
 class AppliedStep:
@@ -111,6 +141,28 @@ class MigrationResult:
     @property
     def changed(self) -> bool:
         return bool(self.steps) and not self.dry_run
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "changed": self.changed}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Note, Table
+
+        if not self.steps:
+            return [Note(f"schema is up to date at version {_fmt_version(self.to_version)} "
+                         f"(embedding dimension {self.embedding_dim}); nothing to do")]
+        verb = "would apply" if self.dry_run else "applied"
+        blocks: list[Block] = [Table(
+            [Column("version", "id"), Column("file", "id"), Column("statements", "number"),
+             "transaction", Column("took", "number")],
+            [(f"{s.version:04d}", s.filename, s.statements,
+              "yes" if s.transactional else "no (marker)",
+              "-" if s.duration_ms is None else f"{s.duration_ms} ms") for s in self.steps],
+            title=f"{verb} {len(self.steps)} migration(s), {_fmt_version(self.from_version)} -> "
+                  f"{_fmt_version(self.to_version)}, embedding dimension {self.embedding_dim}")]
+        if self.dry_run:
+            blocks.append(Note("dry run: nothing was changed"))
+        return blocks
 
 
 class MigrationFailed(OperationFailed):
