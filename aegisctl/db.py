@@ -214,23 +214,6 @@ def server_version(conn: psycopg.Connection[Any]) -> tuple[int, str]:
     return int(row[0]), str(row[1])
 
 
-def run_transaction(
-    conn: psycopg.Connection[Any],
-    work: Callable[[psycopg.Connection[Any]], T],
-    settings: Settings,
-    what: str = "transaction",
-) -> T:
-    """Run `work` in a transaction, again from the start when the server aborts it for a
-    serialization failure or a deadlock (the only failures where a retry is the fix)."""
-    retry = settings.connection.retry
-
-    def attempt() -> T:
-        with conn.transaction():
-            return work(conn)
-
-    return retry_transient(attempt, retry.attempts, retry.initial_delay, retry.max_delay, what)
-
-
 def describe_db_error(exc: BaseException) -> tuple[str, int]:
     """A one-line message and exit code for a database error no command anticipated."""
     from aegisctl.errors import ExitCode
