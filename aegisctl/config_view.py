@@ -43,7 +43,7 @@ class ConfigView:
         return [
             Note(f"# config file: {self.path or '(none found: defaults)'}"),
             Note(f"# target: {self.target} ({self.target_source})"),
-            Table([Column("key", "id"), Column("value", "text"), "source"],
+            Table([Column("key", "text"), Column("value", "text"), Column("source", "text")],
                   [(row.key, _cell(row.value), row.source) for row in self.rows]),
         ]
 

@@ -186,7 +186,7 @@ def connect(
     def attempt() -> psycopg.Connection[Any]:
         return psycopg.connect(params.conninfo, autocommit=autocommit, **params.kwargs)
 
-    log.info("connecting to target '%s' (%s) for %s", target.name, target.display_dsn, command)
+    log.info("connecting to target '%s' at %s for %s", target.name, target.display_dsn, command)
     try:
         conn = retry_transient(attempt, retry.attempts, retry.initial_delay, retry.max_delay,
                                f"connecting to {target.name}")

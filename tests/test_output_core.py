@@ -101,7 +101,7 @@ def test_verbose_logs_what_is_done(cli, db_config) -> None:
     assert result.exit_code == 0, result.output
     log = result.stderr
     assert f"reading the config file {db_config}" in log
-    assert "connecting to target 'primary'" in log and "connected to" in log
+    assert "connecting to target 'primary' at" in log and "connected to" in log
     assert "created extension vector" in log
     assert "applied 0001_foundation.sql" in log
     quiet = cli("--config", str(db_config), "schema", "init")

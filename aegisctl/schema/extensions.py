@@ -65,7 +65,8 @@ class ExtensionReport:
         from aegisctl.output import Column, Note, Table
 
         blocks: list[Block] = [Table(
-            [Column("extension", "id"), "result", "version", Column("note", "text")],
+            [Column("extension", "id"), Column("result", "id"), Column("version", "id"),
+             Column("note", "text")],
             [(a.name, a.action, a.version or "-", a.message or "") for a in self.actions],
             title="extensions", empty="no extensions to install")]
         blocks += [Note(f"warning: {w}", "yellow") for w in self.warnings]
@@ -82,14 +83,16 @@ class ExtensionList:
         return [{**dataclasses.asdict(i), "status": i.status} for i in self.extensions]
 
     def to_view(self) -> list[Block]:
-        from aegisctl.output import Column, Table
+        from aegisctl.output import Column, Note, Table
 
-        return [Table(
-            [Column("extension", "id"), "status", "installed", "available", "configured",
-             "schema", Column("note", "text")],
+        blocks: list[Block] = [Table(
+            [*(Column(name, "id") for name in ("extension", "status", "installed",
+                                               "available")), "configured", "schema"],
             [(i.name, i.status, i.installed_version or "-", i.default_version or "-",
-              i.configured, i.schema or "-", "; ".join(i.notes)) for i in self.extensions],
+              i.configured, i.schema or "-") for i in self.extensions],
             empty="no extensions")]
+        blocks += [Note(f"{i.name}: {note}") for i in self.extensions for note in i.notes]
+        return blocks
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -105,12 +105,15 @@ class SchemaStatus:
                 ("pending", len(self.having("pending"))),
                 ("changed", len(self.having("changed"))),
             ], title="schema"),
-            Table([Column("version", "id"), Column("name", "id"), "state", "applied at",
-                   Column("took", "number"), "applied by"],
+            Table([Column("version", "id"), Column("name", "text"), Column("state", "id"),
+                   Column("applied (UTC)", "id"), Column("took", "number"),
+                   Column("applied by", "text")],
                   [(f"{m.version:04d}", m.name, m.state,
-                    m.applied_at.strftime("%Y-%m-%d %H:%M:%S%z") if m.applied_at else "-",
+                    m.applied_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
+                    if m.applied_at else "-",
                     f"{m.duration_ms} ms" if m.duration_ms is not None else "-",
-                    m.applied_by or "-") for m in self.migrations],
+                    # user@host; the aegisctl version that applied it is in the JSON
+                    (m.applied_by or "-").split(" (")[0]) for m in self.migrations],
                   empty="no migrations"),
         ]
 
