@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import types
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from aegisctl.scheduling.jobs import check_schedule
 from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
 from aegisctl.units import parse_duration, parse_size
 
+log = logging.getLogger(__name__)
+
 # Markers for Annotated fields whose YAML form is a string with a unit.
 DURATION = "duration"
 SIZE = "size"
@@ -27,6 +30,28 @@ Duration = Annotated[float, DURATION]
 Size = Annotated[int, SIZE]
 
 DEFAULT_EXTENSIONS = ["vector", "pg_trgm", "fuzzystrmatch", "pg_stat_statements", "pgcrypto"]
+
+# The embedding dimension's one range, for the config, `schema init --embedding-dim` and the
+# embedding provider: pgvector's HNSW index takes at most 2000 dimensions of `vector` and 4000
+# of `halfvec` (aegisctl indexes embedding::halfvec(N) above 2000).
+MIN_EMBEDDING_DIM = 1
+MAX_VECTOR_INDEX_DIM = 2000
+MAX_EMBEDDING_DIM = 4000
+# The dimension of a new database when neither the config nor --embedding-dim says.
+DEFAULT_EMBEDDING_DIM = 1536
+
+
+def check_embedding_dim_range(dim: int, where: str) -> int:
+    """`dim` when it is inside the one supported range, else a ConfigError naming `where`."""
+    if not MIN_EMBEDDING_DIM <= dim <= MAX_EMBEDDING_DIM:
+        raise ConfigError(
+            f"{where}: embedding dimension {dim} is out of range: pgvector's HNSW index "
+            f"supports {MIN_EMBEDDING_DIM} to {MAX_VECTOR_INDEX_DIM} dimensions as vector and up "
+            f"to {MAX_EMBEDDING_DIM} as halfvec",
+            hint=f"choose a model (or a `dimensions` setting) of at most {MAX_EMBEDDING_DIM} "
+            "dimensions",
+        )
+    return dim
 
 
 @dataclass
@@ -78,7 +103,9 @@ class ConnectionSettings:
 
 @dataclass
 class SchemaSettings:
-    embedding_dim: int = 1536
+    # Unset: the database's recorded dimension (it is the truth once `schema init` chose one),
+    # and DEFAULT_EMBEDDING_DIM (1536) for a new database.
+    embedding_dim: int | None = None
     extensions: list[str] = field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     # How long `schema migrate`/`init` wait for another run's migration lock (--wait-lock).
     lock_wait: Duration = 60.0
@@ -205,12 +232,60 @@ def _yaml_lines(node: Any, prefix: str, lines: dict[str, int], origin: str) -> N
             _yaml_lines(item, path, lines, origin)
 
 
+# A config file is a few hundred values. Anchors and aliases are allowed (to share a block),
+# but aliases of aliases multiply: nine levels of nine aliases expand to 387 million nodes
+# (the "billion laughs"). The expanded size is counted on the node graph before anything
+# walks it, and a file beyond this bound is refused.
+MAX_YAML_NODES = 10_000
+
+
+def _expanded_size(node: Any, origin: str, sizes: dict[int, int], active: set[int]) -> int:
+    """How many nodes `node` stands for once every alias is expanded (memoised per node, so
+    counting costs one visit of the graph, however large the expansion)."""
+    import yaml
+
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in active:
+        raise ConfigError(
+            f"{origin}:{node.start_mark.line + 1}: an alias refers to its own anchor "
+            "(a recursive structure)"
+        )
+    active.add(key)
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            total += _expanded_size(key_node, origin, sizes, active)
+            total += _expanded_size(value_node, origin, sizes, active)
+            if total > MAX_YAML_NODES:
+                break
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            total += _expanded_size(item, origin, sizes, active)
+            if total > MAX_YAML_NODES:
+                break
+    active.discard(key)
+    sizes[key] = total
+    if total > MAX_YAML_NODES:
+        raise ConfigError(
+            f"{origin}:{node.start_mark.line + 1}: the YAML expands to more than "
+            f"{MAX_YAML_NODES:,} values through its aliases (*name); a config file needs far "
+            "fewer",
+            hint="write the values out, or use fewer nested aliases",
+        )
+    return total
+
+
 def parse_yaml(text: str, origin: str) -> tuple[dict[str, Any], dict[str, int]]:
     import yaml
 
+    loader = yaml.SafeLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is not None:
+            _expanded_size(root, origin, {}, set())
+        data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{origin}:{mark.line + 1}:{mark.column + 1}" if mark else origin
@@ -218,6 +293,8 @@ def parse_yaml(text: str, origin: str) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: YAML error: {exc}") from exc
+    finally:
+        loader.dispose()
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -397,17 +474,14 @@ def _check_consistency(settings: Settings, origin: str) -> None:
             raise ConfigError(
                 f"{origin}: targets.{name}: give password_env or password_file, not both"
             )
-    if not 1 <= settings.schema.embedding_dim <= 16000:
-        raise ConfigError(
-            f"{origin}: schema.embedding_dim: {settings.schema.embedding_dim} is outside "
-            "pgvector's range 1..16000"
-        )
+    if settings.schema.embedding_dim is not None:
+        check_embedding_dim_range(settings.schema.embedding_dim, f"{origin}: schema.embedding_dim")
 
 
 def _check_memory_settings(settings: Settings, origin: str) -> None:
     emb, search = settings.embedding, settings.search
-    if emb.dimensions is not None and not 1 <= emb.dimensions <= 16000:
-        raise ConfigError(f"{origin}: embedding.dimensions: {emb.dimensions} is outside 1..16000")
+    if emb.dimensions is not None:
+        check_embedding_dim_range(emb.dimensions, f"{origin}: embedding.dimensions")
     for key, value, low in (("embedding.batch_size", emb.batch_size, 1),
                             ("embedding.retries", emb.retries, 0),
                             ("search.ef_search", search.ef_search, 1),
@@ -432,8 +506,10 @@ def load_config(
     path = find_config(explicit_path, env)
     sources: dict[str, str] = {}
     if path is None:
+        log.info("no config file found: using the defaults")
         settings = Settings()
     else:
+        log.info("reading the config file %s", path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegisctl.config import LoadedConfig
 from aegisctl.targets import Target, redact_dsn
+
+if TYPE_CHECKING:
+    from aegisctl.output import Block
 
 SECRET_WORDS = ("password", "secret", "token", "api_key")
 
@@ -33,6 +36,43 @@ class ConfigView:
             "target_source": self.target_source,
             "values": {r.key: {"value": r.value, "source": r.source} for r in self.rows},
         }
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Note, Table
+
+        return [
+            Note(f"# config file: {self.path or '(none found: defaults)'}"),
+            Note(f"# target: {self.target} ({self.target_source})"),
+            Table([Column("key", "text"), Column("value", "text"), Column("source", "text")],
+                  [(row.key, _cell(row.value), row.source) for row in self.rows]),
+        ]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "[]"
+    return "null" if value is None else str(value)
+
+
+@dataclass
+class ConfigValidation:
+    """`config validate` on a file that passed (a failing one is a ConfigError, exit 2)."""
+
+    path: str
+    targets: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"valid": True, "path": self.path, "targets": self.targets}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        return [Note(f"{self.path}: valid")]
+
+
+def validation_result(loaded: LoadedConfig) -> ConfigValidation:
+    where = str(loaded.path) if loaded.path else "(no config file: defaults)"
+    return ConfigValidation(path=where, targets=sorted(loaded.settings.targets))
 
 
 def _redact(key: str, value: Any) -> Any:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from aegisctl.config import LoadedConfig, Settings, TimeoutSettings
-from aegisctl.errors import ConnectionFailed
+from aegisctl.errors import ConfigError, ConnectionFailed
 from aegisctl.targets import Target
 
 if TYPE_CHECKING:
@@ -93,6 +94,37 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+# libpq's messages for a connection string it cannot use: the DSN is wrong, not the server
+# unreachable (a usage error, exit 2, never retried).
+_CONNINFO_ERRORS = re.compile(
+    r'invalid (integer|port number|connection option|URI|percent-encoded|IPv6|\S+ value|'
+    r'\S+ method|SSL protocol)|missing "=" after|unterminated quoted string|'
+    r'unexpected spaces found|could not match \d+ port numbers', re.IGNORECASE)
+
+
+def is_conninfo_error(exc: BaseException) -> bool:
+    return bool(_CONNINFO_ERRORS.search(str(exc)))
+
+
+def check_conninfo(conninfo: str, target: Target) -> None:
+    """Refuse a connection string libpq cannot parse, or whose ports are not numbers, before
+    any attempt: a ConfigError (exit 2) that names the target, never 'cannot connect' (3)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        raise ConfigError(f"target '{target.name}': invalid DSN ({target.display_dsn}): "
+                          f"{_first_line(exc)}") from None
+    for port in str(params.get("port") or "").split(","):
+        port = port.strip()
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(
+                f"target '{target.name}': invalid DSN ({target.display_dsn}): port {port!r} is "
+                "not a port number (1 to 65535)")
+
+
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
@@ -149,19 +181,28 @@ def connect(
     if dbname is not None:
         params.kwargs["dbname"] = dbname
     retry = settings.connection.retry
+    check_conninfo(params.conninfo, target)
 
     def attempt() -> psycopg.Connection[Any]:
         return psycopg.connect(params.conninfo, autocommit=autocommit, **params.kwargs)
 
+    log.info("connecting to target '%s' at %s for %s", target.name, target.display_dsn, command)
     try:
-        return retry_transient(attempt, retry.attempts, retry.initial_delay, retry.max_delay,
+        conn = retry_transient(attempt, retry.attempts, retry.initial_delay, retry.max_delay,
                                f"connecting to {target.name}")
     except psycopg.Error as exc:
+        if is_conninfo_error(exc):
+            raise ConfigError(f"target '{target.name}': invalid DSN ({target.display_dsn}): "
+                              f"{_first_line(exc)}") from None
         where = f" database '{dbname}'" if dbname else ""
         raise ConnectionFailed(
             f"cannot connect to target '{target.name}'{where} ({target.display_dsn}): "
             f"{_first_line(exc)}"
         ) from None
+    info = conn.info
+    log.info("connected to %s as %s (PostgreSQL %s, backend pid %s)", info.dbname, info.user,
+             info.parameter_status("server_version"), info.backend_pid)
+    return conn
 
 
 def server_version(conn: psycopg.Connection[Any]) -> tuple[int, str]:
@@ -171,23 +212,6 @@ def server_version(conn: psycopg.Connection[Any]) -> tuple[int, str]:
     ).fetchone()
     assert row is not None
     return int(row[0]), str(row[1])
-
-
-def run_transaction(
-    conn: psycopg.Connection[Any],
-    work: Callable[[psycopg.Connection[Any]], T],
-    settings: Settings,
-    what: str = "transaction",
-) -> T:
-    """Run `work` in a transaction, again from the start when the server aborts it for a
-    serialization failure or a deadlock (the only failures where a retry is the fix)."""
-    retry = settings.connection.retry
-
-    def attempt() -> T:
-        with conn.transaction():
-            return work(conn)
-
-    return retry_transient(attempt, retry.attempts, retry.initial_delay, retry.max_delay, what)
 
 
 def describe_db_error(exc: BaseException) -> tuple[str, int]:

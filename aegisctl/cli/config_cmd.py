@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import FormatOption, OutputFormat, state
+from aegisctl.cli.context import FormatOption, state
 
 app = typer.Typer(
     help="Inspect and check the YAML configuration.\n\nExample: aegisctl config show",
@@ -31,19 +31,7 @@ def show(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
     app_state = state(ctx)
     view = effective_config(app_state.config(), app_state.target())
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json(view.to_json())
-        return
-    output.print_line(f"# config file: {view.path or '(none found: defaults)'}")
-    output.print_line(f"# target: {view.target} ({view.target_source})")
-    output.print_table(["key", "value", "source"],
-                       [(row.key, _cell(row.value), row.source) for row in view.rows])
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value) or "[]"
-    return "null" if value is None else str(value)
+    output.render(view, app_state.fmt(fmt))
 
 
 @app.command()
@@ -64,12 +52,10 @@ def validate(
     """
     from aegisctl.cli.command_tree import check_schedule_commands
     from aegisctl.config import load_config
+    from aegisctl.config_view import validation_result
 
     app_state = state(ctx)
     loaded = load_config(str(path) if path else app_state.config_path)
-    where = str(loaded.path) if loaded.path else "(no config file: defaults)"
-    check_schedule_commands(loaded.settings, where)  # against the installed command tree
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json({"valid": True, "path": where, "targets": sorted(loaded.settings.targets)})
-    else:
-        output.print_line(f"{where}: valid")
+    check_schedule_commands(loaded.settings, str(loaded.path) if loaded.path
+                            else "(no config file: defaults)")  # against the installed commands
+    output.render(validation_result(loaded), app_state.fmt(fmt))

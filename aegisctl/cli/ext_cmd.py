@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import FormatOption, OutputFormat, state
+from aegisctl.cli.context import FormatOption, state
 
 app = typer.Typer(
     help=(
@@ -31,25 +31,13 @@ def list_cmd(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
       aegisctl ext list --format json
     """
-    import dataclasses
-
-    from aegisctl.schema.extensions import list_extensions
+    from aegisctl.schema.extensions import ExtensionList, list_extensions
 
     app_state = state(ctx)
     settings = app_state.config().settings
     with app_state.connect("ext list") as conn:
         infos = list_extensions(conn, settings.schema.extensions)
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json([{**dataclasses.asdict(i), "status": i.status} for i in infos])
-        return
-    output.print_table(
-        ["extension", "status", "installed", "available", "configured", "schema"],
-        [(i.name, i.status, i.installed_version or "-", i.default_version or "-",
-          "yes" if i.configured else "no", i.schema or "-") for i in infos],
-    )
-    for info in infos:
-        for note in info.notes:
-            output.print_status(f"{info.name}: {note}")
+    output.render(ExtensionList(infos), app_state.fmt(fmt))
 
 
 @app.command()
@@ -69,8 +57,6 @@ def install(
 
       aegisctl ext install vector pg_trgm
     """
-    import dataclasses
-
     from aegisctl.errors import OperationFailed
     from aegisctl.schema.extensions import install_extensions
 
@@ -79,17 +65,6 @@ def install(
     with app_state.connect("ext install", "ddl") as conn:
         report = install_extensions(conn, names or None, settings.schema.extensions,
                                     raise_on_failure=False)
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json(dataclasses.asdict(report))
-    else:
-        output.print_table(
-            ["extension", "result", "version"],
-            [(a.name, a.action, a.version or "-") for a in report.actions],
-        )
-        for action in report.actions:
-            if action.action == "skipped" and action.message:
-                output.print_status(f"note: {action.message}")
-        for warning in report.warnings:
-            output.print_status(f"warning: {warning}", "yellow")
+    output.render(report, app_state.fmt(fmt))
     if report.failed:
         raise OperationFailed("; ".join(a.message or a.name for a in report.failed))

@@ -66,22 +66,18 @@ class AegisGroup(TyperGroup):
         return command
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
-        debug = (isinstance(ctx.obj, AppState) and ctx.obj.debug) or "--debug" in sys.argv
         try:
             return super().invoke(ctx)
         except AegisError as exc:
-            if debug:
-                raise
+            _traceback(_debug(ctx))
             _fail(str(exc), int(exc.exit_code))
         except (KeyboardInterrupt, typer.Abort) as exc:
-            if debug and isinstance(exc, KeyboardInterrupt):
-                raise
+            _traceback(_debug(ctx) and isinstance(exc, KeyboardInterrupt))
             _fail("interrupted", int(ExitCode.INTERRUPTED))
         except (typer.TyperException, typer.Exit, BrokenPipeError):
             raise
         except Exception as exc:
-            if debug:
-                raise
+            _traceback(_debug(ctx))
             if type(exc).__module__.startswith("psycopg"):
                 from aegisctl.db import describe_db_error
 
@@ -92,6 +88,19 @@ class AegisGroup(TyperGroup):
                 int(ExitCode.FAILED),
             )
         return None
+
+
+def _debug(ctx: typer.Context) -> bool:
+    # Read when a failure happens: the global options are parsed inside invoke.
+    return (isinstance(ctx.obj, AppState) and ctx.obj.debug) or "--debug" in sys.argv
+
+
+def _traceback(debug: bool) -> None:
+    """--debug shows the traceback, and the exit code stays the documented one."""
+    if debug:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 app = typer.Typer(

@@ -43,23 +43,14 @@ def apply(
 
       AEGIS_APP_PASSWORD=... aegisctl roles apply
     """
-    import dataclasses
-
     from aegisctl.roles import apply_roles
 
     app_state = state(ctx)
     settings = app_state.config().settings
     with app_state.connect("roles apply", "ddl") as conn:
         result = apply_roles(conn, settings.roles, dry_run=dry_run)
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json(dataclasses.asdict(result))
-        return
-    for statement in result.statements:
-        output.print_line(statement + ";")
-    if dry_run:
-        output.print_status("dry run: nothing was changed")
-    else:
-        for role in result.roles:
-            output.print_status(
-                f"{role.kind} role {role.name}: {'created' if role.created else 'updated'}"
-                f"{', password set' if role.password_set else ''}")
+    out = app_state.fmt(fmt)
+    output.render(result, out)
+    if out is OutputFormat.table:
+        for line in result.status_lines():
+            output.print_status(line)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, state
-
-if TYPE_CHECKING:
-    from aegisctl.schema import MigrationResult
-    from aegisctl.schema.extensions import ExtensionReport
 
 app = typer.Typer(
     help=(
@@ -29,44 +25,6 @@ WaitLockOption = Annotated[
                  help="Wait this long for another run's migration lock, then exit 4 "
                  "(default: schema.lock_wait, 60s)."),
 ]
-
-
-def _fmt_version(version: int | None) -> str:
-    return f"{version:04d}" if version is not None else "none"
-
-
-def _render_migration(result: MigrationResult) -> None:
-    if not result.steps:
-        output.print_line(f"schema is up to date at version {_fmt_version(result.to_version)} "
-                          f"(embedding dimension {result.embedding_dim}); nothing to do")
-        return
-    verb = "would apply" if result.dry_run else "applied"
-    rows = [(f"{s.version:04d}", s.filename, s.statements,
-             "yes" if s.transactional else "no (marker)",
-             "-" if s.duration_ms is None else f"{s.duration_ms} ms") for s in result.steps]
-    output.print_table(["version", "file", "statements", "transaction", "took"], rows,
-                       title=f"{verb} {len(result.steps)} migration(s), "
-                       f"{_fmt_version(result.from_version)} -> "
-                       f"{_fmt_version(result.to_version)}, embedding dimension "
-                       f"{result.embedding_dim}")
-    if result.dry_run:
-        output.print_line("dry run: nothing was changed")
-
-
-def _render_extensions(report: ExtensionReport) -> None:
-    output.print_table(
-        ["extension", "result", "version", "note"],
-        [(a.name, a.action, a.version or "-", a.message or "") for a in report.actions],
-        title="extensions",
-    )
-    for warning in report.warnings:
-        output.print_status(f"warning: {warning}", "yellow")
-
-
-def _migration_json(result: MigrationResult) -> dict[str, Any]:
-    import dataclasses
-
-    return {**dataclasses.asdict(result), "changed": result.changed}
 
 
 def _run_migration(ctx: typer.Context, fmt: OutputFormat, action: Any) -> Any:
@@ -90,7 +48,8 @@ def init(
     embedding_dim: Annotated[
         int | None,
         typer.Option("--embedding-dim", metavar="N", help="Embedding dimension of the vector "
-                     "columns (default: schema.embedding_dim, 1536). Fixed once chosen."),
+                     "columns (default: schema.embedding_dim, else the database's, else 1536). "
+                     "Fixed once chosen."),
     ] = None,
     wait_lock: WaitLockOption = None,
     fmt: FormatOption = None,
@@ -114,14 +73,7 @@ def init(
     with app_state.connect("schema init", "ddl") as conn:
         result = _run_migration(ctx, out, lambda: init_schema(
             conn, settings.schema, embedding_dim=embedding_dim, wait_lock=wait_lock))
-    if out is OutputFormat.json:
-        import dataclasses
-
-        output.emit_json({"extensions": dataclasses.asdict(result.extensions),
-                          "migration": _migration_json(result.migration)})
-        return
-    _render_extensions(result.extensions)
-    _render_migration(result.migration)
+    output.render(result, out)
 
 
 @app.command()
@@ -171,10 +123,7 @@ def migrate(
     with app_state.connect("schema migrate", "ddl") as conn:
         result = _run_migration(ctx, out, lambda: run_migrate(
             conn, settings.schema, to=to, dry_run=dry_run, wait_lock=wait_lock))
-    if out is OutputFormat.json:
-        output.emit_json(_migration_json(result))
-    else:
-        _render_migration(result)
+    output.render(result, out)
 
 
 @app.command()
@@ -188,30 +137,12 @@ def status(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
       aegisctl schema status --format json
     """
-    import dataclasses
-
     from aegisctl.schema import schema_status
 
     app_state = state(ctx)
     with app_state.connect("schema status") as conn:
         result = schema_status(conn)
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json({**dataclasses.asdict(result), "current_version": result.current_version,
-                          "up_to_date": result.up_to_date})
-        return
-    output.print_fields([
-        ("version", _fmt_version(result.current_version)),
-        ("embedding dimension", result.embedding_dim or "not set (run aegisctl schema init)"),
-        ("pending", len(result.having("pending"))),
-        ("changed", len(result.having("changed"))),
-    ], title="schema")
-    output.print_table(
-        ["version", "name", "state", "applied at", "took", "applied by"],
-        [(f"{m.version:04d}", m.name, m.state,
-          m.applied_at.strftime("%Y-%m-%d %H:%M:%S%z") if m.applied_at else "-",
-          f"{m.duration_ms} ms" if m.duration_ms is not None else "-", m.applied_by or "-")
-         for m in result.migrations],
-    )
+    output.render(result, app_state.fmt(fmt))
 
 
 @app.command()
@@ -226,8 +157,6 @@ def verify(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
       aegisctl schema verify --format json
     """
-    import dataclasses
-
     from aegisctl.errors import OperationFailed
     from aegisctl.schema.verify import verify_schema
 
@@ -235,20 +164,7 @@ def verify(ctx: typer.Context, fmt: FormatOption = None) -> None:
     settings = app_state.config().settings
     with app_state.connect("schema verify", "ddl") as conn:
         report = verify_schema(conn, settings.schema.extensions)
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json({**dataclasses.asdict(report), "ok": report.ok})
-    elif report.ok:
-        plural = {"index": "indexes"}
-        checked = ", ".join(f"{n} {plural.get(kind, kind + 's')}"
-                            for kind, n in report.checked.items())
-        output.print_line(f"schema verified: no differences ({checked})")
-    else:
-        output.print_table(
-            ["kind", "name", "problem", "expected", "actual"],
-            [(d.kind, d.name, d.problem, d.expected or "", d.actual or "")
-             for d in report.differences],
-            title="differences",
-        )
+    output.render(report, app_state.fmt(fmt))
     if not report.ok:
         raise OperationFailed(f"{len(report.differences)} difference(s) between the database "
                               "and its migrations")

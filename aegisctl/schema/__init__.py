@@ -21,7 +21,7 @@ from aegisctl.schema.dimension import (
     check_embedding_dim,
     database_embedding_dim,
     embedding_index_expr,
-    validate_dim,
+    resolve_embedding_dim,
 )
 from aegisctl.schema.extensions import ExtensionReport, install_extensions, list_extensions
 from aegisctl.schema.runner import (
@@ -36,6 +36,8 @@ from aegisctl.schema.runner import (
 
 if TYPE_CHECKING:
     import psycopg
+
+    from aegisctl.output import Block
 
 __all__ = [
     "ExtensionReport",
@@ -59,14 +61,18 @@ class InitResult:
     extensions: ExtensionReport
     migration: MigrationResult
 
+    def to_json(self) -> dict[str, Any]:
+        return {"extensions": self.extensions.to_json(), "migration": self.migration.to_json()}
+
+    def to_view(self) -> list[Block]:
+        return [*self.extensions.to_view(), *self.migration.to_view()]
+
 
 def init_schema(conn: psycopg.Connection[Any], settings: SchemaSettings, *,
                 embedding_dim: int | None = None, wait_lock: float | None = None,
                 migrations_dir: Path | None = None) -> InitResult:
     """Install the configured extensions, then apply every pending migration. Idempotent."""
-    dim = validate_dim(embedding_dim if embedding_dim is not None else settings.embedding_dim)
-    check_embedding_dim(conn, dim,
-                        "--embedding-dim" if embedding_dim is not None else "schema.embedding_dim")
+    dim, _ = resolve_embedding_dim(conn, embedding_dim, settings.embedding_dim)
     # Under the migration lock: two concurrent inits must not race on CREATE EXTENSION either.
     waited = acquire_lock(conn, settings.lock_wait if wait_lock is None else wait_lock)
     try:

@@ -5,26 +5,43 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from aegisctl.config import (
+    DEFAULT_EMBEDDING_DIM,
+    MAX_EMBEDDING_DIM,
+    MAX_VECTOR_INDEX_DIM,
+    check_embedding_dim_range,
+)
 from aegisctl.errors import ConfigError
 
 if TYPE_CHECKING:
     import psycopg
 
-# pgvector's HNSW index takes at most 2000 dimensions of `vector` and 4000 of `halfvec`.
-MAX_VECTOR_INDEX_DIM = 2000
-MAX_HALFVEC_INDEX_DIM = 4000
+# The range is declared once, in aegisctl.config (config validation uses it too).
+MAX_HALFVEC_INDEX_DIM = MAX_EMBEDDING_DIM
 METADATA_TABLE = "aegis_metadata"
 
 
-def validate_dim(dim: int) -> int:
-    if not 1 <= dim <= MAX_HALFVEC_INDEX_DIM:
-        raise ConfigError(
-            f"embedding dimension {dim} is out of range: pgvector's HNSW index supports 1 to "
-            f"{MAX_VECTOR_INDEX_DIM} dimensions as vector and up to {MAX_HALFVEC_INDEX_DIM} as "
-            "halfvec",
-            hint="choose a model (or a `dimensions` setting) of at most 4000 dimensions",
-        )
-    return dim
+def validate_dim(dim: int, where: str = "embedding dimension") -> int:
+    return check_embedding_dim_range(dim, where)
+
+
+def resolve_embedding_dim(conn: psycopg.Connection[Any], requested: int | None,
+                          configured: int | None) -> tuple[int, str]:
+    """The dimension a schema command works with, and the setting it came from: --embedding-dim
+    (`requested`), else schema.embedding_dim (`configured`), else the database's recorded one,
+    else the default for a new database. A given one must equal the database's."""
+    if requested is not None:
+        dim, setting = requested, "--embedding-dim"
+    elif configured is not None:
+        dim, setting = configured, "schema.embedding_dim"
+    else:
+        recorded = database_embedding_dim(conn)
+        if recorded is not None:
+            return recorded, "the database"
+        dim, setting = DEFAULT_EMBEDDING_DIM, "schema.embedding_dim"
+    validate_dim(dim, setting)
+    check_embedding_dim(conn, dim, setting)
+    return dim, setting
 
 
 def embedding_index_expr(dim: int) -> str:

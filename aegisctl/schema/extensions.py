@@ -3,6 +3,8 @@ messages that say what to do when it cannot be done."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +12,10 @@ from aegisctl.errors import OperationFailed
 
 if TYPE_CHECKING:
     import psycopg
+
+    from aegisctl.output import Block
+
+log = logging.getLogger(__name__)
 
 # Installed only "where the server has it" when it comes from the default list.
 OPTIONAL_EXTENSIONS = frozenset({"pgcrypto"})
@@ -51,6 +57,42 @@ class ExtensionReport:
     @property
     def failed(self) -> list[ExtensionAction]:
         return [a for a in self.actions if a.action == "failed"]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Note, Table
+
+        blocks: list[Block] = [Table(
+            [Column("extension", "id"), Column("result", "id"), Column("version", "id"),
+             Column("note", "text")],
+            [(a.name, a.action, a.version or "-", a.message or "") for a in self.actions],
+            title="extensions", empty="no extensions to install")]
+        blocks += [Note(f"warning: {w}", "yellow") for w in self.warnings]
+        return blocks
+
+
+@dataclass
+class ExtensionList:
+    """`ext list`: the configured extensions and every installed one."""
+
+    extensions: list[ExtensionInfo]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [{**dataclasses.asdict(i), "status": i.status} for i in self.extensions]
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Note, Table
+
+        blocks: list[Block] = [Table(
+            [*(Column(name, "id") for name in ("extension", "status", "installed",
+                                               "available")), "configured", "schema"],
+            [(i.name, i.status, i.installed_version or "-", i.default_version or "-",
+              i.configured, i.schema or "-") for i in self.extensions],
+            empty="no extensions")]
+        blocks += [Note(f"{i.name}: {note}") for i in self.extensions for note in i.notes]
+        return blocks
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -177,6 +219,7 @@ def install_extensions(conn: psycopg.Connection[Any], names: list[str] | None,
             continue
         if available[name]:
             report.actions.append(ExtensionAction(name, "present", available[name]))
+            log.info("extension %s %s is already installed", name, available[name])
             continue
         try:
             with conn.transaction():
@@ -194,6 +237,7 @@ def install_extensions(conn: psycopg.Connection[Any], names: list[str] | None,
         row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = %s",
                            (name,)).fetchone()
         report.actions.append(ExtensionAction(name, "created", row[0] if row else None))
+        log.info("created extension %s %s", name, row[0] if row else "")
     for action in report.actions:
         if action.action in ("created", "present"):
             warning = (pgvector_warning(action.version) if action.name == "vector"

@@ -9,6 +9,7 @@ CREATE INDEX CONCURRENTLY in another session (Flyway #1654, golang-migrate #960)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import socket
@@ -25,12 +26,14 @@ from aegisctl.schema.dimension import (
     check_embedding_dim,
     database_embedding_dim,
     record_embedding_dim,
-    validate_dim,
+    resolve_embedding_dim,
 )
 from aegisctl.schema.files import MigrationFile, Statement, load_migrations, split_statements
 
 if TYPE_CHECKING:
     import psycopg
+
+    from aegisctl.output import Block
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,36 @@ class SchemaStatus:
     def up_to_date(self) -> bool:
         return not any(m.state != "applied" for m in self.migrations)
 
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "current_version": self.current_version,
+                "up_to_date": self.up_to_date}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Fields, Table
+
+        return [
+            Fields([
+                ("version", _fmt_version(self.current_version)),
+                ("embedding dimension", self.embedding_dim or "not set (run aegisctl schema init)"),
+                ("pending", len(self.having("pending"))),
+                ("changed", len(self.having("changed"))),
+            ], title="schema"),
+            Table([Column("version", "id"), Column("name", "text"), Column("state", "id"),
+                   Column("applied (UTC)", "id"), Column("took", "number"),
+                   Column("applied by", "text")],
+                  [(f"{m.version:04d}", m.name, m.state,
+                    m.applied_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
+                    if m.applied_at else "-",
+                    f"{m.duration_ms} ms" if m.duration_ms is not None else "-",
+                    # user@host; the aegisctl version that applied it is in the JSON
+                    (m.applied_by or "-").split(" (")[0]) for m in self.migrations],
+                  empty="no migrations"),
+        ]
+
+
+def _fmt_version(version: int | None) -> str:
+    return f"{version:04d}" if version is not None else "none"
+
 
 @dataclass
 class AppliedStep:
@@ -111,6 +144,28 @@ class MigrationResult:
     @property
     def changed(self) -> bool:
         return bool(self.steps) and not self.dry_run
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "changed": self.changed}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Note, Table
+
+        if not self.steps:
+            return [Note(f"schema is up to date at version {_fmt_version(self.to_version)} "
+                         f"(embedding dimension {self.embedding_dim}); nothing to do")]
+        verb = "would apply" if self.dry_run else "applied"
+        blocks: list[Block] = [Table(
+            [Column("version", "id"), Column("file", "id"), Column("statements", "number"),
+             "transaction", Column("took", "number")],
+            [(f"{s.version:04d}", s.filename, s.statements,
+              "yes" if s.transactional else "no (marker)",
+              "-" if s.duration_ms is None else f"{s.duration_ms} ms") for s in self.steps],
+            title=f"{verb} {len(self.steps)} migration(s), {_fmt_version(self.from_version)} -> "
+                  f"{_fmt_version(self.to_version)}, embedding dimension {self.embedding_dim}")]
+        if self.dry_run:
+            blocks.append(Note("dry run: nothing was changed"))
+        return blocks
 
 
 class MigrationFailed(OperationFailed):
@@ -358,13 +413,12 @@ def migrate(conn: psycopg.Connection[Any], settings: SchemaSettings, *,
     """Apply the pending migrations (up to `to`), each in its own transaction.
 
     `conn` must be in autocommit mode. The dimension is `embedding_dim`, else the configured
-    one; it must equal the database's when the database has one. A dry run takes no lock and
+    one, else the database's (resolve_embedding_dim); it must equal the database's when the
+    database has one. A dry run takes no lock and
     changes nothing. `lock_held`: the caller already holds the migration lock (acquire_lock).
     """
     files = load_migrations(migrations_dir or default_migrations_dir())
-    dim = validate_dim(embedding_dim if embedding_dim is not None else settings.embedding_dim)
-    setting = "--embedding-dim" if embedding_dim is not None else "schema.embedding_dim"
-    check_embedding_dim(conn, dim, setting)
+    dim, setting = resolve_embedding_dim(conn, embedding_dim, settings.embedding_dim)
 
     if dry_run:
         status = schema_status(conn, files=files)

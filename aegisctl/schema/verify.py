@@ -8,6 +8,7 @@ types), along with the recorded checksums and the configured extensions.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from aegisctl.schema.runner import schema_status
 
 if TYPE_CHECKING:
     import psycopg
+
+    from aegisctl.output import Block
 
 Catalog = dict[str, dict[str, str]]  # kind -> object key -> definition
 
@@ -46,6 +49,22 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.differences
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Note, Table
+
+        if self.ok:
+            plural = {"index": "indexes"}
+            checked = ", ".join(f"{n} {plural.get(kind, kind + 's')}"
+                                for kind, n in self.checked.items())
+            return [Note(f"schema verified: no differences ({checked})")]
+        return [Table(["kind", Column("name", "id"), "problem", Column("expected", "text"),
+                       Column("actual", "text")],
+                      [(d.kind, d.name, d.problem, d.expected or "", d.actual or "")
+                       for d in self.differences], title="differences")]
 
 
 _QUERIES: dict[str, str] = {
