@@ -153,9 +153,9 @@ def test_pinned_backup_survives_prune_and_unkeep_releases_it(cli, aegis_db, back
 
 
 def test_prune_deletes_only_the_confirmed_plan(aegis_db, backup_config, tmp_path) -> None:
+    from aegisctl.backup.dump import CreateOptions
     from aegisctl.backup.prune import apply_prune, plan_prune
     from aegisctl.backup.service import run_create, set_pinned
-    from aegisctl.backup.dump import CreateOptions
     from aegisctl.config import load_config
     from aegisctl.targets import resolve_target
 
