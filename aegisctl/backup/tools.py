@@ -122,7 +122,10 @@ def restore_error(stderr: str, exit_code: int) -> str:
             words = toc.group(1).split()
             obj = " ".join(words[:-1]) if len(words) > 2 else " ".join(words)
         if "ERROR:" in line:
-            reason = line.split("ERROR:", 1)[1].strip()
+            before, reason = (part.strip() for part in line.split("ERROR:", 1))
+            context = before.split("error:", 1)[-1].strip().rstrip(":").strip()
+            if context and context != "could not execute query":
+                obj = f"{obj}, {context}" if obj else context
             detail = next((ln.split("DETAIL:", 1)[1].strip() for ln in lines[index + 1:index + 4]
                            if ln.startswith("DETAIL:")), None)
             text = f"{obj}: {reason}" if obj else reason
