@@ -281,8 +281,8 @@ class BackupStore:
             manifest_name = f"{entry.id}{MANIFEST_SUFFIX}"
             if manifest_name not in entry.names:
                 entry.state = NO_MANIFEST
-                entry.problems.append("no manifest: cannot be verified or restored by "
-                                      "aegisctl (a lost manifest, or a copy made by hand)")
+                entry.problems.append("cannot be verified or restored by aegisctl (a lost "
+                                      "manifest, or a copy made by hand)")
                 continue
             try:
                 entry.manifest = self._read(self.folder / manifest_name)

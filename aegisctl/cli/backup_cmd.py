@@ -244,7 +244,7 @@ def restore(
 
       aegisctl backup restore 20260101T020000Z --target-db aegis_restored
 
-      aegisctl backup restore --latest --table container_metrics --force --yes
+      aegisctl backup restore --latest --table episodic_memory --force --yes
 
       aegisctl backup restore --latest --clean --force --dry-run
     """
