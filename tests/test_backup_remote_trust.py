@@ -108,10 +108,10 @@ def test_boto_errors_are_one_documented_line(cli, aegis_db, backup_config, s3_en
                                              s3_bucket, monkeypatch, tmp_path) -> None:
     cfg = backup_config(remote=_remote(s3_endpoint, f"{s3_bucket}-missing"))
     create_missing = cli("--config", str(cfg), "backup", "create")
-    assert create_missing.exit_code == 1
+    assert create_missing.exit_code == 2
     assert "does not exist" in create_missing.stderr and "unexpected" not in create_missing.stderr
     upload = cli("--config", str(cfg), "backup", "upload", "--pending")
-    assert upload.exit_code == 1
+    assert upload.exit_code == 2
     assert "bucket" in upload.stderr and "unexpected" not in upload.stderr
     listed = cli("--config", str(cfg), "backup", "list", "--problems")
     assert listed.exit_code == 1 and "does not exist" in listed.stderr

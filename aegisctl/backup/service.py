@@ -48,10 +48,21 @@ class UploadResult:
 
     uploaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # id -> error
+    exit_codes: dict[str, int] = field(default_factory=dict)  # id -> the error's exit code
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def exit_code(self) -> int:
+        """0; else 2 when any failure is a configuration error (a missing bucket), 3 when the
+        store could not be reached, else 1."""
+        codes = set(self.exit_codes.values())
+        for code in (2, 3, 1):
+            if code in codes:
+                return code
+        return 1 if self.failed else 0
 
     def to_json(self) -> dict[str, Any]:
         return {"uploaded": self.uploaded, "failed": self.failed, "ok": self.ok}
@@ -177,6 +188,7 @@ def _upload_one(store: BackupStore, manifest: BackupManifest, remote: Any,
 def _record_failure(store: BackupStore, manifest: BackupManifest, exc: AegisError,
                     result: UploadResult) -> None:
     result.failed[manifest.id] = exc.message
+    result.exit_codes[manifest.id] = int(exc.exit_code)
     manifest.remote.status = "pending"
     manifest.remote.error = exc.message
     store.save(manifest)

@@ -97,7 +97,8 @@ def create(
 ) -> None:
     """Dump the target with pg_dump into the backup folder, write its manifest, verify it,
     and upload it (and any pending one) when a remote is configured. Exits 1 when the
-    verification or the upload fails (the local backup is kept, marked pending).
+    verification or the upload fails (the local backup is kept, marked pending), 2 when the
+    upload cannot work as configured (no credentials, no such bucket).
 
     Examples:
 
@@ -129,6 +130,8 @@ def create(
         output.print_status(f"aegisctl: error: upload failed, backup {m.id} kept locally and "
                             f"marked pending (the next create or `backup upload --pending` "
                             f"retries): {result.upload_error}")
+    if result.upload_error and result.uploads.exit_codes.get(m.id) == ExitCode.USAGE:
+        raise typer.Exit(int(ExitCode.USAGE))  # credentials or bucket: fix the config
     if result.verify_failed or result.upload_error:
         raise typer.Exit(int(ExitCode.FAILED))
 
@@ -325,7 +328,9 @@ def upload(
     fmt: FormatOption = None,
 ) -> None:
     """Upload a backup (or every pending one) to the remote store, checking each object's
-    size and SHA-256 afterwards. Exits 1 when any upload failed (the others still went up).
+    size and SHA-256 afterwards. Each backup is tried whatever the others do. Exits 1 when
+    any upload failed, 2 for a configuration problem (no credentials, no such bucket), 3
+    when the store cannot be reached.
 
     Examples:
 
@@ -346,7 +351,7 @@ def upload(
     for failed, error in result.failed.items():
         output.print_status(f"aegisctl: error: upload of backup {failed} failed: {error}")
     if not result.ok:
-        raise typer.Exit(int(ExitCode.FAILED))
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
