@@ -312,3 +312,13 @@ def test_backup_health_for_check(aegis_db, backup_config, cli, tmp_path) -> None
     assert (dt.datetime.now(dt.UTC) - health.last_restore_test_at).total_seconds() < 600
     assert health.pending_uploads == 0
     assert json.loads(json.dumps(health.to_json()))["last_good_id"] == m["id"]
+
+
+def test_latest_passes_over_a_backup_with_missing_files(cli, aegis_db, backup_config,
+                                                       tmp_path) -> None:
+    cfg = backup_config()
+    ids = [create(cli, cfg)["id"] for _ in range(2)]
+    (_folder(tmp_path) / f"{ids[1]}.dump").unlink()
+    result = cli("--config", str(cfg), "backup", "verify", "--latest", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["id"] == ids[0]

@@ -304,9 +304,13 @@ class BackupStore:
         return [e.manifest for e in self.scan(check=False) if e.manifest is not None]
 
     def latest(self, good_only: bool = False) -> BackupManifest:
-        candidates = [m for m in self.manifests() if m.good or not good_only]
+        """The newest local backup whose files are all there (`--latest`); a newer one with
+        missing files is passed over, as `backup list` shows."""
+        candidates = [e.manifest for e in self.scan() if e.manifest is not None
+                      and e.state == OK and (e.manifest.good or not good_only)]
         if not candidates:
-            raise UsageError(f"target '{self.target}' has no local backups in {self.folder}")
+            raise UsageError(f"target '{self.target}' has no complete local backup in "
+                             f"{self.folder}", hint="see `aegisctl backup list`")
         return candidates[-1]
 
     def owned_names(self, backup_id: str) -> list[str]:
