@@ -233,8 +233,12 @@ class BackupMessage:
 
 def download(loaded: LoadedConfig, target: Target, backup_id: str, *,
              wait_lock: float = 0.0) -> BackupMessage:
+    from aegisctl.backup.manifest import BACKUP_ID
     from aegisctl.backup.remote import download_backup, open_remote
+    from aegisctl.errors import UsageError
 
+    if not BACKUP_ID.match(backup_id):
+        raise UsageError(f"'{backup_id}' is not a backup id (like 20260101T020000Z)")
     store = _store(loaded, target)
     store.ensure()
     with target_lock(store.lock_path, "backup download", wait_lock):
