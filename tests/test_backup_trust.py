@@ -322,3 +322,27 @@ def test_latest_passes_over_a_backup_with_missing_files(cli, aegis_db, backup_co
     result = cli("--config", str(cfg), "backup", "verify", "--latest", "--format", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["id"] == ids[0]
+
+
+def test_another_kind_of_backup_joins_prune(aegis_db, backup_config, monkeypatch) -> None:
+    """The hook physical backups use: their own entries, policy and deleter."""
+    from aegisctl.backup import prune as prune_module
+    from aegisctl.backup.settings import RetentionSettings
+    from aegisctl.config import load_config
+    from aegisctl.targets import resolve_target
+
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    entries = [prune_module.PruneCandidate(f"phys-{n}", "physical", old + dt.timedelta(days=n),
+                                           "ok", False, "ok") for n in range(3)]
+    deleted: list[str] = []
+    monkeypatch.setattr(prune_module, "EXTRA_KINDS", [prune_module.PruneKind(
+        "physical", lambda loaded, target: (entries, {"phys-bad": "unreadable"}),
+        lambda loaded: RetentionSettings(keep_days=1, min_keep=1),
+        lambda loaded, target, backup_id, why: deleted.append(backup_id))])
+    loaded = load_config(str(backup_config()), env={})
+    target = resolve_target(loaded, env={})
+    plan = prune_module.plan_prune(loaded, target)
+    assert set(plan.delete) == {"phys-0", "phys-1"} and "phys-2" in plan.keep
+    assert plan.types["phys-0"] == "physical" and "phys-bad" in plan.untouched
+    result = prune_module.apply_prune(loaded, target, plan)
+    assert sorted(deleted) == ["phys-0", "phys-1"] == sorted(result.deleted)

@@ -12,13 +12,14 @@ in the dry run too.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup.lock import target_lock
 from aegisctl.backup.manifest import BackupManifest, format_time, utcnow
 from aegisctl.backup.retention import BackupFacts, plan_retention
+from aegisctl.backup.settings import RetentionSettings
 from aegisctl.backup.store import MANIFEST_UNREADABLE, NO_MANIFEST, OK, BackupStore
 from aegisctl.config import LoadedConfig
 from aegisctl.errors import AegisError
@@ -174,6 +175,21 @@ def _object_lock(plan: PrunePlan, remote: Remote, now: dt.datetime) -> None:
             del plan.delete[backup_id]
 
 
+@dataclass
+class PruneKind:
+    """Another kind of local backup prune handles beside the built-in logical (pg_dump)
+    ones, e.g. physical backups: its entries, its policy, and how to delete one entry (the
+    deleter must prove the paths it removes are its own). Register it in EXTRA_KINDS."""
+
+    type: str
+    candidates: Callable[[LoadedConfig, Target], tuple[list[PruneCandidate], dict[str, str]]]
+    policy: Callable[[LoadedConfig], RetentionSettings]
+    delete: Callable[[LoadedConfig, Target, str, str], None]  # (loaded, target, id, why)
+
+
+EXTRA_KINDS: list[PruneKind] = []
+
+
 def _plan(loaded: LoadedConfig, target: Target, store: BackupStore, remote: bool,
           now: dt.datetime) -> tuple[PrunePlan, Remote | None]:
     settings = loaded.settings.backup
@@ -181,6 +197,10 @@ def _plan(loaded: LoadedConfig, target: Target, store: BackupStore, remote: bool
         plan = PrunePlan("local", target.name)
         candidates, plan.untouched = _local_candidates(store)
         _decide(plan, candidates, settings.retention, now)
+        for kind in EXTRA_KINDS:
+            found, untouched = kind.candidates(loaded, target)
+            plan.untouched.update(untouched)
+            _decide(plan, [c for c in found if c.type == kind.type], kind.policy(loaded), now)
         return plan, None
     from aegisctl.backup.remote import open_remote
 
@@ -221,8 +241,13 @@ def apply_prune(loaded: LoadedConfig, target: Target, confirmed: PrunePlan, *,
                                              if kept else "no longer there")
         if not remote:
             store.remove_stale_temporaries()
+        extra = {kind.type: kind for kind in EXTRA_KINDS}
         for backup_id, why in fresh.delete.items():
-            _delete(store, handle, backup_id, why)
+            kind = extra.get(fresh.types.get(backup_id, "logical"))
+            if kind is not None and not remote:
+                kind.delete(loaded, target, backup_id, why)
+            else:
+                _delete(store, handle, backup_id, why)
             result.deleted.append(backup_id)
         return result
 
