@@ -181,3 +181,27 @@ def test_remote_prune_skips_object_locked_backups(cli, aegis_db, backup_config, 
     done = cli("--config", str(cfg), "backup", "prune", "--remote", "--yes", "--format", "json")
     assert done.exit_code == 0 and json.loads(done.stdout)["deleted"] == []
     assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
+
+
+def test_remote_prune_never_acts_on_a_hostile_manifest(cli, aegis_db, backup_config,
+                                                       s3_endpoint, s3_bucket) -> None:
+    cfg = backup_config(remote=_remote(s3_endpoint, s3_bucket,
+                                       retention={"keep_days": 1, "min_keep": 1}))
+    m = create(cli, cfg)
+    s3 = _s3(s3_endpoint)
+    bad_id = "20200101T000000Z"
+    manifest = {k: v for k, v in m.items()
+                if k not in ("uploaded_now", "upload_error", "older_upload_errors")}
+    manifest.update(id=bad_id, finished_at="2020-01-01T00:00:00Z",
+                    files=[{**m["files"][0], "path": "../other-target/x.dump"}])
+    s3.put_object(Bucket=s3_bucket, Key=f"primary/{bad_id}/manifest.json",
+                  Body=json.dumps(manifest).encode())
+    s3.put_object(Bucket=s3_bucket, Key="other-target/x.dump", Body=b"someone else's")
+    dry = cli("--config", str(cfg), "backup", "prune", "--remote", "--dry-run",
+              "--format", "json")
+    assert dry.exit_code == 0, dry.output
+    plan = json.loads(dry.stdout)
+    assert bad_id in plan["untouched"] and plan["delete"] == {}
+    assert cli("--config", str(cfg), "backup", "prune", "--remote", "--yes").exit_code == 0
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert "other-target/x.dump" in keys and f"primary/{bad_id}/manifest.json" in keys
