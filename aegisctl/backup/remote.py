@@ -101,7 +101,7 @@ def remote_errors(what: str, bucket: str | None = None) -> Iterator[None]:
         raise RemoteUnavailable(f"{what}: remote store unreachable: {describe(exc)}") from None
     except (ClientError, Boto3Error, BotoCoreError) as exc:
         code = _client_code(exc)
-        if code in ("NoSuchBucket", "404") and bucket and "NoSuchKey" not in describe(exc):
+        if code == "NoSuchBucket" and bucket:
             raise ConfigError(f"{what}: bucket {bucket} does not exist ({describe(exc)})",
                               hint="create it or fix backup.remote.bucket") from None
         if code in _AUTH_CODES:
