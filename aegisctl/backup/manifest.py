@@ -239,9 +239,11 @@ def load_manifest(raw: bytes | str, *, expected_id: str | None = None) -> Backup
         _need(data, name, str)
     for name in ("started_at", "finished_at"):
         try:
-            parse_time(data[name])
+            moment = parse_time(data[name])
         except ValueError:
             raise ManifestError(f"{name} {data[name]!r} is not a time") from None
+        if moment.tzinfo is None:
+            raise ManifestError(f"{name} {data[name]!r} has no time zone")
     if not re.match(r"^\d+(\.\d+)?", data["pg_dump_version"]):
         raise ManifestError("pg_dump_version is not a version")
     _need(data, "duration_seconds", (int, float))
@@ -258,9 +260,22 @@ def load_manifest(raw: bytes | str, *, expected_id: str | None = None) -> Backup
                                       bool(t["exact"])) for t in data.get("tables") or []]
     except (TypeError, KeyError, ValueError) as exc:
         raise ManifestError(f"malformed ({type(exc).__name__}: {exc})") from None
-    if manifest.verification is not None and manifest.verification.status not in ("ok",
-                                                                                    "failed"):
-        raise ManifestError("verification.status is not ok or failed")
+    for name, record in (("verification", manifest.verification),
+                         ("restore_test", manifest.restore_test)):
+        if record is None:
+            continue
+        if record.status not in ("ok", "failed") or record.level not in (
+                "checksum", "list", "restore-test"):
+            raise ManifestError(f"{name} has an unknown status or level")
+        try:
+            if not isinstance(record.at, str) or parse_time(record.at).tzinfo is None:
+                raise ValueError
+        except ValueError:
+            raise ManifestError(f"{name}.at is not a time with a time zone") from None
+        if not isinstance(record.problems, list) or not isinstance(record.checks, list):
+            raise ManifestError(f"{name} problems/checks are not lists")
+    if manifest.remote.status not in ("none", "pending", "uploaded"):
+        raise ManifestError(f"remote.status {manifest.remote.status!r} is unknown")
     if not isinstance(manifest.vector_columns, dict):
         raise ManifestError("vector_columns is not an object")
     return manifest
