@@ -190,7 +190,8 @@ def test_restore_over_data_refused_without_force(cli, aegis_db, backup_config) -
     assert aegis_db.execute("SELECT count(*) FROM container_metrics").fetchone() == (3,)
     dry = cli("--config", str(cfg), "backup", "restore", m["id"], "--table",
               "container_metrics", "--force", "--dry-run")
-    assert dry.exit_code == 0 and "replace every row of: public.container_metrics" in dry.stderr
+    assert dry.exit_code == 0, dry.output
+    assert "replace every row of: public.container_metrics" in dry.stderr
     assert aegis_db.execute("SELECT count(*) FROM container_metrics").fetchone() == (3,)
     no_yes = cli("--config", str(cfg), "backup", "restore", m["id"], "--table",
                  "container_metrics", "--force")

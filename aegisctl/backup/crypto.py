@@ -22,10 +22,10 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from aegisctl.backup.settings import EncryptionSettings
-from aegisctl.errors import ConfigError, OperationFailed
+from aegisctl.errors import ConfigError, OperationFailed, UsageError
 
 MAGIC = b"AEGISBK1"
 ALGORITHM = "AES-256-GCM"
@@ -88,18 +88,45 @@ def load_key(settings: EncryptionSettings | None,
     return parse_key(raw, str(path))
 
 
-def generate_key_file(path: Path) -> str:
-    """Write a new random key (hex) to a new 0600 file; returns its key id."""
+@dataclass
+class GeneratedKey:
+    path: str
+    key_id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "key_id": self.key_id}
+
+    def to_view(self) -> list[Any]:
+        from aegisctl.output import Note
+
+        return [Note(f"wrote a new key to {self.path} (key id {self.key_id})")]
+
+
+def generate_key_file(path: Path) -> GeneratedKey:
+    """Write a new random key (hex) to a new 0600 file (written whole under a temporary name,
+    then linked into place, so it never overwrites and is never seen half-written)."""
     key = os.urandom(KEY_BYTES)
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write the key to {path}: the folder {folder} does not exist",
+                         hint=f"create it first (mkdir -m 700 {folder})")
+    if path.exists() or path.is_symlink():
+        raise OperationFailed(f"{path} exists; refusing to overwrite a key")
+    tmp = folder / f".tmp-{path.name}.{os.getpid()}"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key.hex() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)  # fails if the name appeared meanwhile: never overwrites
     except FileExistsError:
         raise OperationFailed(f"{path} exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key.hex() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    return key_fingerprint(key).hex()
+    except OSError as exc:
+        raise OperationFailed(f"cannot write the key to {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return GeneratedKey(str(path), key_fingerprint(key).hex())
 
 
 class EncryptingWriter:

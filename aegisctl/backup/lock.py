@@ -12,14 +12,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from aegisctl.errors import LockBusy
+from aegisctl.errors import LockBusy, OperationFailed
 
 
 @contextlib.contextmanager
 def target_lock(path: Path, what: str, wait_seconds: float = 0.0,
                 poll: float = 0.2) -> Iterator[None]:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise OperationFailed(
+            f"cannot open the backup lock {path}: {exc.strerror or exc}",
+            hint="the backup folder must belong to the user running aegisctl") from None
     try:
         deadline = time.monotonic() + max(0.0, wait_seconds)
         while True:

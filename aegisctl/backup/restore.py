@@ -1,23 +1,33 @@
 """`backup restore`: plan first (what exists, what will be overwritten), check the backup is
 readable before anything is touched, then pg_restore.
 
-A full restore with one job runs in a single transaction: if it fails, nothing changed. A
-selective restore (--table) of tables that exist replaces their rows atomically (TRUNCATE and
-the data in one psql transaction), keeping their indexes; tables that do not exist are created
-by pg_restore -t (definition and data; pg_restore does not bring their indexes).
+A full restore with one job runs in a single transaction: if it fails, nothing changed; a
+database the restore created is dropped again when the restore fails. Template databases and
+the maintenance database are refused unless the caller names that intent (every database
+created later from a template would contain the agent's memories).
+
+A selective restore (--table) of tables that exist replaces their rows in one transaction:
+pg_restore's data is streamed into psql (never held in memory). Foreign keys of other tables
+that reference the restored tables are dropped for the load and re-created afterwards, which
+re-checks every referencing row: if one points at a row the backup does not have, the whole
+transaction fails and nothing changed. Tables that do not exist are created by pg_restore -t
+(definition and data; pg_restore does not bring their indexes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from aegisctl.backup import crypto
 from aegisctl.backup.dump import USER_TABLES
 from aegisctl.backup.manifest import BackupManifest
 from aegisctl.backup.store import BackupStore
-from aegisctl.backup.tools import child_conninfo
+from aegisctl.backup.tools import child_conninfo, restore_error
 from aegisctl.backup.verify import check_files, readable_archive, restore_list, tools_for
 from aegisctl.config import LoadedConfig
 from aegisctl.db import connect, connect_params
@@ -26,6 +36,18 @@ from aegisctl.targets import Target
 
 if TYPE_CHECKING:
     import psycopg
+
+    from aegisctl.output import Block
+
+MAINTENANCE_DATABASES = ("postgres",)
+
+
+@dataclass
+class ForeignKey:
+    name: str
+    table: str  # the referencing table, schema.name
+    references: str  # the restored table it references
+    definition: str  # pg_get_constraintdef, schema-qualified
 
 
 @dataclass
@@ -39,6 +61,9 @@ class RestorePlan:
     existing_tables: dict[str, int] = field(default_factory=dict)  # table -> estimated rows
     overwritten: list[str] = field(default_factory=list)
     mode: str = "full"  # full | replace-rows | create-tables
+    referencing: list[ForeignKey] = field(default_factory=list)
+    sequences: list[tuple[str, str, str]] = field(default_factory=list)  # (seq, table, column)
+    system_database: str | None = None  # why the destination is a system database
 
     @property
     def holds_data(self) -> bool:
@@ -47,8 +72,16 @@ class RestorePlan:
     def describe(self) -> list[str]:
         lines = [f"restore backup {self.backup_id} into database '{self.database}'"
                  + (" (created first)" if self.create_database else "")]
+        if self.system_database:
+            lines.append(f"'{self.database}' is {self.system_database}")
         if self.mode == "replace-rows":
             lines.append("replace every row of: " + ", ".join(self.overwritten))
+            for fk in self.referencing:
+                lines.append(
+                    f"{fk.table} references {fk.references} ({fk.name}): its rows are kept; "
+                    f"the constraint is re-checked after the load, and if any row points at "
+                    f"a {fk.references} row the backup does not have, the restore fails and "
+                    "nothing is changed")
         elif self.mode == "create-tables":
             lines.append("create and fill: " + ", ".join(self.tables))
         elif self.clean and self.overwritten:
@@ -59,15 +92,72 @@ class RestorePlan:
                          "exist make the restore fail (pass --clean to replace them)")
         return lines
 
+    def to_json(self) -> dict[str, Any]:
+        return {"backup_id": self.backup_id, "database": self.database,
+                "create_database": self.create_database, "mode": self.mode,
+                "tables": self.tables, "clean": self.clean, "jobs": self.jobs,
+                "overwritten": self.overwritten,
+                "referencing": [{"constraint": f.name, "table": f.table,
+                                 "references": f.references} for f in self.referencing],
+                "system_database": self.system_database, "plan": self.describe()}
+
+
+@dataclass
+class RestoreResult:
+    plan: RestorePlan
+    dry_run: bool
+    restored: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.plan.to_json(), "dry_run": self.dry_run, "restored": self.restored}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        if self.dry_run:
+            return [Note("dry run: backup checked readable, nothing was changed")]
+        return [Note(f"restored backup {self.plan.backup_id} into database "
+                     f"'{self.plan.database}'")]
+
 
 def _split(name: str) -> tuple[str, str]:
     schema, _, table = name.rpartition(".")
     return schema or "public", table
 
 
+REFERENCING = """
+SELECT k.conname, format('%%I.%%I', rn.nspname, r.relname), format('%%I.%%I', tn.nspname, t.relname),
+       pg_get_constraintdef(k.oid)
+FROM pg_constraint k
+JOIN pg_class r ON r.oid = k.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
+JOIN pg_class t ON t.oid = k.confrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+WHERE k.contype = 'f' AND k.confrelid = ANY(%s::regclass[])
+ORDER BY 2, 1
+"""
+
+SERIAL_COLUMNS = """
+SELECT s.seq, s.attname FROM (
+  SELECT pg_get_serial_sequence(%(reg)s::text, a.attname) AS seq, a.attname
+  FROM pg_attribute a
+  WHERE a.attrelid = %(reg)s::text::regclass AND a.attnum > 0 AND NOT a.attisdropped) s
+WHERE s.seq IS NOT NULL
+"""
+
+
+def _destination(admin: psycopg.Connection[Any], database: str) -> tuple[bool, str | None]:
+    row = admin.execute("SELECT datistemplate FROM pg_database WHERE datname = %s",
+                        (database,)).fetchone()
+    why = None
+    if database in ("template0", "template1") or (row is not None and row[0]):
+        why = "a template database (every database created from it would get the backup)"
+    elif database in MAINTENANCE_DATABASES:
+        why = "the maintenance database (tools and every client connect there first)"
+    return row is not None, why
+
+
 def plan_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest, *,
                  target_db: str | None, tables: list[str], clean: bool,
-                 jobs: int) -> RestorePlan:
+                 jobs: int, allow_system_db: bool = False) -> RestorePlan:
     """Checks the backup (checksums and pg_restore --list) and inspects the destination."""
     store = BackupStore(loaded.settings.backup, target.name)
     problems = check_files(store, manifest)
@@ -79,7 +169,7 @@ def plan_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
     with readable_archive(store, manifest, key) as archive:
         restore_list(tools, archive)
     known = {f"{t.schema}.{t.name}" for t in manifest.tables}
-    wanted = [f"{s}.{t}" for s, t in map(_split, tables)]
+    wanted = list(dict.fromkeys(f"{s}.{t}" for s, t in map(_split, tables)))
     unknown = [t for t in wanted if t not in known]
     if unknown:
         raise UsageError(f"backup {manifest.id} has no table {', '.join(unknown)}")
@@ -88,23 +178,48 @@ def plan_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
     admin = connect(loaded, target, "backup restore", "maintenance")
     with admin:
         database = target_db or admin.info.dbname
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                               (database,)).fetchone() is not None
-    plan = RestorePlan(manifest.id, database, not exists, wanted, clean, jobs)
+        exists, system = _destination(admin, database)
+    if system and not allow_system_db:
+        raise UsageError(f"refusing to restore into '{database}': it is {system}",
+                         hint="restore into another database with --target-db NAME, or pass "
+                              "--into-system-database if that is really what you want")
+    plan = RestorePlan(manifest.id, database, not exists, wanted, clean, jobs,
+                       system_database=system)
     if exists:
-        conn = connect_to(loaded, target, database, "backup restore")
-        with conn:
+        with connect_to(loaded, target, database, "backup restore") as conn:
             for schema, name, estimate in conn.execute(USER_TABLES).fetchall():
                 plan.existing_tables[f"{schema}.{name}"] = max(int(estimate), 0)
+            if wanted:
+                _inspect_tables(conn, plan, wanted)
     if wanted:
         present = [t for t in wanted if t in plan.existing_tables]
         if present and len(present) != len(wanted):
             raise UsageError("some of the tables exist and some do not; restore them separately")
         plan.mode = "replace-rows" if present else "create-tables"
         plan.overwritten = present
+        if not present:
+            plan.referencing, plan.sequences = [], []
     else:
         plan.overwritten = sorted(plan.existing_tables)
     return plan
+
+
+def _inspect_tables(conn: psycopg.Connection[Any], plan: RestorePlan, wanted: list[str]) -> None:
+    """Foreign keys that reference the tables, and their serial sequences (qualified names:
+    pg_restore's output empties search_path)."""
+    from psycopg import sql
+
+    present = [t for t in wanted if t in plan.existing_tables]
+    if not present:
+        return
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = ''")
+        regs = [sql.Identifier(*_split(t)).as_string(conn) for t in present]
+        for name, table, references, definition in conn.execute(REFERENCING, (regs,)):
+            plan.referencing.append(ForeignKey(name, table, references, definition))
+        for reg in regs:
+            for seq, column in conn.execute(SERIAL_COLUMNS, {"reg": reg}):
+                plan.sequences.append((seq, reg, column))
 
 
 def connect_to(loaded: LoadedConfig, target: Target, database: str,
@@ -124,13 +239,28 @@ def run_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
                  "or --dry-run to see the plan")
     from psycopg import sql
 
-    store = BackupStore(loaded.settings.backup, target.name)
-    key = crypto.load_key(loaded.settings.backup.encryption) if manifest.encryption else None
-    tools = tools_for(loaded, manifest)
     if plan.create_database:
         with connect(loaded, target, "backup restore", "maintenance") as admin:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
                 sql.Identifier(plan.database)))
+    try:
+        _restore(loaded, target, manifest, plan, no_owner)
+    except BaseException as exc:
+        if plan.create_database:
+            with connect(loaded, target, "backup restore", "maintenance") as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(plan.database)))
+            if isinstance(exc, OperationFailed):
+                raise OperationFailed(f"{exc.message} (the database '{plan.database}' this "
+                                      "restore created was dropped again)") from None
+        raise
+
+
+def _restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
+             plan: RestorePlan, no_owner: bool) -> None:
+    store = BackupStore(loaded.settings.backup, target.name)
+    key = crypto.load_key(loaded.settings.backup.encryption) if manifest.encryption else None
+    tools = tools_for(loaded, manifest)
     params = connect_params(loaded.settings, target, "backup restore", "maintenance")
     conninfo, env = child_conninfo(params.conninfo, target.password, "backup restore",
                                    dbname=plan.database)
@@ -150,31 +280,78 @@ def run_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
             argv += ["-n", schema, "-t", table]
         done = subprocess.run([*argv, str(archive)], env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
         raise OperationFailed(
-            f"pg_restore failed: {lines[-1] if lines else done.returncode}"
-            + (" (single transaction: nothing was changed)" if plan.jobs == 1 else ""))
+            f"pg_restore failed: {restore_error(done.stderr, done.returncode)}"
+            + (" (single transaction: nothing was changed)"
+               if plan.jobs == 1 and not plan.create_database else ""))
+
+
+def _replace_rows_sql(plan: RestorePlan) -> tuple[bytes, bytes]:
+    """What psql runs before and after pg_restore's data: in one transaction."""
+    from psycopg import sql
+
+    def ident(name: str) -> str:
+        return sql.Identifier(*_split(name)).as_string(None)
+
+    def literal(text: str) -> str:
+        return sql.Literal(text).as_string(None)
+
+    before = ["BEGIN;", "SELECT pg_catalog.set_config('search_path', '', false);"]
+    for fk in plan.referencing:
+        before.append(f"ALTER TABLE {fk.table} DROP CONSTRAINT "
+                      f"{sql.Identifier(fk.name).as_string(None)};")
+    before.append("TRUNCATE ONLY " + ", ".join(ident(t) for t in plan.tables) + ";")
+    after = ["SELECT pg_catalog.set_config('search_path', '', false);"]
+    for fk in plan.referencing:
+        after.append(f"ALTER TABLE {fk.table} ADD CONSTRAINT "
+                     f"{sql.Identifier(fk.name).as_string(None)} {fk.definition};")
+    for seq, table, column in plan.sequences:
+        after.append(
+            f"SELECT pg_catalog.setval({literal(seq)}::regclass, greatest("
+            f"coalesce(pg_catalog.pg_sequence_last_value({literal(seq)}::regclass), 1), "
+            f"coalesce((SELECT max({sql.Identifier(column).as_string(None)}) FROM {table}), 1)"
+            "));")
+    after.append("COMMIT;")
+    return ("\n".join(before) + "\n").encode(), ("\n".join(after) + "\n").encode()
 
 
 def _replace_rows(psql: str, pg_restore: str, conninfo: str, env: dict[str, str],
                   plan: RestorePlan, archive: str) -> None:
-    from psycopg import sql
-
+    before, after = _replace_rows_sql(plan)
     argv = [pg_restore, "--data-only", "-f", "-"]
     for name in plan.tables:
         schema, table = _split(name)
         argv += ["-n", schema, "-t", table]
-    data = subprocess.run([*argv, archive], env=env, capture_output=True)
-    if data.returncode != 0:
-        raise OperationFailed(f"pg_restore failed: {data.stderr.decode(errors='replace')[-200:]}")
-    truncate = "TRUNCATE ONLY " + ", ".join(
-        sql.Identifier(*_split(t)).as_string(None) for t in plan.tables) + ";\n"
-    done = subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                           "-d", conninfo], input=truncate.encode() + data.stdout, env=env,
-                          capture_output=True)
-    if done.returncode != 0:
-        lines = [ln for ln in done.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "ERROR" in ln] or lines
-        hints = [ln.strip() for ln in lines if "HINT" in ln]
-        detail = " ".join(errors[-1:] + hints) or str(done.returncode)
-        raise OperationFailed(f"restoring rows failed, nothing was changed: {detail}")
+    with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err:
+        loader = subprocess.Popen([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  stderr=psql_err, env=env)
+        source = subprocess.Popen([*argv, archive], stdout=subprocess.PIPE, stderr=restore_err,
+                                  env=env)
+        assert loader.stdin is not None and source.stdout is not None
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                loader.stdin.write(before)
+                shutil.copyfileobj(source.stdout, loader.stdin, 1024 * 1024)
+            source_code = source.wait()
+            with contextlib.suppress(BrokenPipeError):
+                if source_code == 0:  # without COMMIT, psql's exit rolls everything back
+                    loader.stdin.write(after)
+                loader.stdin.close()
+            loader_code = loader.wait()
+        finally:
+            for proc in (source, loader):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        if source_code != 0:
+            raise OperationFailed("pg_restore failed, nothing was changed: "
+                                  + restore_error(_text(restore_err), source_code))
+        if loader_code != 0:
+            raise OperationFailed("restoring rows failed, nothing was changed: "
+                                  + restore_error(_text(psql_err), loader_code))
+
+
+def _text(handle: IO[bytes]) -> str:
+    handle.seek(0)
+    return handle.read().decode(errors="replace")

@@ -1,31 +1,111 @@
 """What the commands (and the scheduler, and `schema migrate --backup`) call: each operation
-under the target's lock, returning a result object."""
+under the target's lock, returning a result object (to_json / to_view)."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup.dump import CreateOptions, Progress, create_backup
+from aegisctl.backup.listing import BackupListing, human_size, list_backups
 from aegisctl.backup.lock import target_lock
 from aegisctl.backup.manifest import BackupManifest, format_time, utcnow
-from aegisctl.backup.retention import BackupFacts, RetentionPlan, plan_retention
+from aegisctl.backup.prune import PrunePlan, PruneResult, apply_prune, plan_prune, prune
 from aegisctl.backup.store import BackupStore
 from aegisctl.backup.verify import VerifyReport, verify_backup
 from aegisctl.config import LoadedConfig
 from aegisctl.errors import AegisError, OperationFailed
 from aegisctl.targets import Target
 
+if TYPE_CHECKING:
+    from aegisctl.output import Block
+
+__all__ = ["BackupListing", "CreateResult", "PrunePlan", "PruneResult", "UploadResult",
+           "apply_prune", "create_verified_backup", "download", "list_backups", "plan_prune",
+           "prune", "run_create", "set_pinned", "upload"]
+
+
+def manifest_fields(m: BackupManifest) -> list[tuple[str, Any]]:
+    return [
+        ("id", m.id), ("label", m.label or "-"), ("target", f"{m.target} ({m.database})"),
+        ("format", f"{m.format}, compress {m.compress}, jobs {m.jobs}"),
+        ("size", human_size(m.size)), ("sha256", m.sha256),
+        ("pg_dump", f"{m.pg_dump_version} ({m.pg_dump_source}: {m.pg_dump_path})"),
+        ("server", m.server_version), ("duration", f"{m.duration_seconds:.1f} s"),
+        ("tables", f"{len(m.tables)} ({sum(t.rows for t in m.tables)} rows)"),
+        ("encrypted", f"yes (key id {m.encryption['key_id']})" if m.encryption else "no"),
+        ("verified", f"{m.verified} ({m.verification.level})" if m.verification
+         else "unverified"),
+        ("remote", m.remote.status), ("path", str(Path(m.files[0].path))),
+    ]
+
+
+@dataclass
+class UploadResult:
+    """Each backup's upload is its own: uploaded ones, and the error of each that failed."""
+
+    uploaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # id -> error
+    exit_codes: dict[str, int] = field(default_factory=dict)  # id -> the error's exit code
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def exit_code(self) -> int:
+        """0; else 2 when any failure is a configuration error (a missing bucket), 3 when the
+        store could not be reached, else 1."""
+        codes = set(self.exit_codes.values())
+        for code in (2, 3, 1):
+            if code in codes:
+                return code
+        return 1 if self.failed else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uploaded": self.uploaded, "failed": self.failed, "ok": self.ok}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        blocks: list[Block] = [Note(f"uploaded {len(self.uploaded)} backup(s)"
+                                    + (": " + ", ".join(self.uploaded) if self.uploaded else ""))]
+        blocks += [Note(f"{i}: upload failed, still pending: {e}") for i, e in self.failed.items()]
+        return blocks
+
 
 @dataclass
 class CreateResult:
     manifest: BackupManifest
     verification: VerifyReport | None = None
-    uploaded: list[str] = field(default_factory=list)
-    upload_error: str | None = None
+    uploads: UploadResult = field(default_factory=UploadResult)
     removed_temporaries: list[str] = field(default_factory=list)
+
+    @property
+    def uploaded(self) -> list[str]:
+        return self.uploads.uploaded
+
+    @property
+    def upload_error(self) -> str | None:
+        """This backup's own upload error (older pending ones are reported apart)."""
+        return self.uploads.failed.get(self.manifest.id)
+
+    @property
+    def verify_failed(self) -> bool:
+        return self.verification is not None and not self.verification.ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.manifest.to_dict(), "uploaded_now": self.uploads.uploaded,
+                "upload_error": self.upload_error,
+                "older_upload_errors": {i: e for i, e in self.uploads.failed.items()
+                                        if i != self.manifest.id}}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Fields
+
+        return [Fields(manifest_fields(self.manifest), title="backup created")]
 
 
 def _store(loaded: LoadedConfig, target: Target) -> BackupStore:
@@ -53,7 +133,7 @@ def run_create(loaded: LoadedConfig, target: Target, options: CreateOptions, *,
                                                 fresh=True)
             result.manifest = result.verification.manifest
         if upload and settings.remote is not None:
-            result.uploaded, result.upload_error = _upload_pending(loaded, target, progress)
+            result.uploads = _upload_pending(loaded, target, progress, first=manifest.id)
             result.manifest = store.load(manifest.id)
     return result
 
@@ -71,193 +151,111 @@ def create_verified_backup(loaded: LoadedConfig, target: Target, *, label: str,
     return result.manifest
 
 
-def _upload_pending(loaded: LoadedConfig, target: Target,
-                    progress: Progress | None) -> tuple[list[str], str | None]:
-    from aegisctl.backup.remote import open_remote, upload_backup
+def _upload_pending(loaded: LoadedConfig, target: Target, progress: Progress | None,
+                    first: str | None = None) -> UploadResult:
+    """Try every pending backup (`first` before the older ones); one failure stops none of
+    the others, and each error is recorded in its own manifest."""
+    from aegisctl.backup.remote import open_remote
 
     store = _store(loaded, target)
     pending = [m for m in store.manifests() if m.remote.status == "pending"]
-    done: list[str] = []
+    pending.sort(key=lambda m: m.id != first)
+    result = UploadResult()
     if not pending:
-        return done, None
-    remote = open_remote(loaded.settings.backup.remote, target.name)
+        return result
+    try:
+        remote = open_remote(loaded.settings.backup.remote, target.name)
+    except AegisError as exc:
+        for manifest in pending:
+            _record_failure(store, manifest, exc, result)
+        return result
     for manifest in pending:
-        try:
-            upload_backup(store, manifest, remote, progress)
-            done.append(manifest.id)
-        except AegisError as exc:
-            manifest.remote.error = exc.message
-            store.save(manifest)
-            return done, exc.message
-    return done, None
+        _upload_one(store, manifest, remote, progress, result)
+    return result
+
+
+def _upload_one(store: BackupStore, manifest: BackupManifest, remote: Any,
+                progress: Progress | None, result: UploadResult) -> None:
+    from aegisctl.backup.remote import upload_backup
+
+    try:
+        upload_backup(store, manifest, remote, progress)
+        result.uploaded.append(manifest.id)
+    except AegisError as exc:
+        _record_failure(store, manifest, exc, result)
+
+
+def _record_failure(store: BackupStore, manifest: BackupManifest, exc: AegisError,
+                    result: UploadResult) -> None:
+    result.failed[manifest.id] = exc.message
+    result.exit_codes[manifest.id] = int(exc.exit_code)
+    manifest.remote.status = "pending"
+    manifest.remote.error = exc.message
+    store.save(manifest)
 
 
 def upload(loaded: LoadedConfig, target: Target, backup_id: str | None, *,
-           wait_lock: float = 0.0, progress: Progress | None = None) -> list[str]:
-    """Upload one backup, or (backup_id None) every pending one."""
-    from aegisctl.backup.remote import open_remote, upload_backup
+           wait_lock: float = 0.0, progress: Progress | None = None) -> UploadResult:
+    """Upload one backup, or (backup_id None) every pending one. A configuration problem
+    (no credentials, no bucket) raises; a failure of one backup is in the result."""
+    from aegisctl.backup.remote import open_remote
 
     store = _store(loaded, target)
     with target_lock(store.lock_path, "backup upload", wait_lock):
         if backup_id is None:
-            done, error = _upload_pending(loaded, target, progress)
-            if error:
-                raise OperationFailed(f"uploaded {len(done)}, then: {error}")
-            return done
+            open_remote(loaded.settings.backup.remote, target.name)  # config errors: exit 2
+            return _upload_pending(loaded, target, progress)
         manifest = store.load(backup_id)
-        upload_backup(store, manifest, open_remote(loaded.settings.backup.remote, target.name),
-                      progress)
-        return [backup_id]
+        result = UploadResult()
+        remote = open_remote(loaded.settings.backup.remote, target.name)
+        _upload_one(store, manifest, remote, progress, result)
+        return result
+
+
+@dataclass
+class BackupMessage:
+    """A short result about one backup (download, keep, unkeep)."""
+
+    text: str
+    manifest: BackupManifest
+    action: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "id": self.manifest.id, "label": self.manifest.label,
+                "pinned": self.manifest.pinned, "size": self.manifest.size,
+                "message": self.text}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        return [Note(self.text)]
 
 
 def download(loaded: LoadedConfig, target: Target, backup_id: str, *,
-             wait_lock: float = 0.0) -> BackupManifest:
+             wait_lock: float = 0.0) -> BackupMessage:
+    from aegisctl.backup.manifest import BACKUP_ID
     from aegisctl.backup.remote import download_backup, open_remote
+    from aegisctl.errors import UsageError
 
+    if not BACKUP_ID.match(backup_id):
+        raise UsageError(f"'{backup_id}' is not a backup id (like 20260101T020000Z)")
     store = _store(loaded, target)
     store.ensure()
     with target_lock(store.lock_path, "backup download", wait_lock):
-        return download_backup(store, open_remote(loaded.settings.backup.remote, target.name),
-                               backup_id)
+        manifest = download_backup(
+            store, open_remote(loaded.settings.backup.remote, target.name), backup_id)
+    return BackupMessage(f"downloaded backup {manifest.id} ({human_size(manifest.size)})",
+                         manifest, "download")
 
 
 def set_pinned(loaded: LoadedConfig, target: Target, backup_id: str,
-               pinned: bool) -> BackupManifest:
+               pinned: bool) -> BackupMessage:
     store = _store(loaded, target)
-    manifest = store.load(backup_id)
-    manifest.pinned = pinned
-    manifest.pinned_at = format_time(utcnow()) if pinned else None
-    store.save(manifest)
-    return manifest
-
-
-# -- listing -------------------------------------------------------------------------------
-
-
-@dataclass
-class ListedBackup:
-    id: str
-    label: str | None
-    location: str  # local | remote | local+remote
-    created_at: str
-    age_seconds: int
-    size: int
-    format: str
-    encrypted: bool
-    verified: str  # ok | failed | unverified
-    verified_at: str | None
-    verify_level: str | None
-    uploaded: str  # uploaded | pending | no
-    pinned: bool
-
-
-@dataclass
-class BackupListing:
-    target: str
-    directory: str
-    backups: list[ListedBackup]
-    newest_good: str | None
-    newest_good_age_seconds: int | None
-    max_age_seconds: int
-    stale: bool
-    remote_error: str | None = None
-
-
-def list_backups(loaded: LoadedConfig, target: Target, *, remote: bool = True,
-                 now: dt.datetime | None = None) -> BackupListing:
-    now = now or utcnow()
-    store = _store(loaded, target)
-    local = {m.id: m for m in store.manifests()}
-    remote_ones: dict[str, BackupManifest] = {}
-    remote_error = None
-    if remote and loaded.settings.backup.remote is not None:
-        from aegisctl.backup.remote import open_remote, remote_manifests
-
-        try:
-            remote_ones = {m.id: m for m in remote_manifests(
-                open_remote(loaded.settings.backup.remote, target.name))}
-        except AegisError as exc:
-            remote_error = exc.message
-    rows = []
-    for backup_id in sorted(set(local) | set(remote_ones)):
-        m = local.get(backup_id) or remote_ones[backup_id]
-        where = "+".join(w for w, d in (("local", local), ("remote", remote_ones))
-                         if backup_id in d)
-        uploaded = "uploaded" if backup_id in remote_ones else (
-            "pending" if m.remote.status == "pending" else "no")
-        rows.append(ListedBackup(
-            id=m.id, label=m.label, location=where, created_at=m.finished_at,
-            age_seconds=int((now - m.created).total_seconds()), size=m.size, format=m.format,
-            encrypted=bool(m.encryption), verified=m.verified,
-            verified_at=m.verification.at if m.verification else None,
-            verify_level=m.verification.level if m.verification else None,
-            uploaded=uploaded, pinned=m.pinned))
-    rows.sort(key=lambda r: (r.created_at, r.id))
-    good = [r for r in rows if r.verified == "ok"]
-    newest = good[-1] if good else None
-    max_age = int(loaded.settings.backup.max_age)
-    return BackupListing(
-        target=target.name, directory=str(store.folder), backups=rows,
-        newest_good=newest.id if newest else None,
-        newest_good_age_seconds=newest.age_seconds if newest else None,
-        max_age_seconds=max_age, stale=newest is None or newest.age_seconds > max_age,
-        remote_error=remote_error)
-
-
-# -- prune ---------------------------------------------------------------------------------
-
-
-@dataclass
-class PruneResult:
-    where: str  # local | remote
-    dry_run: bool
-    plan: RetentionPlan
-    deleted: list[str] = field(default_factory=list)
-
-
-def facts(manifests: list[BackupManifest]) -> list[BackupFacts]:
-    return [BackupFacts(m.id, m.created, m.verified, m.pinned) for m in manifests]
-
-
-def prune(loaded: LoadedConfig, target: Target, *, dry_run: bool, remote: bool = False,
-          now: dt.datetime | None = None, wait_lock: float = 0.0) -> PruneResult:
-    now = now or utcnow()
-    settings = loaded.settings.backup
-    store = _store(loaded, target)
-    store.ensure()
-    with target_lock(store.lock_path, "backup prune", wait_lock):
-        if not remote:
-            manifests = store.manifests()
-            plan = plan_retention(facts(manifests), settings.retention, now)
-            result = PruneResult("local", dry_run, plan)
-            if not dry_run:
-                store.remove_stale_temporaries()
-                for m in manifests:
-                    if m.id in plan.delete:
-                        store.delete(m, plan.delete[m.id], "backup prune")
-                        result.deleted.append(m.id)
-            return result
-        from aegisctl.backup.remote import delete_remote, open_remote, remote_manifests
-
-        handle = open_remote(settings.remote, target.name)
-        assert settings.remote is not None
-        manifests = remote_manifests(handle)
-        # Pins and verification results live in the local manifests when we have them.
-        local = {m.id: m for m in store.manifests()}
-        merged = [local.get(m.id, m) for m in manifests]
-        plan = plan_retention(facts(merged), settings.remote.retention, now)
-        result = PruneResult("remote", dry_run, plan)
-        for m in merged:
-            if m.id not in plan.delete or dry_run:
-                continue
-            lock_until = m.remote.object_lock_until
-            if lock_until and lock_until > format_time(now):
-                plan.keep[m.id] = [f"S3 Object Lock until {lock_until}"]
-                del plan.delete[m.id]
-                continue
-            delete_remote(store, handle, m.id, plan.delete[m.id], "backup prune --remote")
-            result.deleted.append(m.id)
-            if m.id in local:
-                local[m.id].remote.status = "none"
-                store.save(local[m.id])
-        return result
+    with target_lock(store.lock_path, "backup keep" if pinned else "backup unkeep"):
+        manifest = store.load(backup_id)
+        manifest.pinned = pinned
+        manifest.pinned_at = format_time(utcnow()) if pinned else None
+        store.save(manifest)
+    text = f"backup {backup_id} is pinned" if pinned else \
+        f"backup {backup_id} is no longer pinned"
+    return BackupMessage(text, manifest, "keep" if pinned else "unkeep")

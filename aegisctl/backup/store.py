@@ -11,27 +11,46 @@ Layout (folders 0700, files 0600):
 
 Work in progress lives under names starting with ".tmp-" and is renamed into place when
 complete; a leftover one (a killed run) is never listed and is removed by the next locked run.
+
+What a backup owns on disk is decided by the folder, not by its manifest: the direct children
+named `<id>` plus one of the known suffixes. `scan` lists them all, with or without a (valid)
+manifest, and `delete` removes only those children; a manifest's file paths are proven to name
+the same children (manifest.load_manifest) and are opened through `file_path`, which refuses a
+symlink anywhere on the way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aegisctl.backup.manifest import BackupManifest, format_time, utcnow
+from aegisctl.backup.manifest import (
+    BACKUP_ID,
+    OWN_SUFFIXES,
+    BackupManifest,
+    ManifestError,
+    format_time,
+    load_manifest,
+    utcnow,
+)
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.errors import OperationFailed, UsageError
 
 TMP_PREFIX = ".tmp-"
 MANIFEST_SUFFIX = ".manifest.json"
-_ID = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
+_ID = BACKUP_ID
+_OWNED = re.compile(r"^(\d{8}T\d{6}Z(?:-\d{1,6})?)("
+                    + "|".join(re.escape(s) for s in (*OWN_SUFFIXES, MANIFEST_SUFFIX)) + r")$")
 _TARGET = re.compile(r"^[A-Za-z0-9_.-]+$")
 CHUNK = 1024 * 1024
 
@@ -102,6 +121,40 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def os_error(what: str, path: Path, exc: OSError) -> OperationFailed:
+    """One line for a filesystem failure (permission, read-only, full disk...)."""
+    reason = exc.strerror or type(exc).__name__
+    hint = None
+    if isinstance(exc, PermissionError):
+        hint = "check the owner and mode of the backup folder (aegisctl needs to own it)"
+    return OperationFailed(f"{what} {path}: {reason}", hint=hint)
+
+
+# State of a stored backup, as `backup list` shows it.
+OK = "ok"
+MISSING_FILES = "missing files"
+NO_MANIFEST = "no manifest"
+MANIFEST_UNREADABLE = "manifest unreadable"
+
+
+@dataclass
+class StoredBackup:
+    """A backup-like object in the folder: every child named after one id."""
+
+    id: str
+    names: list[str] = field(default_factory=list)  # direct children of the folder
+    manifest: BackupManifest | None = None
+    state: str = OK
+    problems: list[str] = field(default_factory=list)
+    mtime: float = 0.0  # newest of its children: the age of a backup without a manifest
+
+    @property
+    def created(self) -> dt.datetime:
+        if self.manifest is not None:
+            return self.manifest.created
+        return dt.datetime.fromtimestamp(self.mtime, dt.UTC)
+
+
 class BackupStore:
     def __init__(self, settings: BackupSettings, target: str) -> None:
         if not _TARGET.match(target):
@@ -123,8 +176,35 @@ class BackupStore:
                     f"cannot create the backup folder {folder}: {exc.strerror}",
                     hint="set backup.directory to a writable place",
                 ) from None
-        self.folder.chmod(0o700)
+        if self.folder.is_symlink() or not self.folder.is_dir():
+            raise OperationFailed(f"the backup folder {self.folder} is not a folder "
+                                  "(or is a symlink)")
+        try:
+            self.folder.chmod(0o700)
+            probe = self.folder / f"{TMP_PREFIX}probe.{os.getpid()}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            raise OperationFailed(
+                f"cannot write to the backup folder {self.folder}: {exc.strerror}",
+                hint="it must belong to the user running aegisctl (chown it, or set "
+                     "backup.directory)") from None
         return self.folder
+
+    def file_path(self, relative: str) -> Path:
+        """The path of a (validated) manifest file, proven to stay in the folder: no
+        symlink on the way, resolved inside the folder."""
+        path = self.folder / relative
+        current = self.folder
+        for part in Path(relative).parts:
+            current = current / part
+            if current.is_symlink():
+                raise OperationFailed(f"{relative}: {current.name} is a symlink; refusing to "
+                                      "follow it out of the backup folder")
+        if not path.resolve().is_relative_to(self.folder.resolve()):
+            raise OperationFailed(f"{relative} resolves outside the backup folder")
+        return path
 
     @property
     def lock_path(self) -> Path:
@@ -150,7 +230,11 @@ class BackupStore:
 
     def save(self, manifest: BackupManifest) -> None:
         data = json.dumps(manifest.to_dict(), indent=2, sort_keys=False).encode() + b"\n"
-        write_atomic(self.manifest_path(manifest.id), data)
+        path = self.manifest_path(manifest.id)
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            raise os_error("cannot write the manifest", path, exc) from None
 
     def load(self, backup_id: str) -> BackupManifest:
         if not _ID.match(backup_id):
@@ -164,47 +248,102 @@ class BackupStore:
         return self._read(path)
 
     def _read(self, path: Path) -> BackupManifest:
+        backup_id = path.name.removesuffix(MANIFEST_SUFFIX)
         try:
-            return BackupManifest.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise OperationFailed(f"manifest {path} is unreadable: {exc}") from None
+            if path.is_symlink():
+                raise ManifestError("it is a symlink")
+            return load_manifest(path.read_bytes(), expected_id=backup_id)
+        except ManifestError as exc:
+            raise ManifestError(f"manifest {path.name} is unusable: {exc.message}") from None
+        except OSError as exc:
+            raise ManifestError(f"manifest {path.name} is unreadable: "
+                                f"{exc.strerror or exc}") from None
 
-    def manifests(self) -> list[BackupManifest]:
-        """Every complete local backup, oldest first."""
+    def scan(self, check: bool = True) -> list[StoredBackup]:
+        """Every backup-like object in the folder, oldest first, each with an honest state.
+        `check`: stat every file a valid manifest lists (a missing one -> 'missing files')."""
         if not self.folder.is_dir():
             return []
-        found = []
-        for path in self.folder.glob(f"*{MANIFEST_SUFFIX}"):
-            if path.name.startswith(TMP_PREFIX):
+        found: dict[str, StoredBackup] = {}
+        try:
+            children = sorted(os.scandir(self.folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise os_error("cannot read the backup folder", self.folder, exc) from None
+        for child in children:
+            match = _OWNED.match(child.name)
+            if not match:
+                continue
+            entry = found.setdefault(match.group(1), StoredBackup(match.group(1)))
+            entry.names.append(child.name)
+            with contextlib.suppress(OSError):
+                entry.mtime = max(entry.mtime, child.stat(follow_symlinks=False).st_mtime)
+        for entry in found.values():
+            manifest_name = f"{entry.id}{MANIFEST_SUFFIX}"
+            if manifest_name not in entry.names:
+                entry.state = NO_MANIFEST
+                entry.problems.append("cannot be verified or restored by aegisctl (a lost "
+                                      "manifest, or a copy made by hand)")
                 continue
             try:
-                found.append(self._read(path))
-            except OperationFailed:
+                entry.manifest = self._read(self.folder / manifest_name)
+            except ManifestError as exc:
+                entry.state = MANIFEST_UNREADABLE
+                entry.problems.append(exc.message)
                 continue
-        return sorted(found, key=lambda m: (m.finished_at, m.id))
+            if check:
+                from aegisctl.backup.verify import check_files
+
+                problems = check_files(self, entry.manifest, checksum=False)
+                if problems:
+                    entry.state = MISSING_FILES
+                    entry.problems += problems
+        return sorted(found.values(), key=lambda e: (e.created, e.id))
+
+    def manifests(self) -> list[BackupManifest]:
+        """Every local backup with a valid manifest, oldest first."""
+        return [e.manifest for e in self.scan(check=False) if e.manifest is not None]
 
     def latest(self, good_only: bool = False) -> BackupManifest:
-        candidates = [m for m in self.manifests() if m.good or not good_only]
+        """The newest local backup whose files are all there (`--latest`); a newer one with
+        missing files is passed over, as `backup list` shows."""
+        candidates = [e.manifest for e in self.scan() if e.manifest is not None
+                      and e.state == OK and (e.manifest.good or not good_only)]
         if not candidates:
-            raise UsageError(f"target '{self.target}' has no local backups in {self.folder}")
+            raise UsageError(f"target '{self.target}' has no complete local backup in "
+                             f"{self.folder}", hint="see `aegisctl backup list`")
         return candidates[-1]
 
-    def data_paths(self, manifest: BackupManifest) -> list[Path]:
-        """The top-level paths a backup occupies (archive or folder, globals, manifest)."""
-        tops = {self.folder / Path(f.path).parts[0] for f in manifest.files}
-        if manifest.globals_file:
-            tops.add(self.folder / manifest.globals_file.path)
-        return sorted(tops)
+    def owned_names(self, backup_id: str) -> list[str]:
+        """The direct children of the folder that belong to this backup id."""
+        if not _ID.match(backup_id):
+            raise UsageError(f"'{backup_id}' is not a backup id")
+        try:
+            names = [e.name for e in os.scandir(self.folder)]
+        except FileNotFoundError:
+            return []
+        owned = [n for n in names if (m := _OWNED.match(n)) and m.group(1) == backup_id]
+        # Manifest first, so a half-deleted backup is listed as 'no manifest', never as good.
+        return sorted(owned, key=lambda n: (not n.endswith(MANIFEST_SUFFIX), n))
 
-    def delete(self, manifest: BackupManifest, reason: str, command: str) -> list[str]:
-        """Remove a backup: manifest first (so a half-deleted one is never listed)."""
-        paths = [self.manifest_path(manifest.id), *self.data_paths(manifest)]
-        for path in paths:
-            remove_path(path)
+    def delete(self, backup_id: str, reason: str, command: str) -> list[str]:
+        """Remove a backup: only the folder's own children named after its id (a symlink
+        among them is removed, never followed)."""
+        names = self.owned_names(backup_id)
+        for name in names:
+            path = self.folder / name
+            try:
+                mode = os.lstat(path).st_mode
+                if stat.S_ISDIR(mode):
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise os_error("cannot delete", path, exc) from None
         fsync_dir(self.folder)
-        names = [p.name for p in paths]
         self.audit({"action": "delete", "where": "local", "target": self.target,
-                    "id": manifest.id, "paths": names, "reason": reason, "command": command})
+                    "id": backup_id, "paths": names, "reason": reason, "command": command})
         return names
 
     def stale_temporaries(self) -> Iterator[Path]:
@@ -224,9 +363,12 @@ class BackupStore:
     def audit(self, event: dict[str, Any]) -> None:
         record = {"at": format_time(utcnow()), **event}
         path = self.audit_path
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, sort_keys=False) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise os_error("cannot append to the audit log", path, exc) from None

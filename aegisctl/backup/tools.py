@@ -105,3 +105,32 @@ def child_conninfo(conninfo: str, password: str | None, command: str,
     if secret is not None:
         env["PGPASSWORD"] = secret
     return make_conninfo(**params), env
+
+
+_TOC = re.compile(r"from TOC entry \d+; \d+ \d+ (.+)$")
+
+
+def restore_error(stderr: str, exit_code: int) -> str:
+    """The server's reason from pg_restore's (or psql's) stderr: the first ERROR line, its
+    DETAIL, and the archive object it happened on, e.g. `TABLE episodic_memory: relation
+    "episodic_memory" already exists`."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    obj = None
+    for index, line in enumerate(lines):
+        toc = _TOC.search(line)
+        if toc:
+            words = toc.group(1).split()
+            obj = " ".join(words[:-1]) if len(words) > 2 else " ".join(words)
+        if "ERROR:" in line:
+            before, reason = (part.strip() for part in line.split("ERROR:", 1))
+            context = before.split("error:", 1)[-1].strip().rstrip(":").strip()
+            if context and context != "could not execute query":
+                obj = f"{obj}, {context}" if obj else context
+            detail = next((ln.split("DETAIL:", 1)[1].strip() for ln in lines[index + 1:index + 4]
+                           if ln.startswith("DETAIL:")), None)
+            text = f"{obj}: {reason}" if obj else reason
+            return text + (f" ({detail})" if detail else "")
+    errors = [ln for ln in lines if "error:" in ln]
+    if errors:
+        return errors[0].split("error:", 1)[1].strip()
+    return lines[-1] if lines else f"exit code {exit_code}"

@@ -17,7 +17,7 @@ from aegisctl.backup import crypto
 from aegisctl.backup.dump import USER_TABLES, directory_digest, vector_columns
 from aegisctl.backup.manifest import BackupManifest, Verification, format_time, utcnow
 from aegisctl.backup.store import TMP_PREFIX, BackupStore, sha256_file
-from aegisctl.backup.tools import PgTools, child_conninfo, choose_pg_dump
+from aegisctl.backup.tools import PgTools, child_conninfo, choose_pg_dump, restore_error
 from aegisctl.config import LoadedConfig
 from aegisctl.db import connect, connect_params
 from aegisctl.errors import OperationFailed
@@ -25,6 +25,8 @@ from aegisctl.targets import Target
 
 if TYPE_CHECKING:
     import psycopg
+
+    from aegisctl.output import Block
 
 
 def tools_for(loaded: LoadedConfig, manifest: BackupManifest) -> PgTools:
@@ -35,9 +37,12 @@ def tools_for(loaded: LoadedConfig, manifest: BackupManifest) -> PgTools:
 
 def check_files(store: BackupStore, manifest: BackupManifest, checksum: bool = True) -> list[str]:
     problems = []
-    files = list(manifest.files) + ([manifest.globals_file] if manifest.globals_file else [])
-    for item in files:
-        path = store.folder / item.path
+    for item in manifest.all_files:
+        try:
+            path = store.file_path(item.path)
+        except OperationFailed as exc:
+            problems.append(exc.message)
+            continue
         if not path.is_file():
             problems.append(f"{item.path}: missing")
         elif path.stat().st_size != item.size:
@@ -52,8 +57,8 @@ def check_files(store: BackupStore, manifest: BackupManifest, checksum: bool = T
 
 def archive_path(store: BackupStore, manifest: BackupManifest) -> Path:
     if manifest.format == "directory":
-        return store.folder / Path(manifest.files[0].path).parts[0]
-    return store.folder / manifest.archive.path
+        return store.file_path(Path(manifest.files[0].path).parts[0])
+    return store.file_path(manifest.archive.path)
 
 
 @contextlib.contextmanager
@@ -92,6 +97,21 @@ class VerifyReport:
     def ok(self) -> bool:
         return self.verification.status == "ok"
 
+    def to_json(self) -> dict[str, Any]:
+        v = self.verification
+        return {"id": self.manifest.id, "ok": self.ok, "status": v.status, "level": v.level,
+                "at": v.at, "problems": v.problems, "checks": v.checks,
+                "scratch_database": self.scratch_database}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        v = self.verification
+        blocks: list[Block] = [Note(f"ok      {check}") for check in v.checks]
+        blocks += [Note(f"PROBLEM {problem}") for problem in v.problems]
+        blocks.append(Note(f"backup {self.manifest.id}: {v.status} ({v.level})"))
+        return blocks
+
 
 def verify_backup(loaded: LoadedConfig, target: Target, manifest: BackupManifest, *,
                   restore_test: bool = False, jobs: int = 1, fresh: bool = False) -> VerifyReport:
@@ -123,14 +143,19 @@ def verify_backup(loaded: LoadedConfig, target: Target, manifest: BackupManifest
                 problems += _missing_data_entries(manifest, entries)
                 if restore_test and not problems:
                     level = "restore-test"
-                    scratch, found = _restore_test(loaded, target, manifest, tools, archive, jobs)
+                    scratch, restored, found = _restore_test(loaded, target, manifest, tools,
+                                                             archive, jobs)
                     problems += found
-                    checks.append(f"restored into scratch database {scratch} (dropped)")
+                    if restored is not None:
+                        checks.append(f"restored into scratch database {scratch} (dropped)")
+                        checks += restored
         except OperationFailed as exc:
             problems.append(exc.message)
     verification = Verification(status="failed" if problems else "ok", level=level,
                                 at=format_time(utcnow()), problems=problems, checks=checks)
     manifest.verification = verification
+    if level == "restore-test":
+        manifest.restore_test = verification
     store.save(manifest)
     return VerifyReport(manifest, verification, scratch)
 
@@ -143,7 +168,10 @@ def _missing_data_entries(manifest: BackupManifest, entries: list[str]) -> list[
 
 
 def _restore_test(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
-                  tools: PgTools, archive: Path, jobs: int) -> tuple[str, list[str]]:
+                  tools: PgTools, archive: Path, jobs: int
+                  ) -> tuple[str, list[str] | None, list[str]]:
+    """(scratch database, checks passed after a successful restore (None: the restore
+    failed), problems)."""
     from psycopg import sql
 
     scratch = f"aegis_verify_{manifest.id.lower().replace('-', '_')}_{secrets.token_hex(3)}"
@@ -161,17 +189,19 @@ def _restore_test(loaded: LoadedConfig, target: Target, manifest: BackupManifest
             done = subprocess.run([*argv, str(archive)], env=env, capture_output=True,
                                   text=True)
             if done.returncode != 0:
-                lines = done.stderr.strip().splitlines()
-                return scratch, [f"restore test failed: {lines[-1] if lines else 'error'}"]
+                reason = restore_error(done.stderr, done.returncode)
+                return scratch, None, [f"restore test failed: {reason}"]
             with connect(loaded, target, "backup verify", "maintenance",
                          dbname=scratch) as conn:
-                return scratch, _compare(conn, manifest)
+                passed: list[str] = []
+                return scratch, passed, _compare(conn, manifest, passed)
         finally:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(scratch)))
 
 
-def _compare(conn: psycopg.Connection[Any], manifest: BackupManifest) -> list[str]:
+def _compare(conn: psycopg.Connection[Any], manifest: BackupManifest,
+             passed: list[str]) -> list[str]:
     from psycopg import sql
 
     problems = []
@@ -197,45 +227,62 @@ def _compare(conn: psycopg.Connection[Any], manifest: BackupManifest) -> list[st
     for column, dim in manifest.vector_columns.items():
         if dims.get(column) != dim:
             problems.append(f"{column}: embedding dimension {dims.get(column)}, recorded {dim}")
-    problems += _nearest_neighbour(conn)
+    problems += _nearest_neighbour(conn, passed)
     return problems
 
 
-HNSW_INDEXES = """
-SELECT n.nspname, c.relname, a.attname, ic.relname
+# Every vector index (HNSW or IVFFlat) on a vector column or on an expression over one (the
+# halfvec cast used above 2000 dimensions): its key as the server deparses it, and the type
+# its operator class takes.
+VECTOR_INDEXES = """
+SELECT n.nspname, c.relname, ic.relname, o.opcname,
+       pg_get_indexdef(i.indexrelid, 1, true), format_type(o.opcintype, NULL)
 FROM pg_index i
 JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_am am ON am.oid = ic.relam AND am.amname IN ('hnsw', 'ivfflat')
 JOIN pg_class c ON c.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
-WHERE a.atttypid = to_regtype('vector')
+JOIN pg_opclass o ON o.oid = i.indclass[0]
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1, 2, 3
 """
 
+_OPERATORS = {"l2": "<->", "ip": "<#>", "l1": "<+>", "cosine": "<=>", "hamming": "<~>",
+              "jaccard": "<%>"}
 
-def _nearest_neighbour(conn: psycopg.Connection[Any]) -> list[str]:
-    """Through each vector index: the nearest neighbours of a stored vector come back."""
+
+def _nearest_neighbour(conn: psycopg.Connection[Any], passed: list[str]) -> list[str]:
+    """Through each vector index: the nearest neighbours of a stored vector come back. The
+    index key is the server's own deparse of the restored index (a column, or an expression
+    such as `(embedding::halfvec(3072))`)."""
     from psycopg import sql
 
     problems = []
-    for schema, table, column, index in conn.execute(HNSW_INDEXES).fetchall():
-        tbl = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        col = sql.Identifier(column)
-        probe = conn.execute(sql.SQL("SELECT {}::text FROM {} WHERE {} IS NOT NULL LIMIT 1")
-                             .format(col, tbl, col)).fetchone()
-        if probe is None:
+    for schema, table, index, opclass, key, key_type in conn.execute(VECTOR_INDEXES).fetchall():
+        kind = str(opclass).rsplit("_ops", 1)[0].rsplit("_", 1)[-1]
+        op = _OPERATORS.get(kind)
+        if op is None or key_type not in ("vector", "halfvec", "sparsevec", "bit"):
+            problems.append(f"index {index}: operator class {opclass} is not one the "
+                            "restore test knows how to query")
             continue
-        opclass = conn.execute(
-            "SELECT o.opcname FROM pg_index i JOIN pg_opclass o ON o.oid = i.indclass[0]"
-            " WHERE i.indexrelid = %s::regclass",
-            (sql.Identifier(schema, index).as_string(conn),)).fetchone()
-        op = {"vector_l2_ops": "<->", "vector_ip_ops": "<#>", "vector_l1_ops": "<+>"}.get(
-            opclass[0] if opclass else "", "<=>")
+        tbl = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        expr = sql.SQL(str(key))
+        probe = conn.execute(sql.SQL("SELECT ({})::text FROM {} WHERE ({}) IS NOT NULL LIMIT 1")
+                             .format(expr, tbl, expr)).fetchone()
+        if probe is None:
+            passed.append(f"index {index}: table empty, nothing to query")
+            continue
         with conn.transaction():
             conn.execute("SET LOCAL enable_seqscan = off")
-            rows = conn.execute(
-                sql.SQL("SELECT 1 FROM {} ORDER BY {} " + op + " %s::vector LIMIT 5")
-                .format(tbl, col), (probe[0],)).fetchall()
+            query = sql.SQL("SELECT 1 FROM {} ORDER BY ({}) " + op + " %s::{} LIMIT 5").format(
+                tbl, expr, sql.SQL(key_type))
+            plan = "\n".join(str(r[0]) for r in conn.execute(
+                sql.SQL("EXPLAIN ") + query, (probe[0],)).fetchall())
+            rows = conn.execute(query, (probe[0],)).fetchall()
         if not rows:
             problems.append(f"nearest-neighbour query through {index} returned no rows")
+        elif index not in plan:
+            problems.append(f"nearest-neighbour query did not use index {index}")
+        else:
+            passed.append(f"nearest-neighbour query through {index} ({key_type}, {kind})")
     return problems

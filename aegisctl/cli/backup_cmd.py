@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import AppState, FormatOption, OutputFormat, state
+from aegisctl.cli.context import AppState, FormatOption, confirm, state
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
     from aegisctl.backup.manifest import BackupManifest
-    from aegisctl.backup.service import PruneResult
 
 app = typer.Typer(
     help=(
@@ -46,24 +45,6 @@ class VerifyLevel(StrEnum):
     restore_test = "restore-test"
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(size)
-
-
-def _age(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= span:
-            return f"{seconds // span}{unit}"
-    return f"{seconds}s"
-
-
 @contextlib.contextmanager
 def _progress(app_state: AppState) -> Iterator[Any]:
     """A one-line status on a terminal; nothing at all under a timer or with --quiet."""
@@ -75,20 +56,11 @@ def _progress(app_state: AppState) -> Iterator[Any]:
     console = Console(stderr=True)
     with console.status("starting") as status:
         def update(stage: str, done: int) -> None:
-            status.update(f"{stage}: {_human(done)}")
+            from aegisctl.backup.listing import human_size
+
+            status.update(f"{stage}: {human_size(done)}")
 
         yield update
-
-
-def _confirm(question: str, yes: bool) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        output.print_status("not a terminal: pass --yes to confirm")
-        raise typer.Exit(int(ExitCode.USAGE))
-    if not typer.confirm(question, default=False, err=True):
-        output.print_status("cancelled; nothing was changed")
-        raise typer.Exit(int(ExitCode.FAILED))
 
 
 def _pick(app_state: AppState, backup_id: str | None, latest: bool) -> BackupManifest:
@@ -125,7 +97,8 @@ def create(
 ) -> None:
     """Dump the target with pg_dump into the backup folder, write its manifest, verify it,
     and upload it (and any pending one) when a remote is configured. Exits 1 when the
-    verification or the upload fails (the local backup is kept, marked pending).
+    verification or the upload fails (the local backup is kept, marked pending), 2 when the
+    upload cannot work as configured (no credentials, no such bucket).
 
     Examples:
 
@@ -143,33 +116,23 @@ def create(
         result = run_create(app_state.config(), app_state.target(), options,
                             wait_lock=wait_lock, verify=verify.value if verify else None,
                             upload=not no_upload, progress=progress)
+    output.render(result, app_state.fmt(fmt))
     m = result.manifest
-    failed_verify = result.verification is not None and not result.verification.ok
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json({**m.to_dict(), "uploaded_now": result.uploaded,
-                          "upload_error": result.upload_error})
-    else:
-        output.print_fields([
-            ("id", m.id), ("label", m.label or "-"), ("target", f"{m.target} ({m.database})"),
-            ("format", f"{m.format}, compress {m.compress}, jobs {m.jobs}"),
-            ("size", _human(m.size)), ("sha256", m.sha256),
-            ("pg_dump", f"{m.pg_dump_version} ({m.pg_dump_source}: {m.pg_dump_path})"),
-            ("server", m.server_version), ("duration", f"{m.duration_seconds:.1f} s"),
-            ("tables", f"{len(m.tables)} ({sum(t.rows for t in m.tables)} rows)"),
-            ("encrypted", f"yes (key id {m.encryption['key_id']})" if m.encryption else "no"),
-            ("verified", f"{m.verified} ({m.verification.level})" if m.verification
-             else "unverified"),
-            ("remote", m.remote.status), ("path", str(Path(m.files[0].path))),
-        ], title="backup created")
-    if failed_verify and result.verification:
+    if result.verify_failed and result.verification:
         for problem in result.verification.verification.problems:
             output.print_status(f"verify: {problem}")
         output.print_status(f"aegisctl: error: backup {m.id} did not verify")
+    for backup_id, error in result.uploads.failed.items():
+        if backup_id != m.id:
+            output.print_status(f"aegisctl: warning: older backup {backup_id} is still pending "
+                                f"upload: {error}")
     if result.upload_error:
         output.print_status(f"aegisctl: error: upload failed, backup {m.id} kept locally and "
                             f"marked pending (the next create or `backup upload --pending` "
                             f"retries): {result.upload_error}")
-    if failed_verify or result.upload_error:
+    if result.upload_error and result.uploads.exit_codes.get(m.id) == ExitCode.USAGE:
+        raise typer.Exit(int(ExitCode.USAGE))  # credentials or bucket: fix the config
+    if result.verify_failed or result.upload_error:
         raise typer.Exit(int(ExitCode.FAILED))
 
 
@@ -178,40 +141,40 @@ def list_(
     ctx: typer.Context,
     local_only: Annotated[bool, typer.Option("--local", help="Do not ask the remote "
                                              "store.")] = False,
+    problems: Annotated[bool, typer.Option("--problems", help="Exit 1 when any backup is not "
+                                           "ok (missing files, no manifest, manifest "
+                                           "unreadable) or the remote cannot be listed.")
+                        ] = False,
     fmt: FormatOption = None,
 ) -> None:
-    """List local and remote backups: id, age, size, format, verified?, uploaded?, pinned?
+    """List every local and remote backup with its state (ok, missing files, no manifest,
+    manifest unreadable), age, size, format, verified?, uploaded?, pinned?
     Flags the target when its newest good backup is older than backup.max_age.
 
     Examples:
 
       aegisctl backup list
 
-      aegisctl backup list --format json
+      aegisctl backup list --problems --format json
     """
+    from aegisctl.backup.listing import human_age
     from aegisctl.backup.service import list_backups
 
     app_state = state(ctx)
     listing = list_backups(app_state.config(), app_state.target(), remote=not local_only)
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json(listing)
-    else:
-        output.print_table(
-            ["id", "age", "size", "format", "verified", "uploaded", "where", "pinned", "label"],
-            [(b.id, _age(b.age_seconds), _human(b.size),
-              b.format + (" (encrypted)" if b.encrypted else ""),
-              b.verified + (f" ({b.verify_level})" if b.verify_level else ""), b.uploaded,
-              b.location, "yes" if b.pinned else "", b.label or "")
-             for b in listing.backups],
-            title=f"backups of {listing.target} ({listing.directory})")
+    output.render(listing, app_state.fmt(fmt))
     if listing.remote_error:
         output.print_status(f"aegisctl: warning: remote not listed: {listing.remote_error}")
     if listing.stale:
         what = (f"the newest good backup ({listing.newest_good}) is "
-                f"{_age(listing.newest_good_age_seconds)} old" if listing.newest_good
+                f"{human_age(listing.newest_good_age_seconds)} old" if listing.newest_good
                 else "there is no verified-good backup")
         output.print_status(f"aegisctl: warning: {what}; backup.max_age is "
-                            f"{_age(listing.max_age_seconds)}")
+                            f"{human_age(listing.max_age_seconds)}")
+    if problems and listing.problems:
+        for problem in listing.problems:
+            output.print_status(f"aegisctl: problem: {problem}")
+        raise typer.Exit(int(ExitCode.FAILED))
 
 
 @app.command()
@@ -242,16 +205,7 @@ def verify(
     manifest = _pick(app_state, backup_id, latest)
     report = verify_backup(app_state.config(), app_state.target(), manifest,
                            restore_test=restore_test, jobs=jobs)
-    v = report.verification
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json({"id": manifest.id, "ok": report.ok, **v.__dict__,
-                          "scratch_database": report.scratch_database})
-    else:
-        for check in v.checks:
-            output.print_line(f"ok      {check}")
-        for problem in v.problems:
-            output.print_line(f"PROBLEM {problem}")
-        output.print_line(f"backup {manifest.id}: {v.status} ({v.level})")
+    output.render(report, app_state.fmt(fmt))
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))
 
@@ -279,7 +233,11 @@ def restore(
                                           "change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (needed when not on a "
                                       "terminal).")] = False,
+    into_system_database: Annotated[bool, typer.Option(
+        "--into-system-database", help="Allow restoring into a template database "
+        "(template1...) or the maintenance database (postgres): refused without it.")] = False,
     wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
 ) -> None:
     """Restore a backup into the target's database or --target-db. The backup is checked
     readable before anything is touched; a database that holds data is refused unless
@@ -294,7 +252,7 @@ def restore(
       aegisctl backup restore --latest --clean --force --dry-run
     """
     from aegisctl.backup.lock import target_lock
-    from aegisctl.backup.restore import plan_restore, run_restore
+    from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
     from aegisctl.backup.store import BackupStore
 
     app_state = state(ctx)
@@ -303,16 +261,19 @@ def restore(
     store = BackupStore(loaded.settings.backup, target.name)
     with target_lock(store.lock_path, "backup restore", wait_lock):
         plan = plan_restore(loaded, target, manifest, target_db=target_db, tables=table or [],
-                            clean=clean, jobs=jobs)
+                            clean=clean, jobs=jobs, allow_system_db=into_system_database)
         for line in plan.describe():
             output.print_status(line)
         if dry_run:
-            output.print_status("dry run: backup checked readable, nothing was changed")
+            output.render(RestoreResult(plan, dry_run=True, restored=False),
+                          app_state.fmt(fmt))
             return
         if plan.overwritten and force:
-            _confirm(f"Overwrite {len(plan.overwritten)} table(s) in '{plan.database}'?", yes)
+            confirm(f"Overwrite {len(plan.overwritten)} table(s) in '{plan.database}'?", yes)
+        elif plan.system_database:
+            confirm(f"Restore into '{plan.database}', {plan.system_database}?", yes)
         run_restore(loaded, target, manifest, plan, force=force, no_owner=no_owner)
-    output.print_line(f"restored backup {manifest.id} into database '{plan.database}'")
+    output.render(RestoreResult(plan, dry_run=False, restored=True), app_state.fmt(fmt))
 
 
 @app.command()
@@ -338,33 +299,22 @@ def prune(
 
       aegisctl backup prune --remote --yes
     """
-    from aegisctl.backup.service import prune as run_prune
+    from aegisctl.backup.prune import PrunePreview, PruneResult, apply_prune, plan_prune
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
-    preview = run_prune(loaded, target, dry_run=True, remote=remote, wait_lock=wait_lock)
-    result = preview
-    if not dry_run and preview.plan.delete:
-        if app_state.fmt(fmt) is not OutputFormat.json:
-            _render_prune(preview)
-        _confirm(f"Delete {len(preview.plan.delete)} {preview.where} backup(s)?", yes)
-        result = run_prune(loaded, target, dry_run=False, remote=remote, wait_lock=wait_lock)
-    if app_state.fmt(fmt) is OutputFormat.json:
-        output.emit_json({"where": result.where, "dry_run": dry_run,
-                          "keep": result.plan.keep, "delete": result.plan.delete,
-                          "deleted": result.deleted})
+    plan = plan_prune(loaded, target, remote=remote, wait_lock=wait_lock)
+    if dry_run or not plan.delete:
+        output.render(PruneResult(plan, dry_run=dry_run), app_state.fmt(fmt))
         return
-    if dry_run or not preview.plan.delete:
-        _render_prune(result)
-    output.print_line(f"{'would delete' if dry_run else 'deleted'} "
-                      f"{len(result.plan.delete) if dry_run else len(result.deleted)} "
-                      f"{result.where} backup(s)")
-
-
-def _render_prune(result: PruneResult) -> None:
-    rows = [(i, "keep", "; ".join(r)) for i, r in result.plan.keep.items()]
-    rows += [(i, "DELETE", why) for i, why in result.plan.delete.items()]
-    output.print_table(["id", "action", "why"], sorted(rows), title=f"{result.where} retention")
+    if app_state.fmt(fmt) != "json":
+        output.render(PrunePreview(plan), "table")
+    else:
+        for backup_id, why in plan.delete.items():
+            output.print_status(f"delete {backup_id}: {why}")
+    confirm(f"Delete these {len(plan.delete)} {plan.where} backup(s)?", yes)
+    result = apply_prune(loaded, target, plan, wait_lock=wait_lock)
+    output.render(result, app_state.fmt(fmt))
 
 
 @app.command()
@@ -372,11 +322,15 @@ def upload(
     ctx: typer.Context,
     backup_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
     pending: Annotated[bool, typer.Option("--pending", help="Every backup whose upload is "
-                                          "pending.")] = False,
+                                          "pending (each is tried, whatever the others do).")
+                       ] = False,
     wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
 ) -> None:
     """Upload a backup (or every pending one) to the remote store, checking each object's
-    size and SHA-256 afterwards.
+    size and SHA-256 afterwards. Each backup is tried whatever the others do. Exits 1 when
+    any upload failed, 2 for a configuration problem (no credentials, no such bucket), 3
+    when the store cannot be reached.
 
     Examples:
 
@@ -391,9 +345,13 @@ def upload(
         raise UsageError("give a backup ID or --pending (one of the two)")
     app_state = state(ctx)
     with _progress(app_state) as progress:
-        done = run_upload(app_state.config(), app_state.target(), backup_id,
-                          wait_lock=wait_lock, progress=progress)
-    output.print_line(f"uploaded {len(done)} backup(s){': ' + ', '.join(done) if done else ''}")
+        result = run_upload(app_state.config(), app_state.target(), backup_id,
+                            wait_lock=wait_lock, progress=progress)
+    output.render(result, app_state.fmt(fmt))
+    for failed, error in result.failed.items():
+        output.print_status(f"aegisctl: error: upload of backup {failed} failed: {error}")
+    if not result.ok:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -401,6 +359,7 @@ def download(
     ctx: typer.Context,
     backup_id: Annotated[str, typer.Argument(metavar="ID")],
     wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
 ) -> None:
     """Fetch a remote backup into the local backup folder (each file's sha256 checked).
 
@@ -411,13 +370,14 @@ def download(
     from aegisctl.backup.service import download as run_download
 
     app_state = state(ctx)
-    manifest = run_download(app_state.config(), app_state.target(), backup_id,
-                            wait_lock=wait_lock)
-    output.print_line(f"downloaded backup {manifest.id} ({_human(manifest.size)})")
+    result = run_download(app_state.config(), app_state.target(), backup_id,
+                          wait_lock=wait_lock)
+    output.render(result, app_state.fmt(fmt))
 
 
 @app.command()
-def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="ID")],
+         fmt: FormatOption = None) -> None:
     """Pin a backup: retention (local and remote) never deletes it.
 
     Example:
@@ -427,13 +387,14 @@ def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="I
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    set_pinned(app_state.config(), app_state.target(), backup_id, True)
-    output.print_line(f"backup {backup_id} is pinned")
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, True)
+    output.render(result, app_state.fmt(fmt))
 
 
 @app.command()
 def unkeep(ctx: typer.Context,
-           backup_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+           backup_id: Annotated[str, typer.Argument(metavar="ID")],
+           fmt: FormatOption = None) -> None:
     """Unpin a backup: retention applies to it again.
 
     Example:
@@ -443,12 +404,14 @@ def unkeep(ctx: typer.Context,
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    set_pinned(app_state.config(), app_state.target(), backup_id, False)
-    output.print_line(f"backup {backup_id} is no longer pinned")
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, False)
+    output.render(result, app_state.fmt(fmt))
 
 
 @app.command("key-generate")
-def key_generate(path: Annotated[Path, typer.Argument(metavar="FILE", dir_okay=False)]) -> None:
+def key_generate(ctx: typer.Context,
+                 path: Annotated[Path, typer.Argument(metavar="FILE", dir_okay=False)],
+                 fmt: FormatOption = None) -> None:
     """Write a new random 256-bit encryption key (hex) to FILE (mode 0600, never overwritten)
     and print its key id. Keep a copy somewhere safe: without it, encrypted backups cannot be
     restored.
@@ -459,5 +422,4 @@ def key_generate(path: Annotated[Path, typer.Argument(metavar="FILE", dir_okay=F
     """
     from aegisctl.backup.crypto import generate_key_file
 
-    key_id = generate_key_file(path)
-    output.print_line(f"wrote a new key to {path} (key id {key_id})")
+    output.render(generate_key_file(path), state(ctx).fmt(fmt))
