@@ -77,7 +77,7 @@ def test_failing_job_is_recorded_and_goes_critical_after_grace(aegis_dsn: str,
     assert "job verify failed" in failed.stderr
     (row,) = runs(aegis_dsn, "verify")
     assert row["status"] == "failed" and row["trigger"] == "cron"
-    assert row["exit_code"] == failed.returncode and "no local backups" in row["error"]
+    assert row["exit_code"] == failed.returncode and "no complete local backup" in row["error"]
     assert aegisctl("--config", str(config), "jobs", "run", "health").returncode == 0
 
     status = aegisctl("--config", str(config), "jobs", "status", "--format", "json")
