@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from aegisctl.backup.settings import BackupSettings
+from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
 from aegisctl.units import parse_duration, parse_size
 
@@ -133,6 +134,7 @@ class Settings:
     backup: BackupSettings = field(default_factory=BackupSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    checks: ChecksSettings = field(default_factory=ChecksSettings)
 
 
 @dataclass
@@ -381,6 +383,7 @@ def validate(data: dict[str, Any], origin: str, lines: dict[str, int] | None = N
 
 def _check_consistency(settings: Settings, origin: str) -> None:
     _check_memory_settings(settings, origin)
+    check_thresholds(settings.checks, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
         raise ConfigError(

@@ -36,6 +36,8 @@ LAZY_GROUPS: dict[str, str] = {
     "ext": "aegisctl.cli.ext_cmd",
     "roles": "aegisctl.cli.roles_cmd",
     "backup": "aegisctl.cli.backup_cmd",
+    "diag": "aegisctl.cli.diag_cmd",
+    "check": "aegisctl.cli.check_cmd",
 }
 
 
