@@ -30,11 +30,9 @@ class DurationThreshold:
 
 
 @dataclass
-class RatioFloor:
-    """Lower is worse: WARNING below `warning`, CRITICAL below `critical`."""
-
-    warning: float
-    critical: float
+class SizeThreshold:
+    warning: Size
+    critical: Size
 
 
 @dataclass
@@ -80,16 +78,17 @@ class ChecksSettings:
     wraparound_age: Threshold = field(
         default_factory=lambda: Threshold(1_000_000_000, 1_500_000_000))
     # WAL retained by replication slots nobody is reading.
-    slot_retained_wal: Threshold = field(
-        default_factory=lambda: Threshold(1024**3, 10 * 1024**3))
+    slot_retained_wal: SizeThreshold = field(
+        default_factory=lambda: SizeThreshold(1024**3, 10 * 1024**3))
     vector_recall: RecallThreshold = field(default_factory=RecallThreshold)
     # Age of the newest verified-good backup / of the newest good restore test.
     backup_age: DurationThreshold = field(
         default_factory=lambda: DurationThreshold(36 * 3600, 72 * 3600))
     restore_test_age: DurationThreshold = field(
         default_factory=lambda: DurationThreshold(8 * 86400, 32 * 86400))
-    # Local backups still waiting to be uploaded (only when backup.remote is configured).
-    backup_pending_uploads: Threshold = field(default_factory=lambda: Threshold(1, 3))
+    # Local backups still waiting to be uploaded (only when backup.remote is configured):
+    # more than 0 is WARNING, more than 2 CRITICAL.
+    backup_pending_uploads: Threshold = field(default_factory=lambda: Threshold(0, 2))
     # Checks `aegisctl check` leaves out unless --only names them.
     skip: list[str] = field(default_factory=list)
 
