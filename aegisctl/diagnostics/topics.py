@@ -238,6 +238,9 @@ def _activity(conn: psycopg.Connection[Any], result: DiagResult, settings: Setti
     seconds = options.min_seconds if options.min_seconds is not None \
         else settings.checks.slow_query_seconds.warning
     run_file(conn, result, "activity", {"long_seconds": seconds})
+    summary = result.section("summary")
+    if summary.rows and summary.rows[0].get("hidden_sessions") and PRIVILEGE_NOTE not in result.notes:
+        result.notes.append(PRIVILEGE_NOTE)
     result.section("long_running").empty = f"no statement running for {format_seconds(seconds)} or more"
     result.section("idle_in_transaction").empty = "no session idle in a transaction"
     result.section("waiting").empty = "no session waiting for a lock"

@@ -9,11 +9,14 @@ SELECT count(*) FILTER (WHERE backend_type = 'client backend') AS client_connect
              / current_setting('max_connections')::int, 1)::float8 AS used_pct,
        count(*) FILTER (WHERE state = 'active' AND backend_type = 'client backend') AS active,
        count(*) FILTER (WHERE state LIKE 'idle in transaction%%') AS idle_in_transaction,
-       count(*) FILTER (WHERE wait_event_type = 'Lock') AS waiting_on_locks
+       count(*) FILTER (WHERE wait_event_type = 'Lock') AS waiting_on_locks,
+       count(*) FILTER (WHERE query = '<insufficient privilege>') AS hidden_sessions
 FROM pg_stat_activity;
 
 -- name: by_state
-SELECT coalesce(state, '(background)') AS state, backend_type, count(*) AS sessions
+SELECT coalesce(state, CASE WHEN query = '<insufficient privilege>' THEN '(hidden)'
+                            ELSE '(background)' END) AS state,
+       backend_type, count(*) AS sessions
 FROM pg_stat_activity
 GROUP BY 1, 2
 ORDER BY 3 DESC, 1, 2;
