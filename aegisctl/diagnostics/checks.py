@@ -218,15 +218,16 @@ class CheckReport:
 
         several = len(self.targets) > 1
         columns: list[Column | str] = [Column("status", "id"), Column("check", "id"),
-                                       Column("value", "number"), Column("warning", "number"),
-                                       Column("critical", "number"), Column("message", "text")]
+                                       Column("value", "number"),
+                                       Column("warn / crit", "number"), Column("message", "text")]
         if several:
             columns.insert(0, Column("target", "id"))
         rows: list[Sequence[Any]] = []
         for t in self.targets:
             for r in t.results:
-                row = [r.status.name, r.name, show(r.value, r.unit), show(r.warning, r.unit),
-                       show(r.critical, r.unit), r.message]
+                limits = " / ".join(show(v, r.unit) or "-" for v in (r.warning, r.critical))
+                row = [r.status.name, r.name, show(r.value, r.unit),
+                       None if limits == "- / -" else limits, r.message]
                 rows.append([t.target, *row] if several else row)
         blocks: list[Block] = [Table(columns, rows, title="check")]
         for t in self.targets:
@@ -275,7 +276,7 @@ def show(value: float | None, unit: str) -> str | None:
     if unit == "%":
         return f"{value:g}%"
     if value == int(value) and abs(value) >= 1e6:
-        return f"{int(value):,}"
+        return f"{value / 1e6:g}M"
     return f"{value:g}"
 
 
