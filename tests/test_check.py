@@ -314,6 +314,12 @@ def _pair_config(write_config: Any, pair: Pair, **checks: Any) -> Path:
                          "default_target": "primary", "checks": checks})
 
 
+def _role_exists(uri: str) -> bool:
+    with psycopg.connect(uri) as conn:
+        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'diag_watcher'").fetchone() \
+            is not None
+
+
 def test_replication_on_both_sides(cli, write_config, replica_pair: Pair) -> None:
     config = _pair_config(write_config, replica_pair)
     primary = json.loads(cli("--config", str(config), "diag", "replication", "-f", "json").stdout)
@@ -328,6 +334,22 @@ def test_replication_on_both_sides(cli, write_config, replica_pair: Pair) -> Non
     [receiver] = standby["sections"]["receiver"]
     assert receiver["status"] == "streaming"
     assert standby["sections"]["replicas"] == []
+    # Without pg_read_all_stats the replication views hide their details: said in one line.
+    exec_(replica_pair.primary_uri(), "DROP ROLE IF EXISTS diag_watcher",
+          "CREATE ROLE diag_watcher LOGIN")
+    try:
+        for uri, target in ((replica_pair.primary_uri(), "primary"),
+                            (replica_pair.standby_uri(), "replica")):
+            watcher = write_config({"targets": {target: {"dsn": uri.replace(
+                "postgresql://postgres@", "postgresql://diag_watcher@")}}}, name="watcher.yaml")
+            wait_for(lambda u=uri: _role_exists(u), what="the role on the standby")
+            ran = cli("--config", str(watcher), "diag", "replication", "-f", "json")
+            assert ran.exit_code == 0, ran.output
+            out = json.loads(ran.stdout)
+            assert out["errors"] == {}
+            assert any("pg_read_all_stats" in n for n in out["notes"]), (target, out)
+    finally:
+        exec_(replica_pair.primary_uri(), "DROP ROLE IF EXISTS diag_watcher")
     # Every diagnostic runs on a standby too (read-only, nothing fails).
     for topic in ("activity", "locks", "size", "cache", "indexes", "vacuum", "settings"):
         out = json.loads(cli("--config", str(config), "--target", "replica", "diag", topic,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from aegisctl.errors import AegisError, UsageError
+from aegisctl.errors import AegisError, ConnectionFailed, UsageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -316,8 +316,11 @@ def run_target(loaded: LoadedConfig, target: Target, specs: list[CheckSpec],
         out.role = "standby" if row and row[0] else "primary"
         out.results.append(CheckResult("connection", Status.OK, round(connect_seconds, 3), None,
                                        None, "s", f"connected as {out.role}", 0))
-    except AegisError as exc:
+    except ConnectionFailed as exc:
         out.results.append(CheckResult("connection", Status.CRITICAL, None, None, None, "s",
+                                       str(exc)))
+    except AegisError as exc:  # e.g. a password_env that is not set: not the database's fault
+        out.results.append(CheckResult("connection", Status.UNKNOWN, None, None, None, "s",
                                        str(exc)))
     ctx = CheckContext(loaded, target, conn, out.role)
     try:

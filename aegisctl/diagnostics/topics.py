@@ -346,7 +346,10 @@ def _replication(conn: psycopg.Connection[Any], result: DiagResult, settings: Se
     receiver.empty = ("not receiving WAL (a primary)" if result.role == "primary"
                       else "no WAL receiver running: the standby is not streaming")
     result.section("slots").empty = "no replication slots"
-    if result.role == "standby" and receiver.rows and receiver.rows[0].get("sender_host") is None:
+    hidden = (result.role == "standby" and receiver.rows
+              and receiver.rows[0].get("sender_host") is None) \
+        or any(r.get("state") is None for r in replicas.rows)
+    if hidden and PRIVILEGE_NOTE not in result.notes:
         result.notes.append(PRIVILEGE_NOTE)
 
 

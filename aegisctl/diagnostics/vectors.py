@@ -60,6 +60,14 @@ class VectorIndex:
         return self.row["method"] in ANN_METHODS
 
 
+def template(topic: str, name: str) -> Any:
+    """A statement of a diagnostics SQL file whose {placeholders} are filled in with
+    psycopg.sql objects (identifiers, or catalog-deparsed expressions)."""
+    from psycopg import sql
+
+    return sql.SQL(queries.query(topic, name).sql)
+
+
 def _columns(conn: psycopg.Connection[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return fetch(conn, queries.query("vectors", "columns").sql), \
         fetch(conn, queries.query("vectors", "indexes").sql)
@@ -78,16 +86,14 @@ def _counts(conn: psycopg.Connection[Any], schema: str, column: dict[str, Any]) 
     if sampled:
         pct = min(100.0, 100.0 * SAMPLE_ROWS / max(1, column["rows_estimate"]))
         source = sql.SQL("{} TABLESAMPLE SYSTEM ({})").format(table, sql.Literal(round(pct, 4)))
-    base = sql.SQL("SELECT count(*), count(*) FILTER (WHERE {col} IS NULL), "
-                   "count(*) FILTER (WHERE {norm}({col}) = 0)").format(col=col, norm=norm)
+    parts = {"col": col, "norm": norm, "source": source}
     counts: dict[str, Any] = {"sampled": sampled}
     try:
-        row = conn.execute(sql.SQL("{}, count({}) - count(DISTINCT {}) FROM {}").format(
-            base, col, col, source)).fetchone()
+        row = conn.execute(template("vectors", "counts").format(**parts)).fetchone()
     except psycopg.Error:
         # No equality on this type (older pgvector): count without duplicates.
         try:
-            row = conn.execute(sql.SQL("{}, NULL FROM {}").format(base, source)).fetchone()
+            row = conn.execute(template("vectors", "counts_no_equality").format(**parts)).fetchone()
         except psycopg.Error as exc:
             counts["error"] = describe_error(exc)
             return counts
@@ -114,17 +120,16 @@ def measure_recall(conn: psycopg.Connection[Any], schema: str, index: dict[str, 
     key = sql.SQL(index["key"])
     key_type = sql.SQL(index["key_type"])
     operator = sql.SQL("OPERATOR({}.{})").format(sql.Identifier(schema), sql.SQL(op))
-    search = sql.SQL("SELECT ctid::text FROM {t} ORDER BY ({key}) {op} %s::{type} LIMIT {k}").format(
-        t=table, key=key, op=operator, type=key_type, k=sql.Literal(RECALL_K))
+    search = template("vectors", "nearest").format(
+        table=table, key=key, op=operator, type=key_type, k=sql.Literal(RECALL_K))
     rng = random.Random(seed)
     total, found, used = 0, 0, 0
     with conn.transaction():
         # HNSW at aegisctl's own search.ef_search; IVFFlat at the server's ivfflat.probes.
         conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
         conn.execute("SELECT setseed(%s)", (rng.random() * 2 - 1,))
-        vectors = [r[0] for r in conn.execute(sql.SQL(
-            "SELECT ({key})::text FROM {t} WHERE ({key}) IS NOT NULL ORDER BY random() LIMIT %s"
-        ).format(key=key, t=table), (sample,)).fetchall()]
+        vectors = [r[0] for r in conn.execute(template("vectors", "recall_sample").format(
+            key=key, table=table), (sample,)).fetchall()]
         # All approximate searches, then all exact ones, pipelined: two settings changes and
         # no round trip per query.
         conn.execute("SELECT set_config('enable_seqscan', 'off', true), "
@@ -312,8 +317,8 @@ def explain_search(conn: psycopg.Connection[Any], result: DiagResult, settings: 
         key = sql.Identifier(chosen["column"])
         key_type = sql.Identifier(schema, chosen["type"])
         op = "<=>"
-    row = conn.execute(sql.SQL("SELECT ({key})::text FROM {t} WHERE ({key}) IS NOT NULL LIMIT 1")
-                       .format(key=key, t=ident)).fetchone()
+    row = conn.execute(template("explain-search", "sample_vector").format(
+        key=key, table=ident)).fetchone()
     summary: dict[str, Any] = {"schema": chosen["schema"], "table": chosen["table"],
                                "column": chosen["column"], "operator": op,
                                "ann_index": index["index"] if index else None}
@@ -322,8 +327,8 @@ def explain_search(conn: psycopg.Connection[Any], result: DiagResult, settings: 
         result.notes.append("the table has no stored embedding to search with")
         return
     operator = sql.SQL("OPERATOR({}.{})").format(sql.Identifier(schema), sql.SQL(op))
-    query = sql.SQL("SELECT * FROM {t} ORDER BY ({key}) {op} %s::{type} LIMIT {limit}").format(
-        t=ident, key=key, op=operator, type=key_type, limit=sql.Literal(settings.search.limit))
+    query = template("explain-search", "search").format(
+        table=ident, key=key, op=operator, type=key_type, limit=sql.Literal(settings.search.limit))
     with conn.transaction():
         conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(settings.search.ef_search),))
         plan_json = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ") + query,

@@ -47,3 +47,24 @@ LEFT JOIN pg_stat_user_indexes st ON st.indexrelid = i.indexrelid
 WHERE ty.typname IN ('vector', 'halfvec', 'sparsevec')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY i.indexrelid, d.refobjsubid;
+
+-- The per-column and per-index statements below are templates: aegisctl fills in the table,
+-- column and index key from the catalog queries above (as identifiers, or the server's own
+-- deparsed index expression and type name).
+
+-- name: counts
+SELECT count(*) AS rows, count(*) FILTER (WHERE {col} IS NULL) AS missing,
+       count(*) FILTER (WHERE {norm}({col}) = 0) AS zero,
+       count({col}) - count(DISTINCT {col}) AS duplicates
+FROM {source};
+
+-- name: counts_no_equality
+SELECT count(*) AS rows, count(*) FILTER (WHERE {col} IS NULL) AS missing,
+       count(*) FILTER (WHERE {norm}({col}) = 0) AS zero, NULL::bigint AS duplicates
+FROM {source};
+
+-- name: recall_sample
+SELECT ({key})::text FROM {table} WHERE ({key}) IS NOT NULL ORDER BY random() LIMIT %s;
+
+-- name: nearest
+SELECT ctid::text FROM {table} ORDER BY ({key}) {op} %s::{type} LIMIT {k};
