@@ -350,6 +350,14 @@ def test_replication_on_both_sides(cli, write_config, replica_pair: Pair) -> Non
             assert any("pg_read_all_stats" in n for n in out["notes"]), (target, out)
     finally:
         exec_(replica_pair.primary_uri(), "DROP ROLE IF EXISTS diag_watcher")
+    # The configured role is checked against the server's (a failover shows up).
+    code, report = run_check(cli, config, "--all-targets", "--only", "role")
+    assert code == 0 and [t["status"] for t in report["targets"]] == ["OK", "OK"]
+    swapped = write_config({"targets": {"old-replica": {"dsn": replica_pair.primary_uri(),
+                                                        "role": "replica"}}}, name="swapped.yaml")
+    code, report = run_check(cli, swapped, "--only", "role")
+    assert code == 1 and "configured as replica but the server is a primary" in \
+        checks_of(report)["role"]["message"]
     # Every diagnostic runs on a standby too (read-only, nothing fails).
     for topic in ("activity", "locks", "size", "cache", "indexes", "vacuum", "settings"):
         out = json.loads(cli("--config", str(config), "--target", "replica", "diag", topic,

@@ -25,6 +25,17 @@ def _who(pid: int | None, user: str | None, query: str | None) -> str:
     return f"pid {pid} ({user}): {text}" if pid else ""
 
 
+@register_check("role", "the server's role matches the target's configured role")
+def role(ctx: CheckContext) -> CheckResult:
+    expected = "standby" if ctx.target.role == "replica" else "primary"
+    if ctx.role == expected:
+        return CheckResult("role", Status.OK, None, None, None, "",
+                           f"{ctx.role}, as configured ({ctx.target.role})")
+    return CheckResult("role", Status.WARNING, None, None, None, "",
+                       f"configured as {ctx.target.role} but the server is a {ctx.role} "
+                       "(a failover or promotion?): update targets in the config")
+
+
 @register_check("connections", "client connections as a percentage of max_connections")
 def connections(ctx: CheckContext) -> CheckResult:
     used, limit = ctx.one("SELECT count(*) FILTER (WHERE backend_type = 'client backend'), "
@@ -120,10 +131,15 @@ def long_transactions(ctx: CheckContext) -> CheckResult:
 @register_check("lock_waits", "the longest wait for a lock held by another session")
 def lock_waits(ctx: CheckContext) -> CheckResult:
     seconds, waiting, pid, blockers = ctx.one("""
-        SELECT coalesce(max(extract(epoch FROM now() - coalesce(state_change, query_start))), 0)::float8,
-               count(*), (array_agg(pid ORDER BY state_change))[1],
-               (array_agg(pg_blocking_pids(pid)::text ORDER BY state_change))[1]
-        FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()""")
+        WITH w AS (
+            SELECT a.pid, pg_blocking_pids(a.pid)::text AS blockers,
+                   extract(epoch FROM now() - coalesce(
+                       (SELECT min(l.waitstart) FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted),
+                       a.state_change))::float8 AS seconds
+            FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid())
+        SELECT coalesce(max(seconds), 0), count(*), (array_agg(pid ORDER BY seconds DESC))[1],
+               (array_agg(blockers ORDER BY seconds DESC))[1]
+        FROM w""")
     t = ctx.settings.lock_wait_seconds
     seconds = round(seconds, 1)
     message = f"{waiting} session(s) waiting for a lock"

@@ -43,10 +43,11 @@ LIMIT 50;
 
 -- name: waiting
 SELECT pid, usename AS "user", datname AS database,
-       round(extract(epoch FROM now() - coalesce(state_change, query_start))::numeric, 1)::float8
-           AS waiting_seconds,
+       round(extract(epoch FROM now() - coalesce(
+           (SELECT min(l.waitstart) FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted),
+           state_change))::numeric, 1)::float8 AS waiting_seconds,
        wait_event_type, wait_event, pg_blocking_pids(pid) AS blocked_by, query
-FROM pg_stat_activity
+FROM pg_stat_activity a
 WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()
-ORDER BY state_change
+ORDER BY waiting_seconds DESC
 LIMIT 50;

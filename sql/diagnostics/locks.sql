@@ -4,8 +4,9 @@
 
 -- name: blocking
 SELECT w.pid AS blocked_pid, w.usename AS blocked_user,
-       round(extract(epoch FROM now() - coalesce(w.state_change, w.query_start))::numeric, 1)::float8
-           AS waiting_seconds,
+       round(extract(epoch FROM now() - coalesce(
+           (SELECT min(l.waitstart) FROM pg_locks l WHERE l.pid = w.pid AND NOT l.granted),
+           w.state_change))::numeric, 1)::float8 AS waiting_seconds,
        (SELECT l.mode || ' on ' || coalesce(l.relation::regclass::text, l.locktype)
           FROM pg_locks l WHERE l.pid = w.pid AND NOT l.granted LIMIT 1) AS wants,
        b.pid AS blocking_pid, b.usename AS blocking_user, b.state AS blocking_state,
