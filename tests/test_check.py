@@ -178,6 +178,11 @@ def test_vector_index_checks_and_recall_floor(cli, write_config, db_dsn) -> None
                                                         "critical": 0.0}}})
     code, report = run_check(cli, strict, "--only", "vector_recall")
     assert code == 1 and checks_of(report)["vector_recall"]["value"] < 1.0
+    # Tables over max_rows are not measured (the exact side of each query is a full scan).
+    small = config_for(write_config, db_dsn, vector_recall={"sample": 5, "max_rows": 1000})
+    code, report = run_check(cli, small, "--only", "vector_recall")
+    [skip] = report["targets"][0]["skipped"]
+    assert skip["name"] == "vector_recall" and "public.mem_e" in skip["reason"] and code == 0
     # A failed concurrent build leaves the ANN index invalid (simulated in the catalog).
     exec_(db_dsn, "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'mem_e'::regclass")
     code, report = run_check(cli, ok, "--only", "vector_indexes_invalid")

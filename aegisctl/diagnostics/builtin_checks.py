@@ -292,20 +292,27 @@ def vector_recall(ctx: CheckContext) -> CheckResult:
     indexes = [i for i in _vector_indexes(ctx) if i["valid"]]
     schema = vector_schema(ctx.db)
     measured = []
+    too_big = []
     for index in indexes:
         column = next((c for c in ctx.memo["vector_columns"]
                        if (c["schema"], c["table"]) == (index["schema"], index["table"])), None)
         if column is None or (column["rows"] or 0) <= RECALL_K:
             continue
+        if column["rows"] > t.max_rows:
+            too_big.append(f"{index['schema']}.{index['index']}")
+            continue
         assert schema is not None
         found = measure_recall(ctx.db, schema, index, t.sample, ctx.loaded.settings.search.ef_search)
         if found.get("recall") is not None:
             measured.append((found["recall"], f"{index['schema']}.{index['index']}"))
+    unmeasured = f"; not measured (over checks.vector_recall.max_rows = {t.max_rows} rows): " \
+        f"{', '.join(too_big)}" if too_big else ""
     if not measured:
-        raise CheckSkipped(f"no valid ANN index on a table with more than {RECALL_K} rows")
+        raise CheckSkipped(f"no valid ANN index on a table with {RECALL_K + 1} to {t.max_rows} "
+                           f"rows{unmeasured}")
     recall, name = min(measured)
     return grade("vector_recall", recall, t.warning, t.critical, lower_is_worse=True,
                  minimum=0, maximum=1,
                  message=f"lowest recall@{RECALL_K}: {recall:.2f} on {name} ({len(measured)} "
                          f"index(es), {t.sample} queries each, ef_search "
-                         f"{ctx.loaded.settings.search.ef_search})")
+                         f"{ctx.loaded.settings.search.ef_search}){unmeasured}")

@@ -58,6 +58,9 @@ class RecallThreshold:
     critical: float = 0.80
     # Stored vectors used as queries per ANN index (approximate vs exact top-10); 0 disables.
     sample: int = 10
+    # Each sampled query also runs exactly (a full scan): indexes on tables with more rows
+    # (estimated) are skipped; run `--only vector_recall` less often and raise this for them.
+    max_rows: int = 100_000
 
 
 @dataclass
@@ -119,5 +122,7 @@ def check_thresholds(settings: ChecksSettings, origin: str) -> None:
         problems.append("checks.database_size_pct.allocated: must be a positive size like 100GB")
     if settings.vector_recall.sample < 0:
         problems.append("checks.vector_recall.sample: must be 0 (off) or more")
+    if settings.vector_recall.max_rows < 0:
+        problems.append("checks.vector_recall.max_rows: must be 0 or more")
     if problems:
         raise ConfigError(f"{origin}: {problems[0]}")
