@@ -129,10 +129,14 @@ class Message:
 
 
 def render(result: Any, fmt: str | Enum = "table") -> None:
-    """The one way a command shows its result: `fmt` is 'table' or 'json'."""
+    """The one way a command shows its result: `fmt` is 'table', 'json', or a text format the
+    result provides as `to_<fmt>()` (the monitoring formats of `check`)."""
     name = fmt.value if isinstance(fmt, Enum) else fmt
     if name == "json":
         emit_json(result.to_json())
+        return
+    if name != "table":  # a result's own text format, e.g. check's to_nagios()
+        print_line(inert(getattr(result, f"to_{name}")()))
         return
     blocks = result.to_view()
     for block in blocks:

@@ -105,8 +105,5 @@ def check(
         else:
             output.print_status(f"aegisctl: error: {exc}")
         raise typer.Exit(3) from None
-    if chosen is CheckFormat.nagios:
-        output.print_line(report.nagios())
-    else:
-        output.render(report, chosen.value)
+    output.render(report, chosen.value)
     raise typer.Exit(report.exit_code)

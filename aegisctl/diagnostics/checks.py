@@ -237,7 +237,7 @@ class CheckReport:
         blocks.append(Note(f"{self.status.name} (exit {self.exit_code})"))
         return blocks
 
-    def nagios(self) -> str:
+    def to_nagios(self) -> str:
         """Monitoring Plugins output: a status line with perfdata, then one line per check."""
         several = len(self.targets) > 1
         problems = []
