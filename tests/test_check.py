@@ -406,3 +406,18 @@ def test_standby_with_lag_is_reported_by_check(cli, write_config, replica_pair: 
             assert "'replica/replication_lag'=" in nagios
         finally:
             standby.execute("SELECT pg_wal_replay_resume()")
+
+
+def test_query_text_in_messages_is_inert(cli, write_config, db_dsn, background: Background) -> None:
+    idle = background.connect(db_dsn, autocommit=False)
+    idle.execute("SELECT '\x1b[2J | evil=1;2;3' AS x")
+    time.sleep(1.2)
+    config = config_for(write_config, db_dsn, long_transaction_seconds={"warning": 1, "critical": 60})
+    result = cli("--config", str(config), "check", "--only", "long_transactions", "-f", "nagios")
+    assert result.exit_code == 1
+    first = result.stdout.split("\n")[0]
+    assert "\x1b" not in result.stdout and "\\x1b[2J" in first
+    assert first.count("|") == 1  # only the perfdata separator
+    table = cli("--config", str(config), "check", "--only", "long_transactions")
+    assert "\x1b" not in table.stdout
+    idle.rollback()
