@@ -2,8 +2,8 @@
 backups still waiting for their upload. They read the backup store on disk, so they run even when
 the database is down.
 
-`backup_facts` is the one place that reads the store: re-point it at the backup module's own
-summary function when there is one.
+`backup_facts` is the one place that reads the backups: it uses the backup module's own summary
+(`aegisctl.backup.status.backup_health`) when that module is there, else the store directly.
 """
 
 from __future__ import annotations
@@ -40,19 +40,41 @@ class BackupFacts:
 
 
 def backup_facts(loaded: LoadedConfig, target: Target) -> BackupFacts:
+    """What the backup checks need, from the backup module's own summary when it has one
+    (`aegisctl.backup.status.backup_health`, which also knows a restore test that a later
+    quick verify recorded over), else read from the store here."""
+    import importlib
+
+    settings = loaded.settings.backup
+    configured = any(key == "backup" or key.startswith("backup.") for key in loaded.sources)
+    try:
+        status = importlib.import_module("aegisctl.backup.status")
+    except ModuleNotFoundError:
+        return _facts_from_store(loaded, target, configured)
+    health = status.backup_health(settings, target.name)
+    return BackupFacts(
+        configured=configured or health.backups > 0,
+        remote=settings.remote is not None,
+        backups=health.backups,
+        last_good_at=health.last_good_at,
+        last_good_id=health.last_good_id,
+        last_restore_test_at=health.last_restore_test_at,
+        last_restore_test_id=None,
+        pending_uploads=health.pending_uploads,
+    )
+
+
+def _facts_from_store(loaded: LoadedConfig, target: Target, configured: bool) -> BackupFacts:
     from aegisctl.backup.manifest import parse_time
     from aegisctl.backup.store import BackupStore
 
     settings = loaded.settings.backup
-    store = BackupStore(settings, target.name)
-    manifests = store.manifests()
+    manifests = BackupStore(settings, target.name).manifests()
     good = [m for m in manifests if m.good]
     tested = [m for m in good if m.verification and m.verification.level == "restore-test"]
     tested.sort(key=lambda m: parse_time(m.verification.at) if m.verification else m.created)
-    configured = bool(manifests) or any(key == "backup" or key.startswith("backup.")
-                                        for key in loaded.sources)
     return BackupFacts(
-        configured=configured,
+        configured=configured or bool(manifests),
         remote=settings.remote is not None,
         backups=len(manifests),
         last_good_at=good[-1].created if good else None,
@@ -100,9 +122,9 @@ def restore_test_age(ctx: CheckContext) -> CheckResult:
                            "no backup was ever restore-tested: aegisctl backup verify "
                            "--restore-test")
     age = _age(facts.last_restore_test_at)
+    which = f"backup {facts.last_restore_test_id}" if facts.last_restore_test_id else "a backup"
     return grade("restore_test_age", age, t.warning, t.critical, unit="s", minimum=0,
-                 message=f"backup {facts.last_restore_test_id} restored and checked "
-                         f"{format_seconds(age)} ago")
+                 message=f"{which} restored and checked {format_seconds(age)} ago")
 
 
 @register_check("backup_pending_uploads", "local backups still waiting for their upload",
