@@ -249,3 +249,19 @@ def test_settings_gives_advice(cli, aegis_config) -> None:
 def test_unknown_topic_is_a_usage_error(cli, db_config) -> None:
     result = cli("--config", str(db_config), "diag", "nonsense")
     assert result.exit_code == 2
+
+
+def test_vectors_samples_big_tables(cli, db_config, db_dsn, monkeypatch) -> None:
+    from aegisctl.diagnostics import vectors
+
+    monkeypatch.setattr(vectors, "EXACT_BYTES", 0)
+    monkeypatch.setattr(vectors, "SAMPLE_ROWS", 500)
+    exec_(db_dsn, "CREATE EXTENSION vector", "CREATE TABLE big (e vector(2))",
+          "INSERT INTO big SELECT CASE WHEN g % 4 = 0 THEN NULL ELSE ARRAY[g, 1]::vector END "
+          "FROM generate_series(1, 20000) g", "ANALYZE big")
+    report = diag(cli, db_config, "vectors")
+    [column] = report["sections"]["columns"]
+    assert column["sampled"] is True and column["rows"] == 20000
+    assert 0 < column["sample_rows"] < 20000
+    assert 3000 < column["missing"] < 7000  # a quarter, estimated
+    assert any("sampled" in n for n in report["notes"])

@@ -7,6 +7,7 @@ its section; the other sections still run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,8 @@ class Section:
     error: str | None = None
     empty: str = "none"
     view_columns: list[str] | None = None  # the table shows these (JSON has every column)
+    # Shown as one block of fields per row, titled by these columns' values (wide rows).
+    records: tuple[str, ...] | None = None
 
     def to_json(self) -> Any:
         if self.fields:
@@ -89,11 +92,58 @@ class DiagResult:
                 headers = headers_for(list(row))
                 blocks.append(Fields([(headers[k], _display(k, v)) for k, v in row.items()],
                                      title=title))
+            elif section.records and section.rows:
+                blocks.extend(record_blocks(section, title))
             else:
                 blocks.append(table_block(section.rows, title, section.empty,
                                           section.view_columns))
         blocks.extend(Note(note) for note in self.notes)
         return blocks
+
+
+def record_blocks(section: Section, title: str) -> list[Block]:
+    from aegisctl.output import Fields
+
+    keys = section.records or ()
+    blocks: list[Block] = []
+    for row in section.rows:
+        names = [n for n in (section.view_columns or list(row)) if n not in keys]
+        headers = headers_for(names)
+        label = ".".join(str(row[k]) for k in keys)
+        blocks.append(Fields([(headers[n], _display(n, row[n])) for n in names],
+                             title=f"{title}: {label}"))
+    return blocks
+
+
+# What the table view shows of the wide sections (JSON always has every column), and the
+# sections shown as one block per row.
+VIEWS: dict[tuple[str, str], list[str]] = {
+    ("activity", "long_running"): ["pid", "user", "running_seconds", "wait_event", "query"],
+    ("activity", "idle_in_transaction"): ["pid", "user", "transaction_seconds", "idle_seconds",
+                                          "last_query"],
+    ("activity", "waiting"): ["pid", "user", "waiting_seconds", "blocked_by", "query"],
+    ("size", "tables"): ["schema", "table", "total_bytes", "table_bytes", "index_bytes",
+                         "toast_bytes"],
+    ("cache", "tables"): ["table", "heap_blocks_read", "heap_hit_ratio", "index_blocks_read",
+                          "index_hit_ratio"],
+    ("indexes", "usage"): ["table", "index", "scans", "size_bytes", "method"],
+    ("indexes", "unused"): ["table", "index", "size_bytes", "table_seq_scans"],
+    ("indexes", "duplicate"): ["table", "index", "covered_by", "size_bytes"],
+    ("indexes", "invalid"): ["table", "index", "size_bytes", "valid", "ready"],
+    ("slow", "by_mean"): ["calls", "mean_ms", "max_ms", "query"],
+    ("slow", "by_total"): ["calls", "total_ms", "total_pct", "query"],
+    ("vacuum", "tables"): ["table", "dead_tuples", "dead_ratio", "last_vacuum", "last_analyze"],
+    ("replication", "slots"): ["slot_name", "slot_type", "active", "wal_status",
+                               "retained_wal_bytes"],
+}
+RECORDS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("locks", "blocking"): ("blocked_pid",),
+    ("replication", "replicas"): ("application",),
+    ("replication", "receiver"): ("sender_host",),
+    ("vectors", "columns"): ("schema", "table", "column"),
+    ("vectors", "indexes"): ("schema", "index"),
+}
+DATETIME_COLUMNS = {"last_vacuum", "last_analyze", "stats_reset", "last_replayed_commit"}
 
 
 def headers_for(names: list[str]) -> dict[str, str]:
@@ -132,6 +182,9 @@ def _display(name: str, value: Any) -> Any:
         return format_seconds(float(value))
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
+    if isinstance(value, str) and name in DATETIME_COLUMNS:
+        with contextlib.suppress(ValueError):
+            return dt.datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, str) and name.endswith("query"):
         return " ".join(value.split())  # statements on one (wrapped) line
     return value
@@ -416,5 +469,8 @@ def run_topic(conn: psycopg.Connection[Any], topic: str, target: str, settings: 
     result = DiagResult(topic=topic, target=target, database=row[0],
                         role="standby" if row[1] else "primary")
     TOPICS[topic][1](conn, result, settings, options)
+    for section in result.sections:
+        section.view_columns = section.view_columns or VIEWS.get((topic, section.name))
+        section.records = section.records or RECORDS.get((topic, section.name))
     result.elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
     return result

@@ -24,12 +24,14 @@ if TYPE_CHECKING:
 
     from aegisctl.config import Settings
 
-# Above this many estimated rows, missing/zero/duplicate counts come from a sample.
-EXACT_LIMIT = 100_000
-SAMPLE_ROWS = 20_000
+# Reading every embedding costs its bytes (mostly TOAST): tables larger than this get their
+# missing/zero/duplicate counts from a sample of about SAMPLE_ROWS rows.
+EXACT_BYTES = 64 * 1024 * 1024
+SAMPLE_ROWS = 5_000
 ANN_METHODS = ("hnsw", "ivfflat")
 RECALL_K = 10
 _NORM = {"vector": "vector_norm", "halfvec": "l2_norm", "sparsevec": "l2_norm"}
+_SEND = {"vector": "vector_send", "halfvec": "halfvec_send", "sparsevec": "sparsevec_send"}
 _OPERATORS = {"l2": "<->", "cosine": "<=>", "ip": "<#>", "l1": "<+>", "hamming": "<~>",
               "jaccard": "<%>"}
 _DEFAULTS = {"hnsw": {"m": "16", "ef_construction": "64"}, "ivfflat": {"lists": "100"}}
@@ -80,25 +82,29 @@ def _counts(conn: psycopg.Connection[Any], schema: str, column: dict[str, Any]) 
 
     table = sql.Identifier(column["schema"], column["table"])
     col = sql.Identifier(column["column"])
-    norm = sql.Identifier(schema, _NORM[column["type"]])
-    sampled = column["rows_estimate"] > EXACT_LIMIT
+    sampled = column["table_bytes"] > EXACT_BYTES and column["rows_estimate"] > SAMPLE_ROWS
     source: sql.Composable = table
     if sampled:
         pct = min(100.0, 100.0 * SAMPLE_ROWS / max(1, column["rows_estimate"]))
         source = sql.SQL("{} TABLESAMPLE SYSTEM ({})").format(table, sql.Literal(round(pct, 4)))
-    parts = {"col": col, "norm": norm, "source": source}
+    parts = {"col": col, "source": source, "norm": sql.Identifier(schema, _NORM[column["type"]]),
+             "send": sql.Identifier(schema, _SEND[column["type"]])}
     counts: dict[str, Any] = {"sampled": sampled}
     try:
         row = conn.execute(template("vectors", "counts").format(**parts)).fetchone()
-    except psycopg.Error:
-        # No equality on this type (older pgvector): count without duplicates.
-        try:
-            row = conn.execute(template("vectors", "counts_no_equality").format(**parts)).fetchone()
-        except psycopg.Error as exc:
-            counts["error"] = describe_error(exc)
-            return counts
+    except psycopg.Error as exc:
+        counts["error"] = describe_error(exc)
+        return counts
     assert row is not None
-    counts.update(rows=row[0], missing=row[1], zero=row[2], duplicates=row[3])
+    rows, missing, zero, duplicates = row
+    if sampled:
+        # Missing and zero scale to the table; duplicates are those within the sample.
+        scale = column["rows_estimate"] / max(1, rows)
+        counts.update(sample_rows=rows, rows=column["rows_estimate"],
+                      missing=round(missing * scale), zero=round(zero * scale),
+                      duplicates=duplicates)
+    else:
+        counts.update(rows=rows, missing=missing, zero=zero, duplicates=duplicates)
     return counts
 
 
@@ -199,7 +205,7 @@ def vector_inventory(conn: psycopg.Connection[Any], settings: Settings, recall_s
             found = _counts(conn, schema, column)
             row.update({"rows": found.get("rows"), "missing": found.get("missing"),
                         "zero": found.get("zero"), "duplicates": found.get("duplicates"),
-                        "sampled": found["sampled"]})
+                        "sampled": found["sampled"], "sample_rows": found.get("sample_rows")})
         else:
             row["rows"] = column["rows_estimate"]
         row.update({"dead_ratio": column["dead_ratio"], "table_seq_scans": column["table_seq_scans"],
@@ -244,8 +250,9 @@ def diagnose_vectors(conn: psycopg.Connection[Any], result: DiagResult, settings
     result.sections.append(Section("indexes", indexes, empty="no indexes on vector columns",
                                    view_columns=view))
     if any(c.get("sampled") for c in columns):
-        result.notes.append(f"tables over {EXACT_LIMIT} rows: missing/zero/duplicate counts are "
-                            f"from a sample of about {SAMPLE_ROWS} rows")
+        result.notes.append(f"tables over {EXACT_BYTES // 1024 // 1024} MB (sampled: yes): "
+                            f"missing and zero counts are estimated from about {SAMPLE_ROWS} "
+                            "sampled rows, duplicates are those within the sample")
     if recall_sample:
         result.notes.append(f"recall: approximate vs exact top-{RECALL_K} for up to "
                             f"{recall_sample} stored vectors per index, at hnsw.ef_search = "

@@ -6,6 +6,7 @@
 SELECT n.nspname AS schema, c.relname AS "table", a.attname AS "column", t.typname AS type,
        CASE WHEN a.atttypmod > 0 THEN a.atttypmod END AS dimensions,
        c.oid::bigint AS table_oid, greatest(c.reltuples, 0)::bigint AS rows_estimate,
+       pg_table_size(c.oid) AS table_bytes,
        coalesce(s.n_live_tup, 0) AS live_tuples, coalesce(s.n_dead_tup, 0) AS dead_tuples,
        round((s.n_dead_tup::numeric / nullif(s.n_live_tup + s.n_dead_tup, 0)), 4)::float8 AS dead_ratio,
        coalesce(s.seq_scan, 0) AS table_seq_scans, coalesce(s.idx_scan, 0) AS table_index_scans,
@@ -53,14 +54,10 @@ ORDER BY i.indexrelid, d.refobjsubid;
 -- deparsed index expression and type name).
 
 -- name: counts
+-- Duplicates compare a hash of the binary form (a sort of the vectors themselves spills to disk).
 SELECT count(*) AS rows, count(*) FILTER (WHERE {col} IS NULL) AS missing,
        count(*) FILTER (WHERE {norm}({col}) = 0) AS zero,
-       count({col}) - count(DISTINCT {col}) AS duplicates
-FROM {source};
-
--- name: counts_no_equality
-SELECT count(*) AS rows, count(*) FILTER (WHERE {col} IS NULL) AS missing,
-       count(*) FILTER (WHERE {norm}({col}) = 0) AS zero, NULL::bigint AS duplicates
+       count({col}) - count(DISTINCT md5({send}({col}))) AS duplicates
 FROM {source};
 
 -- name: recall_sample
