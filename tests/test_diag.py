@@ -229,7 +229,7 @@ def test_size_against_allocation_and_vacuum(cli, write_config, db_dsn) -> None:
     assert size["summary"]["allocated_bytes"] == 100_000_000
     assert 0 < size["summary"]["allocated_pct"] < 100
     [big] = [t for t in size["tables"] if t["table"] == "big"]
-    assert big["total_bytes"] == big["table_bytes"] + big["index_bytes"] + big["toast_bytes"]
+    assert big["total_bytes"] == big["heap_bytes"] + big["index_bytes"] + big["toast_bytes"]
     assert big["toast_bytes"] >= 0
     vacuum = diag(cli, config, "vacuum")["sections"]
     wait = vacuum["tables"][0]

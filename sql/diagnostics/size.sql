@@ -11,7 +11,7 @@ SELECT current_database() AS database, pg_database_size(current_database()) AS s
 SELECT n.nspname AS schema, c.relname AS "table",
        pg_total_relation_size(c.oid) AS total_bytes,
        pg_table_size(c.oid) - coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
-           AS table_bytes,
+           AS heap_bytes,
        pg_indexes_size(c.oid) AS index_bytes,
        coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0) AS toast_bytes,
        greatest(c.reltuples, 0)::bigint AS rows_estimate
