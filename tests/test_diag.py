@@ -265,3 +265,23 @@ def test_vectors_samples_big_tables(cli, db_config, db_dsn, monkeypatch) -> None
     assert 0 < column["sample_rows"] < 20000
     assert 3000 < column["missing"] < 7000  # a quarter, estimated
     assert any("sampled" in n for n in report["notes"])
+
+
+def test_ids_and_numbers_are_not_clipped_on_a_narrow_terminal(monkeypatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from aegisctl import output
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(output, "_console", lambda stderr=False: Console(
+        file=buffer, width=60, no_color=True, highlight=False, markup=False, soft_wrap=False))
+    long_id = "aegis_schema_migrations_pkey_with_a_long_name"
+    output.render(output.Message("x"), "table")
+    output._print_block(output.Table(
+        [output.Column("index", "id"), output.Column("size", "number"),
+         output.Column("definition", "text")],
+        [(long_id, "483.3 kB", "CREATE INDEX " + "x" * 80)]))
+    text = buffer.getvalue()
+    assert long_id in text and "483.3 kB" in text
