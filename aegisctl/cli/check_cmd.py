@@ -43,9 +43,9 @@ def check(
     list_checks: Annotated[bool, typer.Option(
         "--list", help="List the available checks and exit.")] = False,
 ) -> None:
-    """Run every health check against the thresholds of the config (checks:)
-    and exit with the worst status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
-    (the Monitoring Plugins convention).
+    """Every health check against the config's thresholds; exit 0/1/2/3 OK/WARN/CRIT/UNKNOWN.
+
+    The exit code is the worst status (the Monitoring Plugins convention).
 
     Checks: connections, cache hit ratio, slow statements, long transactions,
     lock waits, database size, replication lag and slots, wraparound, invalid
@@ -73,14 +73,9 @@ def check(
     app_state = state(ctx)
     chosen = fmt or CheckFormat(app_state.format.value)
     if list_checks:
-        from aegisctl.output import Message
+        from aegisctl.diagnostics.checks import CheckList
 
-        available = registered_checks()
-        listing = Message("checks: " + ", ".join(["connection", *available]),
-                          {"checks": [{"name": "connection", "description": "the database answers",
-                                       "needs_db": True}] +
-                           [{"name": s.name, "description": s.description, "needs_db": s.needs_db}
-                            for s in available.values()]})
+        listing = CheckList(list(registered_checks().values()))
         output.render(listing, "json" if chosen is CheckFormat.json else "table")
         return
     try:

@@ -52,8 +52,10 @@ def activity(
         "--min-duration", help="List statements running at least this long (default: "
         "checks.slow_query_seconds.warning, 5s).")] = None,
 ) -> None:
-    """Connections by state against max_connections, long-running statements, sessions idle in
-    a transaction, and sessions waiting for a lock.
+    """Connections vs max_connections, long statements, idle in transaction, lock waits.
+
+    Connections by state against max_connections, statements running longer than
+    --min-duration, sessions idle in a transaction, and sessions waiting for a lock.
 
     Example: aegisctl diag activity --min-duration 30s
     """
@@ -71,8 +73,9 @@ def activity(
 
 @app.command("locks")
 def locks(ctx: typer.Context, fmt: FormatOption = None) -> None:
-    """Blocking chains: who blocks whom, for how long, and what both run. `root` marks the
-    blocker at the head of a chain.
+    """Blocking chains: who blocks whom, for how long, running what.
+
+    `root` marks the blocker at the head of a chain: the session to look at first.
 
     Example: aegisctl diag locks
     """
@@ -81,8 +84,9 @@ def locks(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
 @app.command("size")
 def size(ctx: typer.Context, fmt: FormatOption = None, limit: LimitOption = 20) -> None:
-    """Database size (against checks.database_size_pct.allocated when set) and the largest
-    tables split into table, indexes and TOAST.
+    """Database size and the largest tables (heap, indexes, TOAST).
+
+    The size is compared with checks.database_size_pct.allocated when that is set.
 
     Example: aegisctl diag size --limit 5
     """
@@ -91,8 +95,9 @@ def size(ctx: typer.Context, fmt: FormatOption = None, limit: LimitOption = 20) 
 
 @app.command("cache")
 def cache(ctx: typer.Context, fmt: FormatOption = None) -> None:
-    """Heap and index cache hit ratios since the statistics reset, and the tables reading
-    the most from disk.
+    """Heap and index cache hit ratios, and the tables reading most from disk.
+
+    Ratios are since the statistics reset; an idle new database says little.
 
     Example: aegisctl diag cache
     """
@@ -101,8 +106,9 @@ def cache(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
 @app.command("indexes")
 def indexes(ctx: typer.Context, fmt: FormatOption = None, limit: LimitOption = 20) -> None:
-    """Index usage (scans and sizes), and the unused, duplicate (covered by another index) and
-    invalid indexes.
+    """Index usage; unused, duplicate and invalid indexes with their sizes.
+
+    A duplicate is the same index twice, or a btree index that is a leading prefix of another.
 
     Example: aegisctl diag indexes --format json
     """
@@ -111,8 +117,9 @@ def indexes(ctx: typer.Context, fmt: FormatOption = None, limit: LimitOption = 2
 
 @app.command("slow")
 def slow(ctx: typer.Context, fmt: FormatOption = None, limit: LimitOption = 10) -> None:
-    """The statements of this database with the highest mean and total execution time, from
-    pg_stat_statements (says how to enable it when it is missing).
+    """Top statements by mean and total time, from pg_stat_statements.
+
+    Says how to enable pg_stat_statements when it is missing.
 
     Example: aegisctl diag slow --limit 5
     """
@@ -121,8 +128,9 @@ def slow(ctx: typer.Context, fmt: FormatOption = None, limit: LimitOption = 10) 
 
 @app.command("vacuum")
 def vacuum(ctx: typer.Context, fmt: FormatOption = None, limit: LimitOption = 20) -> None:
-    """Dead tuples and the last (auto)vacuum and analyze per table, and the transaction-ID age
-    of every database and of the oldest tables (wraparound).
+    """Dead tuples, last (auto)vacuum and analyze, transaction-ID wraparound age.
+
+    Per table, and the transaction-ID age of every database and of the oldest tables.
 
     Example: aegisctl diag vacuum
     """
@@ -131,8 +139,10 @@ def vacuum(ctx: typer.Context, fmt: FormatOption = None, limit: LimitOption = 20
 
 @app.command("replication")
 def replication(ctx: typer.Context, fmt: FormatOption = None) -> None:
-    """Primary or standby; on a primary its replicas with write/flush/replay lag; on a standby
-    what it receives and how far replay is behind; replication slots and the WAL they retain.
+    """Role, replicas and their lag, WAL receiver, slots and retained WAL.
+
+    On a primary its replicas with write/flush/replay lag; on a standby what it receives and
+    how far replay is behind; replication slots and the WAL they retain.
 
     Example: aegisctl --target replica diag replication
     """
@@ -146,7 +156,9 @@ def vectors(
         "--recall-sample", help="Also measure recall: approximate vs exact top-10 for N stored "
         "vectors per HNSW/IVFFlat index (0: off).", min=0)] = 0,
 ) -> None:
-    """Every vector, halfvec and sparsevec column in every schema: rows, rows missing an
+    """pgvector columns and their indexes in every schema, optionally with recall.
+
+    Every vector, halfvec and sparsevec column in every schema: rows, rows missing an
     embedding, zero and duplicate embeddings, dead tuples, sequential scans; and each index on
     them (expression indexes included) with its method, parameters (m, ef_construction, lists),
     size against maintenance_work_mem, validity and scans.
@@ -164,9 +176,9 @@ def explain_search(
         "episodic_memory, else the first table with a vector column).")] = None,
     column: Annotated[str | None, typer.Option("--column", help="Its vector column.")] = None,
 ) -> None:
-    """EXPLAIN (ANALYZE, BUFFERS) of a nearest-neighbour query (a stored embedding as the
-    query, search.ef_search and search.limit from the config), saying whether the HNSW or
-    IVFFlat index was used.
+    """EXPLAIN (ANALYZE, BUFFERS) a nearest-neighbour search: is the ANN index used?
+
+    A stored embedding is the query; search.ef_search and search.limit come from the config.
 
     Example: aegisctl diag explain-search --table public.semantic_memory
     """
@@ -175,9 +187,11 @@ def explain_search(
 
 @app.command("settings")
 def settings_cmd(ctx: typer.Context, fmt: FormatOption = None) -> None:
-    """The settings that matter for this workload (shared_buffers, work_mem,
-    maintenance_work_mem, max_parallel_maintenance_workers, hnsw.ef_search, autovacuum...)
-    with their current value and a note where they are far from the usual advice.
+    """Settings that matter for this workload, with advice.
+
+    shared_buffers, work_mem, maintenance_work_mem, max_parallel_maintenance_workers,
+    hnsw.ef_search, autovacuum and more: the current value and a note where it is far from the
+    usual advice.
 
     Example: aegisctl diag settings
     """

@@ -155,6 +155,27 @@ def registered_checks() -> dict[str, CheckSpec]:
     return dict(_REGISTRY)
 
 
+@dataclass
+class CheckList:
+    """`check --list`: every check a run can report."""
+
+    specs: list[CheckSpec]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checks": [{"name": "connection", "description": "the database answers",
+                            "needs_db": True}] +
+                [{"name": s.name, "description": s.description, "needs_db": s.needs_db}
+                 for s in self.specs]}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Table
+
+        rows = [(c["name"], "yes" if c["needs_db"] else "no", c["description"])
+                for c in self.to_json()["checks"]]
+        return [Table([Column("check", "id"), Column("database", "id"),
+                       Column("measures", "text")], list(rows), title="checks")]
+
+
 def select_checks(only: list[str], skip: list[str], config_skip: list[str]
                   ) -> list[CheckSpec]:
     """--only / --skip (and checks.skip) applied to the registry; unknown names are refused."""
