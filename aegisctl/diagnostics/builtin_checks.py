@@ -70,7 +70,8 @@ def slow_queries(ctx: CheckContext) -> CheckResult:
                (array_agg(pid ORDER BY query_start))[1], (array_agg(usename ORDER BY query_start))[1],
                (array_agg(query ORDER BY query_start))[1], count(*)
         FROM pg_stat_activity
-        WHERE state = 'active' AND pid <> pg_backend_pid() AND backend_type = 'client backend'""")
+        WHERE state = 'active' AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+          AND NOT coalesce(application_name LIKE ANY(%s), false)""", (ctx.settings.ignore_applications,))
     seconds, pid, user, query, _count = row
     t = ctx.settings.slow_query_seconds
     seconds = round(seconds, 1)
@@ -117,7 +118,8 @@ def long_transactions(ctx: CheckContext) -> CheckResult:
                (array_agg(state ORDER BY xact_start))[1], (array_agg(query ORDER BY xact_start))[1]
         FROM pg_stat_activity
         WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()
-          AND backend_type = 'client backend'""")
+          AND backend_type = 'client backend'
+          AND NOT coalesce(application_name LIKE ANY(%s), false)""", (ctx.settings.ignore_applications,))
     seconds, pid, user, state, query = row
     t = ctx.settings.long_transaction_seconds
     seconds = round(seconds, 1)
@@ -136,10 +138,11 @@ def lock_waits(ctx: CheckContext) -> CheckResult:
                    extract(epoch FROM now() - coalesce(
                        (SELECT min(l.waitstart) FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted),
                        a.state_change))::float8 AS seconds
-            FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid())
+            FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()
+              AND NOT coalesce(a.application_name LIKE ANY(%s), false))
         SELECT coalesce(max(seconds), 0), count(*), (array_agg(pid ORDER BY seconds DESC))[1],
                (array_agg(blockers ORDER BY seconds DESC))[1]
-        FROM w""")
+        FROM w""", (ctx.settings.ignore_applications,))
     t = ctx.settings.lock_wait_seconds
     seconds = round(seconds, 1)
     message = f"{waiting} session(s) waiting for a lock"

@@ -94,6 +94,9 @@ class ChecksSettings:
     backup_pending_uploads: Threshold = field(default_factory=lambda: Threshold(0, 2))
     # Checks `aegisctl check` leaves out unless --only names them.
     skip: list[str] = field(default_factory=list)
+    # Sessions whose application_name matches one of these LIKE patterns are not counted by
+    # slow_queries, long_transactions and lock_waits (e.g. "pg_dump" during nightly backups).
+    ignore_applications: list[str] = field(default_factory=list)
 
 
 _LOWER_IS_WORSE = {"cache_hit_ratio", "vector_recall"}
