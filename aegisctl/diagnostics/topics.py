@@ -132,7 +132,8 @@ VIEWS: dict[tuple[str, str], list[str]] = {
     ("indexes", "invalid"): ["table", "index", "size_bytes", "valid", "ready"],
     ("slow", "by_mean"): ["calls", "mean_ms", "max_ms", "query"],
     ("slow", "by_total"): ["calls", "total_ms", "total_pct", "query"],
-    ("vacuum", "tables"): ["table", "dead_tuples", "dead_ratio", "last_vacuum", "last_analyze"],
+    ("vacuum", "tables"): ["table", "dead_tuples", "dead_ratio", "last_autovacuum",
+                           "last_autoanalyze"],
     ("replication", "slots"): ["slot_name", "slot_type", "active", "wal_status",
                                "retained_wal_bytes"],
 }
@@ -143,7 +144,8 @@ RECORDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("vectors", "columns"): ("schema", "table", "column"),
     ("vectors", "indexes"): ("schema", "index"),
 }
-DATETIME_COLUMNS = {"last_vacuum", "last_analyze", "stats_reset", "last_replayed_commit"}
+DATETIME_COLUMNS = {"last_vacuum", "last_analyze", "last_autovacuum", "last_autoanalyze",
+                    "stats_reset", "last_replayed_commit"}
 
 
 def headers_for(names: list[str]) -> dict[str, str]:

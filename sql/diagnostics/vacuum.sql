@@ -5,9 +5,9 @@
 SELECT schemaname AS schema, relname AS "table", n_live_tup AS live_tuples,
        n_dead_tup AS dead_tuples,
        round((n_dead_tup::numeric / nullif(n_live_tup + n_dead_tup, 0)), 4)::float8 AS dead_ratio,
-       greatest(last_vacuum, last_autovacuum) AS last_vacuum,
-       greatest(last_analyze, last_autoanalyze) AS last_analyze,
-       vacuum_count + autovacuum_count AS vacuums, n_mod_since_analyze AS modified_since_analyze
+       last_autovacuum, last_vacuum, last_autoanalyze, last_analyze,
+       autovacuum_count AS autovacuums, vacuum_count AS vacuums,
+       n_mod_since_analyze AS modified_since_analyze
 FROM pg_stat_user_tables
 ORDER BY n_dead_tup DESC, 1, 2
 LIMIT %(limit)s;
