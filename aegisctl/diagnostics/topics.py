@@ -124,7 +124,7 @@ VIEWS: dict[tuple[str, str], list[str]] = {
     ("activity", "waiting"): ["pid", "user", "waiting_seconds", "blocked_by", "query"],
     ("size", "tables"): ["schema", "table", "total_bytes", "heap_bytes", "index_bytes",
                          "toast_bytes"],
-    ("cache", "tables"): ["table", "heap_blocks_read", "heap_hit_ratio", "index_blocks_read",
+    ("cache", "tables"): ["table", "heap_read", "heap_hit_ratio", "index_read",
                           "index_hit_ratio"],
     ("indexes", "usage"): ["table", "index", "scans", "size_bytes"],
     ("indexes", "unused"): ["table", "index", "size_bytes", "table_seq_scans"],
@@ -132,8 +132,7 @@ VIEWS: dict[tuple[str, str], list[str]] = {
     ("indexes", "invalid"): ["table", "index", "size_bytes", "valid", "ready"],
     ("slow", "by_mean"): ["calls", "mean_ms", "max_ms", "query"],
     ("slow", "by_total"): ["calls", "total_ms", "total_pct", "query"],
-    ("vacuum", "tables"): ["table", "dead_tuples", "dead_ratio", "last_autovacuum",
-                           "last_autoanalyze"],
+    ("vacuum", "tables"): ["table", "dead_tuples", "dead_ratio", "last_autovacuum"],
     ("replication", "slots"): ["slot_name", "slot_type", "active", "wal_status",
                                "retained_wal_bytes"],
 }
@@ -185,8 +184,10 @@ def _display(name: str, value: Any) -> Any:
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     if isinstance(value, str) and name in DATETIME_COLUMNS:
-        with contextlib.suppress(ValueError):
-            return dt.datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+        with contextlib.suppress(ValueError):  # shown as an age; JSON keeps the timestamp
+            moment = dt.datetime.fromisoformat(value)
+            age = (dt.datetime.now(moment.tzinfo) - moment).total_seconds()
+            return f"{format_seconds(max(0, int(age)))} ago"
     if isinstance(value, str) and name.endswith("query"):
         return " ".join(value.split())  # statements on one (wrapped) line
     return value

@@ -14,10 +14,10 @@ SELECT round((sum(heap_blks_hit) / nullif(sum(heap_blks_hit) + sum(heap_blks_rea
 FROM pg_statio_user_tables;
 
 -- name: tables
-SELECT schemaname AS schema, relname AS "table", heap_blks_read AS heap_blocks_read,
+SELECT schemaname AS schema, relname AS "table", heap_blks_read AS heap_read,
        round((heap_blks_hit::numeric / nullif(heap_blks_hit + heap_blks_read, 0)), 4)::float8
            AS heap_hit_ratio,
-       coalesce(idx_blks_read, 0) AS index_blocks_read,
+       coalesce(idx_blks_read, 0) AS index_read,
        round((idx_blks_hit::numeric / nullif(idx_blks_hit + idx_blks_read, 0)), 4)::float8
            AS index_hit_ratio
 FROM pg_statio_user_tables
