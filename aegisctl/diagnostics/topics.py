@@ -110,6 +110,8 @@ def record_blocks(section: Section, title: str) -> list[Block]:
         names = [n for n in (section.view_columns or list(row)) if n not in keys]
         headers = headers_for(names)
         label = ".".join(str(row[k]) for k in keys)
+        if len(keys) == 1:
+            label = f"{keys[0].replace('_', ' ')} {label}"
         blocks.append(Fields([(headers[n], _display(n, row[n])) for n in names],
                              title=f"{title}: {label}"))
     return blocks
