@@ -343,6 +343,13 @@ def run_target(loaded: LoadedConfig, target: Target, specs: list[CheckSpec],
     except AegisError as exc:  # e.g. a password_env that is not set: not the database's fault
         out.results.append(CheckResult("connection", Status.UNKNOWN, None, None, None, "s",
                                        str(exc)))
+    except psycopg.Error as exc:  # connected, but even SELECT pg_is_in_recovery() failed
+        if conn is not None:
+            conn.close()
+            conn = None
+        out.reachable = False
+        out.results.append(CheckResult("connection", Status.UNKNOWN, None, None, None, "s",
+                                       describe_error(exc)))
     ctx = CheckContext(loaded, target, conn, out.role)
     try:
         for spec in specs:
