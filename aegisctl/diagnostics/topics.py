@@ -245,6 +245,9 @@ def describe_error(exc: BaseException) -> str:
         return f"permission denied ({first}); grant pg_read_all_stats or pg_monitor to this user"
     if sqlstate == "57014":
         return f"cancelled by statement_timeout ({first})"
+    if sqlstate == "55P03":
+        return (f"a table it reads is locked by another session ({first}); see "
+                "`aegisctl diag locks`")
     return first
 
 
