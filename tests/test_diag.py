@@ -285,3 +285,16 @@ def test_ids_and_numbers_are_not_clipped_on_a_narrow_terminal(monkeypatch) -> No
         [(long_id, "483.3 kB", "CREATE INDEX " + "x" * 80)]))
     text = buffer.getvalue()
     assert long_id in text and "483.3 kB" in text
+
+
+def test_a_locked_table_fails_one_section_not_the_topic(cli, write_config, db_dsn,
+                                                        background: Background) -> None:
+    exec_(db_dsn, "CREATE TABLE busy (id int)")
+    holder = background.connect(db_dsn, autocommit=False)
+    holder.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
+    config = write_config({"targets": {"primary": {"dsn": db_dsn}},
+                           "connection": {"timeouts": {"query": {"lock_timeout": "0.3s"}}}})
+    report = diag(cli, config, "size")
+    assert report["sections"]["summary"]["size_bytes"] > 0
+    assert "diag locks" in report["errors"]["tables"]
+    holder.rollback()
