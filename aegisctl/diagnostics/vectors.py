@@ -86,7 +86,8 @@ def _counts(conn: psycopg.Connection[Any], schema: str, column: dict[str, Any]) 
     source: sql.Composable = table
     if sampled:
         pct = min(100.0, 100.0 * SAMPLE_ROWS / max(1, column["rows_estimate"]))
-        source = sql.SQL("{} TABLESAMPLE SYSTEM ({})").format(table, sql.Literal(round(pct, 4)))
+        # Row-level sampling: the heap is scanned, only sampled embeddings are read (detoasted).
+        source = sql.SQL("{} TABLESAMPLE BERNOULLI ({})").format(table, sql.Literal(round(pct, 4)))
     parts = {"col": col, "source": source, "norm": sql.Identifier(schema, _NORM[column["type"]]),
              "send": sql.Identifier(schema, _SEND[column["type"]])}
     counts: dict[str, Any] = {"sampled": sampled}
@@ -97,7 +98,10 @@ def _counts(conn: psycopg.Connection[Any], schema: str, column: dict[str, Any]) 
         return counts
     assert row is not None
     rows, missing, zero, duplicates = row
-    if sampled:
+    if sampled and rows == 0:
+        counts.update(sample_rows=0, rows=column["rows_estimate"], missing=None, zero=None,
+                      duplicates=None)
+    elif sampled:
         # Missing and zero scale to the table; duplicates are those within the sample.
         scale = column["rows_estimate"] / max(1, rows)
         counts.update(sample_rows=rows, rows=column["rows_estimate"],
