@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from aegisctl.backup.settings import BackupSettings
+from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
 from aegisctl.scheduling.jobs import check_schedule
 from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
@@ -164,6 +165,7 @@ class Settings:
     search: SearchSettings = field(default_factory=SearchSettings)
     schedule: dict[str, JobSettings] = field(default_factory=dict)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    checks: ChecksSettings = field(default_factory=ChecksSettings)
 
 
 @dataclass
@@ -463,6 +465,7 @@ def validate(data: dict[str, Any], origin: str, lines: dict[str, int] | None = N
 def _check_consistency(settings: Settings, origin: str) -> None:
     _check_memory_settings(settings, origin)
     check_schedule(settings, origin)
+    check_thresholds(settings.checks, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
         raise ConfigError(

@@ -131,10 +131,14 @@ class Message:
 
 
 def render(result: Any, fmt: str | Enum = "table") -> None:
-    """The one way a command shows its result: `fmt` is 'table' or 'json'."""
+    """The one way a command shows its result: `fmt` is 'table', 'json', or a text format the
+    result provides as `to_<fmt>()` (the monitoring formats of `check`)."""
     name = fmt.value if isinstance(fmt, Enum) else fmt
     if name == "json":
         emit_json(result.to_json())
+        return
+    if name != "table":  # a result's own text format, e.g. check's to_nagios()
+        print_line(inert(getattr(result, f"to_{name}")()))
         return
     blocks = result.to_view()
     for block in blocks:
@@ -176,18 +180,22 @@ def _print_block(block: Block) -> None:
         console.print(Text(inert(block.empty)))
         return
     table = RichTable(title=block.title, box=box.SIMPLE_HEAD, title_justify="left")
-    for column in block.columns:
+    cells = [[_cell(cell) for cell in row] for row in block.rows]
+    for index, column in enumerate(block.columns):
         col = column if isinstance(column, Column) else Column(column)
+        # Identifiers and numbers keep their full width on a narrow terminal (prose wraps
+        # instead): a clipped id or figure would be silently wrong.
+        widest = max([len(col.name), *(len(row[index]) for row in cells if index < len(row))])
         if col.kind == "id":
-            table.add_column(col.name, no_wrap=True, overflow="ignore", min_width=len(col.name))
+            table.add_column(col.name, no_wrap=True, overflow="ignore", min_width=widest)
         elif col.kind == "text":
             table.add_column(col.name, overflow="fold", ratio=1)
         elif col.kind == "number":
-            table.add_column(col.name, justify="right", no_wrap=True)
+            table.add_column(col.name, justify="right", no_wrap=True, min_width=widest)
         else:
             table.add_column(col.name, overflow="fold")
-    for row in block.rows:
-        table.add_row(*(Text(_cell(cell)) for cell in row))
+    for row_cells in cells:
+        table.add_row(*(Text(cell) for cell in row_cells))
     console.print(table)
 
 

@@ -216,3 +216,15 @@ def test_database_without_the_history_table_or_read_only(db_dsn: str, tmp_path: 
             conn.execute(f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
     assert aegisctl("--config", str(config), "jobs", "run", "health").returncode == 0
     assert [r["status"] for r in runs(db_dsn, "health")] == ["succeeded"] * 3
+
+    # `aegisctl check` carries the same verdicts: back-date the runs past interval + grace.
+    with psycopg.connect(aegis_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE aegis_job_runs SET started_at = started_at - interval '10 minutes',"
+                     " finished_at = finished_at - interval '10 minutes'")
+    checked = aegisctl("--config", str(config), "check", "--only", "scheduled_jobs",
+                       "--format", "json")
+    assert checked.returncode == 2, checked.stderr
+    results = {r["name"]: r for r in json.loads(checked.stdout)["results"]}
+    assert results["job_verify"]["status"] == "CRITICAL"
+    assert results["job_health"]["status"] == "CRITICAL"
+    assert results["job_health"]["critical"] == 90

@@ -45,6 +45,8 @@ LAZY_GROUPS: dict[str, str] = {
     "schedule": "aegisctl.cli.schedule_cmd",
     "systemd": "aegisctl.cli.systemd_cmd",
     "jobs": "aegisctl.cli.jobs_cmd",
+    "diag": "aegisctl.cli.diag_cmd",
+    "check": "aegisctl.cli.check_cmd",
 }
 
 

@@ -1,0 +1,1 @@
+"""Diagnostics (`aegisctl diag`) and monitoring checks (`aegisctl check`)."""

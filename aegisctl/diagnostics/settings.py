@@ -1,0 +1,131 @@
+"""The `checks:` section of the configuration: thresholds of `aegisctl check` (and the figures
+`aegisctl diag` highlights). See config.example.yaml for every key.
+
+Imports nothing but the config types, so loading the config stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Annotated
+
+from aegisctl.errors import ConfigError
+
+Duration = Annotated[float, "duration"]
+Size = Annotated[int, "size"]
+
+
+@dataclass
+class Threshold:
+    """Higher is worse: WARNING at or above `warning`, CRITICAL at or above `critical`."""
+
+    warning: float
+    critical: float
+
+
+@dataclass
+class DurationThreshold:
+    warning: Duration
+    critical: Duration
+
+
+@dataclass
+class SizeThreshold:
+    warning: Size
+    critical: Size
+
+
+@dataclass
+class CacheHitThreshold:
+    warning: float = 0.95
+    critical: float = 0.90
+    # Warm-up: the ratio is judged only once this many blocks were read or hit since the
+    # statistics were reset (an idle new database has a meaningless ratio).
+    min_blocks: int = 10_000
+
+
+@dataclass
+class DatabaseSizeThreshold:
+    warning: float = 80
+    critical: float = 90
+    # The storage allotted to this database; unset -> the check reports the size only.
+    allocated: Size | None = None
+
+
+@dataclass
+class RecallThreshold:
+    warning: float = 0.90
+    critical: float = 0.80
+    # Stored vectors used as queries per ANN index (approximate vs exact top-10); 0 disables.
+    sample: int = 10
+    # Each sampled query also runs exactly (a full scan): indexes on tables with more rows
+    # (estimated) are skipped; run `--only vector_recall` less often and raise this for them.
+    max_rows: int = 100_000
+
+
+@dataclass
+class ChecksSettings:
+    connections_pct: Threshold = field(default_factory=lambda: Threshold(80, 90))
+    cache_hit_ratio: CacheHitThreshold = field(default_factory=CacheHitThreshold)
+    slow_query_seconds: DurationThreshold = field(default_factory=lambda: DurationThreshold(5, 30))
+    database_size_pct: DatabaseSizeThreshold = field(default_factory=DatabaseSizeThreshold)
+    replication_lag_seconds: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(60, 300))
+    # Open transactions (active or idle in transaction): pghero's long-running default, 60 s.
+    long_transaction_seconds: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(60, 300))
+    # Sessions waiting on a lock held by another session.
+    lock_wait_seconds: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(30, 300))
+    # age(datfrozenxid) in transactions; PostgreSQL stops accepting writes near 2^31.
+    wraparound_age: Threshold = field(
+        default_factory=lambda: Threshold(1_000_000_000, 1_500_000_000))
+    # WAL retained by replication slots nobody is reading.
+    slot_retained_wal: SizeThreshold = field(
+        default_factory=lambda: SizeThreshold(1024**3, 10 * 1024**3))
+    vector_recall: RecallThreshold = field(default_factory=RecallThreshold)
+    # Age of the newest verified-good backup / of the newest good restore test.
+    backup_age: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(36 * 3600, 72 * 3600))
+    restore_test_age: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(8 * 86400, 32 * 86400))
+    # Local backups still waiting to be uploaded (only when backup.remote is configured):
+    # more than 0 is WARNING, more than 2 CRITICAL.
+    backup_pending_uploads: Threshold = field(default_factory=lambda: Threshold(0, 2))
+    # Checks `aegisctl check` leaves out unless --only names them.
+    skip: list[str] = field(default_factory=list)
+    # Sessions whose application_name matches one of these LIKE patterns are not counted by
+    # slow_queries, long_transactions and lock_waits (e.g. "pg_dump" during nightly backups).
+    ignore_applications: list[str] = field(default_factory=list)
+
+
+_LOWER_IS_WORSE = {"cache_hit_ratio", "vector_recall"}
+
+
+def check_thresholds(settings: ChecksSettings, origin: str) -> None:
+    """Refuse thresholds that cannot mean anything (called from the config validator)."""
+    problems = []
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if not hasattr(value, "warning"):
+            continue
+        warning, critical = value.warning, value.critical
+        if warning < 0 or critical < 0:
+            problems.append(f"checks.{f.name}: thresholds cannot be negative")
+        elif f.name in _LOWER_IS_WORSE:
+            if critical > warning:
+                problems.append(f"checks.{f.name}: critical ({critical}) must be at or below "
+                                f"warning ({warning}): lower is worse")
+            if warning > 1:
+                problems.append(f"checks.{f.name}: a ratio between 0 and 1, got {warning}")
+        elif critical < warning:
+            problems.append(f"checks.{f.name}: critical ({critical}) must be at or above "
+                            f"warning ({warning})")
+    if settings.database_size_pct.allocated is not None and settings.database_size_pct.allocated <= 0:
+        problems.append("checks.database_size_pct.allocated: must be a positive size like 100GB")
+    if settings.vector_recall.sample < 0:
+        problems.append("checks.vector_recall.sample: must be 0 (off) or more")
+    if settings.vector_recall.max_rows < 0:
+        problems.append("checks.vector_recall.max_rows: must be 0 or more")
+    if problems:
+        raise ConfigError(f"{origin}: {problems[0]}")
