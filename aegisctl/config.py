@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.errors import ConfigError
+from aegisctl.memory.settings import MemorySettings
 from aegisctl.units import parse_duration, parse_size
 
 # Markers for Annotated fields whose YAML form is a string with a unit.
@@ -133,6 +134,7 @@ class Settings:
     backup: BackupSettings = field(default_factory=BackupSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
 
 
 @dataclass
@@ -408,7 +410,8 @@ def _check_memory_settings(settings: Settings, origin: str) -> None:
                             ("search.ef_search", search.ef_search, 1),
                             ("search.limit", search.limit, 1),
                             ("search.exact_below", search.exact_below, 0),
-                            ("search.rrf_k", search.rrf_k, 1)):
+                            ("search.rrf_k", search.rrf_k, 1),
+                            ("memory.max_line_bytes", settings.memory.max_line_bytes, 1)):
         if value < low:
             raise ConfigError(f"{origin}: {key}: must be at least {low}, got {value}")
     if search.ef_search > 1000:
