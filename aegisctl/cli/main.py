@@ -68,7 +68,10 @@ class AegisGroup(TyperGroup):
             if debug and isinstance(exc, KeyboardInterrupt):
                 raise
             _fail("interrupted", int(ExitCode.INTERRUPTED))
-        except (typer.TyperException, typer.Exit, BrokenPipeError):
+        except BrokenPipeError:
+            # Before click sees it: click turns a closed pipe into exit 1.
+            _quiet_broken_pipe()
+        except (typer.TyperException, typer.Exit):
             raise
         except Exception as exc:
             if debug:
