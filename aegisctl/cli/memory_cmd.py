@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -472,10 +472,15 @@ def import_cmd(
             stream = file.open("rb")
         except OSError as exc:
             raise UsageError(f"cannot read {file}: {exc.strerror}") from None
+    from aegisctl.memory.ingest import WRITERS
+
     with _session(ctx, "import") as (app_state, settings, conn, dim), \
-            (stream if stream is not sys.stdin.buffer else nullcontext()), \
-            app_state.connect("memory import") as lookup, _progress(app_state) as progress:
-        result = import_stream(conn, lookup, stream, dim, _provider(settings, dim),
+            (stream if stream is not sys.stdin.buffer else nullcontext()), ExitStack() as more:
+        lookup = more.enter_context(app_state.connect("memory import"))
+        writers = [conn, *(more.enter_context(app_state.connect("memory import"))
+                           for _ in range(WRITERS - 1))]
+        progress = more.enter_context(_progress(app_state))
+        result = import_stream(writers, lookup, stream, dim, _provider(settings, dim),
                                max_line_bytes=settings.memory.max_line_bytes,
                                skip_bad=skip_bad, progress=progress)
     _show(result, _format(app_state, fmt))

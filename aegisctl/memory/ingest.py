@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from aegisctl.output import Block
 
 CHUNK_ROWS = 256  # rows per committed write (and per existence lookup)
-PIPELINE_DEPTH = 2
-DEADLOCK_RETRIES = 3  # chunks waiting between two stages
+PIPELINE_DEPTH = 2  # chunks waiting between two stages
+DEADLOCK_RETRIES = 3
+WRITERS = 2  # connections writing batches in parallel (HNSW upkeep is the database's cost)
 SHOWN_BAD_LINES = 5
 # (stage, done, total): stage is "validating" (bytes) or "importing" (rows).
 Progress = Callable[[str, int, int | None], None]
@@ -220,23 +221,28 @@ def _stage(name: str, items: Callable[[], Iterator[Any]], outbox: queue.Queue[An
     return thread
 
 
-def _upstream(inbox: queue.Queue[Any], stop: threading.Event) -> Iterator[Any]:
-    """Items of the previous stage; its failure is raised here and so passed along."""
+def _upstream(inbox: queue.Queue[Any], stop: threading.Event, shared: bool = False
+              ) -> Iterator[Any]:
+    """Items of the previous stage; its failure is raised here and so passed along. With
+    several consumers (`shared`), the end mark is put back for the others."""
     while True:
         item = _take(inbox, stop)
-        if item is _DONE:
+        if item is _DONE or isinstance(item, _Failed):
+            if shared:
+                _put(inbox, item, stop)
+            if isinstance(item, _Failed):
+                raise item.error
             return
-        if isinstance(item, _Failed):
-            raise item.error
         yield item
 
 
-def import_stream(conn: psycopg.Connection[Any], lookup: psycopg.Connection[Any],
+def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Connection[Any],
                   stream: IO[bytes], dim: int, provider: EmbeddingProvider | None, *,
                   max_line_bytes: int, skip_bad: bool = False,
                   progress: Progress | None = None) -> ImportResult:
-    """Import JSON lines from a binary stream. `conn` (autocommit, vectors registered) writes;
-    `lookup` (autocommit) answers which texts are already stored, from the reader thread."""
+    """Import JSON lines from a binary stream. Each of `writers` (autocommit connections)
+    writes batches in parallel with the others (index upkeep, HNSW above all, is the
+    database's cost); `lookup` (autocommit) answers which texts are already stored."""
     from aegisctl.memory import vectors
 
     started = time.monotonic()
@@ -245,39 +251,68 @@ def import_stream(conn: psycopg.Connection[Any], lookup: psycopg.Connection[Any]
     origin = stream.tell()
     bad = validate(stream, dim, max_line_bytes, skip_bad, result, progress)
     stream.seek(origin)
-    vectors.register(conn)
-    now_row = conn.execute("SELECT now()").fetchone()
+    for conn in writers:
+        vectors.register(conn)
+    now_row = writers[0].execute("SELECT now()").fetchone()
     assert now_row is not None
-    writer = _Writer(conn, now_row[0])
     stop = threading.Event()
     parsed: queue.Queue[Any] = queue.Queue(PIPELINE_DEPTH)
-    embedded: queue.Queue[Any] = queue.Queue(PIPELINE_DEPTH)
+    embedded: queue.Queue[Any] = queue.Queue(PIPELINE_DEPTH + len(writers))
     threads = [
         _stage("reader", lambda: _read_chunks(stream, dim, max_line_bytes, bad, lookup),
                parsed, stop),
         _stage("embedder", lambda: (_embed_chunk(c, provider) for c in _upstream(parsed, stop)),
                embedded, stop),
     ]
-    done = 0
+    lock = threading.Lock()
+    done = [0]
+    errors: list[BaseException] = []
+
+    def consume(conn: psycopg.Connection[Any]) -> None:
+        writer = _Writer(conn, now_row[0])
+        try:
+            for chunk in _upstream(embedded, stop, shared=True):
+                inserted = writer.write(chunk.rows)
+                with lock:
+                    _account(result, chunk, inserted, provider is None)
+                    done[0] += len(chunk.rows) + chunk.duplicates
+                    if progress:
+                        progress("importing", done[0], result.valid)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    helpers = [threading.Thread(target=consume, args=(conn,), daemon=True,
+                                name="aegisctl-import-writer") for conn in writers[1:]]
+    for helper in helpers:
+        helper.start()
     try:
-        for chunk in _upstream(embedded, stop):
-            writer.write(chunk.rows, result)
-            result.duplicates += chunk.duplicates
-            result.embedded += chunk.embedded
-            if provider is None:
-                result.without_embedding += sum(1 for _, r in chunk.rows
-                                                if r["embedding"] is None)
-            result.batches += 1 if chunk.rows else 0
-            done += len(chunk.rows) + chunk.duplicates
-            if progress:
-                progress("importing", done, result.valid)
+        consume(writers[0])
+        for helper in helpers:
+            while helper.is_alive():
+                helper.join(timeout=0.2)
     finally:
         stop.set()
-        for thread in threads:
+        for thread in [*threads, *helpers]:
             thread.join(timeout=5)
-    writer.analyze(result)
+    if errors:
+        raise errors[0]
+    _Writer(writers[0], now_row[0]).analyze(result)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _account(result: ImportResult, chunk: _Chunk, inserted: dict[Kind, int],
+             no_provider: bool) -> None:
+    for kind, count in inserted.items():
+        result.inserted[kind] += count
+        # Stored meanwhile by a concurrent import: skipped by the database.
+        result.duplicates += sum(1 for k, _ in chunk.rows if k == kind) - count
+    result.duplicates += chunk.duplicates
+    result.embedded += chunk.embedded
+    if no_provider:
+        result.without_embedding += sum(1 for _, r in chunk.rows if r["embedding"] is None)
+    result.batches += 1 if chunk.rows else 0
 
 
 def _read_chunks(stream: IO[bytes], dim: int, max_line_bytes: int, bad: set[int],
@@ -354,7 +389,7 @@ class _Writer:
             self.staged.add(kind)
         return name
 
-    def write(self, rows: list[tuple[Kind, dict[str, Any]]], result: ImportResult) -> None:
+    def write(self, rows: list[tuple[Kind, dict[str, Any]]]) -> dict[Kind, int]:
         """Retried when the server breaks a deadlock with another import writing the same
         texts in another order (the rows are at hand, nothing is embedded twice)."""
         from psycopg import errors
@@ -367,10 +402,7 @@ class _Writer:
                 if attempt == DEADLOCK_RETRIES:
                     raise
                 time.sleep(0.05 * (attempt + 1))
-        for kind, count in inserted.items():
-            result.inserted[kind] += count
-            # Stored meanwhile by a concurrent import: skipped by the database.
-            result.duplicates += sum(1 for k, _ in rows if k == kind) - count
+        return inserted
 
     def _write(self, rows: list[tuple[Kind, dict[str, Any]]]) -> dict[Kind, int]:
         from psycopg import sql
