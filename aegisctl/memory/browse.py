@@ -142,8 +142,9 @@ class MemoryStats:
         blocks: list[Block] = [Table(
             ["kind", Column("memories", "number"), Column("without embedding", "number"),
              "oldest", "newest", Column("size", "number")],
-            [(k, v["count"], v["without_embedding"], v["oldest"] or "-", v["newest"] or "-",
-              format_bytes(v["total_bytes"])) for k, v in self.kinds.items()],
+            [(k, v["count"], v["without_embedding"], (v["oldest"] or "-")[:10],
+              (v["newest"] or "-")[:10], format_bytes(v["total_bytes"]))
+             for k, v in self.kinds.items()],
             title=f"memory (embedding dimension {self.embedding_dim})")]
         for kind, entry in self.kinds.items():
             for key, counts in entry.items():

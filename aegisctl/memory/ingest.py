@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import queue
 import shutil
 import tempfile
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
     from aegisctl.memory.providers import EmbeddingProvider
     from aegisctl.output import Block
+
+log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 256  # rows per committed write (and per existence lookup)
 PIPELINE_DEPTH = 2  # chunks waiting between two stages
@@ -250,6 +253,7 @@ def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Co
     stream = seekable(stream)
     origin = stream.tell()
     bad = validate(stream, dim, max_line_bytes, skip_bad, result, progress)
+    log.info("checked %d lines: %d to import, %d bad", result.lines, result.valid, len(bad))
     stream.seek(origin)
     for conn in writers:
         vectors.register(conn)
@@ -273,6 +277,9 @@ def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Co
         try:
             for chunk in _upstream(embedded, stop, shared=True):
                 inserted = writer.write(chunk.rows)
+                log.info("committed a batch: %s new, %d already stored, %d embedded",
+                         sum(inserted.values()), len(chunk.rows) - sum(inserted.values())
+                         + chunk.duplicates, chunk.embedded)
                 with lock:
                     _account(result, chunk, inserted, provider is None)
                     done[0] += len(chunk.rows) + chunk.duplicates

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,9 +42,10 @@ def snippet(record: dict[str, Any]) -> str:
 
 
 def what(record: dict[str, Any]) -> str:
+    """The event type or category (the id already says which kind)."""
     if record["kind"] == "episodic":
-        return f"episodic/{record.get('event_type')}"
-    return f"semantic/{record.get('category') or '-'}"
+        return str(record.get("event_type"))
+    return str(record.get("category") or "-")
 
 
 def importance(record: dict[str, Any]) -> str:
@@ -74,7 +76,17 @@ class HitList:
     explain: Explain | None = None
 
     def records(self) -> list[dict[str, Any]]:
-        return [h.to_json() for h in self.hits]
+        """Scores that are not numbers (cosine with a zero vector is NaN) become null: NaN is
+        not JSON."""
+        out = []
+        for hit in self.hits:
+            record = hit.to_json()
+            for key in ("score", "similarity", "keyword_score", "decay"):
+                value = record.get(key)
+                if isinstance(value, float) and not math.isfinite(value):
+                    record[key] = None
+            out.append(record)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         out = {**self.header, "count": len(self.hits), "results": self.records()}
@@ -86,14 +98,13 @@ class HitList:
         from aegisctl.output import Column, Note, Table
 
         rows: list[Sequence[Any]] = []
-        for hit in self.hits:
-            ranks = " ".join(f"{k[0]}{v}" for k, v in sorted(hit.ranks.items()))
-            rows.append((f"{hit.score:.4f}", ranks or "-", age(hit.record), what(hit.record),
-                         importance(hit.record), hit.record["id"], snippet(hit.record)))
+        for hit in self.hits:  # ranks per signal: in the JSON and in --explain
+            score = f"{hit.score:.4f}" if math.isfinite(hit.score) else "-"
+            rows.append((score, age(hit.record), what(hit.record), importance(hit.record),
+                         hit.record["id"], snippet(hit.record)))
         blocks: list[Block] = [Table(
-            [Column("score", "number"), "ranks", "age", "kind/type", "importance",
-             Column("id", "id"), Column("memory", "text")], rows,
-            empty="no memory matched")]
+            [Column("score", "number"), "age", "type", "importance", Column("id", "id"),
+             Column("memory", "text")], rows, empty="no memory matched")]
         if self.explain is not None:
             blocks.extend(Note(line) for line in explain_lines(self.explain))
         return blocks
@@ -114,7 +125,7 @@ class MemoryList:
     def to_view(self) -> list[Block]:
         from aegisctl.output import Column, Table
 
-        return [Table(["age", "kind/type", "importance", Column("id", "id"),
+        return [Table(["age", "type", "importance", Column("id", "id"),
                        Column("memory", "text")],
                       [(age(r), what(r), importance(r), r["id"], snippet(r))
                        for r in self.memories], empty="no memories")]
