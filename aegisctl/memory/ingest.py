@@ -5,10 +5,11 @@ skip_bad), then runs a bounded three-stage pipeline:
 
   reader thread   parses the next chunk, drops texts already stored or repeated in the file
   embedder thread asks the provider for the chunk's missing vectors
-  main thread     writes the previous chunk in its own short transaction
+  writers         (the main thread and WRITERS - 1 more, each with its own connection) write
+                  earlier chunks, each in its own short transaction
 
 So requests to the provider overlap with writing, and no statement or transaction is ever open
-across a provider call. Each chunk is COPYed into a temporary table and inserted with
+across a provider call. Chunks may commit out of file order (ids then interleave). Each chunk is COPYed into a temporary table and inserted with
 `ON CONFLICT (content_hash) DO NOTHING` against the unique index of migration 0007: the
 database, not this process, guarantees that a text is stored once, even when two imports of
 one file run at the same time. An import that dies keeps every committed chunk; running the
