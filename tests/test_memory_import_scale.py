@@ -33,10 +33,11 @@ def _file(tmp_path: Path, n: int, name: str = "big.jsonl") -> Path:
 
 def test_killed_import_keeps_committed_batches_and_rerun_continues(
         cli, make_config, tmp_path, memory_db, embedding_server: EmbeddingServer) -> None:
-    config = make_config(embedding={"batch_size": 50, "retries": 0})
+    config = make_config(embedding={"batch_size": 64, "retries": 0})
+    assert ingest.chunk_rows(64) == ingest.CHUNK_ROWS
     path = _file(tmp_path, 3 * ingest.CHUNK_ROWS)
     # The model dies after the first chunk's requests and a few more.
-    per_chunk = -(-ingest.CHUNK_ROWS // 50)
+    per_chunk = ingest.CHUNK_ROWS // 64
     embedding_server.state.fail_after_requests = per_chunk + 2
     failed = cli("--config", str(config), "memory", "import", str(path))
     assert failed.exit_code == 1 and "HTTP 500" in failed.stderr
@@ -55,6 +56,11 @@ def test_killed_import_keeps_committed_batches_and_rerun_continues(
     assert _count(memory_db) == 3 * ingest.CHUNK_ROWS
     assert _count(memory_db, "SELECT count(DISTINCT content_hash) FROM episodic_memory") \
         == 3 * ingest.CHUNK_ROWS
+
+
+def test_chunks_are_whole_provider_requests() -> None:
+    assert ingest.chunk_rows(None) == ingest.CHUNK_ROWS
+    assert ingest.chunk_rows(100) == 300 and ingest.chunk_rows(1000) == 1000
 
 
 def test_no_statement_is_open_across_provider_calls(cli, make_config, tmp_path, memory_db,

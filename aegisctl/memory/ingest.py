@@ -9,11 +9,12 @@ skip_bad), then runs a bounded three-stage pipeline:
                   earlier chunks, each in its own short transaction
 
 So requests to the provider overlap with writing, and no statement or transaction is ever open
-across a provider call. Chunks may commit out of file order (ids then interleave). Each chunk is COPYed into a temporary table and inserted with
-`ON CONFLICT (content_hash) DO NOTHING` against the unique index of migration 0007: the
-database, not this process, guarantees that a text is stored once, even when two imports of
-one file run at the same time. An import that dies keeps every committed chunk; running the
-same command again skips what is stored (without re-embedding it) and continues.
+across a provider call. Chunks may commit out of file order (ids then interleave). Each chunk
+is COPYed into a temporary table and inserted with `ON CONFLICT (content_hash) DO NOTHING`
+against the unique index of migration 0007: the database, not this process, guarantees that a
+text is stored once, even when two imports of one file run at the same time. An import that
+dies keeps every committed chunk; running the same command again skips what is stored
+(without re-embedding it) and continues.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from aegisctl.errors import OperationFailed, UsageError
+from aegisctl.memory import pipeline
 from aegisctl.memory.records import BadLine, iter_raw_lines, parse_line, parse_record
 from aegisctl.memory.refs import JSON_COLUMNS, KINDS, TABLES, Kind
 
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 256  # rows per committed write (and per existence lookup)
+CHUNK_ROWS = 256  # about this many rows per committed write (and per existence lookup)
 PIPELINE_DEPTH = 2  # chunks waiting between two stages
 DEADLOCK_RETRIES = 3
 WRITERS = 2  # connections writing batches in parallel (HNSW upkeep is the database's cost)
@@ -181,65 +183,6 @@ class _Chunk:
     embedded: int = 0
 
 
-class _Failed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_DONE = object()
-
-
-def _put(box: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            box.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _take(box: queue.Queue[Any], stop: threading.Event) -> Any:
-    while not stop.is_set():
-        try:
-            return box.get(timeout=0.1)
-        except queue.Empty:
-            continue
-    return _DONE
-
-
-def _stage(name: str, items: Callable[[], Iterator[Any]], outbox: queue.Queue[Any],
-           stop: threading.Event) -> threading.Thread:
-    """A thread feeding `outbox` from `items()`, then _DONE; an error travels as _Failed."""
-    def body() -> None:
-        try:
-            for item in items():
-                if not _put(outbox, item, stop):
-                    return
-            _put(outbox, _DONE, stop)
-        except BaseException as exc:
-            _put(outbox, _Failed(exc), stop)
-
-    thread = threading.Thread(target=body, name=f"aegisctl-import-{name}", daemon=True)
-    thread.start()
-    return thread
-
-
-def _upstream(inbox: queue.Queue[Any], stop: threading.Event, shared: bool = False
-              ) -> Iterator[Any]:
-    """Items of the previous stage; its failure is raised here and so passed along. With
-    several consumers (`shared`), the end mark is put back for the others."""
-    while True:
-        item = _take(inbox, stop)
-        if item is _DONE or isinstance(item, _Failed):
-            if shared:
-                _put(inbox, item, stop)
-            if isinstance(item, _Failed):
-                raise item.error
-            return
-        yield item
-
-
 def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Connection[Any],
                   stream: IO[bytes], dim: int, provider: EmbeddingProvider | None, *,
                   max_line_bytes: int, skip_bad: bool = False,
@@ -263,11 +206,13 @@ def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Co
     stop = threading.Event()
     parsed: queue.Queue[Any] = queue.Queue(PIPELINE_DEPTH)
     embedded: queue.Queue[Any] = queue.Queue(PIPELINE_DEPTH + len(writers))
+    size = chunk_rows(provider.batch_size if provider else None)
     threads = [
-        _stage("reader", lambda: _read_chunks(stream, dim, max_line_bytes, bad, lookup),
-               parsed, stop),
-        _stage("embedder", lambda: (_embed_chunk(c, provider) for c in _upstream(parsed, stop)),
-               embedded, stop),
+        pipeline.stage("reader", lambda: _read_chunks(stream, dim, max_line_bytes, bad, lookup,
+                                                      size), parsed, stop),
+        pipeline.stage("embedder", lambda: (_embed_chunk(c, provider)
+                                            for c in pipeline.upstream(parsed, stop)),
+                       embedded, stop),
     ]
     lock = threading.Lock()
     done = [0]
@@ -276,7 +221,7 @@ def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Co
     def consume(conn: psycopg.Connection[Any]) -> None:
         writer = _Writer(conn, now_row[0])
         try:
-            for chunk in _upstream(embedded, stop, shared=True):
+            for chunk in pipeline.upstream(embedded, stop, shared=True):
                 inserted = writer.write(chunk.rows)
                 log.info("committed a batch: %s new, %d already stored, %d embedded",
                          sum(inserted.values()), len(chunk.rows) - sum(inserted.values())
@@ -323,8 +268,15 @@ def _account(result: ImportResult, chunk: _Chunk, inserted: dict[Kind, int],
     result.batches += 1 if chunk.rows else 0
 
 
+def chunk_rows(batch_size: int | None) -> int:
+    """Rows per chunk: CHUNK_ROWS rounded up to whole provider requests."""
+    if not batch_size:
+        return CHUNK_ROWS
+    return -(-CHUNK_ROWS // batch_size) * batch_size
+
+
 def _read_chunks(stream: IO[bytes], dim: int, max_line_bytes: int, bad: set[int],
-                 lookup: psycopg.Connection[Any]) -> Iterator[_Chunk]:
+                 lookup: psycopg.Connection[Any], size: int) -> Iterator[_Chunk]:
     seen: set[tuple[str, str]] = set()
     pending: list[tuple[Kind, dict[str, Any], str]] = []
     for raw in iter_raw_lines(stream, max_line_bytes):
@@ -332,7 +284,7 @@ def _read_chunks(stream: IO[bytes], dim: int, max_line_bytes: int, bad: set[int]
             continue
         kind, row = parse_line(raw.text, dim)
         pending.append((kind, row, content_hash(row[TABLES[kind].text])))
-        if len(pending) >= CHUNK_ROWS:
+        if len(pending) >= size:
             yield _new_rows(lookup, pending, seen)
             pending = []
     if pending:
