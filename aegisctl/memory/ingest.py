@@ -223,9 +223,10 @@ def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Co
         try:
             for chunk in pipeline.upstream(embedded, stop, shared=True):
                 inserted = writer.write(chunk.rows)
-                log.info("committed a batch: %s new, %d already stored, %d embedded",
-                         sum(inserted.values()), len(chunk.rows) - sum(inserted.values())
-                         + chunk.duplicates, chunk.embedded)
+                new = sum(inserted.values())
+                log.info("%s: %d new, %d already stored, %d embedded",
+                         "committed a batch" if chunk.rows else "nothing new in a batch", new,
+                         len(chunk.rows) - new + chunk.duplicates, chunk.embedded)
                 with lock:
                     _account(result, chunk, inserted, provider is None)
                     done[0] += len(chunk.rows) + chunk.duplicates
