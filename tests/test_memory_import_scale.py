@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,32 @@ def test_killed_import_keeps_committed_batches_and_rerun_continues(
     assert _count(memory_db) == 3 * ingest.CHUNK_ROWS
     assert _count(memory_db, "SELECT count(DISTINCT content_hash) FROM episodic_memory") \
         == 3 * ingest.CHUNK_ROWS
+
+
+def test_import_killed_with_sigkill_resumes(make_config, tmp_path, memory_db, clean_env,
+                                            embedding_server: EmbeddingServer) -> None:
+    config = make_config(embedding={"batch_size": 64})
+    embedding_server.state.delay = 0.1
+    n = 6 * ingest.CHUNK_ROWS
+    path = _file(tmp_path, n)
+    command = [sys.executable, "-m", "aegisctl", "--config", str(config), "memory", "import",
+               str(path), "-f", "json"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _count(memory_db) < ingest.CHUNK_ROWS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate(timeout=30)
+    time.sleep(0.5)  # the killed process's last request finishes on the server's side
+    kept = _count(memory_db)
+    assert 0 < kept < n and kept % ingest.CHUNK_ROWS == 0  # whole batches only
+    before = sum(embedding_server.state.batch_sizes)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    body = json.loads(rerun.stdout)
+    assert body["inserted"]["episodic"] == n - kept and body["duplicates"] == kept
+    assert sum(embedding_server.state.batch_sizes) - before == n - kept
+    assert _count(memory_db, "SELECT count(DISTINCT content_hash) FROM episodic_memory") == n
 
 
 def test_chunks_are_whole_provider_requests() -> None:
