@@ -85,6 +85,17 @@ def test_import_killed_with_sigkill_resumes(make_config, tmp_path, memory_db, cl
     assert _count(memory_db, "SELECT count(DISTINCT content_hash) FROM episodic_memory") == n
 
 
+def test_writing_needs_migration_0007(cli, make_config, tmp_path, memory_db) -> None:
+    memory_db.execute("DROP INDEX idx_semantic_content_hash")
+    memory_db.commit()
+    config = make_config(embedding={"provider": "none"})
+    for args in (["memory", "import", str(_file(tmp_path, 3))], ["memory", "add", "x"]):
+        result = cli("--config", str(config), *args)
+        assert result.exit_code == 1, result.output
+        assert "no unique index on content_hash" in result.stderr
+        assert "schema migrate" in result.stderr
+
+
 def test_chunks_are_whole_provider_requests() -> None:
     assert ingest.chunk_rows(None) == ingest.CHUNK_ROWS
     assert ingest.chunk_rows(100) == 300 and ingest.chunk_rows(1000) == 1000

@@ -95,6 +95,21 @@ class ImportResult:
         return said
 
 
+def require_unique_hashes(conn: psycopg.Connection[Any]) -> None:
+    """Writing relies on migration 0007's unique content-hash indexes (ON CONFLICT)."""
+    row = conn.execute(
+        "SELECT count(DISTINCT c.relname) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indrelid "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] "
+        "WHERE c.oid IN (to_regclass('episodic_memory'), to_regclass('semantic_memory')) "
+        "AND i.indisunique AND i.indnatts = 1 AND i.indpred IS NULL "
+        "AND a.attname = 'content_hash'").fetchone()
+    if not row or row[0] != len(KINDS):
+        raise OperationFailed("the memory tables have no unique index on content_hash "
+                              "(migration 0007), so duplicates cannot be refused",
+                              hint="run aegisctl schema migrate")
+
+
 def content_hash(text: str) -> str:
     """The tables' generated `content_hash` (md5 of the text), computed before inserting."""
     return hashlib.md5(text.encode("utf-8")).hexdigest()
@@ -193,6 +208,7 @@ def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Co
     from aegisctl.memory import vectors
 
     started = time.monotonic()
+    require_unique_hashes(lookup)
     result = ImportResult()
     stream = seekable(stream)
     origin = stream.tell()
@@ -474,6 +490,7 @@ def add_memory(conn: psycopg.Connection[Any], obj: dict[str, Any], dim: int,
         kind, row = parse_record(obj, dim)
     except BadLine as exc:
         raise UsageError(str(exc)) from None
+    require_unique_hashes(conn)
     info = TABLES[kind]
     table = sql.Identifier(info.table)
     find = sql.SQL("SELECT id FROM {} WHERE content_hash = %s").format(table)
