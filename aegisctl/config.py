@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
+from aegisctl.memory.settings import MemorySettings
 from aegisctl.scheduling.jobs import check_schedule
 from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
 from aegisctl.units import parse_duration, parse_size
@@ -166,6 +167,7 @@ class Settings:
     schedule: dict[str, JobSettings] = field(default_factory=dict)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     checks: ChecksSettings = field(default_factory=ChecksSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
 
 
 @dataclass
@@ -490,7 +492,8 @@ def _check_memory_settings(settings: Settings, origin: str) -> None:
                             ("search.ef_search", search.ef_search, 1),
                             ("search.limit", search.limit, 1),
                             ("search.exact_below", search.exact_below, 0),
-                            ("search.rrf_k", search.rrf_k, 1)):
+                            ("search.rrf_k", search.rrf_k, 1),
+                            ("memory.max_line_bytes", settings.memory.max_line_bytes, 1)):
         if value < low:
             raise ConfigError(f"{origin}: {key}: must be at least {low}, got {value}")
     if search.ef_search > 1000:

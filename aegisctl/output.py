@@ -249,3 +249,21 @@ def print_status(text: str, style: str = "") -> None:
         _console(stderr=True).print(Text(text, style=style))
     else:
         sys.stderr.write(text + "\n")
+
+
+def to_json_line(obj: Any) -> str:
+    """One compact JSON line (JSON lines output) under the same rules as `to_json`."""
+    text = json.dumps(obj, default=_default, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":"))
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def emit_json_lines(objs: Iterable[Any], stream: Any = None) -> int:
+    """Each object as one JSON line; how many were written."""
+    stream = stream or sys.stdout
+    count = 0
+    for obj in objs:
+        stream.write(to_json_line(obj) + "\n")
+        count += 1
+    stream.flush()
+    return count

@@ -9,7 +9,8 @@ keyword is easy for full-text search and nearly invisible to the vectors.
 
 Switches (attributes of `EmbeddingServer.state`): `fail_with=401`, `rate_limit_first=N` (the
 first N requests get 429 with Retry-After: 0), `extra_dims=1` (wrong dimension),
-`fail_after_requests=N` (500 for every request after N, to interrupt a long job).
+`fail_after_requests=N` (500 for every request after N, to interrupt a long job),
+`delay=0.05` (seconds added to every request, like a model's latency).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -71,6 +73,7 @@ class ServerState:
     rate_limit_first: int = 0
     extra_dims: int = 0
     fail_after_requests: int | None = None
+    delay: float = 0.0
     requests: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     auth_headers: list[str | None] = field(default_factory=list)
@@ -114,6 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, {"error": {"message": "model crashed"}})
             return
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if state.delay:
+            time.sleep(state.delay)
         state.batch_sizes.append(len(texts))
         dim = int(body.get("dimensions") or state.dim) + state.extra_dims
         data = [{"object": "embedding", "index": i, "embedding": embed(t, dim)}

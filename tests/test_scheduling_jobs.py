@@ -99,6 +99,18 @@ def test_failing_job_is_recorded_and_goes_critical_after_grace(aegis_dsn: str,
     assert late["health"].status == "CRITICAL"  # its last success is now 95 s old > 60 + 30
     assert late["health"].threshold_s == 90
 
+    # `aegisctl check` carries the same verdicts: back-date the runs past interval + grace.
+    with psycopg.connect(aegis_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE aegis_job_runs SET started_at = started_at - interval '10 minutes',"
+                     " finished_at = finished_at - interval '10 minutes'")
+    checked = aegisctl("--config", str(config), "check", "--only", "scheduled_jobs",
+                       "--format", "json")
+    assert checked.returncode == 2, checked.stderr
+    results = {r["name"]: r for r in json.loads(checked.stdout)["targets"][0]["checks"]}
+    assert results["job_verify"]["status"] == "CRITICAL"
+    assert results["job_health"]["status"] == "CRITICAL"
+    assert results["job_health"]["critical"] == 90
+
 
 def test_two_simultaneous_starts_run_the_job_once(aegis_dsn: str, tmp_path: Path) -> None:
     config = blocking_config(tmp_path / "c.yaml", aegis_dsn, tmp_path / "state")
@@ -216,15 +228,3 @@ def test_database_without_the_history_table_or_read_only(db_dsn: str, tmp_path: 
             conn.execute(f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
     assert aegisctl("--config", str(config), "jobs", "run", "health").returncode == 0
     assert [r["status"] for r in runs(db_dsn, "health")] == ["succeeded"] * 3
-
-    # `aegisctl check` carries the same verdicts: back-date the runs past interval + grace.
-    with psycopg.connect(aegis_dsn, autocommit=True) as conn:
-        conn.execute("UPDATE aegis_job_runs SET started_at = started_at - interval '10 minutes',"
-                     " finished_at = finished_at - interval '10 minutes'")
-    checked = aegisctl("--config", str(config), "check", "--only", "scheduled_jobs",
-                       "--format", "json")
-    assert checked.returncode == 2, checked.stderr
-    results = {r["name"]: r for r in json.loads(checked.stdout)["results"]}
-    assert results["job_verify"]["status"] == "CRITICAL"
-    assert results["job_health"]["status"] == "CRITICAL"
-    assert results["job_health"]["critical"] == 90

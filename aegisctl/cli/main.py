@@ -76,7 +76,10 @@ class AegisGroup(TyperGroup):
         except (KeyboardInterrupt, typer.Abort) as exc:
             _traceback(_debug(ctx) and isinstance(exc, KeyboardInterrupt))
             _fail("interrupted", int(ExitCode.INTERRUPTED))
-        except (typer.TyperException, typer.Exit, BrokenPipeError):
+        except BrokenPipeError:
+            # Before click sees it: click turns a closed pipe into exit 1.
+            _quiet_broken_pipe()
+        except (typer.TyperException, typer.Exit):
             raise
         except Exception as exc:
             _traceback(_debug(ctx))

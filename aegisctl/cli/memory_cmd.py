@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from aegisctl.memory.filters import Filters
     from aegisctl.memory.providers import EmbeddingProvider
     from aegisctl.memory.refs import Kind
-    from aegisctl.memory.search import Explain, Hit
 
 app = typer.Typer(
     help=(
@@ -143,105 +141,16 @@ def _require_provider(settings: Settings, dim: int) -> EmbeddingProvider:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering
+# Rendering: every result goes through output.render (table, json) or, for jsonl, one JSON
+# line per record.
 
 
-def _age(record: dict[str, Any]) -> str:
-    from aegisctl.memory.refs import record_time
-
-    when = record_time(record)
-    if when is None:
-        return "-"
-    seconds = max(0.0, (dt.datetime.now(dt.UTC) - when).total_seconds())
-    for unit, size in (("y", 365 * 86400), ("mo", 30 * 86400), ("d", 86400), ("h", 3600),
-                       ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
-def _snippet(text: str, query: str | None, width: int = 110) -> str:
-    """Escaped for rich; the query's words highlighted when the terminal shows colour."""
-    from rich.markup import escape
-
-    text = " ".join(text.split())
-    if len(text) > width:
-        text = text[:width - 1] + "…"
-    words = [w for w in re.findall(r"\w+", (query or "").lower()) if len(w) >= 3]
-    if not words or not output.color_enabled():
-        return escape(text)
-    stems = sorted({w[:max(3, len(w) - 2)] for w in words}, key=len, reverse=True)
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, stems)) + r")\w*", re.IGNORECASE)
-    parts, last = [], 0
-    for match in pattern.finditer(text):
-        parts.append(escape(text[last:match.start()]))
-        parts.append(f"[bold yellow]{escape(match.group(0))}[/]")
-        last = match.end()
-    parts.append(escape(text[last:]))
-    return "".join(parts)
-
-
-def _what(record: dict[str, Any]) -> str:
-    if record["kind"] == "episodic":
-        return f"episodic/{record.get('event_type')}"
-    return f"semantic/{record.get('category') or '-'}"
-
-
-def _importance(record: dict[str, Any]) -> str:
-    if record["kind"] == "episodic":
-        return str(record.get("importance") or "-")
-    confidence = record.get("confidence")
-    return "-" if confidence is None else f"conf {confidence:g}"
-
-
-def _emit_records(records: list[dict[str, Any]], fmt: MemoryFormat, wrapper: dict[str, Any],
-                  key: str = "results") -> None:
-    if fmt is MemoryFormat.json:
-        output.emit_json({**wrapper, "count": len(records), key: records})
+def _show(result: Any, fmt: MemoryFormat) -> None:
+    if fmt is MemoryFormat.jsonl:
+        output.emit_json_lines(result.records() if hasattr(result, "records")
+                               else [result.to_json()])
     else:
-        for record in records:
-            sys.stdout.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-
-
-def _render_hits(hits: list[Hit], fmt: MemoryFormat, query: str | None,
-                 wrapper: dict[str, Any], explain: Explain | None) -> None:
-    from dataclasses import asdict
-
-    if fmt is not MemoryFormat.table:
-        if explain is not None and fmt is MemoryFormat.json:
-            wrapper = {**wrapper, "explain": asdict(explain)}
-        _emit_records([h.to_json() for h in hits], fmt, wrapper)
-        if explain is not None and fmt is MemoryFormat.jsonl:
-            _print_explain(explain, to_stderr=True)
-        return
-    rows = []
-    for hit in hits:
-        ranks = " ".join(f"{k[0]}{v}" for k, v in sorted(hit.ranks.items()))
-        rows.append((f"{hit.score:.4f}", ranks or "-", _age(hit.record), _what(hit.record),
-                     _importance(hit.record), hit.record["id"],
-                     _snippet(str(hit.record.get("summary") or hit.record.get("content") or ""),
-                              query)))
-    output.print_table(["score", "ranks", "age", "kind/type", "importance", "id", "memory"],
-                       rows)
-    if not hits:
-        output.print_status("no memory matched", "yellow")
-    if explain is not None:
-        _print_explain(explain, to_stderr=False)
-
-
-def _print_explain(explain: Explain, to_stderr: bool) -> None:
-    lines = [f"mode: {explain.mode}"]
-    if explain.provider:
-        lines.append(f"provider: {explain.provider} ({explain.model})")
-    lines.append(f"time: embedding {explain.embed_ms:.1f} ms, searching "
-                 f"{explain.search_ms:.1f} ms")
-    for path in explain.paths:
-        lines.append(f"{path.kind} {path.signal}: {path.path} -> {path.rows} rows")
-        lines.extend(f"    {line}" for line in path.plan)
-    write = output.print_status if to_stderr else output.print_line
-    for line in lines:
-        write(line)
+        output.render(result, fmt.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +193,12 @@ def search_cmd(
       aegisctl memory search "flaky tests" --decay 7d --explain
     """
     from aegisctl.memory.search import SearchRequest, search
+    from aegisctl.memory.views import HitList, explain_lines
     from aegisctl.units import parse_duration
+
+    if not query.strip():
+        raise UsageError("the search query is empty: give the words to look for",
+                         hint='e.g. aegisctl memory search "billing retries"')
 
     half_life = None
     if decay is not None:
@@ -300,8 +214,13 @@ def search_cmd(
             mode=mode.value if mode else None,
             threshold=threshold, decay_half_life=half_life, explain=explain)
         result = search(conn, settings, request, provider, dim)
-    _render_hits(result.hits, _format(app_state, fmt), query,
-                 {"query": query, "mode": result.mode}, result.explain if explain else None)
+    chosen = _format(app_state, fmt)
+    view = HitList(result.hits, {"query": query, "mode": result.mode},
+                   result.explain if explain else None)
+    _show(view, chosen)
+    if explain and chosen is MemoryFormat.jsonl:
+        for line in explain_lines(result.explain):
+            output.print_status(line)
 
 
 @app.command("similar")
@@ -327,14 +246,15 @@ def similar_cmd(
     """
     from aegisctl.memory.browse import similar
     from aegisctl.memory.refs import parse_ref
+    from aegisctl.memory.views import HitList
 
     ref = parse_ref(memory_id)
     filters = _filters(kind, types, tags, None, None, since, until)
     with _session(ctx, "similar") as (app_state, settings, conn, dim):
         _, hits, plan = similar(conn, settings, ref, dim, filters,
                                 limit or settings.search.limit, explain)
-    _render_hits(hits, _format(app_state, fmt), None, {"id": str(ref)},
-                 plan if explain else None)
+    _show(HitList(hits, {"id": str(ref)}, plan if explain else None),
+          _format(app_state, fmt))
 
 
 @app.command("show")
@@ -354,26 +274,12 @@ def show_cmd(
     """
     from aegisctl.memory.browse import get_memory
     from aegisctl.memory.refs import parse_ref
+    from aegisctl.memory.views import MemoryRecord
 
     ref = parse_ref(memory_id)
     with _session(ctx, "show") as (app_state, _, conn, _dim):
         record = get_memory(conn, ref, embedding)
-    chosen = _format(app_state, fmt)
-    if chosen is MemoryFormat.json:
-        output.emit_json(record)
-    elif chosen is MemoryFormat.jsonl:
-        _emit_records([record], chosen, {})
-    else:
-        from rich.markup import escape
-
-        pairs = []
-        for key, value in record.items():
-            if key == "embedding" and value is not None:
-                value = f"[{', '.join(f'{x:.4f}' for x in value[:6])}, …] ({len(value)} dims)"
-            elif isinstance(value, dict | list):
-                value = json.dumps(value, ensure_ascii=False)
-            pairs.append((key, escape("" if value is None else str(value))))
-        output.print_fields(pairs, title=str(ref))
+    _show(MemoryRecord(record), _format(app_state, fmt))
 
 
 @app.command("recent")
@@ -398,19 +304,13 @@ def recent_cmd(
       aegisctl memory recent --type error --since 24h --format jsonl
     """
     from aegisctl.memory.browse import iter_memories
+    from aegisctl.memory.views import MemoryList
 
     filters = _filters(kind, types, tags, min_importance, categories, since, until)
     with _session(ctx, "recent") as (app_state, settings, conn, _dim):
         records = list(iter_memories(conn, filters, newest_first=True,
                                      limit=limit or settings.search.limit))
-    chosen = _format(app_state, fmt)
-    if chosen is not MemoryFormat.table:
-        _emit_records(records, chosen, {}, key="memories")
-        return
-    output.print_table(
-        ["age", "kind/type", "importance", "id", "memory"],
-        [(_age(r), _what(r), _importance(r), r["id"],
-          _snippet(str(r.get("summary") or r.get("content") or ""), None)) for r in records])
+    _show(MemoryList(records), _format(app_state, fmt))
 
 
 @app.command("stats")
@@ -425,25 +325,10 @@ def stats_cmd(ctx: typer.Context, fmt: FormatOpt = None) -> None:
       aegisctl memory stats --format json
     """
     from aegisctl.memory.browse import memory_stats
-    from aegisctl.units import format_bytes
 
     with _session(ctx, "stats") as (app_state, _, conn, dim):
         stats = memory_stats(conn, dim)
-    chosen = _format(app_state, fmt)
-    if chosen is not MemoryFormat.table:
-        output.emit_json(stats.to_json()) if chosen is MemoryFormat.json else _emit_records(
-            [stats.to_json()], chosen, {})
-        return
-    output.print_table(
-        ["kind", "memories", "without embedding", "oldest", "newest", "size"],
-        [(k, v["count"], v["without_embedding"], v["oldest"] or "-", v["newest"] or "-",
-          format_bytes(v["total_bytes"])) for k, v in stats.kinds.items()],
-        title=f"memory (embedding dimension {stats.embedding_dim})")
-    for kind, entry in stats.kinds.items():
-        for key, counts in entry.items():
-            if key.startswith("by_") and counts:
-                output.print_table([key[3:], "memories"], list(counts.items()),
-                                   title=f"{kind} by {key[3:]}")
+    _show(stats, _format(app_state, fmt))
 
 
 @app.command("add")
@@ -492,19 +377,11 @@ def add_cmd(
         obj.update(content=text, concept=concept or " ".join(text.split()[:8])[:200],
                    category=category, source=source)
     with _session(ctx, "add") as (app_state, settings, conn, dim):
-        provider = _provider(settings, dim)
-        with conn.transaction():
-            memory_id, inserted = add_memory(conn, obj, dim, provider)
-    chosen = _format(app_state, fmt)
-    payload = {"id": memory_id, "inserted": inserted, "embedded": provider is not None}
-    if chosen is MemoryFormat.table:
-        output.print_line(f"{'stored' if inserted else 'already stored as'} {memory_id}")
-    else:
-        _emit_records([payload], MemoryFormat.jsonl, {}) if chosen is MemoryFormat.jsonl \
-            else output.emit_json(payload)
+        result = add_memory(conn, obj, dim, _provider(settings, dim))
+    _show(result, _format(app_state, fmt))
 
 
-def _sample_lines() -> list[str]:
+def _sample_bytes() -> bytes:
     """The shipped sample, its dates shifted so that its newest memory is from today."""
     from importlib.resources import files
 
@@ -517,27 +394,37 @@ def _sample_lines() -> list[str]:
         for column in ("timestamp", "created_at", "updated_at"):
             if record.get(column):
                 record[column] = (dt.datetime.fromisoformat(record[column]) + shift).isoformat()
-    return [json.dumps(r) for r in records]
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
 @contextmanager
-def _progress(app_state: AppState, total: int | None, label: str
-              ) -> Iterator[Any]:
-    """A progress bar on stderr when it is a terminal; otherwise nothing."""
+def _progress(app_state: AppState) -> Iterator[Any]:
+    """Progress bars with rate and ETA on stderr when it is a terminal; otherwise nothing.
+    The callback takes (stage, done, total)."""
     if app_state.quiet or not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(console=Console(file=sys.stderr), transient=True) as bar:
-        task = bar.add_task(label, total=total)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+        tasks: dict[str, Any] = {}
 
-        def advance(stage: str, n: int) -> None:
-            if stage == "loading":
-                bar.advance(task, n)
+        def update(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
 
-        yield advance
+        yield update
 
 
 @app.command("import")
@@ -548,13 +435,18 @@ def import_cmd(
     sample: Annotated[bool, typer.Option(
         "--sample", help="Import the sample memories shipped with aegisctl.")] = False,
     skip_bad: Annotated[bool, typer.Option(
-        "--skip-bad", help="Report bad lines and import the rest (default: a bad line rolls "
-        "the whole import back).")] = False,
+        "--skip-bad", help="Report bad lines and import the others (default: any bad line "
+        "and nothing is imported). Exits 1 when every line is bad.")] = False,
     fmt: FormatOpt = None,
 ) -> None:
     """Bulk-load memories from JSON lines: one object per line with "kind" (episodic or
-    semantic) and the table's columns. Rows without an "embedding" are embedded in batches;
-    texts already stored are skipped; the load uses binary COPY in one transaction.
+    semantic) and the table's columns.
+
+    The whole file is checked first (bad lines reported by number; lines longer than
+    memory.max_line_bytes or not UTF-8 are bad lines). Then rows are embedded (when they carry
+    no "embedding") and written in batches, each committed on its own, while the next batch is
+    being embedded. Texts already stored are skipped, so an interrupted import continues
+    where it stopped when the same command is run again.
 
     Examples:
 
@@ -564,51 +456,41 @@ def import_cmd(
 
       aegisctl memory export --since 30d | aegisctl --target replica memory import - --skip-bad
     """
-    from aegisctl.memory.ingest import import_lines
+    from aegisctl.memory.ingest import import_stream
 
     if sample == (file is not None):
         raise UsageError("give a FILE or --sample (one of them)")
-    total: int | None = None
     if sample:
-        lines: Any = _sample_lines()
-        total = len(lines)
+        import io
+
+        stream: Any = io.BytesIO(_sample_bytes())
     elif str(file) == "-":
-        lines = sys.stdin
+        stream = sys.stdin.buffer
     else:
         assert file is not None
         try:
-            handle = file.open(encoding="utf-8")
-            with file.open("rb") as counter:
-                total = sum(1 for _ in counter)
+            stream = file.open("rb")
         except OSError as exc:
             raise UsageError(f"cannot read {file}: {exc.strerror}") from None
-        lines = handle
+    from aegisctl.memory.ingest import WRITERS
+
     with _session(ctx, "import") as (app_state, settings, conn, dim), \
-            (lines if hasattr(lines, "close") and lines is not sys.stdin else nullcontext()):
-        provider = _provider(settings, dim)
-        with _progress(app_state, total, "importing") as progress, \
-                app_state.connect("memory import") as lookup:
-            result = import_lines(conn, lines, dim, provider, skip_bad=skip_bad,
-                                  progress=progress, lookup=lookup)
-    payload = {"lines": result.lines, "inserted": result.inserted,
-               "duplicates": result.duplicates, "embedded": result.embedded,
-               "without_embedding": result.without_embedding, "bad_lines": result.bad_lines}
-    chosen = _format(app_state, fmt)
-    if chosen is MemoryFormat.json:
-        output.emit_json(payload)
-    elif chosen is MemoryFormat.jsonl:
-        _emit_records([payload], chosen, {})
-    else:
-        output.print_line(
-            f"imported {result.total_inserted} memories ({result.inserted['episodic']} "
-            f"episodic, {result.inserted['semantic']} semantic) from {result.lines} lines; "
-            f"{result.duplicates} duplicates skipped; {result.embedded} embedded")
-    for bad in result.bad_lines:
-        output.print_status(f"line {bad['line']}: {bad['error']} (skipped)", "yellow")
-    if result.without_embedding:
-        output.print_status(f"{result.without_embedding} memories have no embedding (no "
-                            "provider): keyword search finds them; run `aegisctl memory "
-                            "reembed --missing` after configuring one", "yellow")
+            (stream if stream is not sys.stdin.buffer else nullcontext()), ExitStack() as more:
+        lookup = more.enter_context(app_state.connect("memory import"))
+        writers = [conn, *(more.enter_context(app_state.connect("memory import"))
+                           for _ in range(WRITERS - 1))]
+        progress = more.enter_context(_progress(app_state))
+        result = import_stream(writers, lookup, stream, dim, _provider(settings, dim),
+                               max_line_bytes=settings.memory.max_line_bytes,
+                               skip_bad=skip_bad, progress=progress)
+    _show(result, _format(app_state, fmt))
+    for warning in result.warnings():
+        output.print_status(warning, "yellow")
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    json = "json"
 
 
 @app.command("export")
@@ -625,44 +507,38 @@ def export_cmd(
         "--embeddings", help="Include each vector (so an import need not re-embed).")] = False,
     out: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write to this file (atomically) instead of stdout.")] = None,
+    fmt: Annotated[ExportFormat | None, typer.Option(
+        "--format", "-f", help="jsonl (default: what memory import reads) or json (one "
+        "document: {\"memories\": [...], \"count\": N}).")] = None,
 ) -> None:
     """Write memories as JSON lines, in the format `memory import` reads; filters as in
-    search.
+    search. With --output, a summary goes to stderr (or stdout with --format json).
 
     Examples:
 
       aegisctl memory export > memories.jsonl
 
       aegisctl memory export --kind episodic --type decision --since 90d --embeddings -o decisions.jsonl
+
+      aegisctl memory export --format json | jq '.count'
     """
-    import os
-    import tempfile
+    from aegisctl.memory.browse import export_memories
+    from aegisctl.memory.views import ExportResult
 
-    from aegisctl.memory.browse import iter_memories
-
+    app_state = state(ctx)
+    chosen = fmt or (ExportFormat.json if app_state.format is OutputFormat.json
+                     else ExportFormat.jsonl)
     filters = _filters(kind, types, tags, min_importance, categories, since, until)
     with _session(ctx, "export") as (_, _s, conn, _dim):
-        records = iter_memories(conn, filters, embedding=embeddings)
-        count = 0
         if out is None:
-            for record in records:
-                record.pop("has_embedding", None)
-                sys.stdout.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-                count += 1
-            sys.stdout.flush()
-        else:
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or Path("."))
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    for record in records:
-                        record.pop("has_embedding", None)
-                        handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-                        count += 1
-                os.replace(tmp, out)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            output.print_status(f"exported {count} memories to {out}")
+            export_memories(conn, filters, embeddings, None, chosen.value)
+            return
+        result = ExportResult(path=str(out))
+        result.count = export_memories(conn, filters, embeddings, out, chosen.value)
+    if chosen is ExportFormat.json and fmt is None:
+        output.render(result, "json")
+    else:
+        output.print_status(f"exported {result.count} memories to {out}")
 
 
 @app.command("reembed")
@@ -673,6 +549,9 @@ def reembed_cmd(
     kind: KindOpt = KindChoice.all,
     restart: Annotated[bool, typer.Option(
         "--restart", help="Ignore the checkpoint of an interrupted full re-embed.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say how many memories would be embedded, and with which model; "
+        "change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before re-embedding "
                                       "every memory.")] = False,
     fmt: FormatOpt = None,
@@ -685,32 +564,31 @@ def reembed_cmd(
 
       aegisctl memory reembed --missing
 
+      aegisctl memory reembed --dry-run
+
       aegisctl memory reembed --yes
     """
-    from aegisctl.memory.reembed import count_todo, reembed
+    from aegisctl.cli.context import confirm
+    from aegisctl.memory.reembed import ReembedPlan, count_todo, reembed
+
     kinds = _kinds(kind)
     with _session(ctx, "reembed") as (app_state, settings, conn, dim):
         provider = _require_provider(settings, dim)
         todo = count_todo(conn, kinds, missing)
-        if not missing and not yes:
-            if not sys.stdin.isatty():
-                raise UsageError(f"re-embedding all {todo} memories replaces every vector: "
-                                 "pass --yes (or --missing for the missing ones only)")
-            typer.confirm(f"Re-embed all {todo} memories with {provider.model}?", abort=True)
-        with _progress(app_state, todo, "embedding") as progress:
-            result = reembed(conn, provider, kinds,
-                             missing=missing, restart=restart,
-                             progress=(lambda n: progress("loading", n)) if progress else None)
-    payload = {"model": result.model, "missing_only": result.missing_only,
-               "updated": result.updated, "resumed_from": result.resumed_from,
-               "remaining_without_embedding": result.remaining}
-    chosen = _format(app_state, fmt)
-    if chosen is MemoryFormat.table:
-        resumed = (f" (resumed after {', '.join(f'{k}:{v}' for k, v in result.resumed_from.items())})"
-                   if result.resumed_from else "")
-        output.print_line(f"embedded {result.total_updated} memories with {result.model}"
-                          f"{resumed}")
-    elif chosen is MemoryFormat.json:
-        output.emit_json(payload)
-    else:
-        _emit_records([payload], chosen, {})
+        if dry_run:
+            _show(ReembedPlan(provider.model, missing, todo), _format(app_state, fmt))
+            return
+        if not missing:
+            confirm(f"Re-embed all {todo} memories with {provider.model}? Every stored vector "
+                    "is replaced", yes)
+        with _progress(app_state) as progress:
+            done = [0]
+
+            def advance(n: int) -> None:
+                done[0] += n
+                if progress:
+                    progress("embedding", done[0], todo)
+
+            result = reembed(conn, provider, kinds, missing=missing, restart=restart,
+                             progress=advance)
+    _show(result, _format(app_state, fmt))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from aegisctl.config import Settings
 from aegisctl.errors import OperationFailed
@@ -14,6 +15,8 @@ from aegisctl.memory.search import Explain, Hit, semantic_search
 
 if TYPE_CHECKING:
     import psycopg
+
+    from aegisctl.output import Block
 
 
 def require_schema(conn: psycopg.Connection[Any]) -> int:
@@ -26,6 +29,9 @@ def require_schema(conn: psycopg.Connection[Any]) -> int:
     if not row or not row[0] or dim is None:
         raise OperationFailed("this database has no memory tables",
                               hint="run aegisctl schema init first")
+    from aegisctl.memory import vectors
+
+    vectors.register(conn)
     return dim
 
 
@@ -68,7 +74,7 @@ def get_memory(conn: psycopg.Connection[Any], ref: MemoryRef,
 
 def iter_memories(conn: psycopg.Connection[Any], filters: Filters, *, newest_first: bool = False,
                   limit: int | None = None, embedding: bool = False
-                  ) -> Iterator[dict[str, Any]]:
+                  ) -> Generator[dict[str, Any], None, None]:
     """Memories matching the filters, kind by kind (export), or newest first (recent)."""
     from psycopg import sql
     from psycopg.rows import dict_row
@@ -108,13 +114,13 @@ def similar(conn: psycopg.Connection[Any], settings: Settings, ref: MemoryRef, d
     from psycopg import sql
 
     source = get_memory(conn, ref)
-    row = conn.execute(sql.SQL("SELECT embedding::text FROM {} WHERE id = %s").format(
+    row = conn.execute(sql.SQL("SELECT embedding FROM {} WHERE id = %s").format(
         sql.Identifier(TABLES[ref.kind].table)), (ref.id,)).fetchone()
     if row is None or row[0] is None:
         raise OperationFailed(f"memory {ref} has no embedding yet",
                               hint="run aegisctl memory reembed --missing")
     explain = Explain(mode="semantic")
-    hits = semantic_search(conn, settings, filters.kinds(), filters, str(row[0]), dim, limit,
+    hits = semantic_search(conn, settings, filters.kinds(), filters, row[0], dim, limit,
                            explain, with_plan, exclude=(ref.kind, ref.id))
     for hit in hits:
         hit.score = hit.similarity or 0.0
@@ -128,6 +134,24 @@ class MemoryStats:
 
     def to_json(self) -> dict[str, Any]:
         return {"embedding_dim": self.embedding_dim, "kinds": self.kinds}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Table
+        from aegisctl.units import format_bytes
+
+        blocks: list[Block] = [Table(
+            ["kind", Column("memories", "number"), Column("without embedding", "number"),
+             "oldest", "newest", Column("size", "number")],
+            [(k, v["count"], v["without_embedding"], (v["oldest"] or "-")[:10],
+              (v["newest"] or "-")[:10], format_bytes(v["total_bytes"]))
+             for k, v in self.kinds.items()],
+            title=f"memory (embedding dimension {self.embedding_dim})")]
+        for kind, entry in self.kinds.items():
+            for key, counts in entry.items():
+                if key.startswith("by_") and counts:
+                    blocks.append(Table([key[3:], Column("memories", "number")],
+                                        list(counts.items()), title=f"{kind} by {key[3:]}"))
+        return blocks
 
 
 def memory_stats(conn: psycopg.Connection[Any], dim: int) -> MemoryStats:
@@ -157,3 +181,49 @@ def memory_stats(conn: psycopg.Connection[Any], dim: int) -> MemoryStats:
                                      for k, n in counts}
         stats.kinds[kind] = entry
     return stats
+
+
+def export_memories(conn: psycopg.Connection[Any], filters: Filters, embedding: bool,
+                    path: Path | None, fmt: str = "jsonl") -> int:
+    """Write the matching memories to `path` (a temporary name renamed into place when
+    complete) or to stdout: JSON lines (what import reads), or one JSON document."""
+    import os
+    import sys
+    import tempfile
+
+    if path is None:
+        return _write_export(conn, filters, embedding, sys.stdout, fmt)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            count = _write_export(conn, filters, embedding, handle, fmt)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _write_export(conn: psycopg.Connection[Any], filters: Filters, embedding: bool,
+                  stream: IO[str], fmt: str) -> int:
+    from aegisctl.output import to_json_line
+
+    count = 0
+    if fmt == "json":
+        stream.write('{"memories": [\n')
+    records = iter_memories(conn, filters, embedding=embedding)
+    try:
+        for record in records:
+            record.pop("has_embedding", None)
+            if fmt == "json" and count:
+                stream.write(",\n")
+            stream.write(to_json_line(record) + ("" if fmt == "json" else "\n"))
+            count += 1
+    finally:
+        records.close()  # ends the server-side cursor's transaction now, not at GC
+    if fmt == "json":
+        stream.write(f'\n], "count": {count}}}\n')
+    stream.flush()
+    return count

@@ -1,199 +1,450 @@
-"""Writing memories: import JSON lines (binary COPY), add one, re-embed in resumable batches.
+"""Writing memories: import JSON lines in committed batches, add one.
 
-An import is one transaction: a bad line either stops it and nothing is kept, or (skip_bad) is
-reported with its line number and left out. Duplicates — a text whose md5 (the tables'
-generated `content_hash`) is already stored, or appeared earlier in the file — are skipped.
-Rows without an `embedding` are embedded in batches by the configured provider.
+An import first validates the whole file (nothing is written when a line is bad, unless
+skip_bad), then runs a bounded three-stage pipeline:
+
+  reader thread   parses the next chunk, drops texts already stored or repeated in the file
+  embedder thread asks the provider for the chunk's missing vectors
+  writers         (the main thread and WRITERS - 1 more, each with its own connection) write
+                  earlier chunks, each in its own short transaction
+
+So requests to the provider overlap with writing, and no statement or transaction is ever open
+across a provider call. Chunks may commit out of file order (ids then interleave). Each chunk
+is COPYed into a temporary table and inserted with `ON CONFLICT (content_hash) DO NOTHING`
+against the unique index of migration 0007: the database, not this process, guarantees that a
+text is stored once, even when two imports of one file run at the same time. An import that
+dies keeps every committed chunk; running the same command again skips what is stored
+(without re-embedding it) and continues.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
-import math
-import struct
-import sys
-from array import array
-from collections.abc import Callable, Iterable, Iterator
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from aegisctl.errors import OperationFailed
-from aegisctl.memory.refs import (
-    IMPORTANCE_LEVELS,
-    JSON_COLUMNS,
-    KINDS,
-    TABLES,
-    TIME_COLUMNS,
-    Kind,
-)
+from aegisctl.errors import OperationFailed, UsageError
+from aegisctl.memory import pipeline
+from aegisctl.memory.records import BadLine, iter_raw_lines, parse_line, parse_record
+from aegisctl.memory.refs import JSON_COLUMNS, KINDS, TABLES, Kind
 
 if TYPE_CHECKING:
     import psycopg
 
     from aegisctl.memory.providers import EmbeddingProvider
+    from aegisctl.output import Block
 
-CHUNK_ROWS = 2000
-Progress = Callable[[str, int], None]  # (stage, rows just done)
+log = logging.getLogger(__name__)
 
-# Binary COPY type of each column (text for varchar and the importance enum: same wire format).
+CHUNK_ROWS = 256  # about this many rows per committed write (and per existence lookup)
+PIPELINE_DEPTH = 2  # chunks waiting between two stages
+DEADLOCK_RETRIES = 3
+WRITERS = 2  # connections writing batches in parallel (HNSW upkeep is the database's cost)
+SHOWN_BAD_LINES = 5
+# (stage, done, total): stage is "validating" (bytes) or "importing" (rows).
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class ImportResult:
+    lines: int = 0
+    valid: int = 0
+    inserted: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
+    duplicates: int = 0
+    embedded: int = 0
+    without_embedding: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    bad_lines: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total_inserted(self) -> int:
+        return sum(self.inserted.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lines": self.lines, "inserted": dict(self.inserted),
+                "duplicates": self.duplicates, "embedded": self.embedded,
+                "without_embedding": self.without_embedding, "batches": self.batches,
+                "seconds": round(self.seconds, 3), "bad_lines": list(self.bad_lines)}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        return [Note(
+            f"imported {self.total_inserted} memories ({self.inserted['episodic']} episodic, "
+            f"{self.inserted['semantic']} semantic) from {self.lines} lines in "
+            f"{self.batches} committed batches; {self.duplicates} already stored or repeated "
+            f"(skipped); {self.embedded} embedded")]
+
+    def warnings(self) -> list[str]:
+        """What a person should notice, whatever the output format (said on stderr)."""
+        said = [f"line {b['line']}: {b['error']} (skipped)" for b in self.bad_lines]
+        if self.without_embedding:
+            said.append(
+                f"{self.without_embedding} memories have no embedding (no provider): keyword "
+                "search finds them; run `aegisctl memory reembed --missing` after configuring "
+                "one")
+        return said
+
+
+def require_unique_hashes(conn: psycopg.Connection[Any]) -> None:
+    """Writing relies on migration 0007's unique content-hash indexes (ON CONFLICT)."""
+    row = conn.execute(
+        "SELECT count(DISTINCT c.relname) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indrelid "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] "
+        "WHERE c.oid IN (to_regclass('episodic_memory'), to_regclass('semantic_memory')) "
+        "AND i.indisunique AND i.indnatts = 1 AND i.indpred IS NULL "
+        "AND a.attname = 'content_hash'").fetchone()
+    if not row or row[0] != len(KINDS):
+        raise OperationFailed("the memory tables have no unique index on content_hash "
+                              "(migration 0007), so duplicates cannot be refused",
+                              hint="run aegisctl schema migrate")
+
+
+def content_hash(text: str) -> str:
+    """The tables' generated `content_hash` (md5 of the text), computed before inserting."""
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def embedding_text(kind: Kind, row: dict[str, Any]) -> str:
+    """The text a memory's vector is computed from (the one place that decides it)."""
+    return str(row[TABLES[kind].text])
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: the whole file, before anything is written
+
+
+def seekable(stream: IO[bytes]) -> IO[bytes]:
+    """The stream itself when it can be read twice; else (stdin, a pipe) a spooled copy."""
+    try:
+        if stream.seekable():
+            return stream
+    except (AttributeError, OSError):
+        pass
+    copy = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115
+    shutil.copyfileobj(stream, copy, 1024 * 1024)
+    copy.seek(0)
+    return copy
+
+
+def validate(stream: IO[bytes], dim: int, max_line_bytes: int, skip_bad: bool,
+             result: ImportResult, progress: Progress | None = None) -> set[int]:
+    """Check every line; the numbers of the bad ones. Raises when any is bad (unless
+    skip_bad) or when no line is good."""
+    bad: set[int] = set()
+    total = _size(stream)
+    last = time.monotonic()
+    for raw in iter_raw_lines(stream, max_line_bytes):
+        result.lines = raw.number
+        error = raw.error
+        if raw.text is not None:
+            if not raw.text.strip():
+                continue
+            try:
+                parse_line(raw.text, dim)
+            except BadLine as exc:
+                error = str(exc)
+        if error is None:
+            result.valid += 1
+        else:
+            bad.add(raw.number)
+            result.bad_lines.append({"line": raw.number, "error": error})
+        if progress and time.monotonic() - last > 0.1:
+            last = time.monotonic()
+            progress("validating", stream.tell(), total)
+    if bad and not skip_bad:
+        shown = "; ".join(f"line {b['line']}: {b['error']}"
+                          for b in result.bad_lines[:SHOWN_BAD_LINES])
+        more = len(bad) - SHOWN_BAD_LINES
+        raise OperationFailed(
+            f"{len(bad)} bad line(s), nothing was imported: {shown}"
+            + (f"; and {more} more" if more > 0 else ""),
+            hint="fix the lines, or pass --skip-bad to import the others")
+    if bad and not result.valid:
+        raise OperationFailed(f"every line is bad ({len(bad)}), nothing was imported: "
+                              f"line {result.bad_lines[0]['line']}: "
+                              f"{result.bad_lines[0]['error']}")
+    return bad
+
+
+def _size(stream: IO[bytes]) -> int | None:
+    try:
+        here = stream.tell()
+        end = stream.seek(0, 2)
+        stream.seek(here)
+        return end - here
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@dataclass
+class _Chunk:
+    rows: list[tuple[Kind, dict[str, Any]]]  # to write
+    duplicates: int
+    embedded: int = 0
+
+
+def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Connection[Any],
+                  stream: IO[bytes], dim: int, provider: EmbeddingProvider | None, *,
+                  max_line_bytes: int, skip_bad: bool = False,
+                  progress: Progress | None = None) -> ImportResult:
+    """Import JSON lines from a binary stream. Each of `writers` (autocommit connections)
+    writes batches in parallel with the others (index upkeep, HNSW above all, is the
+    database's cost); `lookup` (autocommit) answers which texts are already stored."""
+    from aegisctl.memory import vectors
+
+    started = time.monotonic()
+    require_unique_hashes(lookup)
+    result = ImportResult()
+    stream = seekable(stream)
+    origin = stream.tell()
+    bad = validate(stream, dim, max_line_bytes, skip_bad, result, progress)
+    log.info("checked %d lines: %d to import, %d bad", result.lines, result.valid, len(bad))
+    stream.seek(origin)
+    for conn in writers:
+        vectors.register(conn)
+    now_row = writers[0].execute("SELECT now()").fetchone()
+    assert now_row is not None
+    stop = threading.Event()
+    parsed: queue.Queue[Any] = queue.Queue(PIPELINE_DEPTH)
+    embedded: queue.Queue[Any] = queue.Queue(PIPELINE_DEPTH + len(writers))
+    size = chunk_rows(provider.batch_size if provider else None)
+    threads = [
+        pipeline.stage("reader", lambda: _read_chunks(stream, dim, max_line_bytes, bad, lookup,
+                                                      size), parsed, stop),
+        pipeline.stage("embedder", lambda: (_embed_chunk(c, provider)
+                                            for c in pipeline.upstream(parsed, stop)),
+                       embedded, stop),
+    ]
+    lock = threading.Lock()
+    done = [0]
+    errors: list[BaseException] = []
+
+    def consume(conn: psycopg.Connection[Any]) -> None:
+        writer = _Writer(conn, now_row[0])
+        try:
+            for chunk in pipeline.upstream(embedded, stop, shared=True):
+                inserted = writer.write(chunk.rows)
+                new = sum(inserted.values())
+                log.info("%s: %d new, %d already stored, %d embedded",
+                         "committed a batch" if chunk.rows else "nothing new in a batch", new,
+                         len(chunk.rows) - new + chunk.duplicates, chunk.embedded)
+                with lock:
+                    _account(result, chunk, inserted, provider is None)
+                    done[0] += len(chunk.rows) + chunk.duplicates
+                    if progress:
+                        progress("importing", done[0], result.valid)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    helpers = [threading.Thread(target=consume, args=(conn,), daemon=True,
+                                name="aegisctl-import-writer") for conn in writers[1:]]
+    for helper in helpers:
+        helper.start()
+    try:
+        consume(writers[0])
+        for helper in helpers:
+            while helper.is_alive():
+                helper.join(timeout=0.2)
+    finally:
+        stop.set()
+        for thread in [*threads, *helpers]:
+            thread.join(timeout=5)
+    if errors:
+        raise errors[0]
+    _Writer(writers[0], now_row[0]).analyze(result)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _account(result: ImportResult, chunk: _Chunk, inserted: dict[Kind, int],
+             no_provider: bool) -> None:
+    for kind, count in inserted.items():
+        result.inserted[kind] += count
+        # Stored meanwhile by a concurrent import: skipped by the database.
+        result.duplicates += sum(1 for k, _ in chunk.rows if k == kind) - count
+    result.duplicates += chunk.duplicates
+    result.embedded += chunk.embedded
+    if no_provider:
+        result.without_embedding += sum(1 for _, r in chunk.rows if r["embedding"] is None)
+    result.batches += 1 if chunk.rows else 0
+
+
+def chunk_rows(batch_size: int | None) -> int:
+    """Rows per chunk: CHUNK_ROWS rounded up to whole provider requests."""
+    if not batch_size:
+        return CHUNK_ROWS
+    return -(-CHUNK_ROWS // batch_size) * batch_size
+
+
+def _read_chunks(stream: IO[bytes], dim: int, max_line_bytes: int, bad: set[int],
+                 lookup: psycopg.Connection[Any], size: int) -> Iterator[_Chunk]:
+    seen: set[tuple[str, str]] = set()
+    pending: list[tuple[Kind, dict[str, Any], str]] = []
+    for raw in iter_raw_lines(stream, max_line_bytes):
+        if raw.number in bad or raw.text is None or not raw.text.strip():
+            continue
+        kind, row = parse_line(raw.text, dim)
+        pending.append((kind, row, content_hash(row[TABLES[kind].text])))
+        if len(pending) >= size:
+            yield _new_rows(lookup, pending, seen)
+            pending = []
+    if pending:
+        yield _new_rows(lookup, pending, seen)
+
+
+def _new_rows(lookup: psycopg.Connection[Any], pending: list[tuple[Kind, dict[str, Any], str]],
+              seen: set[tuple[str, str]]) -> _Chunk:
+    """The chunk's rows whose text is neither stored already nor earlier in the file."""
+    from psycopg import sql
+
+    stored: dict[Kind, set[str]] = {}
+    for kind in KINDS:
+        hashes = sorted({h for k, _, h in pending if k == kind})
+        if hashes:
+            query = sql.SQL("SELECT content_hash FROM {} WHERE content_hash = ANY(%s)").format(
+                sql.Identifier(TABLES[kind].table))
+            stored[kind] = {str(r[0]) for r in lookup.execute(query, (hashes,)).fetchall()}
+    rows: list[tuple[Kind, dict[str, Any]]] = []
+    duplicates = 0
+    for kind, row, digest in pending:
+        if digest in stored[kind] or (kind, digest) in seen:
+            duplicates += 1
+            continue
+        seen.add((kind, digest))
+        rows.append((kind, row))
+    return _Chunk(rows, duplicates)
+
+
+def _embed_chunk(chunk: _Chunk, provider: EmbeddingProvider | None) -> _Chunk:
+    from aegisctl.memory.providers import embed_texts
+
+    missing = [(k, r) for k, r in chunk.rows if r["embedding"] is None]
+    if missing and provider is not None:
+        got = embed_texts(provider, [embedding_text(k, r) for k, r in missing])
+        for (_, row), vector in zip(missing, got, strict=True):
+            row["embedding"] = vector
+        chunk.embedded = len(missing)
+    return chunk
+
+
+class _Writer:
+    """One short transaction per chunk: binary COPY into a temporary table, then an
+    insert-or-skip into the memory table in file order (ids follow the file)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], now: dt.datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.staged: set[Kind] = set()
+
+    def _stage_table(self, kind: Kind) -> Any:
+        from psycopg import sql
+
+        name = sql.Identifier(f"aegis_import_{kind}")
+        if kind not in self.staged:
+            columns = [*TABLES[kind].columns, "embedding"]
+            self.conn.execute(sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
+                "SELECT 0::int AS aegis_line, {} FROM {} WITH NO DATA").format(
+                name, sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.Identifier(TABLES[kind].table)))
+            self.staged.add(kind)
+        return name
+
+    def write(self, rows: list[tuple[Kind, dict[str, Any]]]) -> dict[Kind, int]:
+        """Retried when the server breaks a deadlock with another import writing the same
+        texts in another order (the rows are at hand, nothing is embedded twice)."""
+        from psycopg import errors
+
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                inserted = self._write(rows)
+                break
+            except errors.DeadlockDetected:
+                if attempt == DEADLOCK_RETRIES:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        return inserted
+
+    def _write(self, rows: list[tuple[Kind, dict[str, Any]]]) -> dict[Kind, int]:
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        from aegisctl.memory.vectors import to_vector
+
+        inserted: dict[Kind, int] = {}
+        if not rows:
+            return inserted
+        names = {kind: self._stage_table(kind) for kind in {k for k, _ in rows}}
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            for kind, stage in names.items():
+                info = TABLES[kind]
+                columns = [*info.columns, "embedding"]
+                targets = sql.SQL(", ").join(map(sql.Identifier, columns))
+                with cur.copy(sql.SQL("COPY {} (aegis_line, {}) FROM STDIN (FORMAT BINARY)")
+                              .format(stage, targets)) as copy:
+                    copy.set_types(["int4", *(_copy_type(c) for c in columns)])
+                    for number, (row_kind, row) in enumerate(rows):
+                        if row_kind != kind:
+                            continue
+                        _fill_defaults(kind, row, self.now)
+                        copy.write_row([number, *(
+                            None if row[c] is None
+                            else Jsonb(row[c]) if c in JSON_COLUMNS
+                            else to_vector(row[c]) if c == "embedding"
+                            else row[c]
+                            for c in columns)])
+                cur.execute(sql.SQL(
+                    "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
+                    "ORDER BY aegis_line ON CONFLICT (content_hash) DO NOTHING").format(
+                    table=sql.Identifier(info.table), cols=targets, stage=stage))
+                inserted[kind] = max(cur.rowcount, 0)
+        return inserted
+
+    def analyze(self, result: ImportResult) -> None:
+        """Fresh statistics: search chooses between the index and an exact scan from the
+        planner's estimates, and keyword ranking reads the table size from them."""
+        from psycopg import sql
+
+        for kind in KINDS:
+            if result.inserted[kind]:
+                self.conn.execute(sql.SQL("ANALYZE {}").format(
+                    sql.Identifier(TABLES[kind].table)))
+
+
 COLUMN_TYPES = {
     "timestamp": "timestamptz", "created_at": "timestamptz", "updated_at": "timestamptz",
     "graphiti_synced_at": "timestamptz", "event_type": "text", "summary": "text",
     "details": "jsonb", "context": "jsonb", "metadata": "jsonb", "importance": "text",
     "tags": "text[]", "related_memories": "int4[]", "decision": "text", "concept": "text",
     "content": "text", "category": "text", "source": "text", "confidence": "float8",
+    "embedding": "vector",
 }
-MAX_LENGTH = {"event_type": 100, "concept": 200, "category": 100, "source": 200}
-IGNORED_KEYS = {"id", "kind", "score", "similarity", "keyword_score", "match", "ranks", "decay"}
 
 
-class BadLine(Exception):
-    pass
-
-
-def _loads(line: str) -> Any:
-    """orjson parses the 1536 floats of an embedding several times faster than json."""
-    try:
-        import orjson
-    except ImportError:  # pragma: no cover - orjson is a dependency
-        return json.loads(line)
-    return orjson.loads(line)
-
-
-@dataclass
-class ImportResult:
-    lines: int = 0
-    inserted: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
-    duplicates: int = 0
-    embedded: int = 0
-    without_embedding: int = 0
-    bad_lines: list[dict[str, Any]] = field(default_factory=list)
-    rolled_back: bool = False
-
-    @property
-    def total_inserted(self) -> int:
-        return sum(self.inserted.values())
-
-
-def content_hash(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8")).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing and validation
-
-
-def _time(value: Any, column: str) -> dt.datetime:
-    if not isinstance(value, str):
-        raise BadLine(f"{column}: expected an ISO timestamp string")
-    try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadLine(f"{column}: {value!r} is not an ISO timestamp") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-
-
-def _string_list(value: Any, column: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadLine(f"{column}: expected a list of strings")
-    return value
-
-
-def parse_record(obj: Any, dim: int) -> tuple[Kind, dict[str, Any]]:
-    """A validated row for COPY from one decoded JSON line."""
-    if not isinstance(obj, dict):
-        raise BadLine("expected a JSON object")
-    kind = obj.get("kind")
-    if kind not in KINDS:
-        raise BadLine(f"kind must be 'episodic' or 'semantic', got {kind!r}")
-    info = TABLES[kind]
-    unknown = sorted(set(obj) - set(info.columns) - IGNORED_KEYS - {"embedding"})
-    if unknown:
-        raise BadLine(f"unknown key(s) for {kind} memory: {', '.join(unknown)}")
-    for column in info.required:
-        if not isinstance(obj.get(column), str) or not obj[column].strip():
-            raise BadLine(f"{column} is required (a non-empty string)")
-    row: dict[str, Any] = {}
-    for column in info.columns:
-        value = obj.get(column)
-        if value is None:
-            row[column] = None
-        elif column in TIME_COLUMNS:
-            row[column] = _time(value, column)
-        elif column in JSON_COLUMNS:
-            row[column] = value
-        elif column == "tags":
-            row[column] = _string_list(value, column)
-        elif column == "related_memories":
-            if not isinstance(value, list) or not all(type(v) is int for v in value):
-                raise BadLine("related_memories: expected a list of integers")
-            row[column] = value
-        elif column == "importance":
-            if value not in IMPORTANCE_LEVELS:
-                raise BadLine(f"importance must be one of {', '.join(IMPORTANCE_LEVELS)}")
-            row[column] = value
-        elif column == "confidence":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise BadLine("confidence: expected a number")
-            row[column] = float(value)
-        else:
-            if not isinstance(value, str):
-                raise BadLine(f"{column}: expected a string")
-            if column in MAX_LENGTH and len(value) > MAX_LENGTH[column]:
-                raise BadLine(f"{column}: longer than {MAX_LENGTH[column]} characters")
-            if "\x00" in value:
-                raise BadLine(f"{column}: contains a NUL character")
-            row[column] = value
-    row["embedding"] = _embedding(obj.get("embedding"), dim)
-    return kind, row
-
-
-def _embedding(value: Any, dim: int) -> array[float] | None:
-    """A float32 array of the database's dimension (fast: a C loop, not a Python one)."""
-    if value is None:
-        return None
-    try:
-        if not isinstance(value, list):
-            raise TypeError
-        vector = array("f", value)
-    except (TypeError, OverflowError):
-        vector = None
-    # sum() is NaN or infinite when any element is (float32 overflow included).
-    if vector is None or len(vector) != dim or not math.isfinite(sum(vector)):
-        got = len(value) if isinstance(value, list) else type(value).__name__
-        raise BadLine(f"embedding: expected {dim} finite numbers (the database's "
-                      f"dimension), got {got}")
-    return vector
-
-
-def read_lines(lines: Iterable[str], dim: int, result: ImportResult, skip_bad: bool
-               ) -> Iterator[tuple[int, Kind, dict[str, Any]]]:
-    for number, line in enumerate(lines, start=1):
-        result.lines = number
-        if not line.strip():
-            continue
-        try:
-            kind, row = parse_record(_loads(line), dim)
-        except (BadLine, ValueError) as exc:
-            message = str(exc) if isinstance(exc, BadLine) else f"invalid JSON: {exc}"
-            result.bad_lines.append({"line": number, "error": message})
-            if not skip_bad:
-                raise OperationFailed(
-                    f"line {number}: {message}; nothing was imported",
-                    hint="fix the line, or pass --skip-bad to import the other lines",
-                ) from None
-            continue
-        yield number, kind, row
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
+def _copy_type(column: str) -> str:
+    """Binary COPY type of a column (text for varchar and the importance enum: the same
+    wire format)."""
+    return COLUMN_TYPES[column]
 
 
 def _fill_defaults(kind: Kind, row: dict[str, Any], now: dt.datetime) -> None:
-    """COPY sends every listed column, so the tables' defaults are applied here."""
+    """The staged rows carry every column, so the tables' defaults are applied here."""
     if kind == "episodic":
         row["timestamp"] = row["timestamp"] or now
         row["importance"] = row["importance"] or "medium"
@@ -203,198 +454,64 @@ def _fill_defaults(kind: Kind, row: dict[str, Any], now: dt.datetime) -> None:
     row["created_at"] = row["created_at"] or now
 
 
-def _existing_hashes(conn: psycopg.Connection[Any], kind: Kind, hashes: list[str]) -> set[str]:
-    from psycopg import sql
-
-    query = sql.SQL("SELECT DISTINCT content_hash FROM {} WHERE content_hash = ANY(%s)").format(
-        sql.Identifier(TABLES[kind].table))
-    return {str(r[0]) for r in conn.execute(query, (hashes,)).fetchall()}
+# ---------------------------------------------------------------------------------------------
+# One memory
 
 
-def _vector_binary(vector: array[float]) -> bytes:
-    """pgvector's binary input: dim (int16), unused (int16), float32s, all big-endian."""
-    if sys.byteorder == "little":
-        vector = array("f", vector)
-        vector.byteswap()
-    return struct.pack(">HH", len(vector), 0) + vector.tobytes()
+@dataclass
+class AddResult:
+    id: str
+    inserted: bool
+    embedded: bool
 
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "inserted": self.inserted, "embedded": self.embedded}
 
-class _CopyStream:
-    """One binary COPY kept open across chunks (closed only when the kind changes or a query
-    must run on this connection), its rows sent by a writer thread: Python parses the next
-    rows while the server inserts the previous ones."""
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
-        self.kind: Kind | None = None
-        self._cursor: Any = None
-        self._copy: Any = None
-        self._context: Any = None
-        self.columns: list[str] = []
-
-    def open(self, kind: Kind) -> None:
-        from psycopg import sql
-        from psycopg.copy import QueuedLibpqWriter
-
-        if self.kind == kind:
-            return
-        self.close()
-        self.columns = [*TABLES[kind].columns, "embedding"]
-        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-            sql.Identifier(TABLES[kind].table),
-            sql.SQL(", ").join(map(sql.Identifier, self.columns)))
-        self._cursor = self.conn.cursor()
-        self._context = self._cursor.copy(statement, writer=QueuedLibpqWriter(self._cursor))
-        self._copy = self._context.__enter__()
-        # The vector column goes as raw bytes in pgvector's binary format (bytea's dumper
-        # passes them through unchanged).
-        self._copy.set_types([COLUMN_TYPES[c] if c != "embedding" else "bytea"
-                              for c in self.columns])
-        self.kind = kind
-
-    def write(self, row: dict[str, Any]) -> None:
-        from psycopg.types.json import Jsonb
-
-        values = []
-        for column in self.columns:
-            value = row[column]
-            if value is not None and column in JSON_COLUMNS:
-                value = Jsonb(value)
-            elif value is not None and column == "embedding":
-                value = _vector_binary(value)
-            values.append(value)
-        self._copy.write_row(values)
-
-    def close(self, error: BaseException | None = None) -> None:
-        if self._copy is not None:
-            context, cursor = self._context, self._cursor
-            self._copy = self._cursor = self._context = None
-            self.kind = None
-            try:
-                context.__exit__(type(error) if error else None, error, None)
-            finally:
-                cursor.close()
-
-
-def import_lines(conn: psycopg.Connection[Any], lines: Iterable[str], dim: int,
-                 provider: EmbeddingProvider | None, *, skip_bad: bool = False,
-                 progress: Progress | None = None,
-                 lookup: psycopg.Connection[Any] | None = None) -> ImportResult:
-    """Import JSON lines in one transaction (rolled back on a bad line unless skip_bad).
-
-    `lookup`, a second connection, answers the duplicate checks so the COPY on `conn` can
-    stay open for the whole file; without it the COPY is closed for each check.
-    """
-    result = ImportResult()
-    seen: set[tuple[str, str]] = set()
-    try:
-        with conn.transaction():
-            now_row = conn.execute("SELECT now()").fetchone()
-            assert now_row is not None
-            stream = _CopyStream(conn)
-            try:
-                chunk: list[tuple[Kind, dict[str, Any]]] = []
-                for _, kind, row in read_lines(lines, dim, result, skip_bad):
-                    chunk.append((kind, row))
-                    if len(chunk) >= CHUNK_ROWS:
-                        _load_chunk(stream, lookup, chunk, provider, now_row[0], seen, result,
-                                    progress)
-                        chunk = []
-                _load_chunk(stream, lookup, chunk, provider, now_row[0], seen, result,
-                            progress)
-            except BaseException as exc:
-                stream.close(exc)
-                raise
-            stream.close()
-    except OperationFailed:
-        result.rolled_back = True
-        raise
-    # Fresh statistics: search decides between the index and an exact scan from the planner's
-    # row estimates, and keyword ranking reads the table size from them.
-    for kind in KINDS:
-        if result.inserted[kind]:
-            from psycopg import sql
-
-            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(TABLES[kind].table)))
-    return result
-
-
-def _load_chunk(stream: _CopyStream, lookup: psycopg.Connection[Any] | None,
-                chunk: list[tuple[Kind, dict[str, Any]]], provider: EmbeddingProvider | None,
-                now: dt.datetime, seen: set[tuple[str, str]], result: ImportResult,
-                progress: Progress | None) -> None:
-    from aegisctl.memory.providers import embed_texts
-
-    if not chunk:
-        return
-    if lookup is None:
-        stream.close()
-    hashes: dict[Kind, list[str]] = {k: [] for k in KINDS}
-    digests = []
-    for kind, row in chunk:
-        digest = content_hash(row[TABLES[kind].text])
-        digests.append(digest)
-        hashes[kind].append(digest)
-    existing = {kind: _existing_hashes(lookup or stream.conn, kind, sorted(set(found)))
-                for kind, found in hashes.items() if found}
-    fresh: list[tuple[Kind, dict[str, Any]]] = []
-    for (kind, row), digest in zip(chunk, digests, strict=True):
-        if digest in existing[kind] or (kind, digest) in seen:
-            result.duplicates += 1
-            continue
-        seen.add((kind, digest))
-        _fill_defaults(kind, row, now)
-        fresh.append((kind, row))
-    missing = [(k, r) for k, r in fresh if r["embedding"] is None]
-    if missing and provider is not None:
-        vectors = embed_texts(provider, [r[TABLES[k].text] for k, r in missing],
-                              (lambda n: progress("embedding", n)) if progress else None)
-        for (_, row), vector in zip(missing, vectors, strict=True):
-            row["embedding"] = array("f", vector)
-        result.embedded += len(missing)
-    elif missing:
-        result.without_embedding += len(missing)
-    for kind, row in fresh:
-        stream.open(kind)
-        stream.write(row)
-        result.inserted[kind] += 1
-    if progress:
-        progress("loading", len(chunk))
+        return [Note(f"{'stored' if self.inserted else 'already stored as'} {self.id}")]
 
 
 def add_memory(conn: psycopg.Connection[Any], obj: dict[str, Any], dim: int,
-               provider: EmbeddingProvider | None) -> tuple[str, bool]:
-    """Insert one memory; returns (its id, inserted) — inserted is False for a duplicate."""
+               provider: EmbeddingProvider | None) -> AddResult:
+    """Insert one memory (a text already stored is not stored twice). `conn` is in autocommit
+    mode: the provider is asked before the one INSERT, outside any transaction."""
     from psycopg import sql
-
-    kind, row = parse_record(obj, dim)
-    info = TABLES[kind]
-    digest = content_hash(row[info.text])
-    found = conn.execute(
-        sql.SQL("SELECT id FROM {} WHERE content_hash = %s ORDER BY id LIMIT 1").format(
-            sql.Identifier(info.table)), (digest,)).fetchone()
-    if found is not None:
-        return f"{kind}:{found[0]}", False
     from psycopg.types.json import Jsonb
 
-    from aegisctl.memory.providers import embed_texts, vector_literal
+    from aegisctl.memory import vectors
+    from aegisctl.memory.providers import embed_texts
 
+    text = obj.get(TABLES[obj["kind"]].text) if obj.get("kind") in KINDS else None
+    if isinstance(text, str) and not text.strip():
+        raise UsageError("the memory's text is empty: give the words to remember")
+    try:
+        kind, row = parse_record(obj, dim)
+    except BadLine as exc:
+        raise UsageError(str(exc)) from None
+    require_unique_hashes(conn)
+    info = TABLES[kind]
+    table = sql.Identifier(info.table)
+    find = sql.SQL("SELECT id FROM {} WHERE content_hash = %s").format(table)
+    digest = content_hash(row[info.text])
+    embeds = provider is not None or row["embedding"] is not None
+    found = conn.execute(find, (digest,)).fetchone()
+    if found is not None:
+        return AddResult(f"{kind}:{found[0]}", False, embeds)
     if row["embedding"] is None and provider is not None:
-        row["embedding"] = embed_texts(provider, [row[info.text]])[0]
+        row["embedding"] = embed_texts(provider, [embedding_text(kind, row)])[0]
+    vectors.register(conn)
     columns = [c for c in (*info.columns, "embedding") if row.get(c) is not None]
-    values = []
-    for column in columns:
-        value = row[column]
-        if column in JSON_COLUMNS:
-            value = Jsonb(value)
-        elif column == "embedding":
-            value = vector_literal(list(value))
-        values.append(value)
-    placeholders = [sql.SQL("%s::vector") if c == "embedding" else sql.Placeholder()
-                    for c in columns]
-    statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
-        sql.Identifier(info.table), sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(placeholders))
-    inserted = conn.execute(statement, values).fetchone()
-    assert inserted is not None
-    return f"{kind}:{inserted[0]}", True
+    values = [Jsonb(row[c]) if c in JSON_COLUMNS
+              else vectors.to_vector(row[c]) if c == "embedding" else row[c]
+              for c in columns]
+    inserted = conn.execute(sql.SQL(
+        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (content_hash) DO NOTHING RETURNING id"
+    ).format(table, sql.SQL(", ").join(map(sql.Identifier, columns)),
+             sql.SQL(", ").join([sql.Placeholder()] * len(columns))), values).fetchone()
+    if inserted is None:  # stored meanwhile by someone else
+        found = conn.execute(find, (digest,)).fetchone()
+        assert found is not None
+        return AddResult(f"{kind}:{found[0]}", False, embeds)
+    return AddResult(f"{kind}:{inserted[0]}", True, embeds)

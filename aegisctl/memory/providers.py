@@ -12,7 +12,6 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import math
 import random
 import time
 import urllib.error
@@ -288,9 +287,3 @@ def make_provider(settings: EmbeddingSettings, database_dim: int | None,
         max_retry_wait=settings.max_retry_wait,
     )
 
-
-def vector_literal(vector: Sequence[float]) -> str:
-    """pgvector's text form; non-finite values (never valid in pgvector) are refused."""
-    if not all(math.isfinite(x) for x in vector):
-        raise OperationFailed("an embedding contains NaN or infinite values")
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from aegisctl.memory.providers import EmbeddingProvider
+    from aegisctl.output import Block
 
 CHECKPOINT_KEY = "memory_reembed"
 
@@ -35,6 +36,39 @@ class ReembedResult:
     @property
     def total_updated(self) -> int:
         return sum(self.updated.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "missing_only": self.missing_only,
+                "updated": self.updated, "resumed_from": self.resumed_from,
+                "remaining_without_embedding": self.remaining}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        resumed = (" (resumed after "
+                   + ", ".join(f"{k}:{v}" for k, v in self.resumed_from.items()) + ")"
+                   if self.resumed_from else "")
+        return [Note(f"embedded {self.total_updated} memories with {self.model}{resumed}")]
+
+
+@dataclass
+class ReembedPlan:
+    """What `reembed --dry-run` would do."""
+
+    model: str
+    missing_only: bool
+    todo: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": True, "model": self.model, "missing_only": self.missing_only,
+                "would_embed": self.todo}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        which = "memories without an embedding" if self.missing_only else "memories (all)"
+        return [Note(f"would embed {self.todo} {which} with {self.model}; nothing was "
+                     "changed")]
 
 
 def count_todo(conn: psycopg.Connection[Any], kinds: list[Kind], missing: bool) -> int:
@@ -75,8 +109,10 @@ def reembed(conn: psycopg.Connection[Any], provider: EmbeddingProvider, kinds: l
     """`conn` must be in autocommit mode: each batch is its own transaction."""
     from psycopg import sql
 
-    from aegisctl.memory.providers import embed_texts, vector_literal
+    from aegisctl.memory import vectors as pgvec
+    from aegisctl.memory.providers import embed_texts
 
+    pgvec.register(conn)
     result = ReembedResult(missing_only=missing, model=provider.model)
     state: dict[str, Any] = {}
     if not missing:
@@ -95,17 +131,16 @@ def reembed(conn: psycopg.Connection[Any], provider: EmbeddingProvider, kinds: l
         condition = sql.SQL("embedding IS NULL" if missing else "TRUE")
         select = sql.SQL("SELECT id, {text} FROM {table} WHERE id > %s AND {cond} "
                          "ORDER BY id LIMIT %s").format(text=text, table=table, cond=condition)
-        update = sql.SQL("UPDATE {table} AS m SET embedding = u.e::vector "
-                         "FROM unnest(%s::int[], %s::text[]) AS u(id, e) "
-                         "WHERE m.id = u.id").format(table=table)
+        update = sql.SQL("UPDATE {table} SET embedding = %s WHERE id = %s").format(
+            table=table)
         while True:
             rows = conn.execute(select, (last_id, provider.batch_size)).fetchall()
             if not rows:
                 break
             vectors = embed_texts(provider, [str(r[1]) for r in rows])
-            with conn.transaction():
-                conn.execute(update, ([int(r[0]) for r in rows],
-                                      [vector_literal(v) for v in vectors]))
+            values = [(pgvec.to_vector(v), int(r[0])) for r, v in zip(rows, vectors, strict=True)]
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(update, values)
                 last_id = int(rows[-1][0])
                 if not missing:
                     state[kind] = last_id

@@ -30,6 +30,7 @@ from aegisctl.memory.refs import IMPORTANCE_WEIGHT, TABLES, Kind, record_from_ro
 
 if TYPE_CHECKING:
     import psycopg
+    from pgvector import Vector
 
     from aegisctl.memory.providers import EmbeddingProvider
 
@@ -129,13 +130,14 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
     explain = Explain(mode=mode, provider=provider.name if provider else None,
                       model=provider.model if provider else None)
     kinds = request.filters.kinds()
-    vector: str | None = None
+    vector: Vector | None = None
     if mode != "keyword":
         assert provider is not None
-        from aegisctl.memory.providers import embed_texts, vector_literal
+        from aegisctl.memory.providers import embed_texts
+        from aegisctl.memory.vectors import to_vector
 
         started = time.perf_counter()
-        vector = vector_literal(embed_texts(provider, [request.query])[0])
+        vector = to_vector(embed_texts(provider, [request.query])[0])
         explain.embed_ms = round((time.perf_counter() - started) * 1000, 2)
     fused = mode == "hybrid" or request.decay_half_life is not None
     fetch = max(request.limit * 4, 40) if fused else request.limit
@@ -205,7 +207,7 @@ def estimate_rows(conn: psycopg.Connection[Any], kind: Kind, where: Any,
 
 
 def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Sequence[Kind],
-                    filters: Filters, vector: str, dim: int, limit: int, explain: Explain,
+                    filters: Filters, vector: Vector, dim: int, limit: int, explain: Explain,
                     with_plan: bool = False, exclude: tuple[str, int] | None = None) -> list[Hit]:
     """The `limit` nearest memories across `kinds`, most similar first."""
     from psycopg import sql
@@ -308,7 +310,7 @@ def _has_trigram(conn: psycopg.Connection[Any]) -> bool:
 
 def keyword_search(conn: psycopg.Connection[Any], kinds: Sequence[Kind], filters: Filters,
                    text: str, limit: int, explain: Explain, with_plan: bool = False,
-                   vector: str | None = None, dim: int = 0) -> list[Hit]:
+                   vector: Vector | None = None, dim: int = 0) -> list[Hit]:
     """Full-text (OR of the query's lexemes, IDF-ranked), topped up by trigram similarity."""
     lexemes = query_lexemes(conn, text)
     hits: list[Hit] = []
@@ -331,7 +333,7 @@ def keyword_search(conn: psycopg.Connection[Any], kinds: Sequence[Kind], filters
     return hits
 
 
-def _similarity_column(vector: str | None) -> Any:
+def _similarity_column(vector: Vector | None) -> Any:
     from psycopg import sql
 
     if vector is None:
@@ -340,7 +342,7 @@ def _similarity_column(vector: str | None) -> Any:
 
 
 def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexemes: list[str],
-              limit: int, explain: Explain, with_plan: bool, vector: str | None) -> list[Hit]:
+              limit: int, explain: Explain, with_plan: bool, vector: Vector | None) -> list[Hit]:
     from psycopg import sql
 
     info = TABLES[kind]
@@ -385,7 +387,7 @@ def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexem
 
 
 def _trigram(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, text: str,
-             limit: int, explain: Explain, with_plan: bool, vector: str | None) -> list[Hit]:
+             limit: int, explain: Explain, with_plan: bool, vector: Vector | None) -> list[Hit]:
     from psycopg import sql
 
     info = TABLES[kind]
