@@ -212,7 +212,7 @@ def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    return Console(
+    console = Console(
         file=stream,
         no_color=not color_enabled(stream),
         highlight=False,
@@ -221,6 +221,13 @@ def _console(stderr: bool = False) -> Any:
         soft_wrap=False,
         width=None if stream.isatty() else 200,
     )
+    # rich's own handler exits 1 on a closed pipe; the CLI's handler exits quietly with 0.
+    console.on_broken_pipe = _raise_broken_pipe
+    return console
+
+
+def _raise_broken_pipe() -> None:
+    raise BrokenPipeError
 
 
 def print_table(

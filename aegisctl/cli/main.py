@@ -69,7 +69,9 @@ class AegisGroup(TyperGroup):
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here for buffered output: handled below
+            return result
         except AegisError as exc:
             _traceback(_debug(ctx))
             _fail(str(exc), int(exc.exit_code))
