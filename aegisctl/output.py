@@ -222,7 +222,7 @@ def _console(stderr: bool = False) -> Any:
         width=None if stream.isatty() else 200,
     )
     # rich's own handler exits 1 on a closed pipe; the CLI's handler exits quietly with 0.
-    console.on_broken_pipe = _raise_broken_pipe
+    console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
     return console
 
 
