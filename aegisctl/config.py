@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.errors import ConfigError
+from aegisctl.maintenance.settings import MaintenanceSettings
+from aegisctl.retention.settings import CleanupSettings, check_cleanup_settings
 from aegisctl.units import parse_duration, parse_size
 
 # Markers for Annotated fields whose YAML form is a string with a unit.
@@ -133,6 +135,8 @@ class Settings:
     backup: BackupSettings = field(default_factory=BackupSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    cleanup: CleanupSettings = field(default_factory=CleanupSettings)
 
 
 @dataclass
@@ -381,6 +385,7 @@ def validate(data: dict[str, Any], origin: str, lines: dict[str, int] | None = N
 
 def _check_consistency(settings: Settings, origin: str) -> None:
     _check_memory_settings(settings, origin)
+    check_cleanup_settings(settings.cleanup, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
         raise ConfigError(

@@ -36,6 +36,8 @@ LAZY_GROUPS: dict[str, str] = {
     "ext": "aegisctl.cli.ext_cmd",
     "roles": "aegisctl.cli.roles_cmd",
     "backup": "aegisctl.cli.backup_cmd",
+    "maint": "aegisctl.cli.maint_cmd",
+    "cleanup": "aegisctl.cli.cleanup_cmd",
 }
 
 
