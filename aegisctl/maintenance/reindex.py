@@ -69,7 +69,7 @@ def reindex(ctx: MaintContext, *, tables: list[str] | None = None, index: str | 
     return result
 
 
-def _run(ctx: MaintContext, result: MaintResult, statement: sql.Composable,
+def _run(ctx: MaintContext, result: MaintResult, statement: sql.Composed,
          target: str) -> None:
     step = Step(statement=render_sql(ctx.conn, statement), target=target)
     result.steps.append(step)

@@ -108,7 +108,7 @@ class MaintResult:
         return blocks
 
 
-def render_sql(conn: psycopg.Connection[Any], statement: sql.Composable) -> str:
+def render_sql(conn: psycopg.Connection[Any], statement: sql.Composed | sql.SQL) -> str:
     return statement.as_string(conn)
 
 
@@ -116,7 +116,7 @@ def set_lock_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
     conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(seconds * 1000)}ms",))
 
 
-def run_locked(ctx: MaintContext, statement: sql.Composable, step: Step,
+def run_locked(ctx: MaintContext, statement: sql.Composed | sql.SQL, step: Step,
                lock_timeout: float | None = None, attempts: int | None = None) -> bool:
     """Run one statement with a short lock_timeout, retrying (with backoff and jitter) while
     the lock is busy; a step that never gets its lock fails with a clear message. Returns

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,7 @@ class MaintStatus:
         def when(value: dt.datetime | None) -> str:
             return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if value else "never"
 
-        rows = [(t.qualified, t.live_rows, t.dead_rows, f"{100 * t.dead_fraction:.0f}%",
+        rows: list[Sequence[Any]] = [(t.qualified, t.live_rows, t.dead_rows, f"{100 * t.dead_fraction:.0f}%",
                  when(t.last_vacuum), when(t.last_analyze), format_bytes(t.table_bytes),
                  "-" if t.bloat_bytes is None else format_bytes(t.bloat_bytes),
                  t.recommendation) for t in self.tables]
