@@ -80,7 +80,7 @@ def test_calendar_months_clamp_like_postgresql(aegis_db: psycopg.Connection[Any]
 
 row_strategy = st.lists(
     st.tuples(st.integers(min_value=0, max_value=400 * 24),  # age in hours
-              st.sampled_from(IMPORTANCE + [None]),
+              st.sampled_from([*IMPORTANCE, None]),
               st.booleans()),  # referenced by a decision outcome
     max_size=60)
 

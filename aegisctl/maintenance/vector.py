@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aegisctl.errors import UsageError
 from aegisctl.maintenance.catalog import Relation, find_relation, table_indexes
 from aegisctl.maintenance.runner import MaintContext, MaintResult, Step, render_sql, run_locked
+from aegisctl.units import format_bytes
 
 if TYPE_CHECKING:
     import psycopg
@@ -146,7 +147,7 @@ def rebuild_vector_indexes(ctx: MaintContext, *, table: str | None = None,
             if what == "build" and step.status == "done":
                 step.detail = (f"built in {time.perf_counter() - started:.1f}s with m="
                                f"{options['m']}, ef_construction={options['ef_construction']}, "
-                               f"maintenance_work_mem={work_mem // 1024**2}MB, "
+                               f"maintenance_work_mem={format_bytes(work_mem)}, "
                                f"{workers} parallel worker(s)")
             if step.status != "done":
                 failed = True
