@@ -88,9 +88,18 @@ row_strategy = st.lists(
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow])
-@given(rows=row_strategy, batch=st.integers(min_value=1, max_value=9))
+@given(rows=row_strategy, batch=st.integers(min_value=1, max_value=9),
+       by_index=st.booleans())
 def test_exactly_expired_unexempt_rows_are_deleted(aegis_db, tmp_path_factory, rows,
-                                                   batch) -> None:
+                                                   batch, by_index) -> None:
+    """Both batch methods (walking the age index, heap page ranges) on the same property."""
+    from unittest.mock import patch
+
+    with patch("aegisctl.retention.batches.choose_index", lambda *a: by_index):
+        _check_property(aegis_db, tmp_path_factory, rows, batch)
+
+
+def _check_property(aegis_db, tmp_path_factory, rows, batch) -> None:
     conn = aegis_db
     conn.autocommit = True
     conn.execute("TRUNCATE decision_outcomes, episodic_memory RESTART IDENTITY CASCADE")

@@ -1,12 +1,16 @@
 """The batched delete: each batch its own short transaction, never one giant DELETE.
 
-Two ways to bound a batch:
-- `index`: the age column has a btree index. A batch locks (FOR UPDATE SKIP LOCKED, so a row
-  the application holds is simply left for the next run) the oldest `n` expired, non-exempt
-  rows at or after where the previous batch ended, and deletes them by ctid. Walking forward
-  from the last position never rescans the dead index entries of earlier batches.
-- `ctid`: no such index. Batches cover ranges of heap pages (a TID range scan), so the whole
-  table is read once in all, never once per batch.
+Two ways to bound a batch, chosen per table from the planner's estimate of the expired share:
+- `index` (the age column has a btree index and few rows are expired): a batch locks the
+  oldest `n` expired, non-exempt rows at or after where the previous batch ended and deletes
+  them by ctid. Walking forward from the last position never rescans the dead index entries
+  of earlier batches.
+- `pages` (no such index, or a large share expired: reading the heap in order is then cheaper
+  than one random heap visit per row): batches cover ranges of heap pages (a TID range scan),
+  so the whole table is read once in all, never once per batch; the range adapts to how many
+  expired rows the previous ranges held.
+Either way rows are locked FOR UPDATE SKIP LOCKED before the delete: a row the application
+holds (or one a new foreign key is being pointed at) is left for the next run, never waited on.
 
 Every batch runs with SET LOCAL lock_timeout and statement_timeout; one that times out is
 retried smaller. Batch sizes adapt: a batch slower than cleanup.max_batch_time shrinks the next
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = {"55P03", "57014", "40P01", "40001"}  # lock / statement timeout, deadlock, serial.
 MAX_RETRIES = 6
+# Below this expired share of a table, batches walk the age index; above it, heap page ranges.
+INDEX_SHARE = 0.1
 
 
 @dataclass
@@ -149,45 +155,72 @@ def _returning(archive: ArchiveWriter | None, column: str) -> sql.Composable:
     return sql.SQL("RETURNING {}.{}").format(sql.Identifier("t"), sql.Identifier(column))
 
 
-def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relation: Relation,
-                   cutoff: dt.datetime, pacer: Pacer, archive: ArchiveWriter | None,
-                   use_index: bool, stats: BatchStats) -> None:
-    """Delete every expired, non-exempt row of `relation` (a table or one leaf partition) in
-    batches, until none is left or a stop is asked for (then after the current batch)."""
+def choose_index(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relation: Relation,
+                 cutoff: dt.datetime) -> bool:
+    """Walk the age index when the planner expects a small share of the table to expire."""
+    import json as _json
+
     from psycopg import sql
 
+    if not policy.indexed:
+        return False
+    where, params = policy.condition("t", cutoff)
+    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM ONLY {} AS t WHERE {}")
+                        .format(relation.ident(), where), params).fetchone()
+    row = conn.execute("SELECT GREATEST(reltuples, 0) FROM pg_class WHERE oid = %s",
+                       (relation.oid,)).fetchone()
+    if plan is None or row is None:
+        return True
+    doc = plan[0] if not isinstance(plan[0], str) else _json.loads(plan[0])
+    estimate, total = float(doc[0]["Plan"]["Plan Rows"]), float(row[0])
+    return total <= 0 or estimate / total < INDEX_SHARE
+
+
+def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relation: Relation,
+                   cutoff: dt.datetime, pacer: Pacer, archive: ArchiveWriter | None,
+                   stats: BatchStats) -> str:
+    """Delete every expired, non-exempt row of `relation` (a table or one leaf partition) in
+    batches, until none is left or a stop is asked for (then after the current batch).
+    Returns the method used (index | pages)."""
+    from psycopg import sql
+
+    use_index = choose_index(conn, policy, relation, cutoff)
     where, params = policy.condition("t", cutoff)
     col = sql.Identifier("t", policy.column)
     returning = _returning(archive, policy.column)
     position: Any = None
-    block, last_block = 0, 0
+    block, last_block, pages = 0, 0, 1
+    density = 1.0  # expired rows per page, learnt as batches go
     if not use_index:
         row = conn.execute("SELECT pg_relation_size(%s) / current_setting('block_size')::int,"
                            " GREATEST(reltuples / NULLIF(relpages, 0), 1) FROM pg_class"
                            " WHERE oid = %s", (relation.oid, relation.oid)).fetchone()
         assert row is not None
         last_block, rows_per_page = int(row[0]), float(row[1] or 50)
+        density = rows_per_page / 2
     retries = 0
     while not pacer.should_stop():
         n = pacer.size
         if use_index:
             bound = sql.SQL(" AND {} >= %(position)s").format(col) if position is not None \
                 else sql.SQL("")
-            statement = sql.SQL(
-                "DELETE FROM ONLY {rel} AS t WHERE t.ctid = ANY(ARRAY("
-                "SELECT t.ctid FROM ONLY {rel} AS t WHERE {where}{bound}"
-                " ORDER BY {col} LIMIT %(limit)s FOR UPDATE SKIP LOCKED)) {returning}").format(
-                rel=relation.ident(), where=where, bound=bound, col=col, returning=returning)
+            chooser = sql.SQL("SELECT t.ctid FROM ONLY {rel} AS t WHERE {where}{bound}"
+                              " ORDER BY {col} LIMIT %(limit)s FOR UPDATE SKIP LOCKED").format(
+                rel=relation.ident(), where=where, bound=bound, col=col)
             values = {**params, "position": position, "limit": n}
         else:
             if block >= last_block:
                 break
-            pages = max(1, int(n / rows_per_page))
-            statement = sql.SQL(
-                "DELETE FROM ONLY {rel} AS t WHERE t.ctid >= %(lo)s::tid AND t.ctid < %(hi)s::tid"
-                " AND {where} {returning}").format(rel=relation.ident(), where=where,
-                                                   returning=returning)
+            # Never more than 20 batches' worth of pages at once, so a stretch without
+            # expired rows cannot make one batch read half the table.
+            pages = max(1, min(int(n / max(density, 0.05)), int(20 * n / rows_per_page) + 1))
+            chooser = sql.SQL("SELECT t.ctid FROM ONLY {rel} AS t WHERE t.ctid >= %(lo)s::tid"
+                              " AND t.ctid < %(hi)s::tid AND {where} FOR UPDATE SKIP LOCKED"
+                              ).format(rel=relation.ident(), where=where)
             values = {**params, "lo": f"({block},0)", "hi": f"({block + pages},0)"}
+        statement = sql.SQL("DELETE FROM ONLY {rel} AS t WHERE t.ctid = ANY(ARRAY({chooser}))"
+                            " {returning}").format(rel=relation.ident(), chooser=chooser,
+                                                   returning=returning)
         started = time.perf_counter()
         try:
             with conn.transaction():
@@ -217,11 +250,13 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
             position = max(r[0] for r in rows)
         else:
             block += pages
+            density = 0.5 * density + 0.5 * (len(rows) / pages)
         if pacer.progress and stats.batches % 20 == 0:
             pacer.progress(f"{policy.name}: {stats.deleted} rows deleted from "
                            f"{relation.qualified} ({stats.batches} batches, now {pacer.size}/batch)")
         pacer.after_batch(elapsed, stats)
     stats.interrupted = stats.interrupted or pacer.should_stop()
+    return "index" if use_index else "pages"
 
 
 def count_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relation: Relation,

@@ -202,7 +202,7 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
 
 
 def _method(policy: ResolvedPolicy) -> str:
-    batches = "batches by index" if policy.indexed else "batches by page range"
+    batches = "batches by index or page range" if policy.indexed else "batches by page range"
     return f"partitions + {batches}" if policy.partitioned_on_column else batches
 
 
@@ -251,6 +251,7 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
     row = conn.execute("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = %s",
                        (policy.table.oid,)).fetchone()
     rows_before = int(row[0]) if row else 0
+    methods: set[str] = set()
     try:
         relations = [policy.table]
         if policy.table.kind == "p":
@@ -259,9 +260,15 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
         for relation in relations:
             if pacer.should_stop():
                 break
-            delete_expired(conn, policy, relation, result.cutoff, pacer, archive,
-                           policy.indexed, result.stats)
+            used = delete_expired(conn, policy, relation, result.cutoff, pacer, archive,
+                                  result.stats)
+            methods.add(used)
         result.deleted_rows = result.stats.deleted
+        if methods:
+            batches = " and ".join(f"batches by {'index' if m == 'index' else 'page range'}"
+                                   for m in sorted(methods))
+            result.method = f"partitions + {batches}" if policy.partitioned_on_column \
+                else batches
     finally:
         result.deleted_rows = result.stats.deleted
         if archive is not None:
