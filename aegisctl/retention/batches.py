@@ -9,8 +9,15 @@ Two ways to bound a batch, chosen per table from the planner's estimate of the e
   than one random heap visit per row): batches cover ranges of heap pages (a TID range scan),
   so the whole table is read once in all, never once per batch; the range adapts to how many
   expired rows the previous ranges held.
-Either way rows are locked FOR UPDATE SKIP LOCKED before the delete: a row the application
-holds (or one a new foreign key is being pointed at) is left for the next run, never waited on.
+A row the application updates meanwhile is re-checked by PostgreSQL against the age and
+exemption conditions (or skipped, when chosen by ctid). A policy with keep_referenced_by locks
+its rows FOR UPDATE SKIP LOCKED before deleting them: a row a new foreign key is being pointed
+at is then left for the next run instead of slipping past the NOT EXISTS check (that costs a
+second write per row, so other policies do without).
+
+Batches without an archive commit with synchronous_commit off: a crash can undo the last few
+batches, which the next run simply deletes again; with an archive every commit is durable, so
+the archive and the table agree.
 
 Every batch runs with SET LOCAL lock_timeout and statement_timeout; one that times out is
 retried smaller. Batch sizes adapt: a batch slower than cleanup.max_batch_time shrinks the next
@@ -139,11 +146,20 @@ class Pacer:
         stats.throttle_seconds += time.monotonic() - started
 
 
-def _set_local_timeouts(conn: psycopg.Connection[Any], settings: CleanupSettings) -> None:
-    conn.execute("SELECT set_config('lock_timeout', %s, true),"
-                 "       set_config('statement_timeout', %s, true)",
+def _batch_session(conn: psycopg.Connection[Any], settings: CleanupSettings,
+                   durable: bool) -> None:
+    """The batches' timeouts, set once for the session (one round trip less per batch) and
+    reset by `_end_batch_session` before anything else runs on the connection."""
+    conn.execute("SELECT set_config('lock_timeout', %s, false),"
+                 "       set_config('statement_timeout', %s, false),"
+                 "       set_config('synchronous_commit', %s, false)",
                  (f"{int(settings.lock_timeout * 1000)}ms",
-                  f"{int(settings.statement_timeout * 1000)}ms"))
+                  f"{int(settings.statement_timeout * 1000)}ms", "on" if durable else "off"))
+
+
+def _end_batch_session(conn: psycopg.Connection[Any]) -> None:
+    if not conn.closed and conn.info.transaction_status == 0:
+        conn.execute("RESET lock_timeout; RESET statement_timeout; RESET synchronous_commit")
 
 
 def _returning(archive: ArchiveWriter | None, column: str) -> sql.Composable:
@@ -185,6 +201,7 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
     from psycopg import sql
 
     use_index = choose_index(conn, policy, relation, cutoff)
+    lock = sql.SQL(" FOR UPDATE SKIP LOCKED") if policy.referenced_by else sql.SQL("")
     where, params = policy.condition("t", cutoff)
     col = sql.Identifier("t", policy.column)
     returning = _returning(archive, policy.column)
@@ -198,63 +215,78 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
         assert row is not None
         last_block, rows_per_page = int(row[0]), float(row[1] or 50)
         density = rows_per_page / 2
+        if archive is None:
+            returning = sql.SQL("")  # nothing to read back: the row count is enough
     retries = 0
-    while not pacer.should_stop():
-        n = pacer.size
-        if use_index:
-            bound = sql.SQL(" AND {} >= %(position)s").format(col) if position is not None \
-                else sql.SQL("")
-            chooser = sql.SQL("SELECT t.ctid FROM ONLY {rel} AS t WHERE {where}{bound}"
-                              " ORDER BY {col} LIMIT %(limit)s FOR UPDATE SKIP LOCKED").format(
-                rel=relation.ident(), where=where, bound=bound, col=col)
-            values = {**params, "position": position, "limit": n}
-        else:
-            if block >= last_block:
-                break
-            # Never more than 20 batches' worth of pages at once, so a stretch without
-            # expired rows cannot make one batch read half the table.
-            pages = max(1, min(int(n / max(density, 0.05)), int(20 * n / rows_per_page) + 1))
-            chooser = sql.SQL("SELECT t.ctid FROM ONLY {rel} AS t WHERE t.ctid >= %(lo)s::tid"
-                              " AND t.ctid < %(hi)s::tid AND {where} FOR UPDATE SKIP LOCKED"
-                              ).format(rel=relation.ident(), where=where)
-            values = {**params, "lo": f"({block},0)", "hi": f"({block + pages},0)"}
-        statement = sql.SQL("DELETE FROM ONLY {rel} AS t WHERE t.ctid = ANY(ARRAY({chooser}))"
-                            " {returning}").format(rel=relation.ident(), chooser=chooser,
-                                                   returning=returning)
-        started = time.perf_counter()
-        try:
-            with conn.transaction():
-                _set_local_timeouts(conn, pacer.settings)
-                rows = conn.execute(statement, values).fetchall()
-                if archive is not None and rows:
-                    archive.write([r[1] for r in rows])
-        except Exception as exc:
-            if getattr(exc, "sqlstate", None) in RETRYABLE and retries < MAX_RETRIES:
-                retries += 1
-                stats.retries += 1
-                pacer.shrink()
-                log.info("%s: batch retried smaller (%s)", relation.qualified,
-                         str(exc).splitlines()[0])
-                pacer.sleep(min(5.0, 0.2 * 2**retries))
-                continue
-            raise
-        elapsed = time.perf_counter() - started
-        retries = 0
-        stats.batches += 1
-        stats.batch_seconds.append(elapsed)
-        stats.longest_batch = max(stats.longest_batch, elapsed)
-        stats.deleted += len(rows)
-        if use_index:
-            if not rows:
-                break
-            position = max(r[0] for r in rows)
-        else:
-            block += pages
-            density = 0.5 * density + 0.5 * (len(rows) / pages)
-        if pacer.progress and stats.batches % 20 == 0:
-            pacer.progress(f"{policy.name}: {stats.deleted} rows deleted from "
-                           f"{relation.qualified} ({stats.batches} batches, now {pacer.size}/batch)")
-        pacer.after_batch(elapsed, stats)
+    _batch_session(conn, pacer.settings, durable=archive is not None)
+    try:
+        while not pacer.should_stop():
+            n = pacer.size
+            if use_index:
+                bound = sql.SQL(" AND {} >= %(position)s").format(col) if position is not None \
+                    else sql.SQL("")
+                chooser = sql.SQL("SELECT t.ctid FROM ONLY {rel} AS t WHERE {where}{bound}"
+                                  " ORDER BY {col} LIMIT %(limit)s{lock}").format(
+                    rel=relation.ident(), where=where, bound=bound, col=col, lock=lock)
+                statement = sql.SQL("DELETE FROM ONLY {rel} AS t WHERE t.ctid = ANY(ARRAY({chooser}))"
+                                    " {returning}").format(rel=relation.ident(), chooser=chooser,
+                                                           returning=returning)
+                values = {**params, "position": position, "limit": n}
+            else:
+                if block >= last_block:
+                    break
+                # Never more than 20 batches' worth of pages at once, so a stretch without
+                # expired rows cannot make one batch read half the table.
+                pages = max(1, min(int(n / max(density, 0.05)), int(20 * n / rows_per_page) + 1))
+                in_range = sql.SQL("t.ctid >= %(lo)s::tid AND t.ctid < %(hi)s::tid AND {where}"
+                                   ).format(where=where)
+                if policy.referenced_by:
+                    statement = sql.SQL(
+                        "DELETE FROM ONLY {rel} AS t WHERE t.ctid = ANY(ARRAY(SELECT t.ctid FROM"
+                        " ONLY {rel} AS t WHERE {in_range}{lock})) {returning}").format(
+                        rel=relation.ident(), in_range=in_range, lock=lock, returning=returning)
+                else:
+                    statement = sql.SQL("DELETE FROM ONLY {rel} AS t WHERE {in_range} {returning}"
+                                        ).format(rel=relation.ident(), in_range=in_range,
+                                                 returning=returning)
+                values = {**params, "lo": f"({block},0)", "hi": f"({block + pages},0)"}
+            started = time.perf_counter()
+            try:
+                with conn.transaction():
+                    cursor = conn.execute(statement, values)
+                    rows = cursor.fetchall() if cursor.description else []
+                    count = len(rows) if cursor.description else max(cursor.rowcount, 0)
+                    if archive is not None and rows:
+                        archive.write([r[1] for r in rows])
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) in RETRYABLE and retries < MAX_RETRIES:
+                    retries += 1
+                    stats.retries += 1
+                    pacer.shrink()
+                    log.info("%s: batch retried smaller (%s)", relation.qualified,
+                             str(exc).splitlines()[0])
+                    pacer.sleep(min(5.0, 0.2 * 2**retries))
+                    continue
+                raise
+            elapsed = time.perf_counter() - started
+            retries = 0
+            stats.batches += 1
+            stats.batch_seconds.append(elapsed)
+            stats.longest_batch = max(stats.longest_batch, elapsed)
+            stats.deleted += count
+            if use_index:
+                if not rows:
+                    break
+                position = max(r[0] for r in rows)
+            else:
+                block += pages
+                density = 0.5 * density + 0.5 * (count / pages)
+            if pacer.progress and stats.batches % 20 == 0:
+                pacer.progress(f"{policy.name}: {stats.deleted} rows deleted from "
+                               f"{relation.qualified} ({stats.batches} batches, now {pacer.size}/batch)")
+            pacer.after_batch(elapsed, stats)
+    finally:
+        _end_batch_session(conn)
     stats.interrupted = stats.interrupted or pacer.should_stop()
     return "index" if use_index else "pages"
 
