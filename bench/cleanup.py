@@ -24,6 +24,7 @@ Usage: python bench/cleanup.py [--rows 2000000] [--max-lag 8MB] [--keep]
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -132,7 +133,7 @@ def start_standby(primary: EmbeddedServer, base: Path) -> EmbeddedServer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
-    parser.add_argument("--max-lag", default="8MB", help="cleanup.max_replica_lag")
+    parser.add_argument("--max-lag", default="2MB", help="cleanup.max_replica_lag")
     parser.add_argument("--max-lag-time", default="1s", help="cleanup.max_replica_lag_time")
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--keep", action="store_true", help="keep the servers' folder")
@@ -204,7 +205,13 @@ def main() -> None:
         writer.phase = sampler.phase = "idle"
         if proc.returncode != 0:
             raise SystemExit(f"cleanup failed ({proc.returncode}): {proc.stderr}")
-        policy = json.loads(proc.stdout)["policies"][0]
+        report = json.loads(proc.stdout)
+        policy = report["policies"][0]
+        # The command's own time (connect, check the policy, delete), like the plain DELETE's
+        # timing, which leaves out psql's start too; the wall time with interpreter start is
+        # reported beside it.
+        own = (dt.datetime.fromisoformat(report["finished_at"])
+               - dt.datetime.fromisoformat(report["started_at"])).total_seconds()
         with psycopg.connect(dsn, autocommit=True) as conn:
             started = time.perf_counter()
             conn.execute("VACUUM ANALYZE container_metrics")
@@ -212,8 +219,9 @@ def main() -> None:
             left = expired_count(conn)
         results["cleanup"] = {
             "rows": policy["deleted_rows"], "expected": n, "left_expired": left,
-            "seconds": round(cleanup_seconds, 2),
-            "rows_per_s": round(policy["deleted_rows"] / cleanup_seconds),
+            "seconds": round(own, 2), "wall_seconds_with_process_start": round(cleanup_seconds, 2),
+            "rows_per_s": round(policy["deleted_rows"] / own),
+            "rows_per_s_with_process_start": round(policy["deleted_rows"] / cleanup_seconds),
             "batches": policy["batches"],
             "longest_batch_seconds": policy["longest_batch_seconds"],
             "throttled": policy["throttled"], "throttle_seconds": policy["throttle_seconds"],
@@ -228,7 +236,8 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         c, p = results["cleanup"], results["plain"]
         print(f"\ncleanup {c['rows_per_s']} rows/s vs plain DELETE {p['rows_per_s']} rows/s: "
-              f"{results['ratio_rows_per_s']}x (target >= 0.5)\n"
+              f"{results['ratio_rows_per_s']}x (target >= 0.5); with process start "
+              f"{c['rows_per_s_with_process_start']} rows/s\n"
               f"longest batch {c['longest_batch_seconds']}s (target <= 1)\n"
               f"writer worst insert: cleanup {c['writer_max_ms']} ms (target <= 200), "
               f"plain DELETE {p['writer_max_ms']} ms\n"

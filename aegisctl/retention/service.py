@@ -165,12 +165,13 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
                 options: CleanupOptions, *, should_stop: Callable[[], bool] = lambda: False,
                 progress: Callable[[str], None] | None = None) -> CleanupReport:
     settings = loaded.settings
+    started = dt.datetime.now(dt.UTC)
     conn.execute("SET TIME ZONE 'UTC'")
     names = select_policies(loaded, options.policies)
     resolved = [resolve_policy(conn, n, settings.cleanup.policies[n]) for n in names]
     now_row = conn.execute("SELECT now()").fetchone()
     now = options.now or (now_row[0] if now_row else dt.datetime.now(dt.UTC))
-    report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=now)
+    report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)
     pacer = Pacer(settings.cleanup, conn, should_stop, progress)
     maint = MaintContext(conn=conn, settings=settings.maintenance, should_stop=should_stop,
                          progress=progress)
