@@ -45,11 +45,14 @@ def run_cmd(
              "then exit 4.")] = 0.0,
     fmt: FormatOption = None,
 ) -> None:
-    """Apply the retention policies: delete rows older than each policy's max_age (except its
-    exemptions) in short batches, each its own transaction with lock and statement timeouts.
+    """Apply the retention policies in short batches (or by dropping expired partitions).
 
-    SIGINT/SIGTERM stop after the current batch: committed batches stay deleted, and the next
-    run continues. Exits 1 when a policy failed, 130 when interrupted.
+    Deletes rows older than each policy's max_age, except its exemptions, in short batches,
+    each its own transaction with lock and statement timeouts; archives them first when the
+    policy says so; reports when the rows are gone from backups too (the erasure horizon).
+
+    SIGINT/SIGTERM stop after the current batch: committed batches stay deleted, and the
+    next run continues. Exits 1 when a policy failed, 130 when interrupted.
 
     Examples:
 

@@ -142,9 +142,11 @@ def reindex_cmd(
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
-    """Rebuild indexes, concurrently by default, and clean up invalid indexes a failed
-    concurrent build left behind (dropped if they are leftovers, rebuilt otherwise; one that
-    cannot be rebuilt is reported and the command exits 1).
+    """Rebuild indexes, concurrently by default, and clean up invalid indexes.
+
+    Invalid indexes a failed concurrent build left behind are dropped (leftovers named
+    *_ccnew/*_ccold) or rebuilt; one that cannot be rebuilt is reported and the command
+    exits 1.
 
     Examples:
 
@@ -218,8 +220,10 @@ def vector_index_cmd(
 
 @app.command("status")
 def status_cmd(ctx: typer.Context, fmt: FormatOption = None) -> None:
-    """Per table: live and dead rows, last (auto)vacuum and analyze, size, estimated bloat,
-    and what to run next (and why). Read-only; takes no lock.
+    """What each table needs: dead rows, last (auto)vacuum/analyze, bloat, a recommendation.
+
+    Per table: live and dead rows, last (auto)vacuum and analyze, size, estimated bloat, and
+    what to run next (and why). Read-only; takes no lock.
 
     Examples:
 
