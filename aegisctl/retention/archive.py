@@ -45,6 +45,10 @@ class ArchiveWriter:
     def __init__(self, root: Path, policy: str, table: str, run_id: str) -> None:
         self.folder = root / safe_part(policy)
         self.final = self.folder / f"{safe_part(table)}-{run_id}.jsonl.gz"
+        n = 1
+        while self.final.exists():  # two runs within one second: never overwrite an archive
+            self.final = self.folder / f"{safe_part(table)}-{run_id}-{n}.jsonl.gz"
+            n += 1
         self.tmp = self.folder / f"{TMP_PREFIX}{self.final.name}"
         self.rows = 0
 
