@@ -365,3 +365,20 @@ def test_a_run_interrupted_after_detach_is_finished_next_time(aegis_db, tmp_path
                          CleanupOptions(now=dt.datetime(2026, 3, 20, tzinfo=dt.UTC)))
     assert "public.usage_part_2024_09" in report.policies[0].partitions_dropped
     assert conn.execute("SELECT to_regclass('usage_part_2024_09')").fetchone()[0] is None
+
+
+def test_archives_of_the_same_second_never_overwrite(tmp_path) -> None:
+    from aegisctl.retention.archive import ArchiveWriter
+
+    first = ArchiveWriter(tmp_path, "../policy", "t", "20260101T000000Z")
+    first.write(['{"id": 1}'])
+    assert first.close() == tmp_path / "policy" / "t-20260101T000000Z.jsonl.gz"
+    second = ArchiveWriter(tmp_path, "../policy", "t", "20260101T000000Z")
+    second.write(['{"id": 2}'])
+    assert second.close() == tmp_path / "policy" / "t-20260101T000000Z-1.jsonl.gz"
+    assert _archived(tmp_path) == [{"id": 1}, {"id": 2}]
+    # A killed run's temporary is kept, renamed as incomplete.
+    killed = ArchiveWriter(tmp_path, "policy", "t", "20260101T000001Z")
+    killed.write(['{"id": 3}'])
+    assert [p.name for p in ArchiveWriter(tmp_path, "policy", "t", "x").recover_leftovers()] \
+        == ["t-20260101T000001Z.incomplete.jsonl.gz"]
