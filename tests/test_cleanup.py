@@ -372,13 +372,13 @@ def test_archives_of_the_same_second_never_overwrite(tmp_path) -> None:
 
     first = ArchiveWriter(tmp_path, "../policy", "t", "20260101T000000Z")
     first.write(['{"id": 1}'])
-    assert first.close() == tmp_path / "policy" / "t-20260101T000000Z.jsonl.gz"
+    assert first.close() == tmp_path / "_policy" / "t-20260101T000000Z.jsonl.gz"  # stays inside
     second = ArchiveWriter(tmp_path, "../policy", "t", "20260101T000000Z")
     second.write(['{"id": 2}'])
-    assert second.close() == tmp_path / "policy" / "t-20260101T000000Z-1.jsonl.gz"
+    assert second.close() == tmp_path / "_policy" / "t-20260101T000000Z-1.jsonl.gz"
     assert _archived(tmp_path) == [{"id": 1}, {"id": 2}]
     # A killed run's temporary is kept, renamed as incomplete.
-    killed = ArchiveWriter(tmp_path, "policy", "t", "20260101T000001Z")
+    killed = ArchiveWriter(tmp_path, "_policy", "t", "20260101T000001Z")
     killed.write(['{"id": 3}'])
-    assert [p.name for p in ArchiveWriter(tmp_path, "policy", "t", "x").recover_leftovers()] \
+    assert [p.name for p in ArchiveWriter(tmp_path, "_policy", "t", "x").recover_leftovers()] \
         == ["t-20260101T000001Z.incomplete.jsonl.gz"]
