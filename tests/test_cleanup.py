@@ -376,7 +376,7 @@ def test_archives_of_the_same_second_never_overwrite(tmp_path) -> None:
     second = ArchiveWriter(tmp_path, "../policy", "t", "20260101T000000Z")
     second.write(['{"id": 2}'])
     assert second.close() == tmp_path / "_policy" / "t-20260101T000000Z-1.jsonl.gz"
-    assert _archived(tmp_path) == [{"id": 1}, {"id": 2}]
+    assert sorted(r["id"] for r in _archived(tmp_path)) == [1, 2]
     # A killed run's temporary is kept, renamed as incomplete.
     killed = ArchiveWriter(tmp_path, "_policy", "t", "20260101T000001Z")
     killed.write(['{"id": 3}'])
