@@ -204,13 +204,17 @@ def _watch_progress(ctx: MaintContext, what: str) -> Iterator[None]:
     interval = max(0.2, ctx.settings.progress_interval)
 
     def poll() -> None:
+        last = ""
         try:
             with side_connect() as side:
                 while not done.wait(interval):
                     for kind, phase, current, total in side.execute(_PROGRESS_SQL,
                                                                     {"pid": pid}).fetchall():
                         share = f" {100 * current / total:.0f}%" if total else ""
-                        report(f"{what}: {kind}, {phase}{share}")
+                        line = f"{what}: {kind}, {phase}{share}"
+                        if line != last:  # a long phase without a measure: say it once
+                            report(line)
+                            last = line
         except Exception as exc:  # progress is a courtesy: never fail the work for it
             log.debug("progress polling stopped: %s", exc)
 
