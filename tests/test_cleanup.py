@@ -382,3 +382,30 @@ def test_archives_of_the_same_second_never_overwrite(tmp_path) -> None:
     killed.write(['{"id": 3}'])
     assert [p.name for p in ArchiveWriter(tmp_path, "_policy", "t", "x").recover_leftovers()] \
         == ["t-20260101T000001Z.incomplete.jsonl.gz"]
+
+
+def test_a_batch_whose_commit_fails_is_not_archived(aegis_db, tmp_path) -> None:
+    """A deferred trigger fails at COMMIT: the batch's rows stay in the table and out of the
+    archive (which holds exactly the committed batches)."""
+    conn = aegis_db
+    conn.autocommit = True
+    conn.execute("CREATE TABLE events (id int PRIMARY KEY, at timestamptz NOT NULL,"
+                 " poison bool NOT NULL DEFAULT false)")
+    conn.execute("CREATE INDEX ON events (at)")
+    conn.execute("CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS"
+                 " $$BEGIN IF OLD.poison THEN RAISE EXCEPTION 'poisoned row %', OLD.id; END IF;"
+                 " RETURN NULL; END$$")
+    conn.execute("CREATE CONSTRAINT TRIGGER refuse AFTER DELETE ON events DEFERRABLE"
+                 " INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_poison()")
+    for n in range(1, 6):
+        conn.execute("INSERT INTO events VALUES (%s, %s, %s)",
+                     (n, NOW - dt.timedelta(days=100 - n), n == 3))
+    loaded = _loaded(tmp_path, {"events": {"table": "events", "column": "at", "max_age": "30d",
+                                           "archive": True}}, batch_size=1, min_batch_size=1)
+    report = run_cleanup(loaded, "primary", conn, CleanupOptions(now=NOW))
+    policy = report.policies[0]
+    assert policy.status == "failed" and "poisoned row 3" in (policy.error or "")
+    assert not report.ok
+    assert [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")] == [3, 4, 5]
+    assert sorted(r["id"] for r in _archived(tmp_path / "archive")) == [1, 2]
+    assert policy.archived_rows == 2

@@ -63,6 +63,24 @@ class ArchiveWriter:
                 renamed.append(target)
         return renamed
 
+    def mark(self) -> int:
+        """The archive's length now: `rollback(mark)` forgets what was written after it."""
+        try:
+            return self.tmp.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def rollback(self, mark: int, rows: int) -> None:
+        """The batch's transaction did not commit: its rows must not stay in the archive."""
+        if self.tmp.exists():
+            fd = os.open(self.tmp, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, mark)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.rows -= rows
+
     def write(self, lines: list[str]) -> None:
         if not lines:
             return

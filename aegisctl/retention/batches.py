@@ -251,6 +251,7 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
                                                  returning=returning)
                 values = {**params, "lo": f"({block},0)", "hi": f"({block + pages},0)"}
             started = time.perf_counter()
+            mark, archived = (archive.mark() if archive is not None else 0), 0
             try:
                 with conn.transaction():
                     cursor = conn.execute(statement, values)
@@ -258,7 +259,12 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
                     count = len(rows) if cursor.description else max(cursor.rowcount, 0)
                     if archive is not None and rows:
                         archive.write([r[1] for r in rows])
-            except Exception as exc:
+                        archived = len(rows)
+            except BaseException as exc:
+                if archive is not None and archived:
+                    archive.rollback(mark, archived)  # the commit failed: forget the batch
+                if not isinstance(exc, Exception):
+                    raise
                 if getattr(exc, "sqlstate", None) in RETRYABLE and retries < MAX_RETRIES:
                     retries += 1
                     stats.retries += 1
