@@ -1,7 +1,8 @@
 """Archives of deleted rows: gzip-compressed JSON lines, one row (to_jsonb of the row) a line.
 
 Each batch is appended as its own gzip member and fsynced *before* the batch's transaction
-commits, so every deleted row is in the archive. The file is written under a ".tmp-" name and
+commits, so every deleted row is in the archive; if the commit fails, the member is cut off
+again (truncate + fsync), so no row that stayed in the table is in the archive. The file is written under a ".tmp-" name and
 renamed into place when the policy finishes (or stops after an interrupt). A run killed hard
 (SIGKILL, power loss) can leave a ".tmp-" file whose last batch may not have been committed;
 the next run renames such leftovers to "*.incomplete.jsonl.gz" so nothing is lost and nothing
