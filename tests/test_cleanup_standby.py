@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from aegisctl.config import load_config
+from aegisctl.errors import OperationFailed
 from aegisctl.local import EmbeddedServer
 from aegisctl.retention.service import CleanupOptions, run_cleanup
 
@@ -69,3 +70,9 @@ def test_batches_throttle_on_standby_lag(primary_and_standby, tmp_path) -> None:
         assert policy.stats.max_lag_bytes > 64_000
     with psycopg.connect(standby.uri(), autocommit=True) as replica:
         assert replica.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        # Pointed at the standby, cleanup refuses up front (a dry run still counts).
+        loaded = load_config(str(path), env={})
+        with pytest.raises(OperationFailed, match="standby"):
+            run_cleanup(loaded, "replica", replica, CleanupOptions())
+        dry = run_cleanup(loaded, "replica", replica, CleanupOptions(dry_run=True))
+        assert dry.policies[0].expired_rows == 0

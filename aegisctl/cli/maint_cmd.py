@@ -49,6 +49,10 @@ def _maint(app_state: AppState, command: str, dry_run: bool,
                                                              wait_lock)
     with lock, graceful_stop("step") as stop, \
             app_state.connect(f"maint {command}", "maintenance") as conn:
+        from aegisctl.maintenance.runner import ensure_primary
+
+        if not dry_run:
+            ensure_primary(conn, f"maint {command}")
         progress = output.print_status if sys.stderr.isatty() and not app_state.quiet else None
 
         def side_connect() -> Any:

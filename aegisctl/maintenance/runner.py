@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.db import backoff_delays
+from aegisctl.errors import OperationFailed
 from aegisctl.maintenance.settings import MaintenanceSettings
 
 if TYPE_CHECKING:
@@ -106,6 +107,14 @@ class MaintResult:
             blocks.append(Note("interrupted: the steps above marked done are complete; "
                                "nothing is left half-done"))
         return blocks
+
+
+def ensure_primary(conn: psycopg.Connection[Any], what: str) -> None:
+    """Writes and maintenance need the primary: say so before trying on a standby."""
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    if row and row[0]:
+        raise OperationFailed(f"the target is a standby (in recovery): {what} runs on the "
+                              "primary", hint="choose the primary with --target")
 
 
 def render_sql(conn: psycopg.Connection[Any], statement: sql.Composed | sql.SQL) -> str:

@@ -2,12 +2,14 @@
 
 Each batch is appended as its own gzip member and fsynced *before* the batch's transaction
 commits, so every deleted row is in the archive; if the commit fails, the member is cut off
-again (truncate + fsync), so no row that stayed in the table is in the archive. The file is written under a ".tmp-" name and
-renamed into place when the policy finishes (or stops after an interrupt). A run killed hard
-(SIGKILL, power loss) can leave a ".tmp-" file whose last batch may not have been committed;
-the next run renames such leftovers to "*.incomplete.jsonl.gz" so nothing is lost and nothing
-pretends to be complete. Archives go to <archive_dir>/<policy>/, and to the backup remote
-(<prefix><target>/cleanup-archive/<policy>/<file>) when one is configured.
+again (truncate + fsync), so no row that stayed in the table is in the archive.
+
+The file is written under a ".tmp-" name and renamed into place when the policy finishes (or
+stops after an interrupt). A run killed hard (SIGKILL, power loss) can leave a ".tmp-" file
+whose last batch may not have been committed; the next run renames such leftovers to
+"*.incomplete.jsonl.gz", so nothing is lost and nothing pretends to be complete. Archives go
+to <archive_dir>/<policy>/, and to the backup remote (<prefix><target>/cleanup-archive/
+<policy>/<file>) when one is configured.
 """
 
 from __future__ import annotations

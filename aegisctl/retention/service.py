@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aegisctl.config import LoadedConfig
 from aegisctl.errors import AegisError, UsageError
 from aegisctl.maintenance.catalog import Relation
-from aegisctl.maintenance.runner import MaintContext, Step, run_locked
+from aegisctl.maintenance.runner import MaintContext, Step, ensure_primary, run_locked
 from aegisctl.retention import partitions as parts
 from aegisctl.retention.archive import ArchiveWriter, archive_root, run_id, upload_archive
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
@@ -168,6 +168,8 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     started = dt.datetime.now(dt.UTC)
     conn.execute("SET TIME ZONE 'UTC'")
     names = select_policies(loaded, options.policies)
+    if not options.dry_run:
+        ensure_primary(conn, "cleanup run")
     resolved = [resolve_policy(conn, n, settings.cleanup.policies[n]) for n in names]
     now_row = conn.execute("SELECT now()").fetchone()
     now = options.now or (now_row[0] if now_row else dt.datetime.now(dt.UTC))
