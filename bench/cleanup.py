@@ -7,17 +7,18 @@ inserts one metrics row every 5 ms (autocommit, like the agent's collector) duri
 deletes and records each insert's latency; a sampler reads the standby's replay lag from
 pg_stat_replication on the primary every 50 ms.
 
-Phases (each on the same table, refilled to the same shape between them):
-  1. plain:    DELETE FROM container_metrics WHERE "timestamp" < now() - interval '30 days'
-  2. cleanup:  aegisctl cleanup run --yes (a subprocess; cleanup.vacuum off so both phases
-               measure the delete alone; VACUUM is timed separately after each)
+Phases (each on the same table, the expired half refilled to the same shape between them):
+  1. plain:     DELETE FROM container_metrics WHERE "timestamp" < now() - interval '30 days'
+  2. cleanup:   aegisctl cleanup run --yes (a subprocess; default settings but cleanup.vacuum
+                off so every phase measures the delete alone; VACUUM is timed after each)
+  3. throttled: the same with cleanup.max_replica_lag = --max-lag (default 2MB), a bound the
+                standby's lag does pass, to show the batches throttling
 
-Reported: rows/s of each and their ratio (target >= 0.5), the longest single batch
+Reported: rows/s of each and the cleanup/plain ratio (target >= 0.5), the longest single batch
 transaction (target <= 1 s), the writer's worst insert latency during each (target <= 200 ms
-during cleanup), and the standby's worst replay lag during each (the cleanup batches throttle
-when it passes cleanup.max_replica_lag).
+during cleanup), and the standby's worst replay lag during each.
 
-Usage: python bench/cleanup.py [--rows 2000000] [--max-lag 8MB] [--keep]
+Usage: python bench/cleanup.py [--rows 2000000] [--max-lag 2MB] [--batch-size 5000] [--keep]
 (starts its own embedded primary and a streaming standby cloned with pg_basebackup)
 """
 
@@ -130,6 +131,55 @@ def start_standby(primary: EmbeddedServer, base: Path) -> EmbeddedServer:
     return standby
 
 
+def cleanup_phase(phase: str, base: Path, dsn: str, args: argparse.Namespace, max_lag: str,
+                  writer: Writer, sampler: LagSampler) -> dict[str, Any]:
+    """Refill the expired half, then time `aegisctl cleanup run --yes` as a subprocess."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        fill(conn, args.rows, only_expired=True)
+        conn.execute("VACUUM ANALYZE container_metrics")
+        n = expired_count(conn)
+    config = base / f"{phase}.yaml"
+    config.write_text(yaml.safe_dump({
+        "targets": {"primary": {"dsn": dsn}},
+        "backup": {"directory": str(base / "backups")},
+        "cleanup": {"batch_size": args.batch_size, "vacuum": False,
+                    "max_replica_lag": max_lag, "max_replica_lag_time": args.max_lag_time,
+                    "policies": {"container_metrics": {
+                        "table": "container_metrics", "column": "timestamp",
+                        "max_age": "30d"}}}}))
+    time.sleep(2)
+    writer.phase = sampler.phase = phase
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "aegisctl", "--config", str(config),
+                           "cleanup", "run", "--yes", "--format", "json"],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    time.sleep(1)
+    writer.phase = sampler.phase = "idle"
+    if proc.returncode != 0:
+        raise SystemExit(f"cleanup failed ({proc.returncode}): {proc.stderr}")
+    report = json.loads(proc.stdout)
+    policy = report["policies"][0]
+    # The command's own time (check the policy, delete), like the plain DELETE's timing, which
+    # leaves out psql's start too; the wall time with interpreter start is reported beside it.
+    own = (dt.datetime.fromisoformat(report["finished_at"])
+           - dt.datetime.fromisoformat(report["started_at"])).total_seconds()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started = time.perf_counter()
+        conn.execute("VACUUM ANALYZE container_metrics")
+        vacuum_seconds = time.perf_counter() - started
+        left = expired_count(conn)
+    return {
+        "max_replica_lag": max_lag, "rows": policy["deleted_rows"], "expected": n,
+        "left_expired": left, "seconds": round(own, 2),
+        "wall_seconds_with_process_start": round(wall, 2),
+        "rows_per_s": round(policy["deleted_rows"] / own),
+        "rows_per_s_with_process_start": round(policy["deleted_rows"] / wall),
+        "batches": policy["batches"], "longest_batch_seconds": policy["longest_batch_seconds"],
+        "throttled": policy["throttled"], "throttle_seconds": policy["throttle_seconds"],
+        "vacuum_seconds": round(vacuum_seconds, 2), **summarize(phase, writer, sampler)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
@@ -180,71 +230,30 @@ def main() -> None:
                                 **summarize("plain", writer, sampler)}
             print(f"plain DELETE: {results['plain']}", file=sys.stderr)
 
-            # Refill the same expired half; then phase 2: aegisctl cleanup run.
-            fill(conn, args.rows, only_expired=True)
-            conn.execute("VACUUM ANALYZE container_metrics")
-            n = expired_count(conn)
-        config = base / "aegisctl.yaml"
-        config.write_text(yaml.safe_dump({
-            "targets": {"primary": {"dsn": dsn}},
-            "backup": {"directory": str(base / "backups")},
-            "cleanup": {"batch_size": args.batch_size, "vacuum": False,
-                        "max_replica_lag": args.max_lag,
-                        "max_replica_lag_time": args.max_lag_time,
-                        "policies": {"container_metrics": {
-                            "table": "container_metrics", "column": "timestamp",
-                            "max_age": "30d"}}}}))
-        time.sleep(2)
-        writer.phase = sampler.phase = "cleanup"
-        started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "aegisctl", "--config", str(config),
-                               "cleanup", "run", "--yes", "--format", "json"],
-                              capture_output=True, text=True)
-        cleanup_seconds = time.perf_counter() - started
-        time.sleep(1)
-        writer.phase = sampler.phase = "idle"
-        if proc.returncode != 0:
-            raise SystemExit(f"cleanup failed ({proc.returncode}): {proc.stderr}")
-        report = json.loads(proc.stdout)
-        policy = report["policies"][0]
-        # The command's own time (connect, check the policy, delete), like the plain DELETE's
-        # timing, which leaves out psql's start too; the wall time with interpreter start is
-        # reported beside it.
-        own = (dt.datetime.fromisoformat(report["finished_at"])
-               - dt.datetime.fromisoformat(report["started_at"])).total_seconds()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            started = time.perf_counter()
-            conn.execute("VACUUM ANALYZE container_metrics")
-            vacuum_seconds = time.perf_counter() - started
-            left = expired_count(conn)
-        results["cleanup"] = {
-            "rows": policy["deleted_rows"], "expected": n, "left_expired": left,
-            "seconds": round(own, 2), "wall_seconds_with_process_start": round(cleanup_seconds, 2),
-            "rows_per_s": round(policy["deleted_rows"] / own),
-            "rows_per_s_with_process_start": round(policy["deleted_rows"] / cleanup_seconds),
-            "batches": policy["batches"],
-            "longest_batch_seconds": policy["longest_batch_seconds"],
-            "throttled": policy["throttled"], "throttle_seconds": policy["throttle_seconds"],
-            "vacuum_seconds": round(vacuum_seconds, 2),
-            **summarize("cleanup", writer, sampler)}
+        for phase, max_lag in (("cleanup", "16MB"), ("throttled", args.max_lag)):
+            results[phase] = cleanup_phase(phase, base, dsn, args, max_lag, writer, sampler)
+            print(f"{phase}: {results[phase]}", file=sys.stderr)
         writer.stop.set()
         sampler.stop.set()
         results["ratio_rows_per_s"] = round(results["cleanup"]["rows_per_s"]
                                             / results["plain"]["rows_per_s"], 3)
-        results["settings"] = {"batch_size": args.batch_size, "max_replica_lag": args.max_lag,
+        results["settings"] = {"batch_size": args.batch_size,
                                "max_replica_lag_time": args.max_lag_time}
         print(json.dumps(results, indent=2))
-        c, p = results["cleanup"], results["plain"]
+        c, t, p = results["cleanup"], results["throttled"], results["plain"]
         print(f"\ncleanup {c['rows_per_s']} rows/s vs plain DELETE {p['rows_per_s']} rows/s: "
               f"{results['ratio_rows_per_s']}x (target >= 0.5); with process start "
               f"{c['rows_per_s_with_process_start']} rows/s\n"
-              f"longest batch {c['longest_batch_seconds']}s (target <= 1)\n"
-              f"writer worst insert: cleanup {c['writer_max_ms']} ms (target <= 200), "
-              f"plain DELETE {p['writer_max_ms']} ms\n"
-              f"standby worst replay lag: cleanup {c['standby_max_lag_bytes']} bytes / "
-              f"{c['standby_max_lag_seconds']}s ({c['throttled']} throttles), plain DELETE "
-              f"{p['standby_max_lag_bytes']} bytes / {p['standby_max_lag_seconds']}s",
-              file=sys.stderr)
+              f"longest batch {max(c['longest_batch_seconds'], t['longest_batch_seconds'])}s "
+              f"(target <= 1)\n"
+              f"writer worst insert: cleanup {c['writer_max_ms']} / {t['writer_max_ms']} ms "
+              f"(target <= 200), plain DELETE {p['writer_max_ms']} ms\n"
+              f"standby worst replay lag: plain DELETE {p['standby_max_lag_bytes']} bytes / "
+              f"{p['standby_max_lag_seconds']}s; cleanup (bound 16MB) "
+              f"{c['standby_max_lag_bytes']} bytes / {c['standby_max_lag_seconds']}s, "
+              f"{c['throttled']} throttles; cleanup (bound {t['max_replica_lag']}) "
+              f"{t['standby_max_lag_bytes']} bytes / {t['standby_max_lag_seconds']}s, "
+              f"{t['throttled']} throttles, {t['rows_per_s']} rows/s", file=sys.stderr)
     finally:
         if standby is not None:
             standby.stop()
