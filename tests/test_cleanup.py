@@ -238,9 +238,10 @@ def test_cleanup_waits_for_the_backup_lock(cli, aegis_dsn, write_config, tmp_pat
         assert result.exit_code == 4
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_is_consistent_and_the_rerun_finishes(aegis_db, aegis_dsn,
                                                               write_config, tmp_path,
-                                                              clean_env) -> None:
+                                                              clean_env, signum) -> None:
     conn = aegis_db
     conn.autocommit = True
     conn.execute("INSERT INTO episodic_memory (event_type, summary, importance, \"timestamp\")"
@@ -263,7 +264,7 @@ def test_interrupted_run_is_consistent_and_the_rerun_finishes(aegis_db, aegis_ds
         if gone >= 100:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     report = json.loads(out)
