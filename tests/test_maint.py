@@ -176,3 +176,40 @@ def test_status_recommends_vacuum_for_dead_rows(cli, aegis_db, aegis_dsn, write_
     assert result.exit_code == 0
     result = cli("--config", str(path), "maint", "status")
     assert "container_metrics" in result.stdout
+
+
+def test_sigint_cancels_a_long_rebuild_and_leaves_no_invalid_index(aegis_db, aegis_dsn,
+                                                                  write_config, tmp_path,
+                                                                  clean_env) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    conn = aegis_db
+    conn.autocommit = True
+    # An index whose build takes ~4 s: its expression sleeps 10 ms a row.
+    conn.execute("CREATE TABLE slow (id int)")
+    conn.execute("INSERT INTO slow SELECT generate_series(1, 400)")
+    conn.execute("CREATE FUNCTION slow_key(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS"
+                 " $$BEGIN PERFORM pg_sleep(0.01); RETURN $1; END$$")
+    conn.execute("CREATE INDEX slow_idx ON slow (slow_key(id))")
+    path = _config(write_config, aegis_dsn, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "aegisctl", "--config", str(path), "maint",
+                             "reindex", "--table", "slow", "-f", "json"],
+                            env={**os.environ, "NO_COLOR": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until the rebuild is running
+        if conn.execute("SELECT count(*) FROM pg_stat_progress_create_index").fetchone()[0]:
+            break
+        time.sleep(0.05)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 3  # cancelled, not waited for
+    report = json.loads(out)
+    assert report["interrupted"] is True
+    assert any(s["status"] == "cancelled" for s in report["steps"])
+    assert _invalid(conn) == []  # the cancelled rebuild's *_ccnew was dropped on the way out

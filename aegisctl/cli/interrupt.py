@@ -1,12 +1,13 @@
 """SIGINT/SIGTERM during long jobs: the first signal asks the job to stop after its current
-step (a batch, a table); a second one interrupts at once."""
+step (a batch, a table) and runs the flag's callbacks (maint cancels the running statement);
+a second one interrupts at once."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from aegisctl import output
@@ -15,6 +16,7 @@ from aegisctl import output
 class StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.callbacks: list[Callable[[], object]] = []
 
     def __call__(self) -> bool:
         return self.event.is_set()
@@ -33,6 +35,9 @@ def graceful_stop(what: str) -> Iterator[StopFlag]:
         flag.event.set()
         output.print_status(f"{signal.Signals(signum).name}: stopping after the current "
                             f"{what} (again to abort now)")
+        for callback in flag.callbacks:
+            with contextlib.suppress(Exception):
+                callback()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

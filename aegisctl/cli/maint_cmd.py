@@ -47,8 +47,12 @@ def _maint(app_state: AppState, command: str, dry_run: bool,
     target = app_state.target()
     lock = contextlib.nullcontext() if dry_run else job_lock(loaded, target, f"maint {command}",
                                                              wait_lock)
-    with lock, graceful_stop("step") as stop, \
+    with lock, graceful_stop("step, cancelling the running statement") as stop, \
             app_state.connect(f"maint {command}", "maintenance") as conn:
+        # A VACUUM FULL or an index build can run for an hour: the first SIGINT cancels it
+        # (PostgreSQL rolls it back; a cancelled concurrent build's leftover is dropped by
+        # the next `maint reindex`), and no further step starts.
+        stop.callbacks.append(conn.cancel_safe)
         from aegisctl.maintenance.runner import ensure_primary
 
         if not dry_run:

@@ -70,17 +70,17 @@ def reindex(ctx: MaintContext, *, tables: list[str] | None = None, index: str | 
 
 
 def _run(ctx: MaintContext, result: MaintResult, statement: sql.Composed,
-         target: str) -> None:
+         target: str, even_if_stopping: bool = False) -> None:
     step = Step(statement=render_sql(ctx.conn, statement), target=target)
     result.steps.append(step)
     if ctx.dry_run:
         return
-    if ctx.should_stop():
+    if ctx.should_stop() and not even_if_stopping:
         step.status, step.detail = "skipped", "interrupted before it started"
         result.interrupted = True
         return
     run_locked(ctx, statement, step)
-    if step.status == "skipped":
+    if step.status in ("skipped", "cancelled"):
         result.interrupted = True
 
 
@@ -95,7 +95,8 @@ def _clean_invalid(ctx: MaintContext, result: MaintResult, scope: list[int] | No
     for idx, table in invalid_indexes(ctx.conn, scope):
         if LEFTOVER.search(idx.name):
             statement = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(idx.ident())
-            _run(ctx, result, statement, idx.qualified)
+            # Even after an interrupt: a cancelled rebuild's leftover is dropped on the way out.
+            _run(ctx, result, statement, idx.qualified, even_if_stopping=True)
             result.steps[-1].detail = result.steps[-1].detail or \
                 f"invalid leftover of a concurrent rebuild on {table.qualified}"
         elif rebuild:

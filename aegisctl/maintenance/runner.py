@@ -61,7 +61,7 @@ class MaintContext:
 class Step:
     statement: str
     target: str
-    status: str = "planned"  # planned | done | failed | skipped
+    status: str = "planned"  # planned | done | failed | skipped | cancelled
     seconds: float | None = None
     detail: str = ""
     attempts: int = 0
@@ -147,6 +147,11 @@ def run_locked(ctx: MaintContext, statement: sql.Composed | sql.SQL, step: Step,
             step.seconds = time.perf_counter() - started
             return True
         except psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) == QUERY_CANCELED and ctx.should_stop():
+                step.status = "cancelled"
+                step.seconds = time.perf_counter() - started
+                step.detail = "cancelled by the interrupt; PostgreSQL rolled it back"
+                return False
             if getattr(exc, "sqlstate", None) != LOCK_NOT_AVAILABLE or attempt >= len(delays):
                 step.status = "failed"
                 step.seconds = time.perf_counter() - started

@@ -89,5 +89,5 @@ def _run_each(ctx: MaintContext, result: MaintResult, tables: list[Relation],
             step.detail = "interrupted before it started"
             continue
         run_locked(ctx, statement, step)
-        if step.status == "skipped":
+        if step.status in ("skipped", "cancelled"):
             result.interrupted = True

@@ -151,6 +151,7 @@ def rebuild_vector_indexes(ctx: MaintContext, *, table: str | None = None,
                                f"{workers} parallel worker(s)")
             if step.status != "done":
                 failed = True
+                result.interrupted = result.interrupted or step.status == "cancelled"
                 if what == "build":
                     cleanup = Step(statement="", target=new.qualified)
                     run_locked(ctx, sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
