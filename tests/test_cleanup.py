@@ -410,3 +410,46 @@ def test_a_batch_whose_commit_fails_is_not_archived(aegis_db, tmp_path) -> None:
     assert [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")] == [3, 4, 5]
     assert sorted(r["id"] for r in _archived(tmp_path / "archive")) == [1, 2]
     assert policy.archived_rows == 2
+
+
+def test_a_stop_during_the_hnsw_rebuild_cancels_it_and_drops_its_leftover(aegis_db,
+                                                                           tmp_path) -> None:
+    import threading
+
+    conn = aegis_db
+    conn.autocommit = True
+    conn.execute("INSERT INTO episodic_memory (event_type, summary, importance, embedding,"
+                 " \"timestamp\")"
+                 " SELECT 'task', 'e' || i, 'low', ARRAY(SELECT random() FROM"
+                 " generate_series(1, 1536) WHERE i > 0)::vector,"
+                 " now() - make_interval(days => CASE WHEN i % 2 = 0 THEN 400 ELSE 1 END)"
+                 " FROM generate_series(1, 3000) i")
+    side = psycopg.connect(conn.info.dsn, autocommit=True)
+    stop = threading.Event()
+    pid = conn.info.backend_pid
+
+    def cancel_when_building() -> None:
+        for _ in range(600):
+            if side.execute("SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = %s",
+                            (pid,)).fetchone()[0]:
+                stop.set()
+                conn.cancel_safe()
+                return
+            time.sleep(0.01)
+
+    def on_phase(phase: str) -> None:
+        if phase == "maintenance":
+            threading.Thread(target=cancel_when_building, daemon=True).start()
+
+    loaded = _loaded(tmp_path, {"episodic": {**EPISODIC, "archive": False}})
+    report = run_cleanup(loaded, "primary", conn, CleanupOptions(), should_stop=stop.is_set,
+                         on_phase=on_phase)
+    side.close()
+    policy = report.policies[0]
+    assert policy.total_deleted == 1500  # the deletes are committed
+    assert policy.status == "interrupted" and report.interrupted
+    assert policy.reindexed == [] and policy.vacuumed is False
+    invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()[0]
+    assert invalid == 0
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE"
+                        " 'idx\\_episodic\\_embedding%%'").fetchone()[0] == 1

@@ -83,9 +83,15 @@ def run_cmd(
             confirm(f"Delete {total} expired row(s) from {len(preview.policies)} table(s) on "
                     f"'{target.name}'?", yes)
         with graceful_stop("batch") as stop:
+            # Batches are never cancelled (a stop waits for the current one); the rebuild and
+            # VACUUM after them are, since they can run long and lose nothing when cancelled.
+            phase = ["delete"]
+            stop.callbacks.append(lambda: conn.cancel_safe() if phase[0] == "maintenance"
+                                  else None)
             report = run_cleanup(loaded, target.name, conn,
                                  CleanupOptions(policies=names, dry_run=dry_run),
-                                 should_stop=stop, progress=progress)
+                                 should_stop=stop, progress=progress,
+                                 on_phase=lambda name: phase.__setitem__(0, name))
     output.render(report, app_state.fmt(fmt))
     if report.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))

@@ -163,7 +163,10 @@ def select_policies(loaded: LoadedConfig, names: list[str] | None) -> list[str]:
 
 def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any],
                 options: CleanupOptions, *, should_stop: Callable[[], bool] = lambda: False,
-                progress: Callable[[str], None] | None = None) -> CleanupReport:
+                progress: Callable[[str], None] | None = None,
+                on_phase: Callable[[str], None] | None = None) -> CleanupReport:
+    """`on_phase("delete" | "maintenance")` tells the caller which phase runs: batches are
+    never cancelled (a stop waits for the batch), the rebuild and VACUUM after them may be."""
     settings = loaded.settings
     started = dt.datetime.now(dt.UTC)
     conn.execute("SET TIME ZONE 'UTC'")
@@ -189,7 +192,8 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
             if options.dry_run:
                 _dry_run(conn, policy, result)
             else:
-                _apply(loaded, target_name, conn, policy, result, pacer, maint, run)
+                _apply(loaded, target_name, conn, policy, result, pacer, maint, run,
+                       on_phase or (lambda phase: None))
         except AegisError as exc:
             result.status, result.error = "failed", str(exc)
         except Exception as exc:
@@ -240,7 +244,7 @@ def _dry_run(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
 
 def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any],
            policy: ResolvedPolicy, result: PolicyResult, pacer: Pacer, maint: MaintContext,
-           run: str) -> None:
+           run: str, on_phase: Callable[[str], None]) -> None:
     settings = loaded.settings
     assert result.cutoff is not None
     result.method = _method(policy)
@@ -287,8 +291,17 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
         result.status = "interrupted"
         result.notes.append("stopped after a committed batch; rebuild and vacuum skipped")
         return
-    _after_delete(policy, result, maint, rows_before, settings.cleanup.reindex_fraction,
-                  settings.cleanup.vacuum)
+    on_phase("maintenance")
+    try:
+        _after_delete(policy, result, maint, rows_before, settings.cleanup.reindex_fraction,
+                      settings.cleanup.vacuum)
+    finally:
+        on_phase("delete")
+    if maint.should_stop():
+        result.status = "interrupted"
+        result.notes.append("interrupted during the rebuild/VACUUM after the deletes (the "
+                            "deletes are committed); `maint vacuum --analyze` finishes it")
+        return
     result.status = "failed" if result.error else "done"
 
 
@@ -306,14 +319,29 @@ def _after_delete(policy: ResolvedPolicy, result: PolicyResult, maint: MaintCont
                           step):
                 result.reindexed.append(index.qualified)
             else:
-                result.error = f"rebuilding {index.qualified}: {step.detail}"
+                if step.status == "cancelled":
+                    _drop_leftovers(maint, policy.table)
+                else:
+                    result.error = f"rebuilding {index.qualified}: {step.detail}"
                 return
-    if vacuum:
+    if vacuum and not maint.should_stop():
         step = Step("", policy.table.qualified)
         if run_locked(maint, sql.SQL("VACUUM (ANALYZE) {}").format(policy.table.ident()), step):
             result.vacuumed = True
         elif step.status == "failed":
             result.error = f"VACUUM (ANALYZE) {policy.table.qualified}: {step.detail}"
+
+
+def _drop_leftovers(maint: MaintContext, table: Relation) -> None:
+    """A cancelled REINDEX CONCURRENTLY leaves an invalid *_ccnew index: drop it now."""
+    from psycopg import sql
+
+    from aegisctl.maintenance.reindex import LEFTOVER, invalid_indexes
+
+    for index, _table in invalid_indexes(maint.conn, [table.oid]):
+        if LEFTOVER.search(index.name):
+            run_locked(maint, sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                index.ident()), Step("", index.qualified))
 
 
 def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
