@@ -21,6 +21,8 @@ from aegisctl.errors import ConfigError
 from aegisctl.memory.settings import MemorySettings
 from aegisctl.scheduling.jobs import check_schedule
 from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
+from aegisctl.maintenance.settings import MaintenanceSettings
+from aegisctl.retention.settings import CleanupSettings, check_cleanup_settings
 from aegisctl.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,8 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     checks: ChecksSettings = field(default_factory=ChecksSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    cleanup: CleanupSettings = field(default_factory=CleanupSettings)
 
 
 @dataclass
@@ -468,6 +472,7 @@ def _check_consistency(settings: Settings, origin: str) -> None:
     _check_memory_settings(settings, origin)
     check_schedule(settings, origin)
     check_thresholds(settings.checks, origin)
+    check_cleanup_settings(settings.cleanup, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
         raise ConfigError(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
+import datetime as dt
 import re
+from dataclasses import dataclass
 
 _DURATION_UNITS = {
     "ms": 0.001,
@@ -75,3 +78,57 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
     return f"{count:.1f} TB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention ages: months and years are calendar units here, not 30/365-day approximations.
+# "13mo" on 2026-03-31 means 2025-02-28 (PostgreSQL's interval arithmetic clamps to the end of
+# the month), so a policy written in months deletes exactly what a person reading it expects.
+
+_AGE_RE = re.compile(r"^\s*(\d+)\s*(s|min|m|h|d|w|mo|y)\s*$")
+
+
+@dataclass(frozen=True)
+class CalendarAge:
+    """An age as PostgreSQL's interval has it: whole months (calendar) plus seconds."""
+
+    months: int = 0
+    seconds: float = 0.0
+    text: str = ""
+
+    def __str__(self) -> str:
+        return self.text or f"{self.months}mo {self.seconds:g}s"
+
+
+def parse_age(value: str | int) -> CalendarAge:
+    """A retention age such as 30d, 13mo, 6mo, 1y, 12h (a bare integer means days).
+
+    Raises ValueError with the accepted forms. The age must be positive: a zero age would
+    delete everything."""
+    if isinstance(value, bool):
+        raise ValueError("expected an age like 30d, 6mo or 13mo")
+    if isinstance(value, int):
+        value = f"{value}d"
+    match = _AGE_RE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not an age: use a whole number with s, m, h, d, w, mo "
+                         "or y (30d, 13mo, 1y)")
+    number, unit = int(match.group(1)), match.group(2)
+    if number <= 0:
+        raise ValueError(f"{value!r}: an age must be greater than zero")
+    text = f"{number}{unit}"
+    if unit == "mo":
+        return CalendarAge(months=number, text=text)
+    if unit == "y":
+        return CalendarAge(months=12 * number, text=text)
+    return CalendarAge(seconds=float(number * _DURATION_UNITS[unit]), text=text)
+
+
+def subtract_age(moment: dt.datetime, age: CalendarAge) -> dt.datetime:
+    """`moment - age` with calendar months clamped to the month's last day, like PostgreSQL's
+    `timestamptz - interval` in UTC."""
+    months = moment.year * 12 + (moment.month - 1) - age.months
+    year, month = divmod(months, 12)
+    month += 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day) - dt.timedelta(seconds=age.seconds)

@@ -47,6 +47,8 @@ LAZY_GROUPS: dict[str, str] = {
     "jobs": "aegisctl.cli.jobs_cmd",
     "diag": "aegisctl.cli.diag_cmd",
     "check": "aegisctl.cli.check_cmd",
+    "maint": "aegisctl.cli.maint_cmd",
+    "cleanup": "aegisctl.cli.cleanup_cmd",
 }
 
 

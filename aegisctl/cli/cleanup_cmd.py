@@ -1,0 +1,99 @@
+"""aegisctl cleanup: retention policies from the config, applied in small batches."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Annotated
+
+import typer
+
+from aegisctl import output
+from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
+from aegisctl.errors import ExitCode
+
+app = typer.Typer(
+    help=(
+        "Retention cleanup that never blocks the application: the policies in cleanup.policies "
+        "delete expired rows in short batches (or drop whole expired partitions), optionally "
+        "archiving them first, and report when the rows are gone from backups too.\n\n"
+        "Example: aegisctl cleanup run --dry-run"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def cleanup() -> None:
+    """Retention cleanup (cleanup.policies in the config)."""
+
+
+@app.command("run")
+def run_cmd(
+    ctx: typer.Context,
+    policy: Annotated[list[str] | None, typer.Option(
+        "--policy", metavar="NAME", help="Only this policy (repeatable). Default: every "
+                                         "enabled policy.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Count what each policy would delete; delete nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")
+                   ] = False,
+    wait_lock: Annotated[float, typer.Option(
+        "--wait-lock", metavar="SECONDS", min=0,
+        help="Wait this long for another backup, cleanup or maintenance run of the target, "
+             "then exit 4.")] = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """Apply the retention policies in short batches (or by dropping expired partitions).
+
+    Deletes rows older than each policy's max_age, except its exemptions, in short batches,
+    each its own transaction with lock and statement timeouts; archives them first when the
+    policy says so; reports when the rows are gone from backups too (the erasure horizon).
+
+    SIGINT/SIGTERM stop after the current batch: committed batches stay deleted, and the
+    next run continues. Exits 1 when a policy failed, 130 when interrupted.
+
+    Examples:
+
+      aegisctl cleanup run --dry-run
+
+      aegisctl cleanup run --policy container_metrics --yes --format json
+    """
+    from aegisctl.cli.interrupt import graceful_stop
+    from aegisctl.maintenance.joblock import job_lock
+    from aegisctl.retention.service import CleanupOptions, run_cleanup, select_policies
+
+    app_state = state(ctx)
+    loaded = app_state.config()
+    target = app_state.target()
+    names = select_policies(loaded, policy)
+    as_json = app_state.fmt(fmt) is OutputFormat.json
+    progress = output.print_status if sys.stderr.isatty() and not app_state.quiet else None
+    lock = contextlib.nullcontext() if dry_run else job_lock(loaded, target, "cleanup run",
+                                                             wait_lock)
+    with lock, app_state.connect("cleanup run", "maintenance") as conn:
+        if not dry_run and names and not yes:
+            # What will be touched, before asking (a cron job passes --yes and skips the count).
+            preview = run_cleanup(loaded, target.name, conn,
+                                  CleanupOptions(policies=names, dry_run=True))
+            if not as_json:
+                output.render(preview, "table")
+            total = sum((p.expired_rows or 0) for p in preview.policies)
+            confirm(f"Delete {total} expired row(s) from {len(preview.policies)} table(s) on "
+                    f"'{target.name}'?", yes)
+        with graceful_stop("batch") as stop:
+            # Batches are never cancelled (a stop waits for the current one); the rebuild and
+            # VACUUM after them are, since they can run long and lose nothing when cancelled.
+            phase = ["delete"]
+            stop.callbacks.append(lambda: conn.cancel_safe() if phase[0] == "maintenance"
+                                  else None)
+            report = run_cleanup(loaded, target.name, conn,
+                                 CleanupOptions(policies=names, dry_run=dry_run),
+                                 should_stop=stop, progress=progress,
+                                 on_phase=lambda name: phase.__setitem__(0, name))
+    output.render(report, app_state.fmt(fmt))
+    if report.interrupted:
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    if not report.ok:
+        raise typer.Exit(int(ExitCode.FAILED))

@@ -1,0 +1,247 @@
+"""aegisctl maint: vacuum, analyze, reindex, vector-index, status."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from aegisctl import output
+from aegisctl.cli.context import AppState, FormatOption, OutputFormat, confirm, state
+from aegisctl.errors import ExitCode
+
+if TYPE_CHECKING:
+    from aegisctl.maintenance.runner import MaintContext, MaintResult
+
+app = typer.Typer(
+    help=(
+        "Database maintenance that never stalls the application: VACUUM, ANALYZE, REINDEX "
+        "(concurrently), HNSW index rebuilds, and a status with recommendations. Every step "
+        "that needs a strong lock waits at most maintenance.lock_timeout for it and retries.\n\n"
+        "Example: aegisctl maint status"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+WaitLock = Annotated[float, typer.Option(
+    "--wait-lock", metavar="SECONDS", min=0,
+    help="Wait this long for another backup, cleanup or maintenance run of the target, "
+         "then exit 4.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the statements; run nothing.")]
+Tables = Annotated[list[str] | None, typer.Option(
+    "--table", metavar="TABLE", help="A table (NAME or SCHEMA.NAME); repeatable. Default: all.")]
+
+
+@contextlib.contextmanager
+def _maint(app_state: AppState, command: str, dry_run: bool,
+           wait_lock: float) -> Iterator[MaintContext]:
+    from aegisctl.cli.interrupt import graceful_stop
+    from aegisctl.maintenance.joblock import job_lock
+    from aegisctl.maintenance.runner import MaintContext
+
+    loaded = app_state.config()
+    target = app_state.target()
+    lock = contextlib.nullcontext() if dry_run else job_lock(loaded, target, f"maint {command}",
+                                                             wait_lock)
+    with lock, graceful_stop("step, cancelling the running statement") as stop, \
+            app_state.connect(f"maint {command}", "maintenance") as conn:
+        # A VACUUM FULL or an index build can run for an hour: the first SIGINT cancels it
+        # (PostgreSQL rolls it back; a cancelled concurrent build's leftover is dropped by
+        # the next `maint reindex`), and no further step starts.
+        stop.callbacks.append(conn.cancel_safe)
+        from aegisctl.maintenance.runner import ensure_primary
+
+        if not dry_run:
+            ensure_primary(conn, f"maint {command}")
+        progress = output.print_status if sys.stderr.isatty() and not app_state.quiet else None
+
+        def side_connect() -> Any:
+            return app_state.connect(f"maint {command} progress")
+
+        yield MaintContext(conn=conn, settings=loaded.settings.maintenance, dry_run=dry_run,
+                           progress=progress, side_connect=side_connect, should_stop=stop)
+
+
+def _finish(result: MaintResult, app_state: AppState, fmt: Any) -> None:
+    output.render(result, app_state.fmt(fmt))
+    if result.interrupted:
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+@app.command("vacuum")
+def vacuum_cmd(
+    ctx: typer.Context,
+    table: Tables = None,
+    analyze: Annotated[bool, typer.Option("--analyze", help="Update statistics too.")] = False,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Rewrite the tables to return space to the OS (locks each table "
+                       "exclusively while it is rewritten; asks first).")] = False,
+    dry_run: DryRun = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm VACUUM FULL.")] = False,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """VACUUM the tables (all user tables by default), one at a time.
+
+    Plain VACUUM never blocks reads or writes. --full rewrites each table under an ACCESS
+    EXCLUSIVE lock: you are shown the tables and sizes and asked first (--yes to skip).
+
+    Examples:
+
+      aegisctl maint vacuum --analyze
+
+      aegisctl maint vacuum --full --table container_metrics --dry-run
+    """
+    from aegisctl.maintenance.vacuum import FullVacuumPlan, resolve_tables, vacuum
+
+    app_state = state(ctx)
+    with _maint(app_state, "vacuum", dry_run, wait_lock) as mctx:
+        tables = resolve_tables(mctx.conn, table)
+        if full and not dry_run:
+            if app_state.fmt(fmt) is not OutputFormat.json:
+                output.render(FullVacuumPlan(tables), "table")
+            confirm(f"VACUUM FULL {len(tables)} table(s), locking each while it is rewritten?",
+                    yes)
+        result = vacuum(mctx, tables, full=full, analyze=analyze)
+    _finish(result, app_state, fmt)
+
+
+@app.command("analyze")
+def analyze_cmd(
+    ctx: typer.Context,
+    table: Tables = None,
+    dry_run: DryRun = False,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """Update the planner's statistics (ANALYZE), table by table.
+
+    Examples:
+
+      aegisctl maint analyze
+
+      aegisctl maint analyze --table episodic_memory
+    """
+    from aegisctl.maintenance.vacuum import analyze, resolve_tables
+
+    app_state = state(ctx)
+    with _maint(app_state, "analyze", dry_run, wait_lock) as mctx:
+        result = analyze(mctx, resolve_tables(mctx.conn, table))
+    _finish(result, app_state, fmt)
+
+
+@app.command("reindex")
+def reindex_cmd(
+    ctx: typer.Context,
+    table: Tables = None,
+    index: Annotated[str | None, typer.Option("--index", help="One index to rebuild.")] = None,
+    all_tables: Annotated[bool, typer.Option("--all", help="Every user table.")] = False,
+    concurrently: Annotated[bool, typer.Option(
+        "--concurrently/--no-concurrently",
+        help="Rebuild without blocking writes (the default where the server supports it).")
+    ] = True,
+    dry_run: DryRun = False,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """Rebuild indexes, concurrently by default, and clean up invalid indexes.
+
+    Invalid indexes a failed concurrent build left behind are dropped (leftovers named
+    *_ccnew/*_ccold) or rebuilt; one that cannot be rebuilt is reported and the command
+    exits 1.
+
+    Examples:
+
+      aegisctl maint reindex --all
+
+      aegisctl maint reindex --index idx_episodic_embedding --dry-run
+    """
+    from aegisctl.errors import UsageError
+    from aegisctl.maintenance.reindex import reindex, supports_concurrently
+
+    chosen = sum([bool(table), index is not None, all_tables])
+    if chosen != 1:
+        raise UsageError("choose what to rebuild: --table T (repeatable), --index I or --all")
+    app_state = state(ctx)
+    with _maint(app_state, "reindex", dry_run, wait_lock) as mctx:
+        use_concurrently = concurrently and supports_concurrently(mctx.conn)
+        result = reindex(mctx, tables=table, index=index, all_tables=all_tables,
+                         concurrently=use_concurrently)
+    _finish(result, app_state, fmt)
+
+
+@app.command("vector-index")
+def vector_index_cmd(
+    ctx: typer.Context,
+    table: Annotated[str | None, typer.Option("--table", help="Only this table's HNSW "
+                                              "indexes (default: every HNSW index).")] = None,
+    index: Annotated[str | None, typer.Option("--index", help="One HNSW index.")] = None,
+    m: Annotated[int | None, typer.Option("--m", help="HNSW m (links per node, 2..100; "
+                                          "default: keep the index's).")] = None,
+    ef_construction: Annotated[int | None, typer.Option(
+        "--ef-construction", help="HNSW ef_construction (4..1000, >= 2*m; default: keep).")
+    ] = None,
+    maintenance_work_mem: Annotated[str | None, typer.Option(
+        "--maintenance-work-mem", help="Memory for the build, e.g. 2GB (default: "
+                                       "maintenance.maintenance_work_mem).")] = None,
+    parallel_workers: Annotated[int | None, typer.Option(
+        "--parallel-workers", min=0, help="max_parallel_maintenance_workers for the build.")
+    ] = None,
+    dry_run: DryRun = False,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """Rebuild HNSW indexes concurrently with new parameters and report the build time.
+
+    A new index is built beside the old one (searches keep working), then replaces it.
+
+    Examples:
+
+      aegisctl maint vector-index --table episodic_memory --m 24 --ef-construction 128
+
+      aegisctl maint vector-index --dry-run
+    """
+    from aegisctl.errors import UsageError
+    from aegisctl.maintenance.vector import rebuild_vector_indexes
+    from aegisctl.units import parse_size
+
+    memory = None
+    if maintenance_work_mem is not None:
+        try:
+            memory = parse_size(maintenance_work_mem)
+        except ValueError as exc:
+            raise UsageError(f"--maintenance-work-mem: {exc}") from None
+    app_state = state(ctx)
+    with _maint(app_state, "vector-index", dry_run, wait_lock) as mctx:
+        result = rebuild_vector_indexes(mctx, table=table, index=index, m=m,
+                                        ef_construction=ef_construction,
+                                        maintenance_work_mem=memory,
+                                        parallel_workers=parallel_workers)
+    _finish(result, app_state, fmt)
+
+
+@app.command("status")
+def status_cmd(ctx: typer.Context, fmt: FormatOption = None) -> None:
+    """What each table needs: dead rows, last (auto)vacuum/analyze, bloat, a recommendation.
+
+    Per table: live and dead rows, last (auto)vacuum and analyze, size, estimated bloat, and
+    what to run next (and why). Read-only; takes no lock.
+
+    Examples:
+
+      aegisctl maint status
+
+      aegisctl maint status --format json | jq '.tables[] | select(.reasons != [])'
+    """
+    from aegisctl.maintenance.status import table_status
+
+    app_state = state(ctx)
+    with app_state.connect("maint status") as conn:
+        result = table_status(conn)
+    output.render(result, app_state.fmt(fmt))

@@ -1,0 +1,126 @@
+"""Archives of deleted rows: gzip-compressed JSON lines, one row (to_jsonb of the row) a line.
+
+Each batch is appended as its own gzip member and fsynced *before* the batch's transaction
+commits, so every deleted row is in the archive; if the commit fails, the member is cut off
+again (truncate + fsync), so no row that stayed in the table is in the archive.
+
+The file is written under a ".tmp-" name and renamed into place when the policy finishes (or
+stops after an interrupt). A run killed hard (SIGKILL, power loss) can leave a ".tmp-" file
+whose last batch may not have been committed; the next run renames such leftovers to
+"*.incomplete.jsonl.gz", so nothing is lost and nothing pretends to be complete. Archives go
+to <archive_dir>/<policy>/, and to the backup remote (<prefix><target>/cleanup-archive/
+<policy>/<file>) when one is configured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aegisctl.backup.store import TMP_PREFIX, default_directory, fsync_dir, sha256_file
+from aegisctl.errors import OperationFailed
+
+if TYPE_CHECKING:
+    from aegisctl.config import Settings
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def archive_root(settings: Settings, target: str) -> Path:
+    if settings.cleanup.archive_dir:
+        return Path(settings.cleanup.archive_dir).expanduser() / target
+    backups = Path(settings.backup.directory).expanduser() if settings.backup.directory \
+        else default_directory()
+    return backups / target / "cleanup-archive"
+
+
+def safe_part(name: str) -> str:
+    """A path component from a config name or an identifier: never a separator or '..'."""
+    cleaned = _SAFE.sub("_", name).lstrip(".")
+    return cleaned or "_"
+
+
+class ArchiveWriter:
+    def __init__(self, root: Path, policy: str, table: str, run_id: str) -> None:
+        self.folder = root / safe_part(policy)
+        self.final = self.folder / f"{safe_part(table)}-{run_id}.jsonl.gz"
+        n = 1
+        while self.final.exists():  # two runs within one second: never overwrite an archive
+            self.final = self.folder / f"{safe_part(table)}-{run_id}-{n}.jsonl.gz"
+            n += 1
+        self.tmp = self.folder / f"{TMP_PREFIX}{self.final.name}"
+        self.rows = 0
+
+    def recover_leftovers(self) -> list[Path]:
+        """Rename temporaries of killed runs (call under the job lock)."""
+        renamed = []
+        if self.folder.is_dir():
+            for path in self.folder.glob(f"{TMP_PREFIX}*.jsonl.gz"):
+                target = path.with_name(path.name[len(TMP_PREFIX):].replace(
+                    ".jsonl.gz", ".incomplete.jsonl.gz"))
+                os.replace(path, target)
+                renamed.append(target)
+        return renamed
+
+    def mark(self) -> int:
+        """The archive's length now: `rollback(mark)` forgets what was written after it."""
+        try:
+            return self.tmp.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def rollback(self, mark: int, rows: int) -> None:
+        """The batch's transaction did not commit: its rows must not stay in the archive."""
+        if self.tmp.exists():
+            fd = os.open(self.tmp, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, mark)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.rows -= rows
+
+    def write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            data = gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6)
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise OperationFailed(f"cannot write the archive {self.tmp}: {exc.strerror}; "
+                                  "the batch was not deleted") from None
+        self.rows += len(lines)
+
+    def close(self) -> Path | None:
+        if not self.tmp.exists():
+            return None
+        os.replace(self.tmp, self.final)
+        fsync_dir(self.folder)
+        return self.final
+
+
+def run_id(now: dt.datetime) -> str:
+    return now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def upload_archive(settings: Settings, target: str, path: Path, policy: str) -> str:
+    """Upload one archive to the backup remote with the backup uploads' checks; its key."""
+    from aegisctl.backup.manifest import BackupFile
+    from aegisctl.backup.remote import _upload_file, open_remote, remote_errors
+
+    remote = open_remote(settings.backup.remote, target)
+    key = f"{remote.prefix()}cleanup-archive/{safe_part(policy)}/{path.name}"
+    item = BackupFile(path=path.name, size=path.stat().st_size, sha256=sha256_file(path))
+    with remote_errors(f"uploading archive {path.name}"):
+        _upload_file(remote, path, key, item, None)
+    return key

@@ -1,0 +1,409 @@
+"""`cleanup run`: every selected policy, checked against the catalog first (a bad policy is a
+configuration error before anything is deleted), then deleted in batches or by partition,
+archived when asked, followed by a concurrent HNSW rebuild after a large delete and
+VACUUM (ANALYZE); the report ends with the erasure horizon."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aegisctl.config import LoadedConfig
+from aegisctl.errors import AegisError, UsageError
+from aegisctl.maintenance.catalog import Relation
+from aegisctl.maintenance.runner import MaintContext, Step, ensure_primary, run_locked
+from aegisctl.retention import partitions as parts
+from aegisctl.retention.archive import ArchiveWriter, archive_root, run_id, upload_archive
+from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
+from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon
+from aegisctl.retention.policy import ResolvedPolicy, resolve_policy
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from aegisctl.output import Block
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyResult:
+    name: str
+    table: str
+    column: str
+    max_age: str
+    cutoff: dt.datetime | None = None
+    method: str = ""  # batches by index | batches by page range | partitions + batches
+    status: str = "planned"  # dry-run | done | interrupted | failed | skipped
+    expired_rows: int | None = None  # dry run: what would go
+    deleted_rows: int = 0
+    partitions_dropped: list[str] = field(default_factory=list)
+    partition_rows: int = 0
+    stats: BatchStats = field(default_factory=BatchStats)
+    archive: str | None = None
+    archived_rows: int = 0
+    uploaded: str | None = None
+    reindexed: list[str] = field(default_factory=list)
+    vacuumed: bool = False
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_deleted(self) -> int:
+        return self.deleted_rows + self.partition_rows
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "policy": self.name, "table": self.table, "column": self.column,
+            "max_age": self.max_age, "cutoff": self.cutoff, "method": self.method,
+            "status": self.status, "expired_rows": self.expired_rows,
+            "deleted_rows": self.total_deleted, "batch_deleted_rows": self.deleted_rows,
+            "partitions_dropped": self.partitions_dropped,
+            "partition_rows": self.partition_rows, "batches": s.batches,
+            "longest_batch_seconds": round(s.longest_batch, 4), "retries": s.retries,
+            "throttled": s.throttled, "throttle_seconds": round(s.throttle_seconds, 2),
+            "max_replica_lag_bytes": s.max_lag_bytes,
+            "max_replica_lag_seconds": round(s.max_lag_seconds, 3),
+            "archive": self.archive, "archived_rows": self.archived_rows,
+            "uploaded": self.uploaded, "reindexed": self.reindexed, "vacuumed": self.vacuumed,
+            "error": self.error, "notes": self.notes,
+        }
+
+
+@dataclass
+class CleanupReport:
+    target: str
+    dry_run: bool
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    policies: list[PolicyResult] = field(default_factory=list)
+    horizon: ErasureHorizon | None = None
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.status == "failed" for p in self.policies)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "dry_run": self.dry_run, "started_at": self.started_at,
+                "finished_at": self.finished_at, "interrupted": self.interrupted,
+                "ok": self.ok, "policies": [p.to_json() for p in self.policies],
+                "deleted_rows": sum(p.total_deleted for p in self.policies),
+                "erasure_horizon": self.horizon.to_json() if self.horizon else None}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Column, Note, Table
+
+        def cutoff(p: PolicyResult) -> str:
+            return f"{p.cutoff.astimezone(dt.UTC):%Y-%m-%d %H:%M}" if p.cutoff else "-"
+
+        if self.dry_run:
+            table = Table([Column("policy", "id"), Column("table", "id"), "max age",
+                           "cutoff (UTC)", Column("would delete", "number"), "method"],
+                          [(p.name, p.table, p.max_age, cutoff(p), p.expired_rows, p.method)
+                           for p in self.policies],
+                          title=f"cleanup dry run on {self.target}: nothing deleted",
+                          empty="no cleanup policies configured (cleanup.policies)")
+        else:
+            table = Table([Column("policy", "id"), Column("table", "id"), "cutoff (UTC)",
+                           Column("deleted", "number"), Column("batches", "number"),
+                           Column("longest", "number"), "status"],
+                          [(p.name, p.table, cutoff(p), p.total_deleted, p.stats.batches,
+                            f"{p.stats.longest_batch:.2f}s", p.status) for p in self.policies],
+                          title=f"cleanup on {self.target}",
+                          empty="no cleanup policies configured (cleanup.policies)")
+        blocks: list[Block] = [table]
+        for p in self.policies:
+            lines = list(p.notes)
+            if p.partitions_dropped:
+                verb = "would drop" if self.dry_run else "dropped"
+                lines.append(f"{verb} partition(s) {', '.join(p.partitions_dropped)} "
+                             f"({p.partition_rows} rows)")
+            if p.archive:
+                lines.append(f"archived {p.archived_rows} rows to {p.archive}"
+                             + (f" (uploaded: {p.uploaded})" if p.uploaded else ""))
+            if p.stats.throttled:
+                lines.append(f"throttled {p.stats.throttled} time(s) for standby lag "
+                             f"({p.stats.throttle_seconds:.1f}s waiting)")
+            if p.reindexed:
+                lines.append(f"rebuilt concurrently before vacuuming: {', '.join(p.reindexed)}")
+            if p.error:
+                lines.append(f"failed: {p.error}")
+            blocks += [Note(f"{p.name}: {line}") for line in lines]
+        if self.interrupted:
+            blocks.append(Note("interrupted: every committed batch stays deleted, nothing is "
+                               "half-done; run it again to finish"))
+        if self.horizon:
+            blocks.append(Note(("if run: " if self.dry_run else "") + self.horizon.sentence))
+        return blocks
+
+
+@dataclass
+class CleanupOptions:
+    policies: list[str] | None = None
+    dry_run: bool = False
+    now: dt.datetime | None = None  # default: the server's clock
+
+
+def select_policies(loaded: LoadedConfig, names: list[str] | None) -> list[str]:
+    configured = loaded.settings.cleanup.policies
+    if names:
+        unknown = [n for n in names if n not in configured]
+        if unknown:
+            raise UsageError(f"unknown cleanup policy {', '.join(unknown)} (configured: "
+                             f"{', '.join(configured) or 'none'})")
+        return names
+    return [n for n, p in configured.items() if p.enabled]
+
+
+def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any],
+                options: CleanupOptions, *, should_stop: Callable[[], bool] = lambda: False,
+                progress: Callable[[str], None] | None = None,
+                on_phase: Callable[[str], None] | None = None) -> CleanupReport:
+    """`on_phase("delete" | "maintenance")` tells the caller which phase runs: batches are
+    never cancelled (a stop waits for the batch), the rebuild and VACUUM after them may be."""
+    settings = loaded.settings
+    started = dt.datetime.now(dt.UTC)
+    conn.execute("SET TIME ZONE 'UTC'")
+    names = select_policies(loaded, options.policies)
+    if not options.dry_run:
+        ensure_primary(conn, "cleanup run")
+    resolved = [resolve_policy(conn, n, settings.cleanup.policies[n]) for n in names]
+    now_row = conn.execute("SELECT now()").fetchone()
+    now = options.now or (now_row[0] if now_row else dt.datetime.now(dt.UTC))
+    report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)
+    pacer = Pacer(settings.cleanup, conn, should_stop, progress)
+    maint = MaintContext(conn=conn, settings=settings.maintenance, should_stop=should_stop,
+                         progress=progress)
+    run = run_id(dt.datetime.now(dt.UTC))
+    for policy in resolved:
+        result = PolicyResult(policy.name, policy.table.qualified, policy.column,
+                              str(policy.age), cutoff=policy.cutoff(now))
+        report.policies.append(result)
+        if should_stop():
+            result.status = "skipped"
+            continue
+        try:
+            if options.dry_run:
+                _dry_run(conn, policy, result)
+            else:
+                _apply(loaded, target_name, conn, policy, result, pacer, maint, run,
+                       on_phase or (lambda phase: None))
+        except AegisError as exc:
+            result.status, result.error = "failed", str(exc)
+        except Exception as exc:
+            if conn.closed or type(exc).__module__.split(".")[0] != "psycopg":
+                raise
+            result.status, result.error = "failed", str(exc).strip().splitlines()[0]
+            if conn.info.transaction_status != 0:  # not idle: leave the failed transaction
+                conn.rollback()
+    report.interrupted = should_stop()
+    report.horizon = erasure_horizon(settings.backup, target_name, now)
+    report.finished_at = dt.datetime.now(dt.UTC)
+    return report
+
+
+def _method(policy: ResolvedPolicy) -> str:
+    batches = "batches by index or page range" if policy.indexed else "batches by page range"
+    return f"partitions + {batches}" if policy.partitioned_on_column else batches
+
+
+def _droppable(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
+               partition: parts.Partition, cutoff: dt.datetime) -> tuple[bool, int]:
+    """(can be dropped whole, its rows): every row expired and none exempt, no key points at
+    it, not itself partitioned."""
+    from psycopg import sql
+
+    if partition.upper is None or partition.upper > cutoff or partition.relation.kind != "r":
+        return False, 0
+    where, params = policy.condition("t", cutoff)
+    row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM {} AS t")
+                       .format(where, partition.relation.ident()), params).fetchone()
+    total, expired = (int(row[0]), int(row[1])) if row else (0, 0)
+    return total == expired, total
+
+
+def _dry_run(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
+             result: PolicyResult) -> None:
+    assert result.cutoff is not None
+    result.method = _method(policy)
+    result.status = "dry-run"
+    if policy.partitioned_on_column and not parts.is_referenced(conn, [policy.table.oid]):
+        for partition in parts.partitions(conn, policy.table):
+            whole, rows = _droppable(conn, policy, partition, result.cutoff)
+            if whole:
+                result.partitions_dropped.append(partition.relation.qualified)
+                result.partition_rows += rows
+    result.expired_rows = count_expired(conn, policy, policy.table, result.cutoff, only=False)
+
+
+def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any],
+           policy: ResolvedPolicy, result: PolicyResult, pacer: Pacer, maint: MaintContext,
+           run: str, on_phase: Callable[[str], None]) -> None:
+    settings = loaded.settings
+    assert result.cutoff is not None
+    result.method = _method(policy)
+    archive = None
+    if policy.settings.archive:
+        archive = ArchiveWriter(archive_root(settings, target_name), policy.name,
+                                policy.table.name, run)
+        for path in archive.recover_leftovers():
+            result.notes.append(f"an earlier run was killed while archiving: kept its file as "
+                                f"{path} (its last batch may not have been deleted)")
+    row = conn.execute("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = %s",
+                       (policy.table.oid,)).fetchone()
+    rows_before = int(row[0]) if row else 0
+    methods: set[str] = set()
+    try:
+        relations = [policy.table]
+        if policy.table.kind == "p":
+            relations = _drop_partitions(conn, policy, result, maint, archive) \
+                if policy.partitioned_on_column else parts.leaves(conn, policy.table)
+        for relation in relations:
+            if pacer.should_stop():
+                break
+            used = delete_expired(conn, policy, relation, result.cutoff, pacer, archive,
+                                  result.stats)
+            methods.add(used)
+        result.deleted_rows = result.stats.deleted
+        if methods:
+            batches = " and ".join(f"batches by {'index' if m == 'index' else 'page range'}"
+                                   for m in sorted(methods))
+            result.method = f"partitions + {batches}" if policy.partitioned_on_column \
+                else batches
+    finally:
+        result.deleted_rows = result.stats.deleted
+        if archive is not None:
+            closed = archive.close()
+            result.archive, result.archived_rows = (str(closed) if closed else None), archive.rows
+    if archive is not None and result.archive and settings.backup.remote is not None \
+            and settings.cleanup.upload_archives:
+        from pathlib import Path
+
+        result.uploaded = upload_archive(settings, target_name, Path(str(result.archive)),
+                                         policy.name)
+    if pacer.should_stop():
+        result.status = "interrupted"
+        result.notes.append("stopped after a committed batch; rebuild and vacuum skipped")
+        return
+    on_phase("maintenance")
+    try:
+        _after_delete(policy, result, maint, rows_before, settings.cleanup.reindex_fraction,
+                      settings.cleanup.vacuum)
+    finally:
+        on_phase("delete")
+    if maint.should_stop():
+        result.status = "interrupted"
+        result.notes.append("interrupted during the rebuild/VACUUM after the deletes (the "
+                            "deletes are committed); `maint vacuum --analyze` finishes it")
+        return
+    result.status = "failed" if result.error else "done"
+
+
+def _after_delete(policy: ResolvedPolicy, result: PolicyResult, maint: MaintContext,
+                  rows_before: int, fraction: float, vacuum: bool) -> None:
+    """pgvector's advice: after a mass delete, rebuild HNSW concurrently, then vacuum."""
+    from psycopg import sql
+
+    if not result.deleted_rows:
+        return
+    if policy.hnsw_indexes and result.deleted_rows >= fraction * max(rows_before, 1):
+        for index in policy.hnsw_indexes:
+            step = Step("", index.qualified)
+            if run_locked(maint, sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(index.ident()),
+                          step):
+                result.reindexed.append(index.qualified)
+            else:
+                if step.status == "cancelled":
+                    _drop_leftovers(maint, policy.table)
+                else:
+                    result.error = f"rebuilding {index.qualified}: {step.detail}"
+                return
+    if vacuum and not maint.should_stop():
+        step = Step("", policy.table.qualified)
+        if run_locked(maint, sql.SQL("VACUUM (ANALYZE) {}").format(policy.table.ident()), step):
+            result.vacuumed = True
+        elif step.status == "failed":
+            result.error = f"VACUUM (ANALYZE) {policy.table.qualified}: {step.detail}"
+
+
+def _drop_leftovers(maint: MaintContext, table: Relation) -> None:
+    """A cancelled REINDEX CONCURRENTLY leaves an invalid *_ccnew index: drop it now."""
+    from psycopg import sql
+
+    from aegisctl.maintenance.reindex import LEFTOVER, invalid_indexes
+
+    for index, _table in invalid_indexes(maint.conn, [table.oid]):
+        if LEFTOVER.search(index.name):
+            run_locked(maint, sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                index.ident()), Step("", index.qualified))
+
+
+def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
+                     result: PolicyResult, maint: MaintContext,
+                     archive: ArchiveWriter | None) -> list[Relation]:
+    """Drop wholly expired partitions; the leaves still to batch-delete."""
+    from psycopg import sql
+
+    assert result.cutoff is not None
+    parent = policy.table
+    for orphan in parts.orphans(conn, parent):
+        _archive_and_drop(conn, orphan, result, maint, archive)
+    for partition in parts.partitions(conn, parent):
+        if partition.detach_pending:
+            step = Step("", partition.relation.qualified)
+            run_locked(maint, sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
+                parent.ident(), partition.relation.ident()), step)
+    referenced = parts.is_referenced(conn, [parent.oid])
+    concurrently = not parts.has_default_partition(conn, parent)
+    for partition in parts.partitions(conn, parent):
+        if referenced or maint.should_stop():
+            break
+        whole, _rows = _droppable(conn, policy, partition, result.cutoff)
+        if not whole:
+            continue
+        rel = partition.relation
+        mark = Step("", rel.qualified)
+        if not run_locked(maint, sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                rel.ident(), sql.Literal(parts.MARK + parent.qualified)), mark):
+            result.notes.append(f"{rel.qualified}: {mark.detail}; batch-deleting instead")
+            continue
+        detach = Step("", rel.qualified)
+        statement = sql.SQL("ALTER TABLE {} DETACH PARTITION {}{}").format(
+            parent.ident(), rel.ident(), sql.SQL(" CONCURRENTLY") if concurrently
+            else sql.SQL(""))
+        if not run_locked(maint, statement, detach):
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(rel.ident()))
+            result.notes.append(f"{rel.qualified}: could not detach ({detach.detail}); "
+                                "batch-deleting instead")
+            continue
+        _archive_and_drop(conn, rel, result, maint, archive)
+    return [leaf for leaf in parts.leaves(conn, parent)]
+
+
+def _archive_and_drop(conn: psycopg.Connection[Any], rel: Relation, result: PolicyResult,
+                      maint: MaintContext, archive: ArchiveWriter | None) -> None:
+    from psycopg import sql
+
+    started = time.perf_counter()
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel.ident())).fetchone()
+    rows = int(row[0]) if row else 0
+    if archive is not None:
+        with conn.transaction(), conn.cursor(name="aegisctl_archive") as cur:
+            cur.execute(sql.SQL("SELECT to_jsonb(t)::text FROM {} AS t").format(rel.ident()))
+            while chunk := cur.fetchmany(5000):
+                archive.write([r[0] for r in chunk])
+    drop = Step("", rel.qualified)
+    if run_locked(maint, sql.SQL("DROP TABLE {}").format(rel.ident()), drop):
+        result.partitions_dropped.append(rel.qualified)
+        result.partition_rows += rows
+        log.info("dropped expired partition %s (%d rows) in %.1fs", rel.qualified, rows,
+                 time.perf_counter() - started)
+    else:
+        result.error = f"dropping detached partition {rel.qualified}: {drop.detail} (the " \
+                       "next run finishes it)"
