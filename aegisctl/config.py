@@ -18,11 +18,11 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
+from aegisctl.maintenance.settings import MaintenanceSettings
 from aegisctl.memory.settings import MemorySettings
+from aegisctl.retention.settings import CleanupSettings, check_cleanup_settings
 from aegisctl.scheduling.jobs import check_schedule
 from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
-from aegisctl.maintenance.settings import MaintenanceSettings
-from aegisctl.retention.settings import CleanupSettings, check_cleanup_settings
 from aegisctl.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
