@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aegisctl.backup.store import TMP_PREFIX, default_directory, fsync_dir, sha256_file
+from aegisctl.backup.store import TMP_PREFIX, default_directory, fsync_dir
 from aegisctl.errors import OperationFailed
 
 if TYPE_CHECKING:
@@ -116,11 +116,12 @@ def run_id(now: dt.datetime) -> str:
 def upload_archive(settings: Settings, target: str, path: Path, policy: str) -> str:
     """Upload one archive to the backup remote with the backup uploads' checks; its key."""
     from aegisctl.backup.manifest import BackupFile
-    from aegisctl.backup.remote import _upload_file, open_remote, remote_errors
+    from aegisctl.backup.remote import _upload_file, file_digests, open_remote, remote_errors
 
     remote = open_remote(settings.backup.remote, target)
     key = f"{remote.prefix()}cleanup-archive/{safe_part(policy)}/{path.name}"
-    item = BackupFile(path=path.name, size=path.stat().st_size, sha256=sha256_file(path))
+    digests = file_digests(path, remote.settings)
+    item = BackupFile(path=path.name, size=digests.size, sha256=digests.sha256)
     with remote_errors(f"uploading archive {path.name}"):
-        _upload_file(remote, path, key, item, None)
+        _upload_file(remote, path, key, item, digests, None)
     return key
