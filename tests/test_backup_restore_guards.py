@@ -102,7 +102,7 @@ def test_selective_restore_of_a_referenced_table(cli, aegis_db, backup_config) -
     cfg = backup_config()
     m = create(cli, cfg)
     before = aegis_db.execute("SELECT id, summary FROM episodic_memory ORDER BY id").fetchall()
-    aegis_db.execute("UPDATE episodic_memory SET summary = 'damaged'")
+    aegis_db.execute("UPDATE episodic_memory SET summary = 'damaged ' || id")
     aegis_db.execute("DELETE FROM episodic_memory WHERE id = %s AND id NOT IN"
                      " (SELECT decision_id FROM decision_outcomes WHERE decision_id IS NOT NULL)",
                      (ids[-1],))
@@ -128,12 +128,12 @@ def test_selective_restore_of_a_referenced_table(cli, aegis_db, backup_config) -
     aegis_db.execute("INSERT INTO episodic_memory (id, event_type, summary)"
                      " VALUES (99999, 't', 'after the backup')")
     _decisions(aegis_db, [99999])
-    aegis_db.execute("UPDATE episodic_memory SET summary = 'kept'")
+    aegis_db.execute("UPDATE episodic_memory SET summary = 'kept ' || id")
     refused = cli("--config", str(cfg), "backup", "restore", m["id"], "--table",
                   "episodic_memory", "--force", "--yes")
     assert refused.exit_code == 1
     assert "nothing was changed" in refused.stderr and "decision_outcomes" in refused.stderr
-    assert aegis_db.execute("SELECT count(*) FROM episodic_memory WHERE summary <> 'kept'"
+    assert aegis_db.execute("SELECT count(*) FROM episodic_memory WHERE summary <> 'kept ' || id"
                             ).fetchone() == (0,)
 
 
