@@ -219,7 +219,8 @@ def _console(stderr: bool = False) -> Any:
         markup=False,
         emoji=False,
         soft_wrap=False,
-        width=None if stream.isatty() else 200,
+        # Into a pipe or file: wide rows (rich's 80 would fold them), unless COLUMNS says.
+        width=None if stream.isatty() or os.environ.get("COLUMNS") else 200,
     )
     # rich's own handler exits 1 on a closed pipe; the CLI's handler exits quietly with 0.
     console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]

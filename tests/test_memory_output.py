@@ -161,3 +161,16 @@ def test_reembed_no_at_the_prompt_exits_1_and_changes_nothing(
     dry = cli("--config", str(config), "memory", "reembed", "--dry-run", "-f", "table")
     assert dry.exit_code == 0 and "would embed 1 memories (all)" in dry.stdout
 
+
+
+def test_an_explicit_global_format_table_is_a_table_in_a_pipe(cli, make_config, tmp_path,
+                                                               memory_db) -> None:
+    """Into a pipe memory commands default to JSON lines, but `--format table` given before
+    the command means a table, like everywhere else."""
+    config = make_config(embedding={"provider": "none"})
+    _import(cli, config, tmp_path, [episodic("the pipe format memory")])
+    piped = cli("--config", str(config), "memory", "recent")
+    assert json.loads(piped.stdout.splitlines()[0])["summary"] == "the pipe format memory"
+    table = cli("--config", str(config), "--format", "table", "memory", "recent")
+    assert table.exit_code == 0, table.output
+    assert "episodic:1" in table.stdout and not table.stdout.lstrip().startswith("{")

@@ -71,7 +71,7 @@ def check(
     from aegisctl.errors import AegisError
 
     app_state = state(ctx)
-    chosen = fmt or CheckFormat(app_state.format.value)
+    chosen = fmt or CheckFormat(app_state.fmt(None).value)
     if list_checks:
         from aegisctl.diagnostics.checks import CheckList
 

@@ -38,7 +38,9 @@ FormatOption = Annotated[
 class AppState:
     config_path: str | None = None
     target_name: str | None = None
-    format: OutputFormat = OutputFormat.table
+    # None when --format was not given: a command may then pick its own default (memory
+    # commands write JSON lines into a pipe); an explicit --format table always means table.
+    format: OutputFormat | None = None
     quiet: bool = False
     verbose: bool = False
     debug: bool = False
@@ -47,7 +49,7 @@ class AppState:
     _loaded: LoadedConfig | None = field(default=None, repr=False)
 
     def fmt(self, override: OutputFormat | None) -> OutputFormat:
-        return override or self.format
+        return override or self.format or OutputFormat.table
 
     def config(self) -> LoadedConfig:
         if self._loaded is None:

@@ -150,8 +150,11 @@ def main(
                      envvar="AEGISCTL_TARGET"),
     ] = None,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Output format for every command.")
-    ] = OutputFormat.table,
+        OutputFormat | None, typer.Option("--format", "-f", help="Output format for every command: "
+                                          "table (the "
+                                          "default; memory commands write JSON lines into a "
+                                          "pipe unless told) or json.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what is done.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Debug logs and tracebacks.")] = False,

@@ -90,8 +90,8 @@ ExplainOpt = Annotated[bool, typer.Option(
 def _format(app_state: AppState, requested: MemoryFormat | None) -> MemoryFormat:
     if requested is not None:
         return requested
-    if app_state.format is OutputFormat.json:
-        return MemoryFormat.json
+    if app_state.format is not None:  # an explicit global --format
+        return MemoryFormat(app_state.format.value)
     return MemoryFormat.table if sys.stdout.isatty() else MemoryFormat.jsonl
 
 
