@@ -179,8 +179,11 @@ def _print_block(block: Block) -> None:
     if not block.rows and block.empty:
         console.print(Text(inert(block.empty)))
         return
-    table = RichTable(title=block.title, box=box.SIMPLE_HEAD, title_justify="left")
     cells = [[_cell(cell) for cell in row] for row in block.rows]
+    if _fixed_width(block, cells) > console.width:
+        _print_records(console, block, cells)
+        return
+    table = RichTable(title=block.title, box=box.SIMPLE_HEAD, title_justify="left")
     for index, column in enumerate(block.columns):
         col = column if isinstance(column, Column) else Column(column)
         # Identifiers and numbers keep their full width on a narrow terminal (prose wraps
@@ -197,6 +200,41 @@ def _print_block(block: Block) -> None:
     for row_cells in cells:
         table.add_row(*(Text(cell) for cell in row_cells))
     console.print(table)
+
+
+def _fixed_width(block: Table, cells: list[list[str]]) -> int:
+    """The narrowest the table can be without clipping an identifier or a figure (prose
+    columns get at least 12 characters), padding included."""
+    total = 2
+    for index, column in enumerate(block.columns):
+        col = column if isinstance(column, Column) else Column(column)
+        widest = max([len(col.name), *(len(row[index]) for row in cells if index < len(row))])
+        total += (widest if col.kind in ("id", "number") else min(widest, 12)) + 3
+    return total
+
+
+def _print_records(console: Any, block: Table, cells: list[list[str]]) -> None:
+    """Too many columns for the terminal: one record per row, `column  value` lines, so
+    nothing is clipped."""
+    from rich import box
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    columns = [c if isinstance(c, Column) else Column(c) for c in block.columns]
+    if block.title:
+        console.print(Text(inert(block.title)))
+    for number, row_cells in enumerate(cells, 1):
+        table = RichTable(box=box.SIMPLE, show_header=False, title=f"{number}",
+                          title_justify="left")
+        table.add_column(style="bold", no_wrap=True)
+        # The values' column is at least as wide as the row's identifiers and figures.
+        fixed = [len(cell) for col, cell in zip(columns, row_cells, strict=False)
+                 if col.kind in ("id", "number")]
+        table.add_column(overflow="fold", min_width=max(fixed, default=0) or None)
+        names = [col.name for col in columns]
+        for name, cell in zip(names, row_cells, strict=False):
+            table.add_row(Text(inert(name)), Text(cell))
+        console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,3 +106,37 @@ def test_verbose_logs_what_is_done(cli, db_config) -> None:
     assert "applied 0001_foundation.sql" in log
     quiet = cli("--config", str(db_config), "schema", "init")
     assert quiet.exit_code == 0 and "INFO" not in quiet.stderr
+
+
+def test_a_table_too_wide_for_the_terminal_becomes_records(monkeypatch) -> None:
+    """Identifiers and figures are never clipped: when they alone do not fit, each row is
+    printed as `column value` lines instead of a cropped table."""
+    import io
+
+    from rich.console import Console
+
+    from aegisctl import output
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(output, "_console", lambda stderr=False: Console(
+        file=buffer, width=50, no_color=True, highlight=False, markup=False, soft_wrap=False))
+    ids = [f"public.a_table_with_a_rather_long_name_{i}" for i in range(2)]
+    output.render(_Rows(ids), "table")
+    text = buffer.getvalue()
+    assert all(i in text for i in ids) and "1234567890" in text
+    assert all(len(line) <= 50 for line in text.splitlines())
+
+
+class _Rows:
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+
+    def to_json(self) -> object:
+        return self.ids
+
+    def to_view(self) -> list[object]:
+        from aegisctl.output import Column, Table
+
+        return [Table([Column("table", "id"), Column("rows", "number"),
+                       Column("bytes", "number"), Column("note", "text")],
+                      [(i, 1234567890, 9876543210, "words " * 20) for i in self.ids])]

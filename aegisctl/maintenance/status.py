@@ -75,10 +75,16 @@ class MaintStatus:
         return {"tables": [t.to_json() for t in self.tables]}
 
     def to_view(self) -> list[Block]:
+        from aegisctl.diagnostics.topics import format_seconds
         from aegisctl.output import Column, Note, Table
 
+        now = dt.datetime.now(dt.UTC)
+
         def when(value: dt.datetime | None) -> str:
-            return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if value else "never"
+            # An age fits a narrow terminal; the JSON form keeps the timestamps.
+            if value is None:
+                return "never"
+            return format_seconds(max(0, round((now - value).total_seconds()))) + " ago"
 
         rows: list[Sequence[Any]] = [(t.qualified, t.live_rows, t.dead_rows, f"{100 * t.dead_fraction:.0f}%",
                  when(t.last_vacuum), when(t.last_analyze), format_bytes(t.table_bytes),
@@ -87,7 +93,8 @@ class MaintStatus:
         todo = [t for t in self.tables if t.reasons]
         blocks: list[Block] = [Table(
             [Column("table", "id"), Column("live", "number"), Column("dead", "number"),
-             Column("dead%", "number"), "last vacuum", "last analyze",
+             Column("dead%", "number"), Column("last vacuum", "number"),
+             Column("last analyze", "number"),
              Column("size", "number"), Column("bloat~", "number"), Column("run", "text")],
             rows, title="tables", empty="no user tables")]
         for t in todo:
