@@ -182,14 +182,17 @@ class Engine:
             raise OperationFailed(f"cannot {what}: {last_line(done)}")
         return data
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
+    def popen(self, *args: str, log_file: Path) -> subprocess.Popen[str]:
+        """A long-running Barman command in its own process group, its output to `log_file`
+        (a pipe nobody reads would fill and block it)."""
         ids = self.ids()
-        return subprocess.Popen(
-            self.argv(*args), text=True, env=self.env(), cwd=self.home,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            user=ids[0] if ids else None, group=ids[1] if ids else None,
-            extra_groups=[] if ids else None, start_new_session=True,
-        )
+        with open(log_file, "a") as log_handle:
+            return subprocess.Popen(
+                self.argv(*args), text=True, env=self.env(), cwd=self.home,
+                stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                user=ids[0] if ids else None, group=ids[1] if ids else None,
+                extra_groups=[] if ids else None, start_new_session=True,
+            )
 
 
 def last_line(done: subprocess.CompletedProcess[str]) -> str:

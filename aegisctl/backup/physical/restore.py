@@ -27,7 +27,7 @@ from aegisctl.backup.physical.backups import (
 )
 from aegisctl.backup.physical.engine import Engine, engine_for
 from aegisctl.backup.physical.wal import archived_wals, switch_and_archive
-from aegisctl.errors import OperationFailed, UsageError
+from aegisctl.errors import MissingBinary, OperationFailed, UsageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -158,6 +158,9 @@ def plan_restore(loaded: LoadedConfig, target: Target, *, backup_id: str | None,
 
 def run_restore(loaded: LoadedConfig, target: Target, plan: RestorePlan) -> RestoreResult:
     engine = engine_for(loaded, target)
+    if shutil.which("rsync") is None:
+        raise MissingBinary("Barman's recover needs rsync, which is not installed",
+                            hint="apt-get install rsync")
     started = time.monotonic()
     _check_target_dir(plan.target_dir)
     created = not plan.target_dir.exists()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup.physical.engine import Engine, engine_for
@@ -72,19 +73,19 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
     child: subprocess.Popen[str] | None = None
     last_archive = 0.0
     started_child = time.monotonic()
+    log_file = engine.make_dir(engine.home / "log") / f"receive-wal-{engine.server}.log"
+    log_file = engine.make_dir(engine.home / "log") / f"receive-wal-{engine.server}.log"
     try:
         while not stop.is_set():
             if child is None or child.poll() is not None:
                 if child is not None:
-                    output = (child.stdout.read() if child.stdout else "").strip()
-                    say(f"receive-wal exited with {child.returncode}: "
-                        f"{output.splitlines()[-1] if output else 'no output'}; "
+                    say(f"receive-wal exited with {child.returncode}: {_tail(log_file)}; "
                         f"restarting in {delay:.0f} s")
                     restarts += 1
                     if stop.wait(delay):
                         break
                     delay = min(delay * 2, 60.0)
-                child = engine.popen("receive-wal", engine.server)
+                child = engine.popen("receive-wal", engine.server, log_file=log_file)
                 say(f"receive-wal started (pid {child.pid}, slot {engine.slot_name})")
                 started_child = time.monotonic()
             elif time.monotonic() - started_child > 60:
@@ -105,12 +106,18 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
             except subprocess.TimeoutExpired:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
-        if child is not None and child.stdout:
-            child.stdout.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     archive_now(engine)
     return StreamSummary(target.name, started, dt.datetime.now(dt.UTC), restarts, archive_runs)
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
+    return lines[-1][:300] if lines else "no output"
 
 
 def archive_now(engine: Engine) -> None:
@@ -196,7 +203,7 @@ class WalStatus:
 
 def archived_wals(engine: Engine) -> list[tuple[str, int, float]]:
     """(segment, size, mtime) of every archived WAL file, from Barman's xlog.db."""
-    xlog = engine.server_dir / "wals" / "xlog.db"
+    xlog = engine.server_dir / "wals" / f"{engine.server}-xlog.db"
     out = []
     try:
         text = xlog.read_text()
