@@ -14,11 +14,13 @@ PostgreSQL will run as.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -169,8 +171,20 @@ class Engine:
             raise OperationFailed(f"cannot {what}: Barman did not finish in {timeout:.0f} s") \
                 from None
         if check and done.returncode != 0:
-            raise OperationFailed(f"cannot {what}: {last_line(done)}")
+            raise OperationFailed(f"cannot {what}: {self.explain(done)}")
         return done
+
+    def explain(self, done: subprocess.CompletedProcess[str]) -> str:
+        """Barman's last error line, from its log when its output only points there."""
+        line = last_line(done)
+        if "log file" not in line:
+            return line
+        try:
+            lines = (self.home / "log" / "barman.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return line
+        errors = [ln for ln in lines[-200:] if " ERROR " in ln or "Exception:" in ln]
+        return errors[-1].split(" ERROR ", 1)[-1].strip()[:500] if errors else line
 
     def run_json(self, *args: str, what: str, timeout: float | None = 600) -> Any:
         done = self.run(*args, what=what, timeout=timeout, check=False, json_output=True)
@@ -192,7 +206,18 @@ class Engine:
                 stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 user=ids[0] if ids else None, group=ids[1] if ids else None,
                 extra_groups=[] if ids else None, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when aegisctl dies, even by SIGKILL: no orphaned streamer holds the slot.
+    (Runs in the child after its user switch, which would otherwise clear it.)"""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def last_line(done: subprocess.CompletedProcess[str]) -> str:

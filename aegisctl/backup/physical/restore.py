@@ -113,6 +113,28 @@ def _check_target_dir(path: Path) -> Path:
     return path
 
 
+def _check_reachable(engine: Engine, path: Path) -> None:
+    """As root, Barman and the restored server run as an unprivileged user: it must be able to
+    enter every folder on the way (we never widen permissions we did not set)."""
+    import stat
+
+    ids = engine.server_ids()
+    if ids is None:
+        return
+    blocked = None
+    for folder in [*reversed(path.parents)]:
+        info = folder.stat()
+        if not (info.st_mode & stat.S_IXOTH or (info.st_uid == ids[0]
+                                                and info.st_mode & stat.S_IXUSR)):
+            blocked = folder
+            break
+    if blocked is not None:
+        raise UsageError(f"user '{engine.run_as}' (restored servers run as it) cannot enter "
+                         f"{blocked} on the way to {path}",
+                         hint="pick a --target-dir under a folder others can enter, "
+                         "e.g. /var/lib/aegisctl/restore")
+
+
 def plan_restore(loaded: LoadedConfig, target: Target, *, backup_id: str | None,
                  latest: bool, to_time: dt.datetime | None, to_lsn: str | None,
                  target_dir: Path, refresh_wal: bool = True) -> RestorePlan:
@@ -124,6 +146,7 @@ def plan_restore(loaded: LoadedConfig, target: Target, *, backup_id: str | None,
     if backup_id and not BACKUP_ID.match(backup_id):
         raise UsageError(f"{backup_id!r} is not a physical backup id (like 20260131T020000)")
     target_dir = _check_target_dir(target_dir)
+    _check_reachable(engine, target_dir)
     if to_time and refresh_wal:
         # The segment holding a recent target may still be .partial: close and archive it.
         with contextlib.suppress(OperationFailed):
