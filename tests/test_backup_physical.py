@@ -164,6 +164,7 @@ def test_guard_rails(cli: Any, physical_env: PhysicalEnv, tmp_path: Path) -> Non
 
 def test_killed_streamer_resumes_without_a_gap(cli: Any, physical_env: PhysicalEnv) -> None:
     env = physical_env
+    run_json(cli, env, "backup", "create", "--physical")  # recovery starts before the outage
     env.stop_streaming()
     streamer = subprocess.Popen(
         [sys.executable, "-m", "aegisctl", "-c", str(env.config), "backup", "wal", "stream"],

@@ -14,7 +14,6 @@ PostgreSQL will run as.
 from __future__ import annotations
 
 import configparser
-import contextlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,18 +206,22 @@ class Engine:
                 stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 user=ids[0] if ids else None, group=ids[1] if ids else None,
                 extra_groups=[] if ids else None, start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent(),
             )
 
 
-def _die_with_parent() -> None:
-    """SIGTERM when aegisctl dies, even by SIGKILL: no orphaned streamer holds the slot.
-    (Runs in the child after its user switch, which would otherwise clear it.)"""
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec function: SIGTERM when aegisctl dies, even by SIGKILL, so no orphaned
+    streamer holds the slot. It runs in the child after the user switch (which would clear
+    the setting), where nothing can be imported any more: libc is resolved here."""
     import ctypes
 
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
     pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, int(signal.SIGTERM))
 
 
 def last_line(done: subprocess.CompletedProcess[str]) -> str:
