@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from aegisctl.backup.physical.settings import check_physical_settings
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.errors import ConfigError
 from aegisctl.units import parse_duration, parse_size
@@ -381,6 +382,7 @@ def validate(data: dict[str, Any], origin: str, lines: dict[str, int] | None = N
 
 def _check_consistency(settings: Settings, origin: str) -> None:
     _check_memory_settings(settings, origin)
+    check_physical_settings(settings.backup.physical, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
         raise ConfigError(

@@ -44,3 +44,23 @@ class PhysicalSettings:
     max_drill_age: Duration = 35 * 86400.0
     # A drill's restored server must be promoted within this long.
     drill_timeout: Duration = 900.0
+
+
+def check_physical_settings(physical: PhysicalSettings, origin: str) -> None:
+    """Ranges the generic validator cannot know (called from config._check_consistency)."""
+    import re
+
+    from aegisctl.errors import ConfigError
+
+    key = "backup.physical"
+    if not re.fullmatch(r"[a-z0-9_]{1,63}", physical.slot_name):
+        raise ConfigError(f"{origin}: {key}.slot_name: {physical.slot_name!r} is not a valid "
+                          "slot name (lower-case letters, digits and _, at most 63)")
+    if not re.fullmatch(r"\d+(\.\d+)*", physical.barman_version):
+        raise ConfigError(f"{origin}: {key}.barman_version: expected a version like 3.19.1")
+    for name, value, low in (("archive_interval", physical.archive_interval, 1.0),
+                             ("drill_timeout", physical.drill_timeout, 10.0),
+                             ("max_slot_wal_keep_size", physical.max_slot_wal_keep_size,
+                              64 * 1024**2)):
+        if value < low:
+            raise ConfigError(f"{origin}: {key}.{name}: must be at least {low:g}")
