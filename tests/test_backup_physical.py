@@ -214,3 +214,17 @@ def test_killed_streamer_resumes_without_a_gap(cli: Any, physical_env: PhysicalE
     assert drill["row_counts"]["public.mem"] == expected[0]
     status = run_json(cli, env, "backup", "wal", "status")
     assert status["streaming"] and status["recoverable_window"]["start"]
+
+
+def test_prune_keeps_recent_chains_and_list_shows_them(
+        cli: Any, physical_env: PhysicalEnv) -> None:
+    env = physical_env
+    if not any(b.usable for b in list_physical(env.engine)):
+        run_json(cli, env, "backup", "create", "--physical")
+    plan = run_json(cli, env, "backup", "physical", "prune", "--dry-run")
+    assert plan["delete"] == {} and plan["keep"]
+    result = cli("-c", str(env.config), "backup", "physical", "prune")
+    assert result.exit_code == 0  # nothing to delete: no confirmation needed
+    listing = run_json(cli, env, "backup", "physical", "list")
+    assert all(b["kind"] == "physical" for b in listing["backups"])
+    assert listing["recoverable_window"]["start"] is not None

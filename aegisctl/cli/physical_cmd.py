@@ -261,3 +261,35 @@ def register(backup_app: typer.Typer) -> None:
     backup_app.add_typer(physical_app, name="physical")
     backup_app.add_typer(wal_app, name="wal")
     backup_app.command("drill")(drill)
+
+
+@physical_app.command("prune")
+def prune(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be deleted and "
+                                          "why; delete nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Delete physical backups backup.retention no longer needs, by whole chains: a chain is
+    kept while any member is needed, and so is the newest backup older than keep_days (the
+    start of the recoverable window needs it). Deletions go to Barman's audit log.
+
+    Examples:
+
+      aegisctl backup physical prune --dry-run
+
+      aegisctl backup physical prune --yes
+    """
+    from aegisctl.backup.physical.prune import prune_physical
+
+    app_state = state(ctx)
+    loaded, target = app_state.config(), app_state.target()
+    plan = prune_physical(loaded, target, dry_run=True)
+    if dry_run or not plan.delete:
+        output.render(plan, app_state.fmt(fmt))
+        return
+    for backup_id, why in sorted(plan.delete.items()):
+        output.print_status(f"delete {backup_id}: {why}")
+    confirm(f"Delete {len(plan.delete)} physical backup(s)?", yes)
+    output.render(prune_physical(loaded, target, dry_run=False), app_state.fmt(fmt))

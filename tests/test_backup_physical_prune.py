@@ -1,0 +1,63 @@
+"""Physical retention by whole chains (the planner is a pure function of the catalog)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aegisctl.backup.physical.backups import PhysicalBackup
+from aegisctl.backup.physical.prune import plan_physical_prune
+from aegisctl.backup.settings import RetentionSettings
+
+NOW = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+
+
+def backup(days_ago: float, parent: PhysicalBackup | None = None,
+           status: str = "DONE") -> PhysicalBackup:
+    end = NOW - dt.timedelta(days=days_ago)
+    b = PhysicalBackup(id=end.strftime("%Y%m%dT%H%M%S"), type="incremental" if parent else "full",
+                       parent=parent.id if parent else None, status=status,
+                       begin_time=end - dt.timedelta(minutes=5), end_time=end, size=1)
+    b.chain = parent.chain if parent else b.id
+    return b
+
+
+def test_a_chain_is_kept_whole_while_any_member_is_needed() -> None:
+    old_full = backup(30)
+    old_inc = backup(29, old_full)
+    full = backup(20)
+    inc1 = backup(12, full)
+    inc2 = backup(2, inc1)  # needed (recent): its whole chain stays
+    plan = plan_physical_prune([old_full, old_inc, full, inc1, inc2],
+                               RetentionSettings(keep_days=7, min_keep=1), "t", NOW)
+    assert set(plan.keep) == {full.id, inc1.id, inc2.id}
+    assert set(plan.delete) == {old_full.id, old_inc.id}
+
+
+def test_the_backup_before_the_cutoff_is_kept_for_the_window_start() -> None:
+    older = backup(40)
+    before_cutoff = backup(10)
+    recent = backup(1)
+    plan = plan_physical_prune([older, before_cutoff, recent],
+                               RetentionSettings(keep_days=7, min_keep=1), "t", NOW)
+    assert before_cutoff.id in plan.keep and recent.id in plan.keep
+    assert list(plan.delete) == [older.id]
+
+
+def test_the_newest_usable_chain_survives_even_when_old() -> None:
+    a = backup(100)
+    b = backup(90)
+    failed = backup(50, status="FAILED")
+    plan = plan_physical_prune([a, b, failed], RetentionSettings(keep_days=7, min_keep=1),
+                               "t", NOW)
+    assert b.id in plan.keep
+    assert failed.id in plan.delete and a.id in plan.delete
+
+
+def test_an_incremental_whose_parent_failed_is_not_counted_usable() -> None:
+    full = backup(30, status="FAILED")
+    inc = backup(29, full)
+    good = backup(20)
+    plan = plan_physical_prune([full, inc, good], RetentionSettings(keep_days=7, min_keep=1),
+                               "t", NOW)
+    assert good.id in plan.keep
+    assert {full.id, inc.id} <= set(plan.delete)
