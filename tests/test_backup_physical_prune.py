@@ -61,3 +61,24 @@ def test_an_incremental_whose_parent_failed_is_not_counted_usable() -> None:
                                "t", NOW)
     assert good.id in plan.keep
     assert {full.id, inc.id} <= set(plan.delete)
+
+
+def test_the_wal_stream_unit_is_valid_for_systemd(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from aegisctl.backup.physical.units import wal_stream_unit
+
+    text = wal_stream_unit("/usr/bin/true", "/etc/aegisctl/config.yaml", "primary")
+    assert "Type=simple" in text and "backup wal stream" in text
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "aegisctl-wal-stream.service"
+    unit.write_text(text)
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    problems = [ln for ln in done.stderr.splitlines() if str(unit.name) in ln
+                and "network-online" not in ln and "postgresql.service" not in ln]
+    assert not problems, done.stderr
