@@ -148,6 +148,14 @@ def test_guard_rails(cli: Any, physical_env: PhysicalEnv, tmp_path: Path) -> Non
     result = cli("-c", str(env.config), "backup", "create", "--physical", "--incremental",
                  "--parent", "20000101T000000")
     assert result.exit_code == 2 and "no physical backup" in result.stderr
+    result = cli("-c", str(env.config), "backup", "restore", "--physical", "--latest",
+                 "--to-lsn", "0/1; rm", "--target-dir", str(tmp_path / "y"))
+    assert result.exit_code == 2 and "not an LSN" in result.stderr
+    result = cli("-c", str(env.config), "backup", "restore", "--latest",
+                 "--target-dir", str(tmp_path / "z"))
+    assert result.exit_code == 2 and "--physical" in result.stderr
+    result = cli("-c", str(env.config), "backup", "drill")
+    assert result.exit_code == 2 and "--physical" in result.stderr
     # No incremental while summarize_wal is off.
     with env.connect() as conn:
         conn.execute("ALTER SYSTEM SET summarize_wal = off")

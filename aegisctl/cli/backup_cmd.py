@@ -316,7 +316,8 @@ def restore(
       aegisctl backup restore --physical --to-time 2026-01-31T14:05:00Z --target-dir /srv/pitr
     """
     if physical or target_dir or to_time or to_lsn:
-        return physical_cmd.restore_physical(ctx, backup_id=backup_id, latest=latest,
+        return physical_cmd.restore_physical(ctx, physical=physical, backup_id=backup_id,
+                                             latest=latest,
                                              to_time=to_time, to_lsn=to_lsn,
                                              target_dir=target_dir, dry_run=dry_run, fmt=fmt)
     from aegisctl.backup.lock import target_lock

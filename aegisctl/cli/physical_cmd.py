@@ -186,8 +186,8 @@ def wal_status(ctx: typer.Context, fmt: FormatOption = None) -> None:
 def drill(
     ctx: typer.Context,
     physical: Annotated[bool, typer.Option(
-        "--physical", help="Drill a physical backup (the only kind drilled here; logical "
-        "backups have `backup verify --restore-test`).")] = True,
+        "--physical", help="Drill a physical backup (required: logical backups are proven "
+        "by `backup verify --restore-test`).")] = False,
     backup_id: Annotated[str | None, typer.Option(
         "--backup", metavar="ID", help="This backup (default: the newest usable one before "
         "--to-time).")] = None,
@@ -209,7 +209,11 @@ def drill(
       aegisctl backup drill --physical --to-time 2026-01-31T14:05:00Z --format json
     """
     from aegisctl.backup.physical.restore import parse_time, run_drill
+    from aegisctl.errors import UsageError
 
+    if not physical:
+        raise UsageError("backup drill needs --physical (logical backups: "
+                         "aegisctl backup verify --latest --restore-test)")
     app_state = state(ctx)
     output.print_status("drill: restoring into a temporary directory")
     report = run_drill(app_state.config(), app_state.target(), backup_id=backup_id,
@@ -232,7 +236,8 @@ def create_physical(ctx: typer.Context, *, incremental: bool, parent: str | None
         raise typer.Exit(int(ExitCode.FAILED))
 
 
-def restore_physical(ctx: typer.Context, *, backup_id: str | None, latest: bool,
+def restore_physical(ctx: typer.Context, *, physical: bool, backup_id: str | None,
+                     latest: bool,
                      to_time: str | None, to_lsn: str | None, target_dir: Path | None,
                      dry_run: bool, fmt: FormatOption) -> None:
     """Body of `backup restore --physical (ID | --latest) [--to-time | --to-lsn]
@@ -240,6 +245,9 @@ def restore_physical(ctx: typer.Context, *, backup_id: str | None, latest: bool,
     from aegisctl.backup.physical.restore import parse_time, plan_restore, run_restore
     from aegisctl.errors import UsageError
 
+    if not physical:
+        raise UsageError("--target-dir, --to-time and --to-lsn restore physical backups: "
+                         "add --physical")
     if target_dir is None:
         raise UsageError("--physical needs --target-dir DIR (a new or empty directory)")
     if not backup_id and not latest and not to_time and not to_lsn:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -141,6 +142,8 @@ def plan_restore(loaded: LoadedConfig, target: Target, *, backup_id: str | None,
     engine = engine_for(loaded, target)
     if to_time and to_lsn:
         raise UsageError("give --to-time or --to-lsn, not both")
+    if to_lsn and not re.fullmatch(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}", to_lsn):
+        raise UsageError(f"--to-lsn {to_lsn!r} is not an LSN (like 0/1A2B3C4D)")
     if backup_id and latest:
         raise UsageError("give a backup ID or --latest, not both")
     if backup_id and not BACKUP_ID.match(backup_id):
