@@ -67,12 +67,13 @@ def plan_physical_prune(backups: list[PhysicalBackup], retention: RetentionSetti
     reasons: dict[str, list[str]] = {}
 
     def need(backup: PhysicalBackup, why: str) -> None:
-        reasons.setdefault(backup.chain, []).append(why)
+        if why not in reasons.setdefault(backup.chain, []):
+            reasons[backup.chain].append(why)
 
     for backup in backups:
         recent = backup.end_time is None or backup.end_time >= cutoff
         if recent and backup.chain and (backup.usable or backup.end_time is None):
-            need(backup, f"{backup.id} newer than keep_days ({retention.keep_days})")
+            need(backup, f"newer than keep_days ({retention.keep_days})")
     before_cutoff = [b for b in usable if b.end_time and b.end_time < cutoff]
     if before_cutoff:
         need(before_cutoff[-1], f"{before_cutoff[-1].id}: recovery to the start of the "
