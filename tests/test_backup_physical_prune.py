@@ -82,3 +82,21 @@ def test_the_wal_stream_unit_is_valid_for_systemd(tmp_path) -> None:  # type: ig
     problems = [ln for ln in done.stderr.splitlines() if str(unit.name) in ln
                 and "network-online" not in ln and "postgresql.service" not in ln]
     assert not problems, done.stderr
+
+
+def test_a_gap_in_the_archive_moves_the_window_start_past_it() -> None:
+    from aegisctl.backup.physical.backups import last_gap, recoverable_window
+
+    old = backup(10)
+    old.begin_wal = "000000010000000000000002"
+    new = backup(2)
+    new.begin_wal = "000000010000000000000009"
+    wals = [(f"0000000100000000000000{n:02X}", 16, NOW.timestamp() - 3600) for n in
+            (2, 3, 4, 8, 9, 10)]
+    assert last_gap(wals) == "000000010000000000000008"
+    start, _, oldest = recoverable_window(None, [old, new], wals)  # type: ignore[arg-type]
+    assert oldest == new.id and start == new.end_time
+    continuous = [w for w in wals if w[0] != "000000010000000000000008"] + [
+        (f"0000000100000000000000{n:02X}", 16, 0.0) for n in (5, 6, 7, 8)]
+    assert last_gap(continuous) is None
+    assert recoverable_window(None, [old, new], continuous)[2] == old.id  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ drilled) live beside them in `aegisctl/<server>/state.json`.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -23,6 +24,25 @@ if TYPE_CHECKING:
     from aegisctl.targets import Target
 
 BACKUP_ID = re.compile(r"^\d{8}T\d{6}$")
+_WAL_NAME = re.compile(r"^[0-9A-F]{24}$")
+
+
+def wal_position(name: str) -> tuple[int, int]:
+    """(timeline, segment number) of a WAL file name (16 MB segments)."""
+    return int(name[:8], 16), int(name[8:16], 16) * 0x100 + int(name[16:24], 16)
+
+
+def last_gap(wals: list[tuple[str, int, float]]) -> str | None:
+    """The first segment after the newest gap in the archive, or None when it is
+    continuous. Recovery cannot replay across a gap: the window starts after it."""
+    names = sorted(w[0] for w in wals if _WAL_NAME.match(w[0]))
+    after = None
+    for previous, current in itertools.pairwise(names):
+        tli_a, seg_a = wal_position(previous)
+        tli_b, seg_b = wal_position(current)
+        if tli_a == tli_b and seg_b > seg_a + 1:
+            after = current
+    return after
 
 
 @dataclass
@@ -39,6 +59,7 @@ class PhysicalBackup:
     verified: str = "unverified"  # good | bad | unverified (pg_verifybackup through Barman)
     summarize_wal: bool = False
     timeline: int | None = None
+    begin_wal: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -122,7 +143,9 @@ def list_physical(engine: Engine) -> list[PhysicalBackup]:
             status=info.get("status", "UNKNOWN"), begin_time=_parse_time(info.get("begin_time")),
             end_time=_parse_time(info.get("end_time")), size=size,
             verified=state if state in ("good", "bad") else "unverified",
-            summarize_wal=info.get("summarize_wal") == "on", timeline=timeline)
+            summarize_wal=info.get("summarize_wal") == "on", timeline=timeline,
+            begin_wal=info.get("begin_wal") if _WAL_NAME.match(info.get("begin_wal", ""))
+            else None)
     for backup in backups.values():
         root, seen = backup, {backup.id}
         while root.parent and root.parent in backups and root.parent not in seen:
@@ -153,6 +176,10 @@ def recoverable_window(engine: Engine, backups: list[PhysicalBackup],
     newest archived WAL (a `.partial` segment still being streamed is not recoverable yet)."""
     by_id = {b.id: b for b in backups}
     usable = [b for b in backups if b.end_time and chain_usable(b, by_id)]
+    gap = last_gap(wals)
+    if gap is not None:
+        usable = [b for b in usable
+                  if b.begin_wal and wal_position(b.begin_wal) >= wal_position(gap)]
     if not usable:
         return None, None, None
     oldest = min(usable, key=lambda b: b.end_time or dt.datetime.max.replace(tzinfo=dt.UTC))

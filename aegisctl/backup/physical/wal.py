@@ -220,7 +220,7 @@ def archived_wals(engine: Engine) -> list[tuple[str, int, float]]:
 
 
 def wal_status(loaded: LoadedConfig, target: Target) -> WalStatus:
-    from aegisctl.backup.physical.backups import list_physical, recoverable_window
+    from aegisctl.backup.physical.backups import last_gap, list_physical, recoverable_window
     from aegisctl.db import connect
 
     engine = engine_for(loaded, target)
@@ -251,6 +251,11 @@ def wal_status(loaded: LoadedConfig, target: Target) -> WalStatus:
         window_start=window[0], window_end=window[1],
         oldest_backup=window[2], archived_wal_bytes=sum(w[1] for w in wals),
         problems=problems)
+    gap = last_gap(wals)
+    if gap is not None:
+        problems.append(f"the WAL archive has a gap before {gap}: nothing older is "
+                        "recoverable past it" + ("" if window[0] else
+                                                 "; take a full backup"))
     if row is None:
         problems.append(f"slot {engine.slot_name} does not exist (backup physical enable)")
     else:
