@@ -206,6 +206,8 @@ def test_killed_streamer_resumes_without_a_gap(cli: Any, physical_env: PhysicalE
         time.sleep(0.5)
     status = run_json(cli, env, "backup", "wal", "status", code=1)
     assert status is not None and status["streaming"] is False
+    refused = cli("-c", str(env.config), "backup", "create", "--physical")
+    assert refused.exit_code == 1 and "WAL streaming is not running" in refused.stderr
     with env.connect() as conn:
         insert_rows(conn, 20, "while-down")
         for _ in range(3):

@@ -231,6 +231,21 @@ def _summary_keep_seconds(loaded: LoadedConfig, target: Target) -> tuple[bool, f
     return bool(row[0]), float(row[1] or 0)
 
 
+def _require_streaming(loaded: LoadedConfig, target: Target, engine: Engine) -> None:
+    from aegisctl.db import connect
+
+    with connect(loaded, target, "backup create --physical") as conn:
+        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                           (engine.slot_name,)).fetchone()
+    if row is None:
+        raise OperationFailed(f"replication slot {engine.slot_name} does not exist",
+                              hint="aegisctl backup physical enable")
+    if not row[0]:
+        raise OperationFailed("WAL streaming is not running: a base backup without the WAL "
+                              "written during it cannot be restored",
+                              hint="start `aegisctl backup wal stream` (or its unit) first")
+
+
 def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool = False,
                     parent: str | None = None, verify: bool = True,
                     wait_timeout: float = 600) -> PhysicalCreateResult:
@@ -240,6 +255,7 @@ def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool =
     if not engine.server_config.exists():
         raise UsageError(f"physical backups are not enabled for '{target.name}'",
                          hint="aegisctl backup physical enable")
+    _require_streaming(loaded, target, engine)
     before = {b.id: b for b in list_physical(engine)}
     args = ["backup", "--wait", "--wait-timeout", str(int(wait_timeout))]
     if incremental or parent:
@@ -277,11 +293,11 @@ def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool =
     after = list_physical(engine)
     new = [b for b in after if b.id not in before]
     if not new:
-        raise OperationFailed(f"the physical backup failed: {last_line(done)}")
+        raise OperationFailed(f"the physical backup failed: {engine.explain(done)}")
     backup = new[-1]
     if done.returncode != 0 or not backup.usable:
         raise OperationFailed(f"physical backup {backup.id} ended {backup.status}: "
-                              f"{last_line(done)}")
+                              f"{engine.explain(done)}")
     result = PhysicalCreateResult(backup, duration)
     if verify:
         result.verify_problem = verify_physical(engine, backup)
