@@ -238,3 +238,20 @@ def test_prune_keeps_recent_chains_and_list_shows_them(
     listing = run_json(cli, env, "backup", "physical", "list")
     assert all(b["kind"] == "physical" for b in listing["backups"])
     assert listing["recoverable_window"]["start"] is not None
+
+
+def test_check_measurements_see_streaming_backups_and_the_drill(
+        cli: Any, physical_env: PhysicalEnv) -> None:
+    from aegisctl.backup.physical.check import physical_measurements
+
+    env = physical_env
+    if not any(b.usable for b in list_physical(env.engine)):
+        run_json(cli, env, "backup", "create", "--physical")
+    run_json(cli, env, "backup", "drill", "--physical")
+    measured = physical_measurements(env.loaded, env.target)
+    assert measured.enabled and measured.streaming
+    assert measured.slot_retained_bytes is not None and not measured.slot_lost
+    assert measured.last_backup_age_seconds is not None
+    assert measured.last_drill_age_seconds is not None and measured.last_drill_age_seconds < 600
+    assert measured.problems() == []
+    assert measured.to_json()["problems"] == []
