@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from aegisctl.backup.physical.settings import check_physical_settings
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
@@ -473,6 +474,7 @@ def _check_consistency(settings: Settings, origin: str) -> None:
     check_schedule(settings, origin)
     check_thresholds(settings.checks, origin)
     check_cleanup_settings(settings.cleanup, origin)
+    check_physical_settings(settings.backup.physical, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
         raise ConfigError(

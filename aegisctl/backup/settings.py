@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from aegisctl.backup.physical.settings import PhysicalSettings
+
 # The same markers aegisctl.config uses for values written with a unit ("36h", "64MB").
 Duration = Annotated[float, "duration"]
 Size = Annotated[int, "size"]
@@ -78,3 +80,4 @@ class BackupSettings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     remote: RemoteSettings | None = None
     encryption: EncryptionSettings | None = None
+    physical: PhysicalSettings = field(default_factory=PhysicalSettings)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from aegisctl import output
+from aegisctl.cli import physical_cmd
 from aegisctl.cli.context import AppState, FormatOption, confirm, state
 from aegisctl.errors import ExitCode
 
@@ -93,6 +94,12 @@ def create(
     no_upload: Annotated[bool, typer.Option("--no-upload", help="Do not upload now; the "
                                             "backup stays pending.")] = False,
     wait_lock: WaitLock = 0.0,
+    physical: Annotated[bool, typer.Option("--physical", help="A physical backup through "
+                                           "Barman instead (backup physical enable).")] = False,
+    incremental: Annotated[bool, typer.Option("--incremental", help="With --physical: only "
+                                              "what changed since --parent.")] = False,
+    parent: Annotated[str | None, typer.Option("--parent", metavar="ID", help="Parent of an "
+                                               "incremental (default: the newest).")] = None,
     fmt: FormatOption = None,
 ) -> None:
     """Dump the target with pg_dump into the backup folder, write its manifest, verify it,
@@ -105,7 +112,11 @@ def create(
       aegisctl backup create --label nightly
 
       aegisctl backup create --dump-format directory --jobs 2 --globals --format json
+
+      aegisctl backup create --physical --incremental
     """
+    if physical or incremental:
+        return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt)
     from aegisctl.backup.dump import CreateOptions
     from aegisctl.backup.service import run_create
 
@@ -237,6 +248,14 @@ def restore(
         "--into-system-database", help="Allow restoring into a template database "
         "(template1...) or the maintenance database (postgres): refused without it.")] = False,
     wait_lock: WaitLock = 0.0,
+    physical: Annotated[bool, typer.Option("--physical", help="Restore a physical backup into "
+                                           "--target-dir (a new or empty folder).")] = False,
+    to_time: Annotated[str | None, typer.Option("--to-time", metavar="TS", help="With "
+                                                "--physical: recover to this moment.")] = None,
+    to_lsn: Annotated[str | None, typer.Option("--to-lsn", metavar="LSN", help="With "
+                                               "--physical: recover to this LSN.")] = None,
+    target_dir: Annotated[Path | None, typer.Option("--target-dir", file_okay=False, help="With "
+                                                    "--physical: where to restore.")] = None,
     fmt: FormatOption = None,
 ) -> None:
     """Restore a backup into the target's database or --target-db. The backup is checked
@@ -250,7 +269,14 @@ def restore(
       aegisctl backup restore --latest --table episodic_memory --force --yes
 
       aegisctl backup restore --latest --clean --force --dry-run
+
+      aegisctl backup restore --physical --to-time 2026-01-31T14:05:00Z --target-dir /srv/pitr
     """
+    if physical or target_dir or to_time or to_lsn:
+        return physical_cmd.restore_physical(ctx, physical=physical, backup_id=backup_id,
+                                             latest=latest,
+                                             to_time=to_time, to_lsn=to_lsn,
+                                             target_dir=target_dir, dry_run=dry_run, fmt=fmt)
     from aegisctl.backup.lock import target_lock
     from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
     from aegisctl.backup.store import BackupStore
@@ -423,3 +449,6 @@ def key_generate(ctx: typer.Context,
     from aegisctl.backup.crypto import generate_key_file
 
     output.render(generate_key_file(path), state(ctx).fmt(fmt))
+
+
+physical_cmd.register(app)

@@ -1,0 +1,1 @@
+"""Physical backups, WAL streaming and point-in-time recovery, driven through Barman."""

@@ -1,0 +1,66 @@
+"""The `backup.physical:` section of the configuration (see config.example.yaml).
+
+Physical backups, WAL streaming and point-in-time recovery are done by Barman, run as a separate
+program (it is GPL-3.0: aegisctl never imports it). This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+Duration = Annotated[float, "duration"]
+Size = Annotated[int, "size"]
+
+
+@dataclass
+class PhysicalSettings:
+    # Barman's home, configuration, logs and the private environment aegisctl installs it in.
+    # None -> /var/lib/aegisctl/barman as root, else $XDG_DATA_HOME/aegisctl/barman.
+    directory: str | None = None
+    # An existing `barman` executable to use instead of the private one aegisctl installs.
+    barman_path: str | None = None
+    # The Barman release aegisctl installs into its private environment.
+    barman_version: str = "3.19.1"
+    # As root, Barman (and every restored server) runs as this user; None -> embedded.run_as.
+    run_as: str | None = None
+    # The physical replication slot the WAL streamer uses (created with WAL reserved at once).
+    slot_name: str = "aegisctl_barman"
+    # Set on the server by `enable`: a slot never holds back more WAL than this (-1 would let
+    # a dead streamer fill the disk). Past it the slot is invalidated and PITR has a gap.
+    max_slot_wal_keep_size: Size = 10 * 1000**3
+    # How often `backup wal stream` moves completed WAL segments into the archive.
+    archive_interval: Duration = 10.0
+    # Start each backup with a fast checkpoint (an I/O burst) instead of waiting for a spread
+    # one (up to checkpoint_timeout x checkpoint_completion_target).
+    immediate_checkpoint: bool = True
+    # gzip the archived WAL segments (Barman's `compression`); embeddings barely compress.
+    compress_wal: bool = False
+    # Checks: warn when streaming lags more than this, or the slot holds back more than this.
+    max_lag: Size = 256 * 1000**2
+    max_slot_retained: Size = 5 * 1000**3
+    # Checks: warn when the newest physical backup / successful drill is older than this.
+    max_backup_age: Duration = 8 * 86400.0
+    max_drill_age: Duration = 35 * 86400.0
+    # A drill's restored server must be promoted within this long.
+    drill_timeout: Duration = 900.0
+
+
+def check_physical_settings(physical: PhysicalSettings, origin: str) -> None:
+    """Ranges the generic validator cannot know (called from config._check_consistency)."""
+    import re
+
+    from aegisctl.errors import ConfigError
+
+    key = "backup.physical"
+    if not re.fullmatch(r"[a-z0-9_]{1,63}", physical.slot_name):
+        raise ConfigError(f"{origin}: {key}.slot_name: {physical.slot_name!r} is not a valid "
+                          "slot name (lower-case letters, digits and _, at most 63)")
+    if not re.fullmatch(r"\d+(\.\d+)*", physical.barman_version):
+        raise ConfigError(f"{origin}: {key}.barman_version: expected a version like 3.19.1")
+    for name, value, low in (("archive_interval", physical.archive_interval, 1.0),
+                             ("drill_timeout", physical.drill_timeout, 10.0),
+                             ("max_slot_wal_keep_size", physical.max_slot_wal_keep_size,
+                              64 * 1024**2)):
+        if value < low:
+            raise ConfigError(f"{origin}: {key}.{name}: must be at least {low:g}")

@@ -1,0 +1,325 @@
+"""`backup physical enable|status|disable`: what the server needs, the slot, Barman's config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aegisctl.backup.physical.engine import (
+    Engine,
+    barman_version,
+    engine_for,
+    install_engine,
+    write_config,
+)
+from aegisctl.errors import OperationFailed
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from aegisctl.config import LoadedConfig
+    from aegisctl.output import Block
+    from aegisctl.targets import Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SettingChange:
+    name: str
+    current: str
+    wanted: str
+    context: str  # sighup: a reload is enough; postmaster: a restart is needed
+    applied: bool = False
+
+    @property
+    def needs_restart(self) -> bool:
+        return self.context == "postmaster"
+
+
+@dataclass
+class EngineCheck:
+    name: str
+    ok: bool
+    hint: str = ""
+
+
+@dataclass
+class PhysicalStatus:
+    target: str
+    server: str
+    directory: str
+    barman: str | None
+    configured: bool
+    slot: str
+    slot_exists: bool
+    slot_active: bool | None = None
+    slot_retained_bytes: int | None = None
+    changes: list[SettingChange] = field(default_factory=list)
+    restarted: bool = False
+    restart_needed: list[str] = field(default_factory=list)
+    checks: list[EngineCheck] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        # A stopped streamer is reported, not a failure of enable: it is the next step.
+        waiting = ("receive_wal_running", "replication_slot", "wal_archive")
+        return not self.restart_needed and all(
+            c.ok or any(c.name.startswith(w) for w in waiting) for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "server": self.server, "directory": self.directory,
+            "barman": self.barman, "configured": self.configured, "slot": self.slot,
+            "slot_exists": self.slot_exists, "slot_active": self.slot_active,
+            "slot_retained_bytes": self.slot_retained_bytes,
+            "settings": [{"name": c.name, "current": c.current, "wanted": c.wanted,
+                          "applied": c.applied, "needs_restart": c.needs_restart}
+                         for c in self.changes],
+            "restarted": self.restarted, "restart_needed": self.restart_needed,
+            "checks": [{"name": c.name, "ok": c.ok, "hint": c.hint} for c in self.checks],
+            "actions": self.actions, "ok": self.ok,
+        }
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Fields, Note, Table
+
+        blocks: list[Block] = [Fields([
+            ("target", f"{self.target} (Barman server '{self.server}')"),
+            ("directory", self.directory),
+            ("barman", self.barman or "not installed"),
+            ("configured", self.configured),
+            ("slot", f"{self.slot}: " + ("absent" if not self.slot_exists else
+                                        ("streaming" if self.slot_active else "inactive"))
+             + (f", holds {self.slot_retained_bytes} bytes of WAL"
+                if self.slot_retained_bytes is not None else "")),
+        ], title="physical backups")]
+        if self.changes:
+            blocks.append(Table(["setting", "was", "now", "applied"],
+                                [(c.name, c.current, c.wanted,
+                                  "yes" if c.applied else "restart needed" if c.needs_restart
+                                  else "no") for c in self.changes]))
+        if self.checks:
+            blocks.append(Table(["Barman check", "result", "hint"],
+                                [(c.name, "OK" if c.ok else "FAILED", c.hint)
+                                 for c in self.checks]))
+        for action in self.actions:
+            blocks.append(Note(action))
+        if self.restart_needed:
+            blocks.append(Note(
+                f"a restart is needed for {', '.join(self.restart_needed)}: it disconnects every "
+                "session and takes a checkpoint (aegisctl local stop && aegisctl local start for "
+                "the embedded server, or --restart)", "yellow"))
+        return blocks
+
+
+def wanted_settings(loaded: LoadedConfig) -> dict[str, str]:
+    physical = loaded.settings.backup.physical
+    return {
+        "wal_level": "replica",
+        "summarize_wal": "on",
+        "max_wal_senders": "4",
+        "max_replication_slots": "4",
+        "max_slot_wal_keep_size": f"{max(1, physical.max_slot_wal_keep_size // 1024**2)}MB",
+    }
+
+
+def _setting_ok(name: str, current: str, wanted: str) -> bool:
+    if name == "wal_level":
+        return current in ("replica", "logical")
+    if name in ("max_wal_senders", "max_replication_slots"):
+        return int(current) >= int(wanted)
+    if name == "max_slot_wal_keep_size":
+        return current != "-1" and _mb(current) <= _mb(wanted)
+    return current == wanted
+
+
+def _mb(value: str) -> int:
+    from aegisctl.units import parse_size
+
+    if value.strip() == "-1":
+        return -1
+    return parse_size(value.replace("B", "iB") if value[-2:-1].isalpha() else value) // 1024**2
+
+
+def check_settings(conn: psycopg.Connection[Any], loaded: LoadedConfig) -> list[SettingChange]:
+    changes = []
+    for name, wanted in wanted_settings(loaded).items():
+        row = conn.execute("SELECT current_setting(name), context, pending_restart "
+                           "FROM pg_settings WHERE name = %s", (name,)).fetchone()
+        if row is None:
+            raise OperationFailed(f"the server has no setting {name}: PostgreSQL 17+ is needed")
+        current, context, pending = row
+        if not _setting_ok(name, current, wanted) or pending:
+            changes.append(SettingChange(name, current, wanted, context))
+    return changes
+
+
+def slot_state(conn: psycopg.Connection[Any], slot: str) -> tuple[bool, bool | None, int | None]:
+    row = conn.execute(
+        "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+        "FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    if row is None:
+        return False, None, None
+    return True, bool(row[0]), None if row[1] is None else int(row[1])
+
+
+def engine_checks(engine: Engine) -> list[EngineCheck]:
+    data = engine.run_json("check", engine.server, what="run barman check", timeout=300)
+    server = (data or {}).get(engine.server, {})
+    return [EngineCheck(name, str(v.get("status")).upper() == "OK", str(v.get("hint") or ""))
+            for name, v in server.items() if isinstance(v, dict)]
+
+
+def _status(loaded: LoadedConfig, target: Target, engine: Engine,
+            conn: psycopg.Connection[Any] | None) -> PhysicalStatus:
+    result = PhysicalStatus(
+        target=target.name, server=engine.server, directory=str(engine.home),
+        barman=None, configured=engine.server_config.exists(), slot=engine.slot_name,
+        slot_exists=False)
+    if engine.installed():
+        result.barman = f"{barman_version(engine)} ({engine.executable()})"
+    if conn is not None:
+        result.slot_exists, result.slot_active, result.slot_retained_bytes = slot_state(
+            conn, engine.slot_name)
+        result.changes = check_settings(conn, loaded)
+        result.restart_needed = [c.name for c in result.changes if c.needs_restart]
+    return result
+
+
+def physical_status(loaded: LoadedConfig, target: Target, *, run_check: bool = True
+                    ) -> PhysicalStatus:
+    from aegisctl.db import connect
+
+    engine = engine_for(loaded, target)
+    with connect(loaded, target, "backup physical status") as conn:
+        result = _status(loaded, target, engine, conn)
+    if run_check and result.configured and engine.installed():
+        result.checks = engine_checks(engine)
+    return result
+
+
+def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = False,
+                    install: bool = True) -> PhysicalStatus:
+    """Set what the server needs, create the slot, install Barman, write its config, check."""
+    from psycopg import sql
+
+    from aegisctl.db import connect
+
+    engine = engine_for(loaded, target)
+    with connect(loaded, target, "backup physical enable", "ddl") as conn:
+        changes = check_settings(conn, loaded)
+        for change in changes:
+            if change.current == change.wanted:
+                continue  # only pending a restart
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                sql.Identifier(change.name), sql.Literal(change.wanted)))
+        if changes:
+            conn.execute("SELECT pg_reload_conf()")
+    if changes and restart:
+        if not target.embedded:
+            raise OperationFailed("--restart only restarts the embedded server; restart "
+                                  f"'{target.name}' with its service manager")
+        _restart_embedded(loaded)
+    with connect(loaded, target, "backup physical enable", "ddl") as conn:
+        remaining = {c.name for c in check_settings(conn, loaded)}
+        for change in changes:
+            change.applied = change.name not in remaining
+        if not slot_state(conn, engine.slot_name)[0]:
+            # Reserve WAL now: a slot made by CREATE_REPLICATION_SLOT (pg_receivewal,
+            # Barman's create_slot=auto) holds nothing back until its first connection.
+            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)",
+                         (engine.slot_name,))
+            created_slot = True
+        else:
+            created_slot = False
+        result = _status(loaded, target, engine, conn)
+    result.changes = changes
+    result.restarted = bool(changes and restart)
+    if created_slot:
+        result.actions.append(f"created replication slot {engine.slot_name} (WAL reserved)")
+    if install and not engine.installed():
+        version = install_engine(engine)
+        result.actions.append(f"installed Barman {version} in {engine.venv}")
+    for path in write_config(loaded, target, engine):
+        result.actions.append(f"wrote {path}")
+    result.configured = True
+    result.barman = f"{barman_version(engine)} ({engine.executable()})"
+    result.checks = engine_checks(engine)
+    if not any(c.name == "receive_wal_running" and c.ok for c in result.checks):
+        result.actions.append("next: run `aegisctl backup wal stream` (or its systemd unit), "
+                              "then `aegisctl backup create --physical`")
+    return result
+
+
+def _restart_embedded(loaded: LoadedConfig) -> None:
+    from aegisctl.local import server_for
+
+    embedded = loaded.settings.embedded
+    server = server_for(embedded.data_dir, embedded.database, embedded.run_as)
+    server.stop()
+    server.ensure_running()
+
+
+@dataclass
+class DisablePlan:
+    target: str
+    server: str
+    slot: str
+    slot_exists: bool
+    config: str
+    config_exists: bool
+    done: bool = False
+
+    def describe(self) -> list[str]:
+        lines = []
+        if self.slot_exists:
+            lines.append(f"drop replication slot {self.slot}: the server stops keeping WAL for "
+                         "Barman; the recoverable window ends now")
+        if self.config_exists:
+            lines.append(f"remove Barman's server config {self.config} (streaming stops; "
+                         "backups and archived WAL are kept)")
+        return lines or ["nothing to do: physical backups are not enabled"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "server": self.server, "slot": self.slot,
+                "slot_exists": self.slot_exists, "config": self.config,
+                "config_exists": self.config_exists, "done": self.done,
+                "actions": self.describe()}
+
+    def to_view(self) -> list[Block]:
+        from aegisctl.output import Note
+
+        verb = "done: " if self.done else "would "
+        return [Note(verb + line) for line in self.describe()]
+
+
+def plan_disable(loaded: LoadedConfig, target: Target) -> DisablePlan:
+    from aegisctl.db import connect
+
+    engine = engine_for(loaded, target)
+    with connect(loaded, target, "backup physical disable") as conn:
+        exists = slot_state(conn, engine.slot_name)[0]
+    return DisablePlan(target.name, engine.server, engine.slot_name, exists,
+                       str(engine.server_config), engine.server_config.exists())
+
+
+def disable_physical(loaded: LoadedConfig, target: Target, plan: DisablePlan) -> DisablePlan:
+    from aegisctl.db import connect
+
+    engine = engine_for(loaded, target)
+    if plan.slot_exists:
+        with connect(loaded, target, "backup physical disable") as conn:
+            row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                               (engine.slot_name,)).fetchone()
+            if row and row[0]:
+                raise OperationFailed(
+                    f"slot {engine.slot_name} is in use by process {row[0]} (a WAL streamer)",
+                    hint="stop `aegisctl backup wal stream` first")
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (engine.slot_name,))
+    if plan.config_exists and engine.server_config.exists():
+        engine.server_config.rename(engine.server_config.with_suffix(".conf.disabled"))
+    plan.done = True
+    return plan

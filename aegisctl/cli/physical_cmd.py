@@ -1,0 +1,303 @@
+"""aegisctl backup physical|wal|drill, and the --physical paths of backup create/restore.
+
+`register(backup_app)` adds the `physical` and `wal` groups and the `drill` command to the
+backup group; `create_physical` and `restore_physical` are called by `backup create --physical`
+and `backup restore --physical`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aegisctl import output
+from aegisctl.cli.context import FormatOption, confirm, state
+from aegisctl.errors import ExitCode
+
+physical_app = typer.Typer(
+    help=(
+        "Physical backups through Barman: server settings, the WAL slot, Barman's "
+        "configuration (written from backup.physical).\n\n"
+        "Example: aegisctl backup physical enable"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+wal_app = typer.Typer(
+    help=(
+        "Continuous WAL streaming (the recoverable window of point-in-time recovery).\n\n"
+        "Example: aegisctl backup wal status"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@physical_app.command("enable")
+def enable(
+    ctx: typer.Context,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Restart the embedded server when a setting needs it (wal_level, "
+        "max_wal_senders): every session is disconnected.")] = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Prepare the target for physical backups and point-in-time recovery: set wal_level,
+    summarize_wal, max_wal_senders and a bounded max_slot_wal_keep_size (reloading where that
+    is enough, saying when a restart is needed), create the replication slot with WAL
+    reserved, install Barman in a private environment when missing, write its configuration
+    from backup.physical, and run Barman's check. Exits 1 when something still blocks backups.
+
+    Examples:
+
+      aegisctl backup physical enable
+
+      aegisctl backup physical enable --restart --format json
+    """
+    from aegisctl.backup.physical.setup import enable_physical
+
+    app_state = state(ctx)
+    output.print_status("enabling physical backups (installing Barman on first use)")
+    result = enable_physical(app_state.config(), app_state.target(), restart=restart)
+    output.render(result, app_state.fmt(fmt))
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+@physical_app.command("status")
+def status(ctx: typer.Context, fmt: FormatOption = None) -> None:
+    """Show whether physical backups are set up: settings still to change, the slot and how
+    much WAL it holds, Barman's version and its check. Exits 1 when something blocks backups.
+
+    Examples:
+
+      aegisctl backup physical status
+
+      aegisctl backup physical status --format json
+    """
+    from aegisctl.backup.physical.setup import physical_status
+
+    app_state = state(ctx)
+    result = physical_status(app_state.config(), app_state.target())
+    output.render(result, app_state.fmt(fmt))
+    if not result.configured or not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+@physical_app.command("disable")
+def disable(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Stop physical backups: drop the replication slot (the server stops keeping WAL for
+    them) and remove Barman's server configuration. Backups and archived WAL are kept. Stop
+    `backup wal stream` first.
+
+    Examples:
+
+      aegisctl backup physical disable --dry-run
+
+      aegisctl backup physical disable --yes
+    """
+    from aegisctl.backup.physical.setup import disable_physical, plan_disable
+
+    app_state = state(ctx)
+    loaded, target = app_state.config(), app_state.target()
+    plan = plan_disable(loaded, target)
+    if dry_run:
+        output.render(plan, app_state.fmt(fmt))
+        return
+    for line in plan.describe():
+        output.print_status(line)
+    confirm(f"Disable physical backups of '{target.name}'?", yes)
+    output.render(disable_physical(loaded, target, plan), app_state.fmt(fmt))
+
+
+@physical_app.command("list")
+def list_(ctx: typer.Context, fmt: FormatOption = None) -> None:
+    """List physical backups (type, parent, chain, size, status, verified) and the
+    recoverable window.
+
+    Examples:
+
+      aegisctl backup physical list
+
+      aegisctl backup physical list --format json
+    """
+    from aegisctl.backup.physical.backups import physical_listing
+
+    app_state = state(ctx)
+    output.render(physical_listing(app_state.config(), app_state.target()),
+                  app_state.fmt(fmt))
+
+
+@wal_app.command("stream")
+def stream(
+    ctx: typer.Context,
+    max_runtime: Annotated[float | None, typer.Option(
+        "--max-runtime", metavar="SECONDS", min=1, help="Stop after this long (default: run "
+        "until SIGTERM/Ctrl-C).")] = None,
+    fmt: FormatOption = None,
+) -> None:
+    """Stream WAL continuously in the foreground (for systemd Type=simple or the scheduler):
+    Barman's receive-wal over the replication slot, restarted with backoff when it dies, and
+    completed segments moved into the archive every backup.physical.archive_interval. The slot
+    keeps what a stopped streamer missed, so a restart resumes without a gap.
+
+    Examples:
+
+      aegisctl backup wal stream
+
+      aegisctl backup wal stream --max-runtime 3600
+    """
+    from aegisctl.backup.physical.wal import stream_wal
+
+    app_state = state(ctx)
+    summary = stream_wal(app_state.config(), app_state.target(),
+                         on_event=output.print_status, max_runtime=max_runtime)
+    output.render(summary, app_state.fmt(fmt))
+
+
+@wal_app.command("status")
+def wal_status(ctx: typer.Context, fmt: FormatOption = None) -> None:
+    """Show WAL streaming: is it up, its lag, the WAL the slot holds back, the newest archived
+    segment, and the recoverable window (from the oldest usable base backup to the newest
+    archived WAL). Exits 1 when streaming is down, lagging or the slot holds too much.
+
+    Examples:
+
+      aegisctl backup wal status
+
+      aegisctl backup wal status --format json
+    """
+    from aegisctl.backup.physical.wal import wal_status as core_status
+
+    app_state = state(ctx)
+    result = core_status(app_state.config(), app_state.target())
+    output.render(result, app_state.fmt(fmt))
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+def drill(
+    ctx: typer.Context,
+    physical: Annotated[bool, typer.Option(
+        "--physical", help="Drill a physical backup (required: logical backups are proven "
+        "by `backup verify --restore-test`).")] = False,
+    backup_id: Annotated[str | None, typer.Option(
+        "--backup", metavar="ID", help="This backup (default: the newest usable one before "
+        "--to-time).")] = None,
+    to_time: Annotated[str | None, typer.Option(
+        "--to-time", metavar="TS", help="Recover to this moment (ISO 8601; UTC when no "
+        "offset).")] = None,
+    fmt: FormatOption = None,
+) -> None:
+    """Prove a physical backup restores: recover it (to --to-time) into a temporary directory,
+    start it on a free port as the server's user, wait for promotion, run pg_amcheck, compare
+    extension versions (and row counts when recovering to the end), check every vector index is
+    valid and used by a nearest-neighbour query, then stop and delete it. Exits 1 on any
+    failure; a success is recorded for `check`.
+
+    Examples:
+
+      aegisctl backup drill --physical
+
+      aegisctl backup drill --physical --to-time 2026-01-31T14:05:00Z --format json
+    """
+    from aegisctl.backup.physical.restore import parse_time, run_drill
+    from aegisctl.errors import UsageError
+
+    if not physical:
+        raise UsageError("backup drill needs --physical (logical backups: "
+                         "aegisctl backup verify --latest --restore-test)")
+    app_state = state(ctx)
+    output.print_status("drill: restoring into a temporary directory")
+    report = run_drill(app_state.config(), app_state.target(), backup_id=backup_id,
+                       to_time=parse_time(to_time) if to_time else None)
+    output.render(report, app_state.fmt(fmt))
+    if not report.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+def create_physical(ctx: typer.Context, *, incremental: bool, parent: str | None,
+                    fmt: FormatOption) -> None:
+    """Body of `backup create --physical [--incremental [--parent ID]]`."""
+    from aegisctl.backup.physical.backups import create_physical as core_create
+
+    app_state = state(ctx)
+    result = core_create(app_state.config(), app_state.target(), incremental=incremental,
+                         parent=parent)
+    output.render(result, app_state.fmt(fmt))
+    if result.verify_problem:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+def restore_physical(ctx: typer.Context, *, physical: bool, backup_id: str | None,
+                     latest: bool,
+                     to_time: str | None, to_lsn: str | None, target_dir: Path | None,
+                     dry_run: bool, fmt: FormatOption) -> None:
+    """Body of `backup restore --physical (ID | --latest) [--to-time | --to-lsn]
+    --target-dir DIR`. It never writes into a non-empty directory, so it needs no --yes."""
+    from aegisctl.backup.physical.restore import parse_time, plan_restore, run_restore
+    from aegisctl.errors import UsageError
+
+    if not physical:
+        raise UsageError("--target-dir, --to-time and --to-lsn restore physical backups: "
+                         "add --physical")
+    if target_dir is None:
+        raise UsageError("--physical needs --target-dir DIR (a new or empty directory)")
+    if not backup_id and not latest and not to_time and not to_lsn:
+        raise UsageError("give a backup ID, --latest, or --to-time/--to-lsn")
+    app_state = state(ctx)
+    loaded, target = app_state.config(), app_state.target()
+    plan = plan_restore(loaded, target, backup_id=backup_id, latest=latest,
+                        to_time=parse_time(to_time) if to_time else None, to_lsn=to_lsn,
+                        target_dir=target_dir)
+    for line in plan.describe():
+        output.print_status(line)
+    if dry_run:
+        output.print_status("dry run: nothing was restored")
+        return
+    output.render(run_restore(loaded, target, plan), app_state.fmt(fmt))
+
+
+def register(backup_app: typer.Typer) -> None:
+    backup_app.add_typer(physical_app, name="physical")
+    backup_app.add_typer(wal_app, name="wal")
+    backup_app.command("drill")(drill)
+
+
+@physical_app.command("prune")
+def prune(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be deleted and "
+                                          "why; delete nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Delete physical backups backup.retention no longer needs, by whole chains: a chain is
+    kept while any member is needed, and so is the newest backup older than keep_days (the
+    start of the recoverable window needs it). Deletions go to Barman's audit log.
+
+    Examples:
+
+      aegisctl backup physical prune --dry-run
+
+      aegisctl backup physical prune --yes
+    """
+    from aegisctl.backup.physical.prune import prune_physical
+
+    app_state = state(ctx)
+    loaded, target = app_state.config(), app_state.target()
+    plan = prune_physical(loaded, target, dry_run=True)
+    if dry_run or not plan.delete:
+        output.render(plan, app_state.fmt(fmt))
+        return
+    for backup_id, why in sorted(plan.delete.items()):
+        output.print_status(f"delete {backup_id}: {why}")
+    confirm(f"Delete {len(plan.delete)} physical backup(s)?", yes)
+    output.render(prune_physical(loaded, target, dry_run=False), app_state.fmt(fmt))
