@@ -238,6 +238,13 @@ def test_prune_keeps_recent_chains_and_list_shows_them(
     listing = run_json(cli, env, "backup", "physical", "list")
     assert all(b["kind"] == "physical" for b in listing["backups"])
     assert listing["recoverable_window"]["start"] is not None
+    # The same backups in `backup list` and `backup prune`, beside the logical ones.
+    both = run_json(cli, env, "backup", "list", "--local")
+    assert [b["id"] for b in both["physical"]["backups"]] == \
+        [b["id"] for b in listing["backups"]]
+    assert "backups" in both  # the logical listing keeps its shape
+    pruned = run_json(cli, env, "backup", "prune", "--dry-run")
+    assert pruned["physical"]["delete"] == {} and pruned["physical"]["keep"]
 
 
 def test_check_measurements_see_streaming_backups_and_the_drill(
@@ -255,3 +262,9 @@ def test_check_measurements_see_streaming_backups_and_the_drill(
     assert measured.last_drill_age_seconds is not None and measured.last_drill_age_seconds < 600
     assert measured.problems() == []
     assert measured.to_json()["problems"] == []
+    checked = cli("-c", str(env.config), "check", "--only", "physical_backups", "--format",
+                  "json")
+    results = {r["name"]: r for r in json.loads(checked.stdout)["targets"][0]["checks"]}
+    assert {results[n]["status"] for n in ("wal_streaming", "wal_slot_retained",
+                                           "physical_backup_age", "physical_drill_age")} \
+        == {"OK"}, results

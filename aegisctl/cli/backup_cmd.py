@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from aegisctl import output
+from aegisctl.backup.physical import hooks as physical_hooks
 from aegisctl.cli import physical_cmd
 from aegisctl.cli.context import AppState, FormatOption, confirm, state
 from aegisctl.errors import ExitCode
@@ -159,7 +160,9 @@ def list_(
     fmt: FormatOption = None,
 ) -> None:
     """List every local and remote backup with its state (ok, missing files, no manifest,
-    manifest unreadable), age, size, format, verified?, uploaded?, pinned?
+    manifest unreadable), age, size, format, verified?, uploaded?, pinned? With physical
+    backups enabled, they follow (type, parent, chain, size, verified) with the recoverable
+    window, under "physical" in the JSON.
     Flags the target when its newest good backup is older than backup.max_age.
 
     Examples:
@@ -172,8 +175,15 @@ def list_(
     from aegisctl.backup.service import list_backups
 
     app_state = state(ctx)
-    listing = list_backups(app_state.config(), app_state.target(), remote=not local_only)
-    output.render(listing, app_state.fmt(fmt))
+    loaded, target = app_state.config(), app_state.target()
+    listing = list_backups(loaded, target, remote=not local_only)
+    if physical_hooks.enabled(loaded, target):
+        from aegisctl.backup.physical.backups import physical_listing
+
+        output.render(physical_hooks.WithPhysical(listing, physical_listing(loaded, target)),
+                      app_state.fmt(fmt))
+    else:
+        output.render(listing, app_state.fmt(fmt))
     if listing.remote_error:
         output.print_status(f"aegisctl: warning: remote not listed: {listing.remote_error}")
     if listing.stale:
@@ -317,7 +327,8 @@ def prune(
     """Delete backups the retention policy no longer needs: keep everything newer than
     keep_days, the min_keep newest verified-good backups, optional daily/weekly/monthly
     ones, and pinned ones. The last good backup is never deleted. Every deletion goes to
-    the audit log.
+    the audit log. Physical backups, when enabled, are pruned by the same rules a whole
+    chain at a time (never what the recoverable window relies on).
 
     Examples:
 
@@ -330,16 +341,36 @@ def prune(
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
     plan = plan_prune(loaded, target, remote=remote, wait_lock=wait_lock)
-    if dry_run or not plan.delete:
-        output.render(PruneResult(plan, dry_run=dry_run), app_state.fmt(fmt))
+    # Physical backups (local only) follow the same retention, whole chains at a time.
+    physical = None
+    if not remote and physical_hooks.enabled(loaded, target):
+        from aegisctl.backup.physical.prune import prune_physical
+
+        physical = prune_physical(loaded, target, dry_run=True)
+    deleting = len(plan.delete) + (len(physical.delete) if physical else 0)
+    if dry_run or not deleting:
+        preview: Any = PruneResult(plan, dry_run=dry_run)
+        output.render(physical_hooks.WithPhysical(preview, physical) if physical else preview,
+                      app_state.fmt(fmt))
         return
     if app_state.fmt(fmt) != "json":
         output.render(PrunePreview(plan), "table")
+        if physical:
+            output.render(physical, "table")
     else:
         for backup_id, why in plan.delete.items():
             output.print_status(f"delete {backup_id}: {why}")
-    confirm(f"Delete these {len(plan.delete)} {plan.where} backup(s)?", yes)
-    result = apply_prune(loaded, target, plan, wait_lock=wait_lock)
+        for backup_id, why in (physical.delete.items() if physical else []):
+            output.print_status(f"delete physical {backup_id}: {why}")
+    confirm(f"Delete these {deleting} {plan.where} backup(s)?", yes)
+    result: Any = apply_prune(loaded, target, plan, wait_lock=wait_lock) if plan.delete \
+        else PruneResult(plan, dry_run=False)
+    if physical and physical.delete:
+        from aegisctl.backup.physical.prune import prune_physical
+
+        # Planned again at deletion: a backup taken since is newer than anything deleted.
+        result = physical_hooks.WithPhysical(result, prune_physical(loaded, target,
+                                                                    dry_run=False))
     output.render(result, app_state.fmt(fmt))
 
 

@@ -43,6 +43,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.builtin_checks",
     "aegisctl.diagnostics.backup_checks",
     "aegisctl.diagnostics.job_checks",
+    "aegisctl.diagnostics.physical_checks",
 ]
 
 

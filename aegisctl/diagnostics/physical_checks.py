@@ -1,0 +1,52 @@
+"""`aegisctl check`: physical backups and WAL streaming (when `backup physical enable` was
+run for the target): streaming up and its lag, WAL the slot holds back, the newest physical
+backup's age, the newest successful drill's age. Thresholds: `backup.physical`."""
+
+from __future__ import annotations
+
+from aegisctl.diagnostics.checks import (
+    CheckContext,
+    CheckResult,
+    CheckSkipped,
+    Status,
+    grade,
+    register_check,
+)
+
+
+@register_check("physical_backups", "WAL streaming, slot retention, physical backup and "
+                "drill age", needs_db=False)
+def physical_backups(ctx: CheckContext) -> list[CheckResult]:
+    from aegisctl.backup.physical import hooks
+    from aegisctl.backup.physical.check import physical_measurements
+
+    if not hooks.enabled(ctx.loaded, ctx.target):
+        raise CheckSkipped("physical backups are not enabled for this target")
+    m = physical_measurements(ctx.loaded, ctx.target)
+    if m.slot_lost:
+        streaming = CheckResult("wal_streaming", Status.CRITICAL, m.lag_bytes, m.max_lag, None,
+                                "B", "the WAL slot lost WAL: point-in-time recovery has a gap")
+    elif not m.streaming:
+        streaming = CheckResult("wal_streaming", Status.CRITICAL, None, m.max_lag, None, "B",
+                                "WAL streaming is down (aegisctl backup wal stream)")
+    else:
+        streaming = grade("wal_streaming", m.lag_bytes, m.max_lag, None, unit="B",
+                          message=f"streaming, {m.lag_bytes} bytes behind", minimum=0)
+    return [
+        streaming,
+        grade("wal_slot_retained", m.slot_retained_bytes, m.max_slot_retained, None, unit="B",
+              message=f"the slot holds {m.slot_retained_bytes} bytes of WAL", minimum=0),
+        _age("physical_backup_age", m.last_backup_age_seconds, m.max_backup_age,
+             "newest physical backup", critical_when_missing=True),
+        _age("physical_drill_age", m.last_drill_age_seconds, m.max_drill_age,
+             "newest successful physical drill", critical_when_missing=False),
+    ]
+
+
+def _age(name: str, age: float | None, limit: float, what: str, *,
+         critical_when_missing: bool) -> CheckResult:
+    if age is None:
+        status = Status.CRITICAL if critical_when_missing else Status.WARNING
+        return CheckResult(name, status, None, limit, None, "s", f"no {what} yet")
+    return grade(name, round(age), limit, None, unit="s",
+                 message=f"{what} {round(age)}s ago", minimum=0)
