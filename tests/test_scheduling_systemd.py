@@ -186,3 +186,16 @@ def test_example_schedule_commands_parse(clean_env) -> None:
             raise AssertionError(f"schedule.{name}: {exc}") from None
     if missing:
         pytest.skip(f"commands not in this build yet: {', '.join(missing)}")
+
+
+def test_render_adds_the_wal_streamer_when_asked(cli, tmp_path: Path) -> None:
+    out = tmp_path / "units"
+    plain = cli("--config", str(EXAMPLE), "systemd", "render", "--output", str(out))
+    assert plain.exit_code == 0, plain.output
+    assert not (out / "aegisctl-wal-stream.service").exists()
+    done = cli("--config", str(EXAMPLE), "systemd", "render", "--wal-stream", "--output",
+               str(out))
+    assert done.exit_code == 0, done.output
+    unit = (out / "aegisctl-wal-stream.service").read_text()
+    assert "Type=simple" in unit and "Restart=always" in unit
+    assert "backup wal stream" in unit and "User=aegisctl" in unit

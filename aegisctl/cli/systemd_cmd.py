@@ -17,14 +17,31 @@ app = typer.Typer(
 )
 
 
-def _units(ctx: typer.Context):  # type: ignore[no-untyped-def]
+WalStreamOption = Annotated[bool, typer.Option(
+    "--wal-stream", help="Also aegisctl-wal-stream.service (Type=simple, Restart=always): the "
+    "WAL streamer of physical backups (aegisctl backup wal stream).")]
+
+
+def _units(ctx: typer.Context, wal_stream: bool = False):  # type: ignore[no-untyped-def]
+    from aegisctl.backup.physical.units import wal_stream_unit
     from aegisctl.cli.command_tree import check_schedule_commands
     from aegisctl.scheduling.freshness import job_targets
-    from aegisctl.scheduling.systemd import render_units
+    from aegisctl.scheduling.systemd import (
+        UNIT_PREFIX,
+        UnitFile,
+        config_path,
+        executable_path,
+        render_units,
+    )
 
     loaded = state(ctx).config()
     check_schedule_commands(loaded.settings, str(loaded.path or "config"))
     units = render_units(loaded.settings, loaded.path)
+    if wal_stream:
+        settings = loaded.settings
+        units.append(UnitFile(f"{UNIT_PREFIX}wal-stream.service", wal_stream_unit(
+            executable_path(settings), config_path(settings, loaded.path),
+            user=settings.scheduler.systemd.user)))
     embedded = sorted(job for job, target in job_targets(loaded).items() if target == "embedded"
                       and loaded.settings.schedule[job].enabled)
     if embedded:
@@ -41,6 +58,7 @@ def render(
     out: Annotated[Path | None, typer.Option("--output", "-o", file_okay=False,
                                              help="Write the unit files into this folder "
                                                   "(default: print them).")] = None,
+    wal_stream: WalStreamOption = False,
     fmt: FormatOption = None,
 ) -> None:
     """Render aegisctl-<job>.service and .timer for every enabled job of the schedule.
@@ -55,11 +73,13 @@ def render(
       aegisctl systemd render
 
       aegisctl --config /etc/aegisctl/config.yaml systemd render --output ./units
+
+      aegisctl systemd render --wal-stream --output ./units
     """
     from aegisctl.scheduling.systemd import UnitsResult, plan_units, write_units
 
     app_state = state(ctx)
-    _, units = _units(ctx)
+    _, units = _units(ctx, wal_stream)
     if out is None:
         result = UnitsResult(units)
         if app_state.fmt(fmt) is OutputFormat.json:
@@ -84,6 +104,7 @@ def install(
                                           "write nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Overwrite changed units without "
                                       "asking.")] = False,
+    wal_stream: WalStreamOption = False,
     fmt: FormatOption = None,
 ) -> None:
     """Write the units into the systemd folder and print the commands that create the user and
@@ -101,7 +122,7 @@ def install(
     from aegisctl.scheduling.systemd import install_commands, plan_units, write_units
 
     app_state = state(ctx)
-    loaded, units = _units(ctx)
+    loaded, units = _units(ctx, wal_stream)
     directory = unit_dir or Path(loaded.settings.scheduler.systemd.unit_dir)
     result = plan_units(units, directory)
     result.dry_run = dry_run
