@@ -435,9 +435,9 @@ def stats_cmd(ctx: typer.Context, fmt: FormatOpt = None) -> None:
             [stats.to_json()], chosen, {})
         return
     output.print_table(
-        ["kind", "memories", "without embedding", "oldest", "newest", "size"],
-        [(k, v["count"], v["without_embedding"], v["oldest"] or "-", v["newest"] or "-",
-          format_bytes(v["total_bytes"])) for k, v in stats.kinds.items()],
+        ["kind", "memories", "without embedding", "older recipe", "oldest", "newest", "size"],
+        [(k, v["count"], v["without_embedding"], v["old_recipe"], v["oldest"] or "-",
+          v["newest"] or "-", format_bytes(v["total_bytes"])) for k, v in stats.kinds.items()],
         title=f"memory (embedding dimension {stats.embedding_dim})")
     for kind, entry in stats.kinds.items():
         for key, counts in entry.items():
@@ -670,6 +670,9 @@ def reembed_cmd(
     ctx: typer.Context,
     missing: Annotated[bool, typer.Option(
         "--missing", help="Only memories without an embedding.")] = False,
+    stale: Annotated[bool, typer.Option(
+        "--stale", help="Memories without an embedding or embedded with an older recipe "
+        "(see memory stats).")] = False,
     kind: KindOpt = KindChoice.all,
     restart: Annotated[bool, typer.Option(
         "--restart", help="Ignore the checkpoint of an interrupted full re-embed.")] = False,
@@ -685,21 +688,23 @@ def reembed_cmd(
 
       aegisctl memory reembed --missing
 
+      aegisctl memory reembed --stale
+
       aegisctl memory reembed --yes
     """
     from aegisctl.memory.reembed import count_todo, reembed
     kinds = _kinds(kind)
     with _session(ctx, "reembed") as (app_state, settings, conn, dim):
         provider = _require_provider(settings, dim)
-        todo = count_todo(conn, kinds, missing)
-        if not missing and not yes:
+        todo = count_todo(conn, kinds, missing, stale)
+        if not missing and not stale and not yes:
             if not sys.stdin.isatty():
                 raise UsageError(f"re-embedding all {todo} memories replaces every vector: "
                                  "pass --yes (or --missing for the missing ones only)")
             typer.confirm(f"Re-embed all {todo} memories with {provider.model}?", abort=True)
         with _progress(app_state, todo, "embedding") as progress:
             result = reembed(conn, provider, kinds,
-                             missing=missing, restart=restart,
+                             missing=missing, stale=stale, restart=restart,
                              progress=(lambda n: progress("loading", n)) if progress else None)
     payload = {"model": result.model, "missing_only": result.missing_only,
                "updated": result.updated, "resumed_from": result.resumed_from,

@@ -133,17 +133,27 @@ class MemoryStats:
 def memory_stats(conn: psycopg.Connection[Any], dim: int) -> MemoryStats:
     from psycopg import sql
 
+    from aegisctl.memory.recipe import RECIPE_VERSION
+
     stats = MemoryStats(embedding_dim=dim)
     for kind in KINDS:
         info = TABLES[kind]
         table, time_col = sql.Identifier(info.table), sql.Identifier(info.time)
         row = conn.execute(sql.SQL(
             "SELECT count(*), count(*) FILTER (WHERE embedding IS NULL), min({t}), max({t}), "
-            "pg_total_relation_size({reg}::regclass) FROM {table}").format(
-            t=time_col, table=table, reg=sql.Literal(info.table))).fetchone()
+            "pg_total_relation_size({reg}::regclass), "
+            "count(*) FILTER (WHERE embedding IS NOT NULL AND embedding_recipe < {recipe}), "
+            "count(*) FILTER (WHERE embedding IS NOT NULL AND embedding_recipe IS NULL) "
+            "FROM {table}").format(
+            t=time_col, table=table, reg=sql.Literal(info.table),
+            recipe=sql.Literal(RECIPE_VERSION))).fetchone()
         assert row is not None
         entry: dict[str, Any] = {
             "count": int(row[0]), "without_embedding": int(row[1]),
+            # Embedded by aegisctl with an older recipe (`memory reembed --stale` redoes them),
+            # and embedded outside aegisctl (recipe unknown: left alone unless a full reembed).
+            "old_recipe": int(row[5]), "unknown_recipe": int(row[6]),
+            "embedding_recipe": RECIPE_VERSION,
             "oldest": row[2].isoformat() if row[2] else None,
             "newest": row[3].isoformat() if row[3] else None,
             "total_bytes": int(row[4]),

@@ -44,6 +44,7 @@ COLUMN_TYPES = {
     "details": "jsonb", "context": "jsonb", "metadata": "jsonb", "importance": "text",
     "tags": "text[]", "related_memories": "int4[]", "decision": "text", "concept": "text",
     "content": "text", "category": "text", "source": "text", "confidence": "float8",
+    "embedding_recipe": "int2",
 }
 MAX_LENGTH = {"event_type": 100, "concept": 200, "category": 100, "source": 200}
 IGNORED_KEYS = {"id", "kind", "score", "similarity", "keyword_score", "match", "ranks", "decay"}
@@ -239,7 +240,7 @@ class _CopyStream:
         if self.kind == kind:
             return
         self.close()
-        self.columns = [*TABLES[kind].columns, "embedding"]
+        self.columns = [*TABLES[kind].columns, "embedding", "embedding_recipe"]
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
             sql.Identifier(TABLES[kind].table),
             sql.SQL(", ").join(map(sql.Identifier, self.columns)))
@@ -257,7 +258,7 @@ class _CopyStream:
 
         values = []
         for column in self.columns:
-            value = row[column]
+            value = row.get(column)
             if value is not None and column in JSON_COLUMNS:
                 value = Jsonb(value)
             elif value is not None and column == "embedding":
@@ -324,6 +325,7 @@ def _load_chunk(stream: _CopyStream, lookup: psycopg.Connection[Any] | None,
                 now: dt.datetime, seen: set[tuple[str, str]], result: ImportResult,
                 progress: Progress | None) -> None:
     from aegisctl.memory.providers import embed_texts
+    from aegisctl.memory.recipe import RECIPE_VERSION, embed_text
 
     if not chunk:
         return
@@ -347,10 +349,11 @@ def _load_chunk(stream: _CopyStream, lookup: psycopg.Connection[Any] | None,
         fresh.append((kind, row))
     missing = [(k, r) for k, r in fresh if r["embedding"] is None]
     if missing and provider is not None:
-        vectors = embed_texts(provider, [r[TABLES[k].text] for k, r in missing],
+        vectors = embed_texts(provider, [embed_text(k, r) for k, r in missing],
                               (lambda n: progress("embedding", n)) if progress else None)
         for (_, row), vector in zip(missing, vectors, strict=True):
             row["embedding"] = array("f", vector)
+            row["embedding_recipe"] = RECIPE_VERSION
         result.embedded += len(missing)
     elif missing:
         result.without_embedding += len(missing)
@@ -378,10 +381,13 @@ def add_memory(conn: psycopg.Connection[Any], obj: dict[str, Any], dim: int,
     from psycopg.types.json import Jsonb
 
     from aegisctl.memory.providers import embed_texts, vector_literal
+    from aegisctl.memory.recipe import RECIPE_VERSION, embed_text
 
     if row["embedding"] is None and provider is not None:
-        row["embedding"] = embed_texts(provider, [row[info.text]])[0]
-    columns = [c for c in (*info.columns, "embedding") if row.get(c) is not None]
+        row["embedding"] = embed_texts(provider, [embed_text(kind, row)])[0]
+        row["embedding_recipe"] = RECIPE_VERSION
+    columns = [c for c in (*info.columns, "embedding", "embedding_recipe")
+               if row.get(c) is not None]
     values = []
     for column in columns:
         value = row[column]

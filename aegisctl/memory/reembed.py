@@ -1,7 +1,10 @@
 """Backfill or recompute embeddings in batches, each committed on its own, resumably.
 
-`missing=True` embeds rows whose embedding is NULL: rerunning after an interruption simply
-finds fewer of them. A full re-embed (after a model change) walks each table in id order and
+`missing=True` embeds rows whose embedding is NULL, and `stale=True` those too plus rows
+embedded with an older recipe (aegisctl.memory.recipe; `embedding_recipe` below RECIPE_VERSION):
+rerunning after an interruption simply finds fewer of them. Every row re-embedded gets the
+current recipe's text and records its version. A full re-embed (after a model change) walks
+each table in id order and
 records its position after every batch in `aegis_metadata` (key `memory_reembed`, with the
 model and dimension): the next run with the same model continues after the last committed
 batch; `restart=True` starts over.
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aegisctl.memory.recipe import RECIPE_VERSION, embed_text, recipe_columns
 from aegisctl.memory.refs import TABLES, Kind
 
 if TYPE_CHECKING:
@@ -37,12 +41,22 @@ class ReembedResult:
         return sum(self.updated.values())
 
 
-def count_todo(conn: psycopg.Connection[Any], kinds: list[Kind], missing: bool) -> int:
+def _condition(missing: bool, stale: bool) -> Any:
+    from psycopg import sql
+
+    if stale:
+        return sql.SQL("(embedding IS NULL OR embedding_recipe < {})").format(
+            sql.Literal(RECIPE_VERSION))
+    return sql.SQL("embedding IS NULL" if missing else "TRUE")
+
+
+def count_todo(conn: psycopg.Connection[Any], kinds: list[Kind], missing: bool,
+               stale: bool = False) -> int:
     from psycopg import sql
 
     total = 0
     for kind in kinds:
-        condition = sql.SQL("embedding IS NULL" if missing else "TRUE")
+        condition = _condition(missing, stale)
         row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
             sql.Identifier(TABLES[kind].table), condition)).fetchone()
         total += int(row[0]) if row else 0
@@ -70,13 +84,14 @@ def _save_checkpoint(conn: psycopg.Connection[Any], data: dict[str, Any]) -> Non
 
 
 def reembed(conn: psycopg.Connection[Any], provider: EmbeddingProvider, kinds: list[Kind], *,
-            missing: bool = False, restart: bool = False,
+            missing: bool = False, stale: bool = False, restart: bool = False,
             progress: Callable[[int], None] | None = None) -> ReembedResult:
     """`conn` must be in autocommit mode: each batch is its own transaction."""
     from psycopg import sql
 
     from aegisctl.memory.providers import embed_texts, vector_literal
 
+    missing = missing or stale  # both walk only the rows still to do; no checkpoint needed
     result = ReembedResult(missing_only=missing, model=provider.model)
     state: dict[str, Any] = {}
     if not missing:
@@ -87,22 +102,29 @@ def reembed(conn: psycopg.Connection[Any], provider: EmbeddingProvider, kinds: l
         state.update(model=provider.model, dimensions=provider.dimensions)
     for kind in kinds:
         info = TABLES[kind]
-        table, text = sql.Identifier(info.table), sql.Identifier(info.text)
+        table = sql.Identifier(info.table)
+        columns = sql.SQL(", ").join(map(sql.Identifier, recipe_columns(kind)))
         last_id = int(state.get(kind, 0)) if not missing else 0
         if last_id:
             result.resumed_from[kind] = last_id
         result.updated[kind] = 0
-        condition = sql.SQL("embedding IS NULL" if missing else "TRUE")
-        select = sql.SQL("SELECT id, {text} FROM {table} WHERE id > %s AND {cond} "
-                         "ORDER BY id LIMIT %s").format(text=text, table=table, cond=condition)
-        update = sql.SQL("UPDATE {table} AS m SET embedding = u.e::vector "
+        condition = _condition(missing, stale)
+        select = sql.SQL("SELECT id, {columns} FROM {table} WHERE id > %s AND {cond} "
+                         "ORDER BY id LIMIT %s").format(columns=columns, table=table,
+                                                        cond=condition)
+        update = sql.SQL("UPDATE {table} AS m SET embedding = u.e::vector, "
+                         "embedding_recipe = {recipe} "
                          "FROM unnest(%s::int[], %s::text[]) AS u(id, e) "
-                         "WHERE m.id = u.id").format(table=table)
+                         "WHERE m.id = u.id").format(table=table,
+                                                     recipe=sql.Literal(RECIPE_VERSION))
         while True:
             rows = conn.execute(select, (last_id, provider.batch_size)).fetchall()
             if not rows:
                 break
-            vectors = embed_texts(provider, [str(r[1]) for r in rows])
+            names = recipe_columns(kind)
+            vectors = embed_texts(provider, [embed_text(kind, dict(zip(names, r[1:],
+                                                                        strict=True)))
+                                             for r in rows])
             with conn.transaction():
                 conn.execute(update, ([int(r[0]) for r in rows],
                                       [vector_literal(v) for v in vectors]))
@@ -115,5 +137,5 @@ def reembed(conn: psycopg.Connection[Any], provider: EmbeddingProvider, kinds: l
                 progress(len(rows))
     if not missing:
         conn.execute("DELETE FROM aegis_metadata WHERE key = %s", (CHECKPOINT_KEY,))
-    result.remaining = {k: count_todo(conn, [k], True) for k in kinds}
+    result.remaining = {k: count_todo(conn, [k], True, stale) for k in kinds}
     return result
