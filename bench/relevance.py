@@ -245,6 +245,8 @@ def main() -> None:
         config = work / "bench.yaml"
         config.write_text(json.dumps({
             "targets": {"bench": {"dsn": dsn}},
+            # The import embeds inside its transaction: no statement timeout on 2 busy cores.
+            "connection": {"timeouts": {"query": {"statement_timeout": 0}}},
             "schema": {"embedding_dim": DIM},
             "embedding": {"provider": "openai", "base_url": url, "model": MODEL,
                           "dimensions": DIM, "batch_size": 64, "timeout": 600},

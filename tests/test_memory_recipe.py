@@ -9,16 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 from embedding_server import embed
-from memory_fixtures import (  # noqa: F401 - fixtures
-    DIM,
-    embedding_server,
-    make_config,
-    memory_db,
-    memory_dsn,
-    memory_settings,
-    memory_template,
-    results,
-)
+from memory_fixtures import DIM, results
 
 from aegisctl.memory.recipe import RECIPE_VERSION, embed_text, fts_sql
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import re
 import sys
@@ -160,10 +161,14 @@ def _age(record: dict[str, Any]) -> str:
     return f"{int(seconds)}s"
 
 
-def _snippet(text: str, query: str | None, width: int = 110) -> str:
-    """Escaped for rich; the query's words highlighted when the terminal shows colour."""
+def _snippet(text: str, query: str | None, width: int = 110,
+             spans: list[tuple[int, int]] | None = None) -> str:
+    """Escaped for rich; the matched terms (the search's `highlights` spans, else the query's
+    words) highlighted when the terminal shows colour."""
     from rich.markup import escape
 
+    if spans is not None:
+        return _marked_snippet(text, spans, width)
     text = " ".join(text.split())
     if len(text) > width:
         text = text[:width - 1] + "…"
@@ -178,6 +183,32 @@ def _snippet(text: str, query: str | None, width: int = 110) -> str:
         parts.append(f"[bold yellow]{escape(match.group(0))}[/]")
         last = match.end()
     parts.append(escape(text[last:]))
+    return "".join(parts)
+
+
+def _marked_snippet(text: str, spans: list[tuple[int, int]], width: int) -> str:
+    from rich.markup import escape
+
+    marked = [False] * len(text)
+    for start, end in spans:
+        for i in range(max(0, start), min(end, len(text))):
+            marked[i] = True
+    chars: list[tuple[str, bool]] = []
+    for char, flag in zip(text, marked, strict=True):
+        if char.isspace():
+            if chars and chars[-1][0] != " ":
+                chars.append((" ", False))
+            continue
+        chars.append((char, flag))
+    while chars and chars[-1][0] == " ":
+        chars.pop()
+    if len(chars) > width:
+        chars = [*chars[:width - 1], ("…", False)]
+    color = output.color_enabled()
+    parts: list[str] = []
+    for flag, group in itertools.groupby(chars, key=lambda c: c[1]):
+        piece = escape("".join(c for c, _ in group))
+        parts.append(f"[bold yellow]{piece}[/]" if flag and color else piece)
     return "".join(parts)
 
 
@@ -221,7 +252,7 @@ def _render_hits(hits: list[Hit], fmt: MemoryFormat, query: str | None,
         rows.append((f"{hit.score:.4f}", ranks or "-", _age(hit.record), _what(hit.record),
                      _importance(hit.record), hit.record["id"],
                      _snippet(str(hit.record.get("summary") or hit.record.get("content") or ""),
-                              query)))
+                              query, spans=hit.highlights)))
     output.print_table(["score", "ranks", "age", "kind/type", "importance", "id", "memory"],
                        rows)
     if not hits:
@@ -263,6 +294,12 @@ def search_cmd(
     threshold: Annotated[float | None, typer.Option(
         "--threshold", min=-1.0, max=1.0,
         help="Minimum cosine similarity (semantic/hybrid).")] = None,
+    min_score: Annotated[float | None, typer.Option(
+        "--min-score", min=0.0, max=1.0,
+        help="Minimum relevance, the same scale in every mode: the larger of the cosine "
+        "similarity and the share of the query's terms a memory contains.")] = None,
+    no_dedupe: Annotated[bool, typer.Option(
+        "--no-dedupe", help="Show near-identical memories separately.")] = False,
     mode: Annotated[ModeChoice | None, typer.Option(
         "--mode", "-m", help="semantic, keyword or hybrid (default: search.default_mode, else "
         "hybrid with an embedding provider and keyword without).")] = None,
@@ -282,6 +319,8 @@ def search_cmd(
       aegisctl memory search "vacuum" --mode keyword --tag postgres --format json
 
       aegisctl memory search "flaky tests" --decay 7d --explain
+
+      aegisctl memory search "SQLITE_BUSY" --min-score 0.5
     """
     from aegisctl.memory.search import SearchRequest, search
     from aegisctl.units import parse_duration
@@ -294,11 +333,13 @@ def search_cmd(
             raise UsageError(f"--decay: {exc}") from None
     filters = _filters(kind, types, tags, min_importance, categories, since, until)
     with _session(ctx, "search") as (app_state, settings, conn, dim):
-        provider = _provider(settings, dim) if mode is not ModeChoice.keyword else None
+        # Keyword mode embeds the query only for --min-score (relevance includes similarity).
+        provider = (_provider(settings, dim)
+                    if mode is not ModeChoice.keyword or min_score is not None else None)
         request = SearchRequest(
             query=query, filters=filters, limit=limit or settings.search.limit,
-            mode=mode.value if mode else None,
-            threshold=threshold, decay_half_life=half_life, explain=explain)
+            mode=mode.value if mode else None, threshold=threshold, min_score=min_score,
+            decay_half_life=half_life, explain=explain, dedupe=not no_dedupe)
         result = search(conn, settings, request, provider, dim)
     _render_hits(result.hits, _format(app_state, fmt), query,
                  {"query": query, "mode": result.mode}, result.explain if explain else None)
