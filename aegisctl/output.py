@@ -104,6 +104,18 @@ class Note:
     style: str = ""
 
 
+@dataclass(frozen=True)
+class Marked:
+    """A cell of data text with character spans to emphasise (matched search terms): printed
+    inert like any cell, the spans in bold yellow when the terminal shows colour."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...] = ()
+
+    def __str__(self) -> str:
+        return self.text
+
+
 Block = Table | Fields | Note
 
 
@@ -184,8 +196,24 @@ def _print_block(block: Block) -> None:
         else:
             table.add_column(col.name, overflow="fold")
     for row in block.rows:
-        table.add_row(*(Text(_cell(cell)) for cell in row))
+        table.add_row(*(_marked(cell) if isinstance(cell, Marked) else Text(_cell(cell))
+                        for cell in row))
     console.print(table)
+
+
+def _marked(cell: Marked) -> Any:
+    from rich.text import Text
+
+    text, last = Text(), 0
+    for start, end in sorted(cell.spans):
+        start, end = max(start, last), min(end, len(cell.text))
+        if start >= end:
+            continue
+        text.append(inert(cell.text[last:start]))
+        text.append(inert(cell.text[start:end]), style="bold yellow")
+        last = end
+    text.append(inert(cell.text[last:]))
+    return text
 
 
 # ---------------------------------------------------------------------------------------------

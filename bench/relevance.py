@@ -166,9 +166,9 @@ def sweep(base: Any) -> list[tuple[str, Any]]:
     """The grid the defaults were chosen from (--sweep)."""
     out: list[tuple[str, Any]] = []
     for rrf_k in (10, 30, 60):
-        for keyword_weight in (0.5, 0.75, 1.0, 1.5):
-            for boost in (0.0, 0.5, 1.0, 2.0):
-                for candidates in (20, 50):
+        for keyword_weight in (0.5, 1.0, 1.5):
+            for boost in (0.0, 1.0, 2.0):
+                for candidates in (50,):
                     settings = copy.deepcopy(base)
                     settings.search.rrf_k = rrf_k
                     settings.search.semantic_weight = 1.0
@@ -196,6 +196,32 @@ def run_questions(conn: psycopg.Connection[Any], settings: Any, provider: Any,
     return scores
 
 
+def import_corpus(conn: psycopg.Connection[Any], dsn: str, url: str, corpus: Path, lines: int,
+                  questions: list[dict[str, Any]], work: Path) -> None:
+    """`aegisctl memory import` of the corpus, embedded through the endpoint."""
+    config = work / "bench.yaml"
+    config.write_text(json.dumps({
+        "targets": {"bench": {"dsn": dsn}},
+        # The import embeds inside its transaction: no statement timeout on 2 busy cores.
+        "connection": {"timeouts": {"query": {"statement_timeout": 0}}},
+        "schema": {"embedding_dim": DIM},
+        "embedding": {"provider": "openai", "base_url": url, "model": MODEL,
+                      "dimensions": DIM, "batch_size": 64, "timeout": 600},
+    }))
+    aegisctl = str(Path(sys.executable).parent / "aegisctl")
+    started = time.perf_counter()
+    done = subprocess.run([aegisctl, "--config", str(config), "memory", "import",
+                           str(corpus), "-f", "json"], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"memory import failed: {done.stderr}")
+    count = conn.execute("SELECT count(*) FROM semantic_memory").fetchone()
+    print(f"corpus: SQLite docs (sqlite3-doc), {lines} paragraphs, {count[0] if count else 0} "
+          f"imported (exact duplicates skipped) in {time.perf_counter() - started:.0f} s; "
+          f"model {MODEL} ({DIM}-d) over HTTP; {len(questions)} questions "
+          f"({sum(q['style'] == 'paraphrase' for q in questions)} paraphrase, "
+          f"{sum(q['style'] == 'keyword' for q in questions)} keyword)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", required=True, type=Path,
@@ -209,6 +235,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="the hybrid tuning grid too")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary database")
+    parser.add_argument("--reuse", default=None, metavar="DSN",
+                        help="a database a --keep run left (skips the import and baselines)")
     args = parser.parse_args()
 
     from relevance_corpus import records
@@ -232,38 +260,24 @@ def main() -> None:
         with corpus.open("w") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        dsn = os.environ.get("AEGISCTL_BENCH_DSN")
+        dsn = args.reuse or os.environ.get("AEGISCTL_BENCH_DSN")
         if not dsn:
             server = EmbeddedServer(work / "pgdata", database="postgres")
             dsn = server.ensure_running().uri
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("DROP DATABASE IF EXISTS aegis_relevance (FORCE)")
-            admin.execute("CREATE DATABASE aegis_relevance")
-        dsn = make_conninfo(dsn, dbname="aegis_relevance")
+        if not args.reuse:
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute("DROP DATABASE IF EXISTS aegis_relevance (FORCE)")
+                admin.execute("CREATE DATABASE aegis_relevance")
+            dsn = make_conninfo(dsn, dbname="aegis_relevance")
         conn = psycopg.connect(dsn, autocommit=True)
-        init_schema(conn, SchemaSettings(embedding_dim=DIM))
-        config = work / "bench.yaml"
-        config.write_text(json.dumps({
-            "targets": {"bench": {"dsn": dsn}},
-            # The import embeds inside its transaction: no statement timeout on 2 busy cores.
-            "connection": {"timeouts": {"query": {"statement_timeout": 0}}},
-            "schema": {"embedding_dim": DIM},
-            "embedding": {"provider": "openai", "base_url": url, "model": MODEL,
-                          "dimensions": DIM, "batch_size": 64, "timeout": 600},
-        }))
-        aegisctl = str(Path(sys.executable).parent / "aegisctl")
-        started = time.perf_counter()
-        done = subprocess.run([aegisctl, "--config", str(config), "memory", "import",
-                               str(corpus), "-f", "json"], capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"memory import failed: {done.stderr}")
-        count = conn.execute("SELECT count(*) FROM semantic_memory").fetchone()
-        print(f"corpus: SQLite docs (sqlite3-doc), {len(rows)} paragraphs, {count[0] if count else 0} "
-              f"imported (exact duplicates skipped) in {time.perf_counter() - started:.0f} s; "
-              f"model {MODEL} ({DIM}-d) over HTTP; {len(questions)} questions "
-              f"({sum(q['style'] == 'paraphrase' for q in questions)} paraphrase, "
-              f"{sum(q['style'] == 'keyword' for q in questions)} keyword)")
-        build_baseline(conn, url)
+        if not args.reuse:
+            init_schema(conn, SchemaSettings(embedding_dim=DIM))
+            import_corpus(conn, dsn, url, corpus, len(rows), questions, work)
+            build_baseline(conn, url)
+        else:
+            print(f"reusing {dsn}")
+        if args.keep:
+            print(f"database kept: {dsn}", file=sys.stderr)
         relevant = [relevant_ids(conn, q["answers"]) for q in questions]
         unanswerable = [q["q"] for q, r in zip(questions, relevant, strict=True) if not r]
         if unanswerable:
@@ -285,6 +299,7 @@ def main() -> None:
         for mode in ("keyword", "semantic", "hybrid"):
             results.append((f"aegisctl {mode}",
                             run_questions(conn, settings, provider, questions, relevant, mode)))
+        print_table(results)
         if args.variants:
             for label, variant in variants(settings):
                 results.append((label, run_questions(conn, variant, provider, questions,
@@ -295,7 +310,9 @@ def main() -> None:
             grid.sort(key=lambda item: -(item[1].success("all") + item[1].mrr("all")))
             print("\nsweep (best first):")
             print_table(grid)
-        print_table(results)
+        if args.variants:
+            print("\nwith the ablations:")
+            print_table(results)
         if args.json:
             args.json.write_text(json.dumps({
                 label: {style: {"success@5": round(s.success(style), 3),

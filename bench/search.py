@@ -144,6 +144,8 @@ def main() -> None:
 
         config = work / "bench.yaml"
         config.write_text(json.dumps({"targets": {"bench": {"dsn": dsn}},
+                                      "connection": {"timeouts": {"query": {
+                                          "statement_timeout": 0}}},
                                       "embedding": {"provider": "none"}}))
         aegisctl = str(Path(sys.executable).parent / "aegisctl")
         started = time.perf_counter()

@@ -158,3 +158,12 @@ def test_highlights_mark_the_matched_terms(cli, make_config, tmp_path) -> None:
     body = _search(cli, config, "statement_timeout_ms", "--mode", "hybrid")
     top = body["results"][0]
     assert [top["summary"][a:b] for a, b in top["highlights"]] == ["statement_timeout_ms"]
+
+
+def test_marked_cells_stay_inert() -> None:
+    from aegisctl import output
+
+    text = output._marked(output.Marked("a\x1b[31m PRAGMA busy", ((7, 13),)))
+    assert text.plain == "a\\x1b[31m PRAGMA busy"  # the escape is shown, not obeyed
+    styled = [text.plain[s.start:s.end] for s in text.spans]
+    assert styled == ["PRAGMA"]

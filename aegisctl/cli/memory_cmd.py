@@ -162,33 +162,17 @@ def _age(record: dict[str, Any]) -> str:
 
 
 def _snippet(text: str, query: str | None, width: int = 110,
-             spans: list[tuple[int, int]] | None = None) -> str:
-    """Escaped for rich; the matched terms (the search's `highlights` spans, else the query's
-    words) highlighted when the terminal shows colour."""
-    from rich.markup import escape
-
-    if spans is not None:
-        return _marked_snippet(text, spans, width)
-    text = " ".join(text.split())
-    if len(text) > width:
-        text = text[:width - 1] + "…"
-    words = [w for w in re.findall(r"\w+", (query or "").lower()) if len(w) >= 3]
-    if not words or not output.color_enabled():
-        return escape(text)
-    stems = sorted({w[:max(3, len(w) - 2)] for w in words}, key=len, reverse=True)
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, stems)) + r")\w*", re.IGNORECASE)
-    parts, last = [], 0
-    for match in pattern.finditer(text):
-        parts.append(escape(text[last:match.start()]))
-        parts.append(f"[bold yellow]{escape(match.group(0))}[/]")
-        last = match.end()
-    parts.append(escape(text[last:]))
-    return "".join(parts)
-
-
-def _marked_snippet(text: str, spans: list[tuple[int, int]], width: int) -> str:
-    from rich.markup import escape
-
+             spans: list[tuple[int, int]] | None = None) -> output.Marked:
+    """The text on one line, cut at `width`, with the matched terms to highlight: the search's
+    `highlights` spans, else the query's words (by prefix)."""
+    if spans is None:
+        words = [w for w in re.findall(r"\w+", (query or "").lower()) if len(w) >= 3]
+        spans = []
+        if words:
+            stems = sorted({w[:max(3, len(w) - 2)] for w in words}, key=len, reverse=True)
+            pattern = re.compile(r"\b(" + "|".join(map(re.escape, stems)) + r")\w*",
+                                 re.IGNORECASE)
+            spans = [m.span() for m in pattern.finditer(text)]
     marked = [False] * len(text)
     for start, end in spans:
         for i in range(max(0, start), min(end, len(text))):
@@ -204,12 +188,14 @@ def _marked_snippet(text: str, spans: list[tuple[int, int]], width: int) -> str:
         chars.pop()
     if len(chars) > width:
         chars = [*chars[:width - 1], ("…", False)]
-    color = output.color_enabled()
-    parts: list[str] = []
+    out: list[tuple[int, int]] = []
+    position = 0
     for flag, group in itertools.groupby(chars, key=lambda c: c[1]):
-        piece = escape("".join(c for c, _ in group))
-        parts.append(f"[bold yellow]{piece}[/]" if flag and color else piece)
-    return "".join(parts)
+        size = len(list(group))
+        if flag:
+            out.append((position, position + size))
+        position += size
+    return output.Marked("".join(c for c, _ in chars), tuple(out))
 
 
 def _what(record: dict[str, Any]) -> str:
