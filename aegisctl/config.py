@@ -121,9 +121,9 @@ class SearchSettings:
     iterative_scan: Literal["strict_order", "relaxed_order", "off"] = "strict_order"
     # Hybrid fusion (aegisctl/memory/search.py), defaults chosen on bench/relevance.py.
     rrf_k: int = 60
-    candidates: int = 50  # rows each signal contributes to hybrid fusion, whatever --limit
+    candidates: int = 40  # rows each signal contributes to hybrid fusion, whatever --limit
     semantic_weight: float = 1.0
-    keyword_weight: float = 1.0
+    keyword_weight: float = 0.75
     exact_term_boost: float = 1.0  # first-place votes for holding the query's identifiers
     dedupe: float = 0.8  # word-trigram overlap that folds a near-identical hit; 0 = off
 

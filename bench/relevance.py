@@ -155,9 +155,9 @@ def variants(base: Any) -> list[tuple[str, Any]]:
           exact_term_boost=0.0, dedupe=0.0)
     with_("hybrid without the exact-term boost", exact_term_boost=0.0)
     with_("hybrid with equal signal weights", semantic_weight=1.0, keyword_weight=1.0)
-    with_("hybrid with candidate depth 40 (old)", candidates=40)
+    with_("hybrid with candidate depth 20", candidates=20)
     with_("hybrid with candidate depth 100", candidates=100)
-    with_("hybrid with rrf_k 60 (old)", rrf_k=60)
+    with_("hybrid with rrf_k 10", rrf_k=10)
     with_("hybrid without dedupe", dedupe=0.0)
     return out
 
@@ -166,9 +166,9 @@ def sweep(base: Any) -> list[tuple[str, Any]]:
     """The grid the defaults were chosen from (--sweep)."""
     out: list[tuple[str, Any]] = []
     for rrf_k in (10, 30, 60):
-        for keyword_weight in (0.5, 1.0, 1.5):
+        for keyword_weight in (0.5, 0.75, 1.0, 1.5):
             for boost in (0.0, 1.0, 2.0):
-                for candidates in (50,):
+                for candidates in (30, 40, 50):
                     settings = copy.deepcopy(base)
                     settings.search.rrf_k = rrf_k
                     settings.search.semantic_weight = 1.0

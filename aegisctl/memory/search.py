@@ -153,9 +153,11 @@ class SearchResult:
 
 
 def resolve_mode(requested: Mode | None, settings: Settings,
-                 provider: EmbeddingProvider | None) -> Mode:
-    mode = requested or settings.search.default_mode or ("hybrid" if provider else "keyword")
-    if mode != "keyword" and provider is None:
+                 provider: EmbeddingProvider | None, has_vector: bool = False) -> Mode:
+    """The mode to run; `has_vector`: the caller brings the query's embedding itself."""
+    able = provider is not None or has_vector
+    mode = requested or settings.search.default_mode or ("hybrid" if able else "keyword")
+    if mode != "keyword" and not able:
         if requested is None and settings.search.default_mode is None:
             return "keyword"
         raise UsageError(
@@ -167,7 +169,7 @@ def resolve_mode(requested: Mode | None, settings: Settings,
 
 def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchRequest,
            provider: EmbeddingProvider | None, dim: int) -> SearchResult:
-    mode = resolve_mode(request.mode, settings, provider)
+    mode = resolve_mode(request.mode, settings, provider, request.vector is not None)
     if request.threshold is not None and mode == "keyword":
         raise UsageError("--threshold is a cosine similarity: it needs --mode semantic or hybrid")
     explain = Explain(mode=mode, provider=provider.name if provider else None,
@@ -348,8 +350,10 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                 "ORDER BY {order} <=> {qcast} LIMIT %(k)s"
             ).format(cols=_select_list(kind), order=order, qcast=qcast, table=table, where=where)
         info_path = PathInfo(kind=kind, signal="semantic", path=path, estimated_rows=estimated)
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            if local:  # one round trip for every transaction-local setting
+        # Pipeline mode: BEGIN, the settings, the query and COMMIT travel together instead of
+        # waiting for one another's answers.
+        with conn.pipeline(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            if local:
                 names = list(local)
                 cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
                     sql.SQL("set_config({}, {}, true)").format(sql.Literal(n),
