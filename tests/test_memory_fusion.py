@@ -167,3 +167,9 @@ def test_marked_cells_stay_inert() -> None:
     assert text.plain == "a\\x1b[31m PRAGMA busy"  # the escape is shown, not obeyed
     styled = [text.plain[s.start:s.end] for s in text.spans]
     assert styled == ["PRAGMA"]
+
+
+def test_empty_query_is_a_usage_error(cli, make_config) -> None:
+    config = make_config()
+    result = cli("--config", str(config), "memory", "search", "   ")
+    assert result.exit_code == 2 and "empty" in result.stderr

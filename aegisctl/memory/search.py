@@ -169,6 +169,8 @@ def resolve_mode(requested: Mode | None, settings: Settings,
 
 def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchRequest,
            provider: EmbeddingProvider | None, dim: int) -> SearchResult:
+    if not request.query.strip() and request.vector is None:
+        raise UsageError("the search query is empty", hint="memory recent lists the newest")
     mode = resolve_mode(request.mode, settings, provider, request.vector is not None)
     if request.threshold is not None and mode == "keyword":
         raise UsageError("--threshold is a cosine similarity: it needs --mode semantic or hybrid")
