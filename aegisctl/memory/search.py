@@ -193,7 +193,6 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
     started = time.perf_counter()
     semantic: list[Hit] = []
     keyword: list[Hit] = []
-    lexemes: list[str] = query_lexemes(conn, request.query)
     if vector is not None and mode != "keyword":
         semantic = semantic_search(conn, settings, kinds, request.filters, vector, dim, fetch,
                                    explain, request.explain)
@@ -201,7 +200,7 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
             semantic = [h for h in semantic if (h.similarity or 0.0) >= request.threshold]
     if mode != "semantic":
         keyword = keyword_search(conn, kinds, request.filters, request.query, fetch, explain,
-                                 request.explain, vector, dim, lexemes)
+                                 request.explain, vector, dim)
     terms = exact_terms(request.query)
     hits = fuse(semantic, keyword, mode, settings.search, terms)
     if request.decay_half_life is not None:
@@ -210,7 +209,7 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
         hits = dedupe(hits, settings.search.dedupe)
     hits = hits[:max(request.limit * 3, 30)] if request.min_score is not None else \
         hits[:request.limit]
-    annotate(conn, hits, lexemes, terms, vector)
+    annotate(conn, hits, request.query, terms, vector)
     if request.min_score is not None:
         hits = [h for h in hits if h.relevance >= request.min_score]
     explain.search_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -637,39 +636,41 @@ def dedupe(hits: list[Hit], threshold: float) -> list[Hit]:
     return [hit for hit, _ in kept]
 
 
-def annotate(conn: psycopg.Connection[Any], hits: list[Hit], lexemes: list[str],
+def annotate(conn: psycopg.Connection[Any], hits: list[Hit], query: str,
              terms: Sequence[str], vector: Any) -> None:
     """Coverage, similarity (when missing) and highlight spans of the final hits: one query per
-    kind over their ids."""
+    kind over their ids, which also turns the query into its search terms (no extra round trip
+    in semantic mode)."""
     from psycopg import sql
 
     if not hits:
         return
-    queries = [_tsquery_literal(lx) for lx in lexemes]
     for kind in {h.kind for h in hits}:
         info = TABLES[kind]
         mine = {h.id: h for h in hits if h.kind == kind}
-        params: dict[str, Any] = {"ids": list(mine), "tqs": queries,
-                                  "orq": " | ".join(queries) or "''"}
-        similarity = _similarity_column(vector)
+        params: dict[str, Any] = {"ids": list(mine), "text": query}
         if vector is not None:
             params["q"] = vector
-        marked = (sql.SQL("ts_headline({cfg}::regconfig, {text}, %(orq)s::tsquery, "
-                          "'HighlightAll=true, StartSel=\x1e, StopSel=\x1f')").format(
-                              cfg=sql.Literal(FTS_CONFIG), text=sql.Identifier(info.text))
-                  if queries else sql.SQL("NULL::text"))
         rows = conn.execute(sql.SQL(
-            "SELECT id, {similarity}, "
-            "(SELECT count(*) FROM unnest(%(tqs)s::text[]::tsquery[]) AS w(tq) "
-            " WHERE {tsv} @@ w.tq) AS matched, {marked} AS marked "
-            "FROM {table} WHERE id = ANY(%(ids)s)").format(
-                similarity=similarity, tsv=sql.Identifier(info.tsv), marked=marked,
+            "WITH lx AS (SELECT coalesce(array_agg(t), '{{}}') AS tqs, "
+            "string_agg(t, ' | ') AS orq FROM (SELECT "
+            "'''' || replace(replace(l, E'\\\\', E'\\\\\\\\'), '''', '''''') || '''' AS t "
+            "FROM unnest(tsvector_to_array(to_tsvector({cfg}::regconfig, %(text)s))) AS l) "
+            "AS terms) "
+            "SELECT m.id, {similarity}, "
+            "(SELECT count(*) FROM unnest(lx.tqs::tsquery[]) AS w(tq) WHERE m.{tsv} @@ w.tq) "
+            "AS matched, cardinality(lx.tqs) AS total, "
+            "CASE WHEN lx.orq IS NULL THEN NULL ELSE ts_headline({cfg}::regconfig, m.{text}, "
+            "lx.orq::tsquery, 'HighlightAll=true, StartSel=\x1e, StopSel=\x1f') END "
+            "FROM {table} AS m, lx WHERE m.id = ANY(%(ids)s)").format(
+                cfg=sql.Literal(FTS_CONFIG), similarity=_similarity_column(vector),
+                tsv=sql.Identifier(info.tsv), text=sql.Identifier(info.text),
                 table=sql.Identifier(info.table)), params).fetchall()
-        for memory_id, sim, matched, text in rows:
+        for memory_id, sim, matched, total, text in rows:
             hit = mine[int(memory_id)]
             if hit.similarity is None and sim is not None:
                 hit.similarity = float(sim)
-            hit.coverage = int(matched) / len(queries) if queries else 0.0
+            hit.coverage = int(matched) / int(total) if total else 0.0
             hit.highlights = _spans(hit.text, text, terms)
 
 
