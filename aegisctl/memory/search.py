@@ -240,6 +240,16 @@ def query_vector(conn: psycopg.Connection[Any], values: Sequence[float]) -> Any:
 
 
 _VERSIONS: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDictionary()
+# Per connection: the session's hnsw.ef_search as set by us, and table sizes with their time.
+_SESSION: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+RELTUPLES_TTL = 60.0  # seconds an unfiltered search trusts a table size it read
+
+
+def _session(conn: psycopg.Connection[Any]) -> dict[Any, Any]:
+    state = _SESSION.get(conn)
+    if state is None:
+        state = _SESSION[conn] = {}
+    return state
 
 
 def pgvector_version(conn: psycopg.Connection[Any]) -> tuple[int, ...]:
@@ -285,9 +295,13 @@ def estimate_rows(conn: psycopg.Connection[Any], kind: Kind, where: Any,
     from psycopg import sql
 
     if not filtered:
+        cached = _session(conn).get(("reltuples", kind))
+        if cached is not None and time.monotonic() - cached[1] < RELTUPLES_TTL:
+            return int(cached[0])
         row = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
                            (TABLES[kind].table,)).fetchone()
         if row is not None and int(row[0]) >= 0:
+            _session(conn)[("reltuples", kind)] = (int(row[0]), time.monotonic())
             return int(row[0])
     query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE embedding IS NOT NULL AND {}")
     row = conn.execute(query.format(sql.Identifier(TABLES[kind].table), where), params).fetchone()
@@ -351,6 +365,23 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                 "ORDER BY {order} <=> {qcast} LIMIT %(k)s"
             ).format(cols=_select_list(kind), order=order, qcast=qcast, table=table, where=where)
         info_path = PathInfo(kind=kind, signal="semantic", path=path, estimated_rows=estimated)
+        if list(local) == ["hnsw.ef_search"] and conn.autocommit and not with_plan:
+            # Unfiltered: ef_search is the only setting, so it is set for the session (once
+            # per connection and value) and the query runs alone — one round trip, like the
+            # bare ORDER BY ... LIMIT.
+            state = _session(conn)
+            if state.get("ef_search") != ef_search:
+                conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search)))
+                state["ef_search"] = ef_search
+            local = {}
+        if not local and not with_plan:
+            with conn.cursor(row_factory=dict_row) as cur:
+                rows = cur.execute(query, params).fetchall()
+            info_path.rows = len(rows)
+            explain.paths.append(info_path)
+            hits.extend(Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
+                            similarity=float(r["similarity"])) for r in rows)
+            continue
         # Pipeline mode: BEGIN, the settings, the query and COMMIT travel together instead of
         # waiting for one another's answers.
         with conn.pipeline(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
