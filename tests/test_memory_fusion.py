@@ -151,11 +151,11 @@ def test_min_score_means_the_same_in_every_mode(cli, make_config, tmp_path) -> N
 def test_highlights_mark_the_matched_terms(cli, make_config, tmp_path) -> None:
     config = make_config()
     _load(cli, config, tmp_path, MEMORIES)
-    body = _search(cli, config, "charges retried", "--mode", "keyword")
+    body = _search(cli, config, "charges retried", "--mode", "keyword", "--highlight")
     top = body["results"][0]
     marked = [top["summary"][a:b] for a, b in top["highlights"]]
     assert "charged" in marked  # stemmed: charges ~ charged
-    body = _search(cli, config, "statement_timeout_ms", "--mode", "hybrid")
+    body = _search(cli, config, "statement_timeout_ms", "--mode", "hybrid")  # exact: always
     top = body["results"][0]
     assert [top["summary"][a:b] for a, b in top["highlights"]] == ["statement_timeout_ms"]
 

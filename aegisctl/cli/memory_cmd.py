@@ -286,6 +286,10 @@ def search_cmd(
         "similarity and the share of the query's terms a memory contains.")] = None,
     no_dedupe: Annotated[bool, typer.Option(
         "--no-dedupe", help="Show near-identical memories separately.")] = False,
+    highlight: Annotated[bool, typer.Option(
+        "--highlight", help="Fill `highlights` with the stemmed full-text matches in JSON too "
+        "(the table always marks them; JSON otherwise lists only exact identifiers).")
+    ] = False,
     mode: Annotated[ModeChoice | None, typer.Option(
         "--mode", "-m", help="semantic, keyword or hybrid (default: search.default_mode, else "
         "hybrid with an embedding provider and keyword without).")] = None,
@@ -319,13 +323,15 @@ def search_cmd(
             raise UsageError(f"--decay: {exc}") from None
     filters = _filters(kind, types, tags, min_importance, categories, since, until)
     with _session(ctx, "search") as (app_state, settings, conn, dim):
+        chosen = _format(app_state, fmt)
         # Keyword mode embeds the query only for --min-score (relevance includes similarity).
         provider = (_provider(settings, dim)
                     if mode is not ModeChoice.keyword or min_score is not None else None)
         request = SearchRequest(
             query=query, filters=filters, limit=limit or settings.search.limit,
             mode=mode.value if mode else None, threshold=threshold, min_score=min_score,
-            decay_half_life=half_life, explain=explain, dedupe=not no_dedupe)
+            decay_half_life=half_life, explain=explain, dedupe=not no_dedupe,
+            highlight=highlight or chosen is MemoryFormat.table)
         result = search(conn, settings, request, provider, dim)
     _render_hits(result.hits, _format(app_state, fmt), query,
                  {"query": query, "mode": result.mode}, result.explain if explain else None)

@@ -76,6 +76,7 @@ class Hit:
     exact_terms: list[str] = field(default_factory=list)  # identifiers of the query it holds
     duplicates: list[str] = field(default_factory=list)  # near-identical hits folded into it
     highlights: list[tuple[int, int]] = field(default_factory=list)  # spans in its text
+    marked: str | None = None  # ts_headline's text with markers, when the search asked for it
 
     @property
     def key(self) -> tuple[str, int]:
@@ -141,6 +142,7 @@ class SearchRequest:
     decay_half_life: float | None = None  # seconds
     explain: bool = False
     dedupe: bool = True
+    highlight: bool = True  # mark matched terms (a table shows them; an agent may not need them)
     vector: Sequence[float] | None = None  # the query's embedding, when the caller has it
 
 
@@ -194,8 +196,10 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
     semantic: list[Hit] = []
     keyword: list[Hit] = []
     if vector is not None and mode != "keyword":
-        semantic = semantic_search(conn, settings, kinds, request.filters, vector, dim, fetch,
-                                   explain, request.explain)
+        semantic = semantic_search(
+            conn, settings, kinds, request.filters, vector, dim, fetch, explain,
+            request.explain, query_text=request.query if mode == "semantic" else None,
+            highlight=request.highlight)
         if request.threshold is not None:
             semantic = [h for h in semantic if (h.similarity or 0.0) >= request.threshold]
     if mode != "semantic":
@@ -209,7 +213,11 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
         hits = dedupe(hits, settings.search.dedupe)
     hits = hits[:max(request.limit * 3, 30)] if request.min_score is not None else \
         hits[:request.limit]
-    annotate(conn, hits, request.query, terms, vector)
+    annotate(conn, [h for h in hits if h.coverage is None], request.query, terms, vector,
+             request.highlight)
+    for hit in hits:
+        if hit.marked is not None or (terms and not hit.highlights):
+            hit.highlights = _spans(hit.text, hit.marked, terms)
     if request.min_score is not None:
         hits = [h for h in hits if h.relevance >= request.min_score]
     explain.search_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -310,10 +318,57 @@ def estimate_rows(conn: psycopg.Connection[Any], kind: Kind, where: Any,
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
+_TERMS_SQL = (
+    "SELECT '''' || replace(replace(l, E'\\\\', E'\\\\\\\\'), '''', '''''') || '''' AS t "
+    "FROM unnest(tsvector_to_array(to_tsvector({cfg}::regconfig, %(text)s))) AS l")
+
+
+def _tsv_column(kind: Kind, query_text: str | None) -> Any:
+    """The tsvector as an extra output column when the outer query annotates the hits."""
+    from psycopg import sql
+
+    if query_text is None:
+        return sql.SQL("")
+    return sql.SQL(", {} AS tsv_").format(sql.Identifier(TABLES[kind].tsv))
+
+
+def _annotated(kind: Kind, query: Any, highlight: bool) -> Any:
+    """`query` wrapped so coverage (and highlight markers) are computed for its rows only."""
+    from psycopg import sql
+
+    terms = sql.SQL(_TERMS_SQL).format(cfg=sql.Literal(FTS_CONFIG))
+    marked: Any = sql.SQL("NULL::text")
+    if highlight:
+        marked = sql.SQL(
+            "(SELECT ts_headline({cfg}::regconfig, h.{text}, string_agg(t.t, ' | ')::tsquery, "
+            "'HighlightAll=true, StartSel=\x1e, StopSel=\x1f') FROM ({terms}) AS t "
+            "HAVING count(*) > 0)").format(cfg=sql.Literal(FTS_CONFIG), terms=terms,
+                                            text=sql.Identifier(TABLES[kind].text))
+    return sql.SQL(
+        "SELECT {cols}, h.similarity, "
+        "(SELECT count(*) FROM ({terms}) AS t WHERE h.tsv_ @@ t.t::tsquery) AS matched_, "
+        "(SELECT count(*) FROM ({terms}) AS t) AS total_, {marked} AS marked_ "
+        "FROM ({query}) AS h ORDER BY h.similarity DESC, h.id").format(
+            cols=_select_list(kind, "h"), terms=terms, marked=marked, query=query)
+
+
+def _semantic_hit(kind: Kind, row: dict[str, Any], query_text: str | None) -> Hit:
+    hit = Hit(kind=kind, id=int(row["id"]), record=record_from_row(kind, row),
+              similarity=float(row["similarity"]))
+    if query_text is not None:
+        total = int(row["total_"])
+        hit.coverage = int(row["matched_"]) / total if total else 0.0
+        hit.marked = row["marked_"]
+    return hit
+
+
 def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Sequence[Kind],
                     filters: Filters, vector: Any, dim: int, limit: int, explain: Explain,
-                    with_plan: bool = False, exclude: tuple[str, int] | None = None) -> list[Hit]:
-    """The `limit` nearest memories across `kinds`, most similar first."""
+                    with_plan: bool = False, exclude: tuple[str, int] | None = None,
+                    query_text: str | None = None, highlight: bool = False) -> list[Hit]:
+    """The `limit` nearest memories across `kinds`, most similar first. With `query_text`
+    the same statement also measures each hit's coverage (and, with `highlight`, marks its
+    matched terms), so semantic mode needs no second round trip."""
     from psycopg import sql
     from psycopg.rows import dict_row
 
@@ -337,12 +392,14 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
         table = sql.Identifier(info.table)
         if estimated <= settings.search.exact_below:
             path = f"exact: estimated {estimated} matching rows <= search.exact_below"
+            # Ordered by the similarity column, not the operator: the HNSW index cannot serve
+            # it, the filter's indexes find the rows and each distance is computed once.
             query = sql.SQL(
-                "WITH candidates AS MATERIALIZED ("
-                "SELECT {cols}, embedding FROM {table} WHERE embedding IS NOT NULL AND {where}) "
-                "SELECT {cols}, 1 - (embedding <=> %(q)b) AS similarity FROM candidates "
-                "ORDER BY embedding <=> %(q)b LIMIT %(k)s"
-            ).format(cols=_select_list(kind), table=table, where=where)
+                "SELECT {cols}, 1 - (embedding <=> %(q)b) AS similarity{extra} FROM {table} "
+                "WHERE embedding IS NOT NULL AND {where} "
+                "ORDER BY similarity DESC, id LIMIT %(k)s"
+            ).format(cols=_select_list(kind), table=table, where=where,
+                     extra=_tsv_column(kind, query_text))
             local: dict[str, str] = {}
         else:
             local = {"hnsw.ef_search": str(ef_search)}
@@ -360,10 +417,14 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                     path += " (pgvector < 0.8: a selective filter may return fewer rows)"
             path += f"; estimated {estimated} matching rows"
             query = sql.SQL(
-                "SELECT {cols}, 1 - ({order} <=> {qcast}) AS similarity FROM {table} "
+                "SELECT {cols}, 1 - ({order} <=> {qcast}) AS similarity{extra} FROM {table} "
                 "WHERE embedding IS NOT NULL AND {where} "
                 "ORDER BY {order} <=> {qcast} LIMIT %(k)s"
-            ).format(cols=_select_list(kind), order=order, qcast=qcast, table=table, where=where)
+            ).format(cols=_select_list(kind), order=order, qcast=qcast, table=table, where=where,
+                     extra=_tsv_column(kind, query_text))
+        if query_text is not None:
+            query = _annotated(kind, query, highlight)
+            params["text"] = query_text
         info_path = PathInfo(kind=kind, signal="semantic", path=path, estimated_rows=estimated)
         if list(local) == ["hnsw.ef_search"] and conn.autocommit and not with_plan:
             # Unfiltered: ef_search is the only setting, so it is set for the session (once
@@ -379,8 +440,7 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                 rows = cur.execute(query, params).fetchall()
             info_path.rows = len(rows)
             explain.paths.append(info_path)
-            hits.extend(Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
-                            similarity=float(r["similarity"])) for r in rows)
+            hits.extend(_semantic_hit(kind, r, query_text) for r in rows)
             continue
         # Pipeline mode: BEGIN, the settings, the query and COMMIT travel together instead of
         # waiting for one another's answers.
@@ -403,8 +463,7 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                                else "; the plan does not use the HNSW index")
         info_path.rows = len(rows)
         explain.paths.append(info_path)
-        hits.extend(Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
-                        similarity=float(r["similarity"])) for r in rows)
+        hits.extend(_semantic_hit(kind, r, query_text) for r in rows)
     hits.sort(key=lambda h: -(h.similarity or 0.0))
     for rank, hit in enumerate(hits[:limit], start=1):
         hit.ranks["semantic"] = rank
@@ -668,7 +727,7 @@ def dedupe(hits: list[Hit], threshold: float) -> list[Hit]:
 
 
 def annotate(conn: psycopg.Connection[Any], hits: list[Hit], query: str,
-             terms: Sequence[str], vector: Any) -> None:
+             terms: Sequence[str], vector: Any, highlight: bool = True) -> None:
     """Coverage, similarity (when missing) and highlight spans of the final hits: one query per
     kind over their ids, which also turns the query into its search terms (no extra round trip
     in semantic mode)."""
@@ -679,7 +738,7 @@ def annotate(conn: psycopg.Connection[Any], hits: list[Hit], query: str,
     for kind in {h.kind for h in hits}:
         info = TABLES[kind]
         mine = {h.id: h for h in hits if h.kind == kind}
-        params: dict[str, Any] = {"ids": list(mine), "text": query}
+        params: dict[str, Any] = {"ids": list(mine), "text": query, "hl": highlight}
         if vector is not None:
             params["q"] = vector
         rows = conn.execute(sql.SQL(
@@ -691,7 +750,8 @@ def annotate(conn: psycopg.Connection[Any], hits: list[Hit], query: str,
             "SELECT m.id, {similarity}, "
             "(SELECT count(*) FROM unnest(lx.tqs::tsquery[]) AS w(tq) WHERE m.{tsv} @@ w.tq) "
             "AS matched, cardinality(lx.tqs) AS total, "
-            "CASE WHEN lx.orq IS NULL THEN NULL ELSE ts_headline({cfg}::regconfig, m.{text}, "
+            "CASE WHEN lx.orq IS NULL OR NOT %(hl)s THEN NULL "
+            "ELSE ts_headline({cfg}::regconfig, m.{text}, "
             "lx.orq::tsquery, 'HighlightAll=true, StartSel=\x1e, StopSel=\x1f') END "
             "FROM {table} AS m, lx WHERE m.id = ANY(%(ids)s)").format(
                 cfg=sql.Literal(FTS_CONFIG), similarity=_similarity_column(vector),
@@ -702,7 +762,7 @@ def annotate(conn: psycopg.Connection[Any], hits: list[Hit], query: str,
             if hit.similarity is None and sim is not None:
                 hit.similarity = float(sim)
             hit.coverage = int(matched) / int(total) if total else 0.0
-            hit.highlights = _spans(hit.text, text, terms)
+            hit.marked = text
 
 
 def _spans(text: str, marked: str | None, terms: Sequence[str]) -> list[tuple[int, int]]:
