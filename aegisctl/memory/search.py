@@ -311,11 +311,21 @@ def estimate_rows(conn: psycopg.Connection[Any], kind: Kind, where: Any,
         if row is not None and int(row[0]) >= 0:
             _session(conn)[("reltuples", kind)] = (int(row[0]), time.monotonic())
             return int(row[0])
-    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE embedding IS NOT NULL AND {}")
-    row = conn.execute(query.format(sql.Identifier(TABLES[kind].table), where), params).fetchone()
+    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE embedding IS NOT NULL AND {}"
+                    ).format(sql.Identifier(TABLES[kind].table), where)
+    # The same filter again on this connection (an agent's loop, the scheduler) reuses the
+    # planner's answer for RELTUPLES_TTL seconds instead of planning it once more.
+    key = ("estimate", query.as_string(conn),
+           repr(sorted((k, v) for k, v in params.items() if k not in ("q", "k"))))
+    cached = _session(conn).get(key)
+    if cached is not None and time.monotonic() - cached[1] < RELTUPLES_TTL:
+        return int(cached[0])
+    row = conn.execute(query, params).fetchone()
     assert row is not None
     plan = row[0] if isinstance(row[0], list) else __import__("json").loads(row[0])
-    return int(plan[0]["Plan"]["Plan Rows"])
+    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    _session(conn)[key] = (estimate, time.monotonic())
+    return estimate
 
 
 _TERMS_SQL = (
