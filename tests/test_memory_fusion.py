@@ -173,3 +173,14 @@ def test_empty_query_is_a_usage_error(cli, make_config) -> None:
     config = make_config()
     result = cli("--config", str(config), "memory", "search", "   ")
     assert result.exit_code == 2 and "empty" in result.stderr
+
+
+def test_semantic_limit_is_filled_after_folding_duplicates(cli, make_config, tmp_path) -> None:
+    config = make_config()
+    text = "Billing database backup failed because the disk was full last night"
+    records = [episodic(text + "!" * n) for n in range(4)]
+    records += [episodic(f"Unrelated note number {n} about deploy pods") for n in range(4)]
+    _load(cli, config, tmp_path, records)
+    body = _search(cli, config, "billing backup failed", "--mode", "semantic", "--limit", "3")
+    assert len(body["results"]) == 3  # the 3 copies folded, two more fetched
+    assert len(body["results"][0]["duplicates"]) == 3

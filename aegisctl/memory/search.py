@@ -191,7 +191,11 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
     fused = mode == "hybrid" or request.decay_half_life is not None
     # Dedupe folds hits away, so each list carries a few spare rows.
     spare = request.limit + max(5, request.limit // 2) if request.dedupe else request.limit
-    fetch = max(spare, settings.search.candidates) if fused else spare
+    # Plain semantic search fetches just --limit rows (the latency-critical path) and asks
+    # again, deeper, only when dedupe folded some of them away.
+    plain = mode == "semantic" and not fused and request.min_score is None
+    fetch = request.limit if plain else max(spare, settings.search.candidates) if fused \
+        else spare
     started = time.perf_counter()
     semantic: list[Hit] = []
     keyword: list[Hit] = []
@@ -211,6 +215,15 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
         hits = apply_decay(hits, request.decay_half_life)
     if request.dedupe:
         hits = dedupe(hits, settings.search.dedupe)
+        if plain and len(hits) < request.limit and len(semantic) >= fetch:
+            semantic = semantic_search(
+                conn, settings, kinds, request.filters, vector, dim, fetch * 3, explain,
+                request.explain, query_text=request.query, highlight=request.highlight)
+            if request.threshold is not None:
+                semantic = [h for h in semantic
+                            if (h.similarity or 0.0) >= request.threshold]
+            hits = dedupe(fuse(semantic, [], mode, settings.search, terms),
+                          settings.search.dedupe)
     hits = hits[:max(request.limit * 3, 30)] if request.min_score is not None else \
         hits[:request.limit]
     annotate(conn, [h for h in hits if h.coverage is None], request.query, terms, vector,
