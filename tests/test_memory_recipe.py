@@ -85,6 +85,10 @@ def test_stats_and_reembed_stale(cli, make_config, tmp_path, memory_dsn) -> None
     assert stats["kinds"]["episodic"]["old_recipe"] == 1
     table = cli("--config", str(config), "memory", "stats", "-f", "table")
     assert "older recipe" in table.stdout
+    plan = cli("--config", str(config), "memory", "reembed", "--stale", "--dry-run", "-f", "json")
+    assert plan.exit_code == 0, plan.output
+    assert json.loads(plan.stdout)["would_embed"] == 2  # not the vector from the file
+    assert json.loads(plan.stdout)["stale"] is True
     done = cli("--config", str(config), "memory", "reembed", "--stale", "-f", "json")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["updated"] == {"episodic": 1, "semantic": 1}
