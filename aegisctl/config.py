@@ -153,7 +153,13 @@ class SearchSettings:
     # Below this many estimated matching rows a filtered search is exact (no index).
     exact_below: int = 5000
     iterative_scan: Literal["strict_order", "relaxed_order", "off"] = "strict_order"
+    # Hybrid fusion (aegisctl/memory/search.py), defaults chosen on bench/relevance.py.
     rrf_k: int = 60
+    candidates: int = 40  # rows each signal contributes to hybrid fusion, whatever --limit
+    semantic_weight: float = 1.0
+    keyword_weight: float = 0.75
+    exact_term_boost: float = 1.0  # first-place votes for holding the query's identifiers
+    dedupe: float = 0.8  # word-trigram overlap that folds a near-identical hit; 0 = off
 
 
 @dataclass
@@ -500,9 +506,18 @@ def _check_memory_settings(settings: Settings, origin: str) -> None:
                             ("search.limit", search.limit, 1),
                             ("search.exact_below", search.exact_below, 0),
                             ("search.rrf_k", search.rrf_k, 1),
-                            ("memory.max_line_bytes", settings.memory.max_line_bytes, 1)):
+                            ("memory.max_line_bytes", settings.memory.max_line_bytes, 1),
+                            ("search.candidates", search.candidates, 1),
+                            ("search.semantic_weight", search.semantic_weight, 0),
+                            ("search.keyword_weight", search.keyword_weight, 0),
+                            ("search.exact_term_boost", search.exact_term_boost, 0),
+                            ("search.dedupe", search.dedupe, 0)):
         if value < low:
             raise ConfigError(f"{origin}: {key}: must be at least {low}, got {value}")
+    if search.dedupe > 1:
+        raise ConfigError(f"{origin}: search.dedupe: a share between 0 and 1, got {search.dedupe}")
+    if search.candidates > 1000:
+        raise ConfigError(f"{origin}: search.candidates: at most 1000")
     if search.ef_search > 1000:
         raise ConfigError(f"{origin}: search.ef_search: pgvector allows at most 1000")
 

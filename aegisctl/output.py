@@ -106,6 +106,18 @@ class Note:
     wrap: bool = True
 
 
+@dataclass(frozen=True)
+class Marked:
+    """A cell of data text with character spans to emphasise (matched search terms): printed
+    inert like any cell, the spans in bold yellow when the terminal shows colour."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...] = ()
+
+    def __str__(self) -> str:
+        return self.text
+
+
 Block = Table | Fields | Note
 
 
@@ -197,8 +209,8 @@ def _print_block(block: Block) -> None:
             table.add_column(col.name, justify="right", no_wrap=True, min_width=widest)
         else:
             table.add_column(col.name, overflow="fold")
-    for row_cells in cells:
-        table.add_row(*(Text(cell) for cell in row_cells))
+    for row in block.rows:
+        table.add_row(*(_rich_cell(cell) for cell in row))
     console.print(table)
 
 
@@ -223,7 +235,7 @@ def _print_records(console: Any, block: Table, cells: list[list[str]]) -> None:
     columns = [c if isinstance(c, Column) else Column(c) for c in block.columns]
     if block.title:
         console.print(Text(inert(block.title)))
-    for number, row_cells in enumerate(cells, 1):
+    for number, (row, row_cells) in enumerate(zip(block.rows, cells, strict=True), 1):
         table = RichTable(box=box.SIMPLE, show_header=False, title=f"{number}",
                           title_justify="left")
         table.add_column(style="bold", no_wrap=True)
@@ -232,9 +244,31 @@ def _print_records(console: Any, block: Table, cells: list[list[str]]) -> None:
                  if col.kind in ("id", "number")]
         table.add_column(overflow="fold", min_width=max(fixed, default=0) or None)
         names = [col.name for col in columns]
-        for name, cell in zip(names, row_cells, strict=False):
-            table.add_row(Text(inert(name)), Text(cell))
+        for name, cell in zip(names, row, strict=False):
+            table.add_row(Text(inert(name)), _rich_cell(cell))
         console.print(table)
+
+
+def _rich_cell(cell: Any) -> Any:
+    """A table cell as Rich text: inert, with a Marked cell's spans emphasised."""
+    from rich.text import Text
+
+    return _marked(cell) if isinstance(cell, Marked) else Text(_cell(cell))
+
+
+def _marked(cell: Marked) -> Any:
+    from rich.text import Text
+
+    text, last = Text(), 0
+    for start, end in sorted(cell.spans):
+        start, end = max(start, last), min(end, len(cell.text))
+        if start >= end:
+            continue
+        text.append(inert(cell.text[last:start]))
+        text.append(inert(cell.text[start:end]), style="bold yellow")
+        last = end
+    text.append(inert(cell.text[last:]))
+    return text
 
 
 # ---------------------------------------------------------------------------------------------

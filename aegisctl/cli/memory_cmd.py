@@ -172,6 +172,16 @@ def search_cmd(
     threshold: Annotated[float | None, typer.Option(
         "--threshold", min=-1.0, max=1.0,
         help="Minimum cosine similarity (semantic/hybrid).")] = None,
+    min_score: Annotated[float | None, typer.Option(
+        "--min-score", min=0.0, max=1.0,
+        help="Minimum relevance, the same scale in every mode: the larger of the cosine "
+        "similarity and the share of the query's terms a memory contains.")] = None,
+    no_dedupe: Annotated[bool, typer.Option(
+        "--no-dedupe", help="Show near-identical memories separately.")] = False,
+    highlight: Annotated[bool, typer.Option(
+        "--highlight", help="Fill `highlights` with the stemmed full-text matches in JSON too "
+        "(the table always marks them; JSON otherwise lists only exact identifiers).")
+    ] = False,
     mode: Annotated[ModeChoice | None, typer.Option(
         "--mode", "-m", help="semantic, keyword or hybrid (default: search.default_mode, else "
         "hybrid with an embedding provider and keyword without).")] = None,
@@ -191,6 +201,8 @@ def search_cmd(
       aegisctl memory search "vacuum" --mode keyword --tag postgres --format json
 
       aegisctl memory search "flaky tests" --decay 7d --explain
+
+      aegisctl memory search "SQLITE_BUSY" --min-score 0.5
     """
     from aegisctl.memory.search import SearchRequest, search
     from aegisctl.memory.views import HitList, explain_lines
@@ -208,13 +220,16 @@ def search_cmd(
             raise UsageError(f"--decay: {exc}") from None
     filters = _filters(kind, types, tags, min_importance, categories, since, until)
     with _session(ctx, "search") as (app_state, settings, conn, dim):
-        provider = _provider(settings, dim) if mode is not ModeChoice.keyword else None
+        chosen = _format(app_state, fmt)
+        # Keyword mode embeds the query only for --min-score (relevance includes similarity).
+        provider = (_provider(settings, dim)
+                    if mode is not ModeChoice.keyword or min_score is not None else None)
         request = SearchRequest(
             query=query, filters=filters, limit=limit or settings.search.limit,
-            mode=mode.value if mode else None,
-            threshold=threshold, decay_half_life=half_life, explain=explain)
+            mode=mode.value if mode else None, threshold=threshold, min_score=min_score,
+            decay_half_life=half_life, explain=explain, dedupe=not no_dedupe,
+            highlight=highlight or chosen is MemoryFormat.table)
         result = search(conn, settings, request, provider, dim)
-    chosen = _format(app_state, fmt)
     view = HitList(result.hits, {"query": query, "mode": result.mode},
                    result.explain if explain else None)
     _show(view, chosen)
@@ -546,6 +561,9 @@ def reembed_cmd(
     ctx: typer.Context,
     missing: Annotated[bool, typer.Option(
         "--missing", help="Only memories without an embedding.")] = False,
+    stale: Annotated[bool, typer.Option(
+        "--stale", help="Memories without an embedding or embedded with an older recipe "
+        "(see memory stats).")] = False,
     kind: KindOpt = KindChoice.all,
     restart: Annotated[bool, typer.Option(
         "--restart", help="Ignore the checkpoint of an interrupted full re-embed.")] = False,
@@ -557,12 +575,15 @@ def reembed_cmd(
     fmt: FormatOpt = None,
 ) -> None:
     """Compute embeddings in batches with the configured provider: every memory (after a
-    model change) or only the missing ones. Each batch commits on its own; an interrupted
-    run continues where it stopped.
+    model change), only the missing ones, or (--stale) the missing ones and those embedded
+    with an older embedding recipe. Each batch commits on its own; an interrupted run
+    continues where it stopped.
 
     Examples:
 
       aegisctl memory reembed --missing
+
+      aegisctl memory reembed --stale
 
       aegisctl memory reembed --dry-run
 
@@ -574,11 +595,11 @@ def reembed_cmd(
     kinds = _kinds(kind)
     with _session(ctx, "reembed") as (app_state, settings, conn, dim):
         provider = _require_provider(settings, dim)
-        todo = count_todo(conn, kinds, missing)
+        todo = count_todo(conn, kinds, missing, stale)
         if dry_run:
-            _show(ReembedPlan(provider.model, missing, todo), _format(app_state, fmt))
+            _show(ReembedPlan(provider.model, missing, todo, stale), _format(app_state, fmt))
             return
-        if not missing:
+        if not missing and not stale:
             confirm(f"Re-embed all {todo} memories with {provider.model}? Every stored vector "
                     "is replaced", yes)
         with _progress(app_state) as progress:
@@ -589,6 +610,6 @@ def reembed_cmd(
                 if progress:
                     progress("embedding", done[0], todo)
 
-            result = reembed(conn, provider, kinds, missing=missing, restart=restart,
-                             progress=advance)
+            result = reembed(conn, provider, kinds, missing=missing, stale=stale,
+                             restart=restart, progress=advance)
     _show(result, _format(app_state, fmt))

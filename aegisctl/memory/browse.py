@@ -136,13 +136,13 @@ class MemoryStats:
         return {"embedding_dim": self.embedding_dim, "kinds": self.kinds}
 
     def to_view(self) -> list[Block]:
-        from aegisctl.output import Column, Table
+        from aegisctl.output import Column, Note, Table
         from aegisctl.units import format_bytes
 
         blocks: list[Block] = [Table(
             ["kind", Column("memories", "number"), Column("without embedding", "number"),
-             "oldest", "newest", Column("size", "number")],
-            [(k, v["count"], v["without_embedding"], (v["oldest"] or "-")[:10],
+             Column("older recipe", "number"), "oldest", "newest", Column("size", "number")],
+            [(k, v["count"], v["without_embedding"], v["old_recipe"], (v["oldest"] or "-")[:10],
               (v["newest"] or "-")[:10], format_bytes(v["total_bytes"]))
              for k, v in self.kinds.items()],
             title=f"memory (embedding dimension {self.embedding_dim})")]
@@ -151,11 +151,18 @@ class MemoryStats:
                 if key.startswith("by_") and counts:
                     blocks.append(Table([key[3:], Column("memories", "number")],
                                         list(counts.items()), title=f"{kind} by {key[3:]}"))
+        old = sum(int(v.get("old_recipe", 0)) for v in self.kinds.values())
+        if old:
+            blocks.append(Note(f"{old} memories were embedded with an older embedding recipe: "
+                               "`aegisctl memory reembed --stale` re-embeds them",
+                               style="yellow"))
         return blocks
 
 
 def memory_stats(conn: psycopg.Connection[Any], dim: int) -> MemoryStats:
     from psycopg import sql
+
+    from aegisctl.memory.recipe import RECIPE_VERSION
 
     stats = MemoryStats(embedding_dim=dim)
     for kind in KINDS:
@@ -163,11 +170,19 @@ def memory_stats(conn: psycopg.Connection[Any], dim: int) -> MemoryStats:
         table, time_col = sql.Identifier(info.table), sql.Identifier(info.time)
         row = conn.execute(sql.SQL(
             "SELECT count(*), count(*) FILTER (WHERE embedding IS NULL), min({t}), max({t}), "
-            "pg_total_relation_size({reg}::regclass) FROM {table}").format(
-            t=time_col, table=table, reg=sql.Literal(info.table))).fetchone()
+            "pg_total_relation_size({reg}::regclass), "
+            "count(*) FILTER (WHERE embedding IS NOT NULL AND embedding_recipe < {recipe}), "
+            "count(*) FILTER (WHERE embedding IS NOT NULL AND embedding_recipe IS NULL) "
+            "FROM {table}").format(
+            t=time_col, table=table, reg=sql.Literal(info.table),
+            recipe=sql.Literal(RECIPE_VERSION))).fetchone()
         assert row is not None
         entry: dict[str, Any] = {
             "count": int(row[0]), "without_embedding": int(row[1]),
+            # Embedded by aegisctl with an older recipe (`memory reembed --stale` redoes them),
+            # and embedded outside aegisctl (recipe unknown: left alone unless a full reembed).
+            "old_recipe": int(row[5]), "unknown_recipe": int(row[6]),
+            "embedding_recipe": RECIPE_VERSION,
             "oldest": row[2].isoformat() if row[2] else None,
             "newest": row[3].isoformat() if row[3] else None,
             "total_bytes": int(row[4]),

@@ -116,8 +116,11 @@ def content_hash(text: str) -> str:
 
 
 def embedding_text(kind: Kind, row: dict[str, Any]) -> str:
-    """The text a memory's vector is computed from (the one place that decides it)."""
-    return str(row[TABLES[kind].text])
+    """The text a memory's vector is computed from (the one place that decides it): the
+    embedding recipe RECIPE_VERSION of aegisctl/memory/recipe.py."""
+    from aegisctl.memory.recipe import embed_text
+
+    return embed_text(kind, row)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,12 +336,14 @@ def _new_rows(lookup: psycopg.Connection[Any], pending: list[tuple[Kind, dict[st
 
 def _embed_chunk(chunk: _Chunk, provider: EmbeddingProvider | None) -> _Chunk:
     from aegisctl.memory.providers import embed_texts
+    from aegisctl.memory.recipe import RECIPE_VERSION
 
     missing = [(k, r) for k, r in chunk.rows if r["embedding"] is None]
     if missing and provider is not None:
         got = embed_texts(provider, [embedding_text(k, r) for k, r in missing])
         for (_, row), vector in zip(missing, got, strict=True):
             row["embedding"] = vector
+            row["embedding_recipe"] = RECIPE_VERSION
         chunk.embedded = len(missing)
     return chunk
 
@@ -357,7 +362,7 @@ class _Writer:
 
         name = sql.Identifier(f"aegis_import_{kind}")
         if kind not in self.staged:
-            columns = [*TABLES[kind].columns, "embedding"]
+            columns = [*TABLES[kind].columns, "embedding", "embedding_recipe"]
             self.conn.execute(sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
                 "SELECT 0::int AS aegis_line, {} FROM {} WITH NO DATA").format(
@@ -394,7 +399,7 @@ class _Writer:
         with self.conn.transaction(), self.conn.cursor() as cur:
             for kind, stage in names.items():
                 info = TABLES[kind]
-                columns = [*info.columns, "embedding"]
+                columns = [*info.columns, "embedding", "embedding_recipe"]
                 targets = sql.SQL(", ").join(map(sql.Identifier, columns))
                 with cur.copy(sql.SQL("COPY {} (aegis_line, {}) FROM STDIN (FORMAT BINARY)")
                               .format(stage, targets)) as copy:
@@ -404,7 +409,7 @@ class _Writer:
                             continue
                         _fill_defaults(kind, row, self.now)
                         copy.write_row([number, *(
-                            None if row[c] is None
+                            None if row.get(c) is None
                             else Jsonb(row[c]) if c in JSON_COLUMNS
                             else to_vector(row[c]) if c == "embedding"
                             else row[c]
@@ -433,7 +438,7 @@ COLUMN_TYPES = {
     "details": "jsonb", "context": "jsonb", "metadata": "jsonb", "importance": "text",
     "tags": "text[]", "related_memories": "int4[]", "decision": "text", "concept": "text",
     "content": "text", "category": "text", "source": "text", "confidence": "float8",
-    "embedding": "vector",
+    "embedding": "vector", "embedding_recipe": "int2",
 }
 
 
@@ -482,6 +487,7 @@ def add_memory(conn: psycopg.Connection[Any], obj: dict[str, Any], dim: int,
 
     from aegisctl.memory import vectors
     from aegisctl.memory.providers import embed_texts
+    from aegisctl.memory.recipe import RECIPE_VERSION
 
     text = obj.get(TABLES[obj["kind"]].text) if obj.get("kind") in KINDS else None
     if isinstance(text, str) and not text.strip():
@@ -501,8 +507,10 @@ def add_memory(conn: psycopg.Connection[Any], obj: dict[str, Any], dim: int,
         return AddResult(f"{kind}:{found[0]}", False, embeds)
     if row["embedding"] is None and provider is not None:
         row["embedding"] = embed_texts(provider, [embedding_text(kind, row)])[0]
+        row["embedding_recipe"] = RECIPE_VERSION
     vectors.register(conn)
-    columns = [c for c in (*info.columns, "embedding") if row.get(c) is not None]
+    columns = [c for c in (*info.columns, "embedding", "embedding_recipe")
+               if row.get(c) is not None]
     values = [Jsonb(row[c]) if c in JSON_COLUMNS
               else vectors.to_vector(row[c]) if c == "embedding" else row[c]
               for c in columns]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from aegisctl.memory.refs import record_time, text_of
 
 if TYPE_CHECKING:
     from aegisctl.memory.search import Explain, Hit
-    from aegisctl.output import Block
+    from aegisctl.output import Block, Marked
 
 SNIPPET = 200
 
@@ -39,6 +41,47 @@ def age(record: dict[str, Any], now: dt.datetime | None = None) -> str:
 def snippet(record: dict[str, Any]) -> str:
     text = " ".join(text_of(record).split())
     return text if len(text) <= SNIPPET else text[:SNIPPET - 1] + "…"
+
+
+def marked_snippet(text: str, query: str | None,
+                   spans: Sequence[tuple[int, int]] | None = None,
+                   width: int = SNIPPET) -> Marked:
+    """The text on one line, cut at `width`, with the matched terms to emphasise: the search's
+    `highlights` spans, else the query's words (by prefix). An `output.Marked` cell: printed
+    inert like any other."""
+    from aegisctl.output import Marked
+
+    if spans is None:
+        words = [w for w in re.findall(r"\w+", (query or "").lower()) if len(w) >= 3]
+        spans = []
+        if words:
+            stems = sorted({w[:max(3, len(w) - 2)] for w in words}, key=len, reverse=True)
+            pattern = re.compile(r"\b(" + "|".join(map(re.escape, stems)) + r")\w*",
+                                 re.IGNORECASE)
+            spans = [m.span() for m in pattern.finditer(text)]
+    marked = [False] * len(text)
+    for start, end in spans:
+        for i in range(max(0, start), min(end, len(text))):
+            marked[i] = True
+    chars: list[tuple[str, bool]] = []
+    for char, flag in zip(text, marked, strict=True):
+        if char.isspace():
+            if chars and chars[-1][0] != " ":
+                chars.append((" ", False))
+            continue
+        chars.append((char, flag))
+    while chars and chars[-1][0] == " ":
+        chars.pop()
+    if len(chars) > width:
+        chars = [*chars[:width - 1], ("…", False)]
+    out: list[tuple[int, int]] = []
+    position = 0
+    for flag, group in itertools.groupby(chars, key=lambda c: c[1]):
+        size = len(list(group))
+        if flag:
+            out.append((position, position + size))
+        position += size
+    return Marked("".join(c for c, _ in chars), tuple(out))
 
 
 def what(record: dict[str, Any]) -> str:
@@ -101,7 +144,9 @@ class HitList:
         for hit in self.hits:  # ranks per signal: in the JSON and in --explain
             score = f"{hit.score:.4f}" if math.isfinite(hit.score) else "-"
             rows.append((score, age(hit.record), what(hit.record), importance(hit.record),
-                         hit.record["id"], snippet(hit.record)))
+                         hit.record["id"],
+                         marked_snippet(text_of(hit.record), self.header.get("query"),
+                                        hit.highlights)))
         blocks: list[Block] = [Table(
             [Column("score", "number"), "age", "type", "importance", Column("id", "id"),
              Column("memory", "text")], rows, empty="no memory matched")]
