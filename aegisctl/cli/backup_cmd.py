@@ -14,7 +14,7 @@ import typer
 from aegisctl import output
 from aegisctl.backup.physical import hooks as physical_hooks
 from aegisctl.cli import physical_cmd
-from aegisctl.cli.context import AppState, FormatOption, confirm, state
+from aegisctl.cli.context import AppState, FormatOption, WaitLock, confirm, state
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -31,9 +31,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-WaitLock = Annotated[float, typer.Option(
-    "--wait-lock", metavar="SECONDS", min=0,
-    help="Wait this long for another backup, prune or restore of the target, then exit 4.")]
 
 
 class DumpFormat(StrEnum):

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.context import FormatOption, OutputFormat, WaitLock, confirm, state
 from aegisctl.errors import ExitCode
 
 app = typer.Typer(
@@ -39,10 +39,7 @@ def run_cmd(
         "--dry-run", help="Count what each policy would delete; delete nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")
                    ] = False,
-    wait_lock: Annotated[float, typer.Option(
-        "--wait-lock", metavar="SECONDS", min=0,
-        help="Wait this long for another backup, cleanup or maintenance run of the target, "
-             "then exit 4.")] = 0.0,
+    wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
     """Apply the retention policies in short batches (or by dropping expired partitions).

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import AppState, FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.context import AppState, FormatOption, OutputFormat, WaitLock, confirm, state
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -27,10 +27,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-WaitLock = Annotated[float, typer.Option(
-    "--wait-lock", metavar="SECONDS", min=0,
-    help="Wait this long for another backup, cleanup or maintenance run of the target, "
-         "then exit 4.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the statements; run nothing.")]
 Tables = Annotated[list[str] | None, typer.Option(
     "--table", metavar="TABLE", help="A table (NAME or SCHEMA.NAME); repeatable. Default: all.")]
