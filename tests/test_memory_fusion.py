@@ -184,3 +184,22 @@ def test_semantic_limit_is_filled_after_folding_duplicates(cli, make_config, tmp
     body = _search(cli, config, "billing backup failed", "--mode", "semantic", "--limit", "3")
     assert len(body["results"]) == 3  # the 3 copies folded, two more fetched
     assert len(body["results"][0]["duplicates"]) == 3
+
+
+def test_coverage_is_the_same_whichever_path_computes_it(cli, make_config, tmp_path) -> None:
+    """Semantic mode measures coverage in Python from the rows' lexemes; hybrid and keyword
+    ask the server (`tsv @@ lexeme`). A memory's coverage must not depend on the mode, quotes
+    and backslashes in the query included."""
+    config = make_config()
+    records = [*MEMORIES, episodic("O'Reilly's back\\slash note on the billing charge",
+                                   event_type="learning")]
+    _load(cli, config, tmp_path, records)
+    for query in ("billing charge retry table", "O'Reilly's back\\slash billing"):
+        by_mode = {mode: {r["id"]: r["coverage"] for r in _search(
+            cli, config, query, "--mode", mode, "--limit", "20", "--no-dedupe")["results"]}
+            for mode in ("semantic", "hybrid")}
+        shared = set(by_mode["semantic"]) & set(by_mode["hybrid"])
+        assert len(shared) >= 5
+        assert any(by_mode["semantic"][i] > 0 for i in shared)
+        for memory_id in shared:
+            assert by_mode["semantic"][memory_id] == by_mode["hybrid"][memory_id], memory_id

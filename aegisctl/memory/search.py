@@ -247,7 +247,9 @@ def query_vector(conn: psycopg.Connection[Any], values: Sequence[float]) -> Vect
     from pgvector.psycopg.vector import register_vector_info
     from psycopg.types import TypeInfo
 
-    if not all(math.isfinite(x) for x in values):
+    # One sum instead of 1536 checks: NaN and infinity carry through it (a finite sum of
+    # float4-range values cannot overflow a double).
+    if not math.isfinite(sum(values)):
         raise OperationFailed("the query embedding contains NaN or infinite values")
     if conn.adapters.types.get("vector") is None:
         info = TypeInfo.fetch(conn, "vector")
@@ -302,13 +304,18 @@ def _order_expr(dim: int, alias: str = "") -> tuple[Any, Any]:
     return sql.Composed([sql.SQL("("), column, half, sql.SQL(")")]), sql.SQL("%(q)b") + half
 
 
-def _select_list(kind: Kind, alias: str = "") -> Any:
+def _select_list(kind: Kind, alias: str = "", binary: bool = False) -> Any:
+    """The kind's columns; `binary`: for a binary-format result (which psycopg decodes faster),
+    the importance enum is sent as text, since psycopg has no binary loader for it."""
     from psycopg import sql
 
-    columns = ("id", *TABLES[kind].columns)
-    if alias:
-        return sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns)
-    return sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    def column(name: str) -> Any:
+        ident = sql.Identifier(alias, name) if alias else sql.Identifier(name)
+        if binary and name == "importance":
+            return sql.SQL("{}::text AS {}").format(ident, sql.Identifier(name))
+        return ident
+
+    return sql.SQL(", ").join(column(c) for c in ("id", *TABLES[kind].columns))
 
 
 def estimate_rows(conn: psycopg.Connection[Any], kind: Kind, where: Any,
@@ -348,43 +355,92 @@ _TERMS_SQL = (
     "FROM unnest(tsvector_to_array(to_tsvector({cfg}::regconfig, %(text)s))) AS l")
 
 
-def _tsv_column(kind: Kind, query_text: str | None) -> Any:
-    """The tsvector as an extra output column when the outer query annotates the hits."""
+def _lexeme_columns(kind: Kind, query_text: str | None) -> Any:
+    """Two extra output columns when the hits' coverage is wanted: the row's lexemes, and the
+    query's (an InitPlan: stemmed once per statement, not once per row). Coverage is then a set
+    intersection in Python, which costs the server nothing per row."""
     from psycopg import sql
 
     if query_text is None:
         return sql.SQL("")
-    return sql.SQL(", {} AS tsv_").format(sql.Identifier(TABLES[kind].tsv))
+    return sql.SQL(", tsvector_to_array({tsv}) AS lexemes_, (SELECT tsvector_to_array("
+                   "to_tsvector({cfg}::regconfig, %(text)s))) AS qlex_").format(
+        tsv=sql.Identifier(TABLES[kind].tsv), cfg=sql.Literal(FTS_CONFIG))
 
 
-def _annotated(kind: Kind, query: Any, highlight: bool) -> Any:
-    """`query` wrapped so coverage (and highlight markers) are computed for its rows only."""
+def _annotated(kind: Kind, query: Any) -> Any:
+    """`query` wrapped so highlight markers are computed for its rows only."""
     from psycopg import sql
 
     terms = sql.SQL(_TERMS_SQL).format(cfg=sql.Literal(FTS_CONFIG))
-    marked: Any = sql.SQL("NULL::text")
-    if highlight:
-        marked = sql.SQL(
-            "(SELECT ts_headline({cfg}::regconfig, h.{text}, string_agg(t.t, ' | ')::tsquery, "
-            "'HighlightAll=true, StartSel=\x1e, StopSel=\x1f') FROM ({terms}) AS t "
-            "HAVING count(*) > 0)").format(cfg=sql.Literal(FTS_CONFIG), terms=terms,
-                                            text=sql.Identifier(TABLES[kind].text))
+    marked = sql.SQL(
+        "(SELECT ts_headline({cfg}::regconfig, h.{text}, string_agg(t.t, ' | ')::tsquery, "
+        "'HighlightAll=true, StartSel=\x1e, StopSel=\x1f') FROM ({terms}) AS t "
+        "HAVING count(*) > 0)").format(cfg=sql.Literal(FTS_CONFIG), terms=terms,
+                                        text=sql.Identifier(TABLES[kind].text))
     return sql.SQL(
-        "SELECT {cols}, h.similarity, "
-        "(SELECT count(*) FROM ({terms}) AS t WHERE h.tsv_ @@ t.t::tsquery) AS matched_, "
-        "(SELECT count(*) FROM ({terms}) AS t) AS total_, {marked} AS marked_ "
+        "SELECT {cols}, h.similarity, h.lexemes_, h.qlex_, {marked} AS marked_ "
         "FROM ({query}) AS h ORDER BY h.similarity DESC, h.id").format(
-            cols=_select_list(kind, "h"), terms=terms, marked=marked, query=query)
+            cols=_select_list(kind, "h"), marked=marked, query=query)
+
+
+def coverage(query_lexemes: Sequence[str] | None, lexemes: Sequence[str] | None) -> float:
+    """The share of the query's lexemes that a memory's tsvector holds (what counting
+    `tsv @@ 'lexeme'` per query lexeme gives)."""
+    if not query_lexemes:
+        return 0.0
+    have = set(lexemes or ())
+    return sum(1 for lexeme in query_lexemes if lexeme in have) / len(query_lexemes)
 
 
 def _semantic_hit(kind: Kind, row: dict[str, Any], query_text: str | None) -> Hit:
     hit = Hit(kind=kind, id=int(row["id"]), record=record_from_row(kind, row),
               similarity=float(row["similarity"]))
     if query_text is not None:
-        total = int(row["total_"])
-        hit.coverage = int(row["matched_"]) / total if total else 0.0
-        hit.marked = row["marked_"]
+        hit.coverage = coverage(row["qlex_"], row["lexemes_"])
+        hit.marked = row.get("marked_")
     return hit
+
+
+def _semantic_query(conn: psycopg.Connection[Any], kind: Kind, where: Any, dim: int,
+                    exact: bool, query_text: str | None, highlight: bool) -> bytes:
+    """The semantic statement, composed once per connection and shape: composing it with
+    psycopg.sql each time costs a sizeable share of an HNSW search's whole time."""
+    from psycopg import sql
+
+    key = ("semantic-sql", kind, dim, exact, query_text is not None, highlight,
+           where.as_bytes(conn))
+    state = _session(conn)
+    cached = state.get(key)
+    if isinstance(cached, bytes):
+        return cached
+    table = sql.Identifier(TABLES[kind].table)
+    extra = _lexeme_columns(kind, query_text)
+    if exact:
+        # Ordered by the similarity column, not the operator: the HNSW index cannot serve
+        # it, the filter's indexes find the rows and each distance is computed once.
+        query = sql.SQL(
+            "SELECT {cols}, 1 - (embedding <=> %(q)b) AS similarity{extra} FROM {table} "
+            "WHERE embedding IS NOT NULL AND {where} "
+            "ORDER BY similarity DESC, id LIMIT %(k)s"
+        ).format(cols=_select_list(kind, binary=True), table=table, where=where, extra=extra)
+    else:
+        order, qcast = _order_expr(dim)
+        query = sql.SQL(
+            "SELECT {cols}, 1 - ({order} <=> {qcast}) AS similarity{extra} FROM {table} "
+            "WHERE embedding IS NOT NULL AND {where} "
+            "ORDER BY {order} <=> {qcast} LIMIT %(k)s"
+        ).format(cols=_select_list(kind, binary=True), order=order, qcast=qcast, table=table,
+                 where=where, extra=extra)
+    if query_text is not None and highlight:
+        query = _annotated(kind, query)
+    composed = query.as_bytes(conn)
+    cached_sql = [k for k in state if isinstance(k, tuple) and k[0] == "semantic-sql"]
+    if len(cached_sql) >= 64:  # many distinct filters on one connection: keep it bounded
+        for old in cached_sql:
+            del state[old]
+    state[key] = composed
+    return composed
 
 
 def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Sequence[Kind],
@@ -405,7 +461,6 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
     explain.ef_search = ef_search
     hits: list[Hit] = []
     for kind in kinds:
-        info = TABLES[kind]
         where, params = filters.where(kind)
         if exclude and exclude[0] == kind:
             where = sql.SQL("{} AND id <> %(exclude_id)s").format(where)
@@ -413,18 +468,9 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
         params.update(q=vector, k=limit)
         estimated = estimate_rows(conn, kind, where, params,
                                   filtered=filters.active or exclude is not None)
-        order, qcast = _order_expr(dim)
-        table = sql.Identifier(info.table)
-        if estimated <= settings.search.exact_below:
+        exact = estimated <= settings.search.exact_below
+        if exact:
             path = f"exact: estimated {estimated} matching rows <= search.exact_below"
-            # Ordered by the similarity column, not the operator: the HNSW index cannot serve
-            # it, the filter's indexes find the rows and each distance is computed once.
-            query = sql.SQL(
-                "SELECT {cols}, 1 - (embedding <=> %(q)b) AS similarity{extra} FROM {table} "
-                "WHERE embedding IS NOT NULL AND {where} "
-                "ORDER BY similarity DESC, id LIMIT %(k)s"
-            ).format(cols=_select_list(kind), table=table, where=where,
-                     extra=_tsv_column(kind, query_text))
             local: dict[str, str] = {}
         else:
             local = {"hnsw.ef_search": str(ef_search)}
@@ -441,14 +487,8 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                 else:
                     path += " (pgvector < 0.8: a selective filter may return fewer rows)"
             path += f"; estimated {estimated} matching rows"
-            query = sql.SQL(
-                "SELECT {cols}, 1 - ({order} <=> {qcast}) AS similarity{extra} FROM {table} "
-                "WHERE embedding IS NOT NULL AND {where} "
-                "ORDER BY {order} <=> {qcast} LIMIT %(k)s"
-            ).format(cols=_select_list(kind), order=order, qcast=qcast, table=table, where=where,
-                     extra=_tsv_column(kind, query_text))
+        query = _semantic_query(conn, kind, where, dim, exact, query_text, highlight)
         if query_text is not None:
-            query = _annotated(kind, query, highlight)
             params["text"] = query_text
         info_path = PathInfo(kind=kind, signal="semantic", path=path, estimated_rows=estimated)
         if list(local) == ["hnsw.ef_search"] and conn.autocommit and not with_plan:
@@ -461,7 +501,7 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                 state["ef_search"] = ef_search
             local = {}
         if not local and not with_plan:
-            with conn.cursor(row_factory=dict_row) as cur:
+            with conn.cursor(row_factory=dict_row, binary=True) as cur:
                 rows = cur.execute(query, params).fetchall()
             info_path.rows = len(rows)
             explain.paths.append(info_path)
@@ -469,7 +509,8 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
             continue
         # Pipeline mode: BEGIN, the settings, the query and COMMIT travel together instead of
         # waiting for one another's answers.
-        with conn.pipeline(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        with conn.pipeline(), conn.transaction(), \
+                conn.cursor(row_factory=dict_row, binary=True) as cur:
             if local:
                 names = list(local)
                 cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
@@ -477,7 +518,7 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                                                                sql.Literal(local[n]))
                     for n in names)))
             if with_plan:
-                cur.execute(sql.SQL("EXPLAIN ") + query, params)
+                cur.execute(b"EXPLAIN " + query, params)
                 info_path.plan = _plan_lines(cur.fetchall())
             cur.execute(query, params)
             rows = cur.fetchall()
@@ -730,7 +771,7 @@ def _shingles(text: str) -> set[tuple[str, ...]]:
     words = _WORDS.findall(text.lower())
     if len(words) < 3:
         return {tuple(words)}
-    return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+    return set(zip(words, words[1:], words[2:], strict=False))
 
 
 def dedupe(hits: list[Hit], threshold: float) -> list[Hit]:
@@ -742,8 +783,9 @@ def dedupe(hits: list[Hit], threshold: float) -> list[Hit]:
     for hit in hits:
         shingles = _shingles(hit.text)
         for other, other_shingles in kept:
-            union = len(shingles | other_shingles)
-            if union and len(shingles & other_shingles) / union >= threshold:
+            shared = len(shingles & other_shingles)
+            union = len(shingles) + len(other_shingles) - shared
+            if shared and shared / union >= threshold:
                 other.duplicates.append(hit.record.get("id") or f"{hit.kind}:{hit.id}")
                 break
         else:
