@@ -333,20 +333,25 @@ def estimate_rows(conn: psycopg.Connection[Any], kind: Kind, where: Any,
         if row is not None and int(row[0]) >= 0:
             _session(conn)[("reltuples", kind)] = (int(row[0]), time.monotonic())
             return int(row[0])
-    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE embedding IS NOT NULL AND {}"
-                    ).format(sql.Identifier(TABLES[kind].table), where)
     # The same filter again on this connection (an agent's loop, the scheduler) reuses the
     # planner's answer for RELTUPLES_TTL seconds instead of planning it once more.
-    key = ("estimate", query.as_string(conn),
+    key = ("estimate", kind, where.as_bytes(conn),
            repr(sorted((k, v) for k, v in params.items() if k not in ("q", "k"))))
     cached = _session(conn).get(key)
     if cached is not None and time.monotonic() - cached[1] < RELTUPLES_TTL:
         return int(cached[0])
+    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE embedding IS NOT NULL AND {}"
+                    ).format(sql.Identifier(TABLES[kind].table), where)
     row = conn.execute(query, params).fetchone()
     assert row is not None
     plan = row[0] if isinstance(row[0], list) else __import__("json").loads(row[0])
     estimate = int(plan[0]["Plan"]["Plan Rows"])
-    _session(conn)[key] = (estimate, time.monotonic())
+    state = _session(conn)
+    stale = [k for k in state if isinstance(k, tuple) and k[0] == "estimate"]
+    if len(stale) >= 256:  # a long-lived connection asking many distinct filters: stay bounded
+        for old in stale:
+            del state[old]
+    state[key] = (estimate, time.monotonic())
     return estimate
 
 
