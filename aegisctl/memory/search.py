@@ -604,6 +604,20 @@ def _similarity_column(vector: Vector | None) -> Any:
     return sql.SQL("1 - (embedding <=> %(q)b) AS similarity")
 
 
+def _ranked(kind: Kind, inner: Any, vector: Vector | None) -> Any:
+    """A keyword query (ranked by kw_score, limited) with each hit's cosine similarity added
+    after its LIMIT: in the ranking query itself the distance would be computed, and the
+    TOASTed vector read, for every matching row (tens of thousands for a common word), not for
+    the few kept. `inner` selects the kind's columns, `embedding AS embedding_` and kw_score."""
+    from psycopg import sql
+
+    similarity = _similarity_column(None) if vector is None else \
+        sql.SQL("1 - (h.embedding_ <=> %(q)b) AS similarity")
+    return sql.SQL("SELECT {cols}, {similarity}, h.kw_score FROM ({inner}) AS h "
+                   "ORDER BY h.kw_score DESC, h.id DESC").format(
+        cols=_select_list(kind, "h"), similarity=similarity, inner=inner)
+
+
 def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexemes: list[str],
               limit: int, explain: Explain, with_plan: bool, vector: Vector | None) -> list[Hit]:
     from psycopg import sql
@@ -632,18 +646,23 @@ def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexem
     total = max(total, max(dfs, default=0), 1)
     idf = [math.log(1 + (total - df + 0.5) / (df + 0.5)) for df in dfs]
     where, params = filters.where(kind)
-    params.update(orq=or_query, tqs=queries, idfs=idf, k=limit)
+    params.update(orq=or_query, k=limit)
     if vector is not None:
         params["q"] = vector
-    query = sql.SQL(
-        "SELECT {cols}, {similarity}, "
-        "(SELECT coalesce(sum(w.idf), 0) FROM unnest(%(tqs)s::text[]::tsquery[], "
-        "%(idfs)s::float8[]) AS w(tq, idf) WHERE {tsv} @@ w.tq) "
+    # The summed IDF of the terms a row holds, as one CASE per term with the weights inlined:
+    # evaluated for every matching row, it is cheaper than a per-row subquery over arrays.
+    idf_sum = sql.SQL(" + ").join(
+        sql.SQL("CASE WHEN {} @@ {}::tsquery THEN {} ELSE 0 END").format(
+            tsv, sql.Literal(q), sql.Literal(round(w, 9)))
+        for q, w, df in zip(queries, idf, dfs, strict=True) if df > 0
+    ) if any(dfs) else sql.SQL("0")
+    query = _ranked(kind, sql.SQL(
+        "SELECT {cols}, embedding AS embedding_, ({idf_sum}) "
         "+ ts_rank_cd({tsv}, %(orq)s::tsquery, 32) AS kw_score "
         "FROM {table} WHERE {tsv} @@ %(orq)s::tsquery AND {where} "
         "ORDER BY kw_score DESC, id DESC LIMIT %(k)s"
-    ).format(cols=_select_list(kind), similarity=_similarity_column(vector), tsv=tsv,
-             table=table, where=where)
+    ).format(cols=_select_list(kind), idf_sum=idf_sum, tsv=tsv, table=table, where=where),
+        vector)
     path = PathInfo(kind=kind, signal="keyword",
                     path=f"full-text OR of {len(lexemes)} terms, IDF-ranked (GIN on {info.tsv})")
     return _keyword_hits(conn, kind, query, params, path, explain, with_plan, "fulltext")
@@ -659,12 +678,12 @@ def _trigram(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, text: 
     params.update(text=text, k=limit)
     if vector is not None:
         params["q"] = vector
-    query = sql.SQL(
-        "SELECT {cols}, {similarity}, word_similarity(%(text)s, {column}) AS kw_score "
+    query = _ranked(kind, sql.SQL(
+        "SELECT {cols}, embedding AS embedding_, word_similarity(%(text)s, {column}) AS kw_score "
         "FROM {table} WHERE %(text)s <%% {column} AND {where} "
         "ORDER BY kw_score DESC, id DESC LIMIT %(k)s"
-    ).format(cols=_select_list(kind), similarity=_similarity_column(vector), column=column,
-             table=sql.Identifier(info.table), where=where)
+    ).format(cols=_select_list(kind), column=column, table=sql.Identifier(info.table),
+             where=where), vector)
     path = PathInfo(kind=kind, signal="trigram",
                     path=f"trigram word similarity >= {TRIGRAM_THRESHOLD} on {info.text} "
                          "(fallback: full-text found fewer than the limit)")
