@@ -150,3 +150,18 @@ def test_stdin_import_is_validated_whole_first(cli, make_config, memory_db) -> N
     assert result.exit_code == 1 and "line 3: invalid JSON" in result.stderr
     assert _count(memory_db) == 0
 
+
+
+def test_arguments_that_are_not_utf8_are_one_usage_line(make_config, memory_db) -> None:
+    """Bytes that are not UTF-8 in argv (a script in Latin-1, binary junk) reach Python as
+    surrogate escapes; they must give one line and exit 2, and store nothing."""
+    config = make_config()
+    for args in ([b"memory", b"search", b"\xff\xfe billing"],
+                 [b"memory", b"add", b"caf\xe9 ol\xe9"]):
+        run = subprocess.run([sys.executable.encode(), b"-m", b"aegisctl", b"--config",
+                              str(config).encode(), *args], capture_output=True, timeout=120)
+        stderr = run.stderr.decode("utf-8", "replace")
+        assert run.returncode == 2, stderr
+        assert "is not valid UTF-8" in stderr and ("\\xff" in stderr or "\\xe9" in stderr)
+        assert len(stderr.strip().splitlines()) == 1 and "unexpected" not in stderr
+    assert _count(memory_db) == 0

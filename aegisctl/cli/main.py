@@ -87,6 +87,15 @@ class AegisGroup(TyperGroup):
             raise
         except Exception as exc:
             _traceback(_debug(ctx))
+            undecodable = [a for a in sys.argv[1:] if _has_surrogates(a)]
+            if isinstance(exc, UnicodeEncodeError) and undecodable:
+                # Bytes that are not UTF-8 reach Python as surrogate escapes and fail only
+                # where the text is sent on (to the database, a file, an HTTP endpoint).
+                shown = undecodable[0].encode("utf-8", "surrogateescape").decode(
+                    "ascii", "backslashreplace")
+                _fail(f"the argument '{shown[:80]}' is not valid UTF-8: aegisctl takes text "
+                      "in UTF-8 (check the terminal's or the script's encoding)",
+                      int(ExitCode.USAGE))
             if type(exc).__module__.startswith("psycopg"):
                 from aegisctl.db import describe_db_error
 
@@ -97,6 +106,10 @@ class AegisGroup(TyperGroup):
                 int(ExitCode.FAILED),
             )
         return None
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= char <= "\udcff" for char in text)
 
 
 def _debug(ctx: typer.Context) -> bool:
