@@ -165,3 +165,16 @@ def test_arguments_that_are_not_utf8_are_one_usage_line(make_config, memory_db) 
         assert "is not valid UTF-8" in stderr and ("\\xff" in stderr or "\\xe9" in stderr)
         assert len(stderr.strip().splitlines()) == 1 and "unexpected" not in stderr
     assert _count(memory_db) == 0
+
+
+def test_a_pasted_page_as_query_is_searched_not_an_error(cli, make_config, memory_db) -> None:
+    """Thousands of distinct words: the keyword side ranks by the first MAX_QUERY_TERMS terms
+    (PostgreSQL caps a statement at 1664 output columns) and skips the trigram top-up."""
+    config = make_config(embedding={"provider": "none"})
+    cli("--config", str(config), "memory", "add", "billing retries capped at 3")
+    page = "billing retries " + " ".join(f"w{n}x" for n in range(3000))
+    result = cli("--config", str(config), "memory", "search", page, "-f", "json")
+    assert result.exit_code == 0, result.output
+    _no_crash(result)
+    hits = json.loads(result.stdout)["results"]
+    assert [h["summary"] for h in hits] == ["billing retries capped at 3"]

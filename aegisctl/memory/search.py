@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 Mode = Literal["semantic", "keyword", "hybrid"]
 TRIGRAM_THRESHOLD = 0.4
+# The trigram top-up is for short or misspelt queries; for a long text its index search turns
+# into a scan that compares thousands of trigrams per row.
+TRIGRAM_MAX_QUERY = 200
 FTS_CONFIG = "english"
 # Identifiers a user copies from docs or logs: snake_case, CONSTANTS, name(), .command, x86_64.
 _TOKEN = re.compile(r"\.?[A-Za-z_][A-Za-z0-9_.$]*(?:\(\))?|\b\d+[A-Za-z_][A-Za-z0-9_]*")
@@ -558,9 +561,17 @@ def _tsquery_literal(lexeme: str) -> str:
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+# The keyword side ranks by at most this many distinct terms of the query, the first ones in
+# it: a pasted page of text is not a question, and PostgreSQL caps a statement's target list.
+MAX_QUERY_TERMS = 64
+
+
 def query_lexemes(conn: psycopg.Connection[Any], text: str) -> list[str]:
-    row = conn.execute("SELECT tsvector_to_array(to_tsvector(%s::regconfig, %s))",
-                       (FTS_CONFIG, text)).fetchone()
+    """The query's distinct search terms in order of appearance, at most MAX_QUERY_TERMS."""
+    row = conn.execute(
+        "SELECT array(SELECT lexeme FROM unnest(to_tsvector(%s::regconfig, %s)) "
+        "ORDER BY positions[1], lexeme LIMIT %s)", (FTS_CONFIG, text, MAX_QUERY_TERMS)
+    ).fetchone()
     return list(row[0]) if row and row[0] else []
 
 
@@ -583,7 +594,7 @@ def keyword_search(conn: psycopg.Connection[Any], kinds: Sequence[Kind], filters
                                   vector))
         hits.sort(key=lambda h: -(h.keyword_score or 0.0))
         hits = hits[:limit]
-    if len(hits) < limit and _has_trigram(conn):
+    if len(hits) < limit and len(text) <= TRIGRAM_MAX_QUERY and _has_trigram(conn):
         seen = {h.key for h in hits}
         extra: list[Hit] = []
         for kind in kinds:
