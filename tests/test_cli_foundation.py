@@ -134,6 +134,26 @@ def test_nonsense_flag_is_usage_error(cli) -> None:
     assert "--frobnicate" in result.output
 
 
+@pytest.mark.parametrize(("argv", "fragments"), [
+    (["health", "--frobnicate"], ["No such option: --frobnicate", "'aegisctl health --help'"]),
+    (["--frobnicate"], ["No such option: --frobnicate", "'aegisctl --help'"]),
+    (["memory", "search", "x", "--limit", "0"], ["'--limit'", "greater than or equal to 1"]),
+    (["memory", "search"], ["Missing argument 'query'"]),
+    (["nosuchcommand"], ["No such command 'nosuchcommand'"]),
+])
+def test_command_line_mistakes_are_one_line(argv: list[str], fragments: list[str]) -> None:
+    """The real console script: one `aegisctl: error:` line naming the mistake and where the
+    usage is, exit 2, nothing on stdout (not click's boxed usage text)."""
+    script = str(Path(sys.executable).parent / "aegisctl")
+    done = subprocess.run([script, *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aegisctl: error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
 def test_config_validate_ok(cli, db_config) -> None:
     result = cli("config", "validate", str(db_config))
     assert result.exit_code == 0

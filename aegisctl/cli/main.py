@@ -69,6 +69,15 @@ class AegisGroup(TyperGroup):
             self.commands[cmd_name] = command
         return command
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        # The top level's own options (`aegisctl --nonsense`) are parsed here, outside invoke.
+        try:
+            return super().make_context(*args, **kwargs)
+        except _USAGE_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            _usage_failure(exc)
+
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
             result = super().invoke(ctx)
@@ -83,6 +92,10 @@ class AegisGroup(TyperGroup):
         except BrokenPipeError:
             # Before click sees it: click turns a closed pipe into exit 1.
             _quiet_broken_pipe()
+        except _USAGE_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as asked
+                raise
+            _usage_failure(exc)
         except (typer.TyperException, typer.Exit):
             raise
         except Exception as exc:
@@ -106,6 +119,21 @@ class AegisGroup(TyperGroup):
                 int(ExitCode.FAILED),
             )
         return None
+
+
+# click's UsageError (a bad option, value or argument), found through the one of its subclasses
+# that typer re-exports: typer vendors its own click.
+_USAGE_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage_failure(exc: Exception) -> None:
+    """A command-line mistake as one line naming it, with where to read the right usage,
+    instead of click's boxed usage text; exit 2."""
+    message = " ".join(str(getattr(exc, "format_message", exc.__str__)()).split())
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    _fail(f"{message}{where}", int(ExitCode.USAGE))
 
 
 def _has_surrogates(text: str) -> bool:
