@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 from aegisctl.config import LoadedConfig
 from aegisctl.errors import AegisError, UsageError
 from aegisctl.maintenance.catalog import Relation
-from aegisctl.maintenance.runner import MaintContext, Step, ensure_primary, run_locked
+from aegisctl.maintenance.runner import (
+    MaintContext,
+    SideConnect,
+    Step,
+    ensure_primary,
+    run_locked,
+)
 from aegisctl.retention import partitions as parts
 from aegisctl.retention.archive import ArchiveWriter, archive_root, run_id, upload_archive
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
@@ -164,9 +170,13 @@ def select_policies(loaded: LoadedConfig, names: list[str] | None) -> list[str]:
 def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any],
                 options: CleanupOptions, *, should_stop: Callable[[], bool] = lambda: False,
                 progress: Callable[[str], None] | None = None,
+                side_connect: SideConnect | None = None,
                 on_phase: Callable[[str], None] | None = None) -> CleanupReport:
     """`on_phase("delete" | "maintenance")` tells the caller which phase runs: batches are
-    never cancelled (a stop waits for the batch), the rebuild and VACUUM after them may be."""
+    never cancelled (a stop waits for the batch), the rebuild and VACUUM after them may be.
+    `progress` gets status lines (batches, throttling, the rebuild and VACUUM steps);
+    with `side_connect` too, the rebuild and VACUUM also report their phase from
+    pg_stat_progress_* as `maint` does."""
     settings = loaded.settings
     started = dt.datetime.now(dt.UTC)
     conn.execute("SET TIME ZONE 'UTC'")
@@ -179,7 +189,7 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)
     pacer = Pacer(settings.cleanup, conn, should_stop, progress)
     maint = MaintContext(conn=conn, settings=settings.maintenance, should_stop=should_stop,
-                         progress=progress)
+                         progress=progress, side_connect=side_connect)
     run = run_id(dt.datetime.now(dt.UTC))
     for policy in resolved:
         result = PolicyResult(policy.name, policy.table.qualified, policy.column,
@@ -312,11 +322,13 @@ def _after_delete(policy: ResolvedPolicy, result: PolicyResult, maint: MaintCont
 
     if not result.deleted_rows:
         return
+    deleted = f"after deleting {result.deleted_rows} rows"
     if policy.hnsw_indexes and result.deleted_rows >= fraction * max(rows_before, 1):
         for index in policy.hnsw_indexes:
             step = Step("", index.qualified)
             if run_locked(maint, sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(index.ident()),
-                          step):
+                          step, announce=f"{policy.name}: rebuilding {index.qualified} "
+                          f"concurrently {deleted}"):
                 result.reindexed.append(index.qualified)
             else:
                 if step.status == "cancelled":
@@ -326,7 +338,9 @@ def _after_delete(policy: ResolvedPolicy, result: PolicyResult, maint: MaintCont
                 return
     if vacuum and not maint.should_stop():
         step = Step("", policy.table.qualified)
-        if run_locked(maint, sql.SQL("VACUUM (ANALYZE) {}").format(policy.table.ident()), step):
+        if run_locked(maint, sql.SQL("VACUUM (ANALYZE) {}").format(policy.table.ident()), step,
+                      announce=f"{policy.name}: VACUUM (ANALYZE) {policy.table.qualified} "
+                      f"{deleted}"):
             result.vacuumed = True
         elif step.status == "failed":
             result.error = f"VACUUM (ANALYZE) {policy.table.qualified}: {step.detail}"
