@@ -67,6 +67,18 @@ class AppState:
                 self._loaded.sources["embedded.data_dir"] = "--data-dir"
         return self._loaded
 
+    def reload_config(self) -> LoadedConfig:
+        """Read the config file again (`schedule run` on SIGHUP). When it is not valid the
+        error propagates and the config in use stays."""
+        previous, self._loaded = self._loaded, None
+        if previous is not None and previous.path is not None:
+            self.config_path = str(previous.path)  # the file found at start-up, not a new one
+        try:
+            return self.config()
+        except BaseException:
+            self._loaded = previous
+            raise
+
     def target(self) -> Target:
         from aegisctl.targets import resolve_target
 
