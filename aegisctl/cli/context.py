@@ -33,11 +33,11 @@ FormatOption = Annotated[
     typer.Option("--format", "-f", help="Output format: table for people, json for scripts."),
 ]
 
-# Backups, prune, restore, cleanup and maintenance of a target share one job lock.
+# Backups, verify, prune, restore, cleanup and maintenance of a target share one job lock.
 WaitLock = Annotated[float, typer.Option(
     "--wait-lock", metavar="SECONDS", min=0,
-    help="Wait this long for another backup, prune, restore, cleanup or maintenance run of "
-         "the target (they share one lock), then exit 4.")]
+    help="Wait this long for another backup, verify, prune, restore, cleanup or maintenance "
+         "run of the target (they share one lock), then exit 4.")]
 
 
 @dataclass
