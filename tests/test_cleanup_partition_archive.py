@@ -238,3 +238,52 @@ def _parent(conn: psycopg.Connection[Any]) -> Any:
 
     oid = conn.execute("SELECT 'events_part'::regclass::oid").fetchone()[0]
     return Relation(int(oid), "public", "events_part", "p", 0)
+
+
+def test_a_half_done_concurrent_detach_is_finished_and_dropped_in_one_run(
+        aegis_db, aegis_dsn, tmp_path) -> None:
+    """A run killed during DETACH ... CONCURRENTLY leaves the partition 'detach pending':
+    the next run finalizes the detach and then drops (and archives once) that partition in the
+    same run, not one run later."""
+    import threading
+
+    conn = aegis_db
+    first = _partitioned(conn)
+    expired = _expired_ids(conn)
+    oldest = f"events_part_{first:%Y_%m}"
+    conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+        sql.Identifier(oldest), sql.Literal(mark_comment(_parent(conn), "20260101T000000Z"))))
+    with psycopg.connect(aegis_dsn) as reader, \
+            psycopg.connect(aegis_dsn, autocommit=True) as detacher:
+        reader.execute("SELECT count(*) FROM events_part")  # holds the detach's second phase
+        pid = detacher.info.backend_pid
+        failed: list[BaseException] = []
+
+        def detach() -> None:
+            try:
+                detacher.execute(f"ALTER TABLE events_part DETACH PARTITION {oldest}"
+                                 " CONCURRENTLY")
+            except psycopg.Error as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=detach)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not conn.execute("SELECT inhdetachpending FROM pg_inherits"
+                               " WHERE inhrelid = %s::regclass", (oldest,)).fetchone()[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
+        thread.join(30)
+        assert failed and isinstance(failed[0], psycopg.errors.QueryCanceled)
+        reader.rollback()
+
+    loaded = load_config(str(_config(tmp_path, aegis_dsn)), env={})
+    report = run_cleanup(loaded, "primary", conn, CleanupOptions())
+    policy = report.policies[0]
+    assert policy.status == "done", policy.error
+    assert f"public.{oldest}" in policy.partitions_dropped
+    assert conn.execute("SELECT to_regclass(%s)", (oldest,)).fetchone()[0] is None
+    ids = _archived_ids(tmp_path / "archive")
+    assert set(ids) == expired and max(ids.values()) == 1
+    assert not _expired_ids(conn)
