@@ -1,10 +1,13 @@
 """`roles apply`: least-privilege roles for the application and for read-only use.
 
 The application role may read and write the memory and operational tables (and use their
-sequences), and read aegis_metadata; the read-only role may only SELECT them. Neither may create,
-alter or drop anything, nor touch aegis_schema_migrations. Applying revokes table privileges
-first, so drift (a GRANT made by hand) is undone. Passwords are sent as SCRAM-SHA-256 verifiers
-computed by libpq on this side: the plain text never reaches the server, its logs or any output.
+sequences), and read aegis_metadata; the read-only role may only SELECT them, and also the job
+history (aegis_job_runs, for dashboards and `jobs status` / `check` on a read-only DSN). The
+application role gets nothing on the job history: only aegisctl's own jobs write it, as the
+database owner. Neither may create, alter or drop anything, nor touch aegis_schema_migrations.
+Applying revokes table privileges first, so drift (a GRANT made by hand) is undone. Passwords are
+sent as SCRAM-SHA-256 verifiers computed by libpq on this side: the plain text never reaches the
+server, its logs or any output.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ OPERATIONAL_TABLES = (
 )
 APP_TABLES = MEMORY_TABLES + OPERATIONAL_TABLES
 READABLE_METADATA = ("aegis_metadata",)
+JOB_HISTORY = ("aegis_job_runs",)  # written by aegisctl's jobs as the owner; read-only may read
 ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
 
 
@@ -159,6 +163,8 @@ def _plan_role(conn: psycopg.Connection[Any], kind: str, spec: RoleSpec, schema:
                 sql.SQL(", ").join(sql.Identifier(schema, s) for s in sequences), role))
     else:
         same(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(table_list, role))
+        same(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier(schema, t) for t in JOB_HISTORY), role))
     same(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(meta_list, role))
     return RoleOutcome(kind, spec.name, created=not exists,
                        password_set=password is not None), plan
@@ -177,7 +183,7 @@ def apply_roles(conn: psycopg.Connection[Any], roles: RolesSettings, *, dry_run:
         raise OperationFailed("the Aegis schema is not in this database",
                               hint="run `aegisctl schema init` first")
     schema = str(schema_row[0])
-    missing = [t for t in (*APP_TABLES, *READABLE_METADATA) if conn.execute(
+    missing = [t for t in (*APP_TABLES, *READABLE_METADATA, *JOB_HISTORY) if conn.execute(
         "SELECT to_regclass(%s) IS NULL", (f'"{schema}"."{t}"',)).fetchone() in (None, (True,))]
     if missing:
         raise OperationFailed(f"tables missing: {', '.join(missing)}",

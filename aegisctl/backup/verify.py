@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup import crypto
 from aegisctl.backup.dump import USER_TABLES, directory_digest, vector_columns
+from aegisctl.backup.lock import target_lock
 from aegisctl.backup.manifest import BackupManifest, Verification, format_time, utcnow
 from aegisctl.backup.store import TMP_PREFIX, BackupStore, sha256_file
 from aegisctl.backup.tools import PgTools, child_conninfo, choose_pg_dump, restore_error
@@ -113,10 +114,27 @@ class VerifyReport:
         return blocks
 
 
+def verify_locked(loaded: LoadedConfig, target: Target, backup_id: str | None, *,
+                  restore_test: bool = False, jobs: int = 1,
+                  wait_lock: float = 0.0) -> VerifyReport:
+    """`backup verify ID` (None: the newest complete backup) under the target's backup lock,
+    the one create, prune, restore, upload, keep, cleanup and maint take: a prune cannot delete
+    the files being read, and the manifest, which verify rewrites with its result, cannot be
+    changed underneath it (by `keep`, an upload). The lock is exclusive, as for the others:
+    verify writes too. A bad id or no backup is reported before waiting for the lock."""
+    store = BackupStore(loaded.settings.backup, target.name)
+    picked = store.load(backup_id) if backup_id is not None else store.latest()
+    with target_lock(store.lock_path, "backup verify", wait_lock):
+        # Read again under the lock: a prune may have removed it, a keep changed it meanwhile.
+        manifest = store.load(picked.id)
+        return verify_backup(loaded, target, manifest, restore_test=restore_test, jobs=jobs)
+
+
 def verify_backup(loaded: LoadedConfig, target: Target, manifest: BackupManifest, *,
                   restore_test: bool = False, jobs: int = 1, fresh: bool = False) -> VerifyReport:
-    """Checks a backup and records the result in its manifest. A wrong or missing encryption
-    key raises (the backup is not at fault) and records nothing. `fresh`: the backup was just
+    """Checks a backup and records the result in its manifest; the caller holds the target's
+    backup lock (`verify_locked`, or `backup create`). A wrong or missing encryption key
+    raises (the backup is not at fault) and records nothing. `fresh`: the backup was just
     written and checksummed by this process, so its files are only checked to exist."""
     store = BackupStore(loaded.settings.backup, target.name)
     key = crypto.load_key(loaded.settings.backup.encryption) if manifest.encryption else None

@@ -205,11 +205,13 @@ def verify(
         "check rows, indexes, embedding dimensions and a nearest-neighbour query.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="pg_restore jobs for the "
                                       "restore test.")] = 1,
+    wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
     """Check a backup: sha256 of every file, decryption, `pg_restore --list`, and with
     --restore-test a full restore. The result is recorded in the manifest. Exits 1 on any
-    problem.
+    problem, 4 when another run holds the target's backup lock (a prune could delete the
+    backup while it is read).
 
     Examples:
 
@@ -217,12 +219,14 @@ def verify(
 
       aegisctl backup verify 20260101T020000Z --format json
     """
-    from aegisctl.backup.verify import verify_backup
+    from aegisctl.backup.verify import verify_locked
+    from aegisctl.errors import UsageError
 
     app_state = state(ctx)
-    manifest = _pick(app_state, backup_id, latest)
-    report = verify_backup(app_state.config(), app_state.target(), manifest,
-                           restore_test=restore_test, jobs=jobs)
+    if bool(backup_id) == latest:
+        raise UsageError("give a backup ID or --latest (one of the two)")
+    report = verify_locked(app_state.config(), app_state.target(), backup_id,
+                           restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -69,6 +69,10 @@ def run_cmd(
     progress = output.print_status if sys.stderr.isatty() and not app_state.quiet else None
     lock = contextlib.nullcontext() if dry_run else job_lock(loaded, target, "cleanup run",
                                                              wait_lock)
+
+    def side_connect() -> Any:  # polls pg_stat_progress_* during the rebuild and VACUUM
+        return app_state.connect("cleanup run progress")
+
     with lock, app_state.connect("cleanup run", "maintenance") as conn:
         if not dry_run and names and not yes:
             # What will be touched, before asking (a cron job passes --yes and skips the count).
@@ -88,6 +92,7 @@ def run_cmd(
             report = run_cleanup(loaded, target.name, conn,
                                  CleanupOptions(policies=names, dry_run=dry_run),
                                  should_stop=stop, progress=progress,
+                                 side_connect=side_connect if progress else None,
                                  on_phase=lambda name: phase.__setitem__(0, name))
     output.render(report, app_state.fmt(fmt))
     if report.interrupted:

@@ -33,11 +33,11 @@ FormatOption = Annotated[
     typer.Option("--format", "-f", help="Output format: table for people, json for scripts."),
 ]
 
-# Backups, prune, restore, cleanup and maintenance of a target share one job lock.
+# Backups, verify, prune, restore, cleanup and maintenance of a target share one job lock.
 WaitLock = Annotated[float, typer.Option(
     "--wait-lock", metavar="SECONDS", min=0,
-    help="Wait this long for another backup, prune, restore, cleanup or maintenance run of "
-         "the target (they share one lock), then exit 4.")]
+    help="Wait this long for another backup, verify, prune, restore, cleanup or maintenance "
+         "run of the target (they share one lock), then exit 4.")]
 
 
 @dataclass
@@ -66,6 +66,18 @@ class AppState:
                 self._loaded.settings.embedded.data_dir = self.data_dir
                 self._loaded.sources["embedded.data_dir"] = "--data-dir"
         return self._loaded
+
+    def reload_config(self) -> LoadedConfig:
+        """Read the config file again (`schedule run` on SIGHUP). When it is not valid the
+        error propagates and the config in use stays."""
+        previous, self._loaded = self._loaded, None
+        if previous is not None and previous.path is not None:
+            self.config_path = str(previous.path)  # the file found at start-up, not a new one
+        try:
+            return self.config()
+        except BaseException:
+            self._loaded = previous
+            raise
 
     def target(self) -> Target:
         from aegisctl.targets import resolve_target

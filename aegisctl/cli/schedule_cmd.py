@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import signal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, state
+
+if TYPE_CHECKING:
+    from aegisctl.config import LoadedConfig
 
 app = typer.Typer(
     help="The schedule from the config: list it, or run it with the built-in scheduler.\n\n"
@@ -54,6 +57,8 @@ def run(
     subprocess. A run missed while the scheduler was down is started on start-up when it is at
     most misfire_grace late. SIGTERM or Ctrl-C stops it cleanly: no new runs start, a running
     job gets scheduler.stop_timeout to finish, then it is interrupted and recorded so.
+    SIGHUP re-reads the config: when it is valid its jobs replace the current ones (running
+    jobs finish), else the current schedule stays and an error line says why.
     Logs one line per event on stderr (--log-format json for log shippers).
 
     Examples:
@@ -73,11 +78,18 @@ def run(
     check_schedule_commands(loaded.settings, str(loaded.path or "config"))
     options = RunOptions(trigger="scheduler", log_format=app_state.log_format.value,
                          child_globals=child_globals(app_state))
-    scheduler = ForegroundScheduler(loaded, options, only=only or None)
+
+    def reload() -> LoadedConfig:
+        fresh = app_state.reload_config()
+        check_schedule_commands(fresh.settings, str(fresh.path or "config"))
+        return fresh
+
+    scheduler = ForegroundScheduler(loaded, options, only=only or None, reload=reload)
 
     def stop(signum: int, frame: Any) -> None:
         scheduler.request_stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: scheduler.request_reload())
     scheduler.run()

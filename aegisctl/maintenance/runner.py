@@ -126,10 +126,25 @@ def set_lock_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
 
 
 def run_locked(ctx: MaintContext, statement: sql.Composed | sql.SQL, step: Step,
-               lock_timeout: float | None = None, attempts: int | None = None) -> bool:
+               lock_timeout: float | None = None, attempts: int | None = None,
+               announce: str | None = None) -> bool:
     """Run one statement with a short lock_timeout, retrying (with backoff and jitter) while
     the lock is busy; a step that never gets its lock fails with a clear message. Returns
-    whether it ran."""
+    whether it ran. `announce` (with progress on): a status line when the step starts and one
+    when it ends, for steps that can run for minutes inside a larger command."""
+    if announce and ctx.progress:
+        ctx.progress(f"{announce} ...")
+    ran = _run_locked(ctx, statement, step, lock_timeout, attempts)
+    if announce and ctx.progress:
+        took = f" after {step.seconds:.1f}s" if step.seconds is not None else ""
+        outcome = {"done": f"done in {step.seconds or 0:.1f}s"}.get(
+            step.status, f"{step.status}{took}")
+        ctx.progress(f"{announce}: {outcome}")
+    return ran
+
+
+def _run_locked(ctx: MaintContext, statement: sql.Composed | sql.SQL, step: Step,
+                lock_timeout: float | None, attempts: int | None) -> bool:
     import psycopg
 
     settings = ctx.settings

@@ -10,6 +10,12 @@ whose last batch may not have been committed; the next run renames such leftover
 "*.incomplete.jsonl.gz", so nothing is lost and nothing pretends to be complete. Archives go
 to <archive_dir>/<policy>/, and to the backup remote (<prefix><target>/cleanup-archive/
 <policy>/<file>) when one is configured.
+
+A whole partition that is dropped gets its own archive, <partition>-<run>.partition.jsonl.gz,
+named after the run that detached it and completed (renamed) before the DROP. A run killed in
+between leaves either a finished file, which the next run finds and does not write again, or a
+".tmp-" one, which it discards and writes again in full: the partition, detached but not
+dropped, still holds every row. Either way each row is archived exactly once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import datetime as dt
 import gzip
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,10 +63,13 @@ class ArchiveWriter:
         self.rows = 0
 
     def recover_leftovers(self) -> list[Path]:
-        """Rename temporaries of killed runs (call under the job lock)."""
+        """Rename temporaries of killed runs (call under the job lock). A partition archive's
+        temporary is left to `PartitionArchive`, which writes it again in full."""
         renamed = []
         if self.folder.is_dir():
             for path in self.folder.glob(f"{TMP_PREFIX}*.jsonl.gz"):
+                if path.name.endswith(PARTITION_SUFFIX):
+                    continue
                 target = path.with_name(path.name[len(TMP_PREFIX):].replace(
                     ".jsonl.gz", ".incomplete.jsonl.gz"))
                 os.replace(path, target)
@@ -107,6 +117,49 @@ class ArchiveWriter:
         os.replace(self.tmp, self.final)
         fsync_dir(self.folder)
         return self.final
+
+
+PARTITION_SUFFIX = ".partition.jsonl.gz"
+
+
+class PartitionArchive:
+    """The archive of one whole partition, written before it is dropped (see the module's
+    docstring): its name depends only on the partition and the run that detached it."""
+
+    def __init__(self, root: Path, policy: str, partition: str, token: str) -> None:
+        self.folder = root / safe_part(policy)
+        self.final = self.folder / f"{safe_part(partition)}-{safe_part(token)}{PARTITION_SUFFIX}"
+        self.tmp = self.folder / f"{TMP_PREFIX}{self.final.name}"
+
+    @property
+    def complete(self) -> bool:
+        """Written in full by an earlier (interrupted) run: do not write it again."""
+        return self.final.is_file()
+
+    def write_all(self, chunks: Iterable[list[str]]) -> int:
+        """Write every row (a half-written temporary of a killed run is discarded first),
+        then rename into place; the number of rows."""
+        rows = 0
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.tmp.unlink(missing_ok=True)
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as raw, \
+                        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as out:
+                    for lines in chunks:
+                        if lines:
+                            out.write(("\n".join(lines) + "\n").encode())
+                            rows += len(lines)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.tmp, self.final)
+            fsync_dir(self.folder)
+        except OSError as exc:
+            raise OperationFailed(f"cannot write the archive {self.tmp}: {exc.strerror}; "
+                                  "the partition was not dropped") from None
+        return rows
 
 
 def run_id(now: dt.datetime) -> str:

@@ -4,8 +4,11 @@ when the policy archives), never emptied row by row; only partitions that stradd
 
 DETACH runs CONCURRENTLY when the table has no default partition (PostgreSQL refuses it
 otherwise), with a short lock_timeout and retries either way. Before detaching, the partition
-gets a comment naming it as ours, so a run interrupted between DETACH and DROP is finished by
-the next one; a DETACH CONCURRENTLY interrupted half-way is completed with FINALIZE.
+gets a comment naming it as ours and the run that detached it, so a run interrupted between
+DETACH and DROP is finished by the next one; a DETACH CONCURRENTLY interrupted half-way is
+completed with FINALIZE. The run named in the comment also names the partition's archive file
+(archive.partition_archive), so a partition whose archive was completed before the run died is
+dropped by the next run without being archived a second time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,20 @@ if TYPE_CHECKING:
     import psycopg
 
 MARK = "aegisctl cleanup: expired partition detached from "
+_RUN = re.compile(r" \(run ([0-9A-Za-z_-]+)\)$")
+
+
+def mark_comment(parent: Relation, run: str) -> str:
+    """The comment put on a partition before it is detached."""
+    return f"{MARK}{parent.qualified} (run {run})"
+
+
+@dataclass
+class Orphan:
+    """A partition an interrupted run detached but did not drop."""
+
+    relation: Relation
+    token: str  # names its archive: the detaching run's id (older marks: the table's oid)
 _RANGE = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$", re.DOTALL)
 
 
@@ -84,12 +101,23 @@ def is_referenced(conn: psycopg.Connection[Any], oids: list[int]) -> bool:
                              " AND confrelid = ANY(%s::oid[])", (oids,)).fetchone())
 
 
-def orphans(conn: psycopg.Connection[Any], parent: Relation) -> list[Relation]:
-    """Partitions an interrupted run detached but did not drop (marked by their comment)."""
+def orphans(conn: psycopg.Connection[Any], parent: Relation) -> list[Orphan]:
+    """Partitions an interrupted run detached but did not drop (marked by their comment:
+    `mark_comment`, or the bare MARK of earlier versions)."""
+    base = MARK + parent.qualified
     rows = conn.execute(
-        "SELECT c.oid, n.nspname, c.relname, c.relkind, pg_total_relation_size(c.oid)"
-        "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.relkind IN ('r', 'p') AND obj_description(c.oid, 'pg_class') = %s"
-        "   AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)",
-        (MARK + parent.qualified,)).fetchall()
-    return [Relation(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4] or 0)) for r in rows]
+        "SELECT c.oid, n.nspname, c.relname, c.relkind, pg_total_relation_size(c.oid), d.text"
+        "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,"
+        "       LATERAL (SELECT obj_description(c.oid, 'pg_class') AS text) d"
+        " WHERE c.relkind IN ('r', 'p') AND left(d.text, length(%s)) = %s"
+        "   AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)"
+        " ORDER BY c.relname", (base, base)).fetchall()
+    found = []
+    for r in rows:
+        rest = str(r[5])[len(base):]
+        match = _RUN.fullmatch(rest)
+        if rest and not match:
+            continue  # another parent whose name starts like ours
+        relation = Relation(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4] or 0))
+        found.append(Orphan(relation, match.group(1) if match else f"oid{relation.oid}"))
+    return found

@@ -10,14 +10,27 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.config import LoadedConfig
 from aegisctl.errors import AegisError, UsageError
 from aegisctl.maintenance.catalog import Relation
-from aegisctl.maintenance.runner import MaintContext, Step, ensure_primary, run_locked
+from aegisctl.maintenance.runner import (
+    MaintContext,
+    SideConnect,
+    Step,
+    ensure_primary,
+    run_locked,
+)
 from aegisctl.retention import partitions as parts
-from aegisctl.retention.archive import ArchiveWriter, archive_root, run_id, upload_archive
+from aegisctl.retention.archive import (
+    ArchiveWriter,
+    PartitionArchive,
+    archive_root,
+    run_id,
+    upload_archive,
+)
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
 from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon
 from aegisctl.retention.policy import ResolvedPolicy, resolve_policy
@@ -28,6 +41,20 @@ if TYPE_CHECKING:
     from aegisctl.output import Block
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PartitionArchived:
+    partition: str
+    archive: str
+    rows: int
+    written: bool  # False: an interrupted run had completed it; not written again
+    uploaded: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"partition": self.partition, "archive": self.archive, "rows": self.rows,
+                "written_by": "this run" if self.written else "an interrupted run",
+                "uploaded": self.uploaded}
 
 
 @dataclass
@@ -47,6 +74,7 @@ class PolicyResult:
     archive: str | None = None
     archived_rows: int = 0
     uploaded: str | None = None
+    partition_archives: list[PartitionArchived] = field(default_factory=list)
     reindexed: list[str] = field(default_factory=list)
     vacuumed: bool = False
     error: str | None = None
@@ -55,6 +83,11 @@ class PolicyResult:
     @property
     def total_deleted(self) -> int:
         return self.deleted_rows + self.partition_rows
+
+    @property
+    def partition_archived_rows(self) -> int:
+        """Rows this run wrote into partition archives (part of archived_rows)."""
+        return sum(a.rows for a in self.partition_archives if a.written)
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats
@@ -70,7 +103,9 @@ class PolicyResult:
             "max_replica_lag_bytes": s.max_lag_bytes,
             "max_replica_lag_seconds": round(s.max_lag_seconds, 3),
             "archive": self.archive, "archived_rows": self.archived_rows,
-            "uploaded": self.uploaded, "reindexed": self.reindexed, "vacuumed": self.vacuumed,
+            "uploaded": self.uploaded,
+            "partition_archives": [a.to_json() for a in self.partition_archives],
+            "reindexed": self.reindexed, "vacuumed": self.vacuumed,
             "error": self.error, "notes": self.notes,
         }
 
@@ -125,8 +160,14 @@ class CleanupReport:
                 lines.append(f"{verb} partition(s) {', '.join(p.partitions_dropped)} "
                              f"({p.partition_rows} rows)")
             if p.archive:
-                lines.append(f"archived {p.archived_rows} rows to {p.archive}"
-                             + (f" (uploaded: {p.uploaded})" if p.uploaded else ""))
+                lines.append(f"archived {p.archived_rows - p.partition_archived_rows} rows to "
+                             f"{p.archive}" + (f" (uploaded: {p.uploaded})" if p.uploaded
+                                                 else ""))
+            for a in p.partition_archives:
+                what = f"archived partition {a.partition} ({a.rows} rows) to {a.archive}" \
+                    if a.written else (f"partition {a.partition}: its archive {a.archive} was "
+                                       "completed by an interrupted run; not written again")
+                lines.append(what + (f" (uploaded: {a.uploaded})" if a.uploaded else ""))
             if p.stats.throttled:
                 lines.append(f"throttled {p.stats.throttled} time(s) for standby lag "
                              f"({p.stats.throttle_seconds:.1f}s waiting)")
@@ -164,9 +205,13 @@ def select_policies(loaded: LoadedConfig, names: list[str] | None) -> list[str]:
 def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any],
                 options: CleanupOptions, *, should_stop: Callable[[], bool] = lambda: False,
                 progress: Callable[[str], None] | None = None,
+                side_connect: SideConnect | None = None,
                 on_phase: Callable[[str], None] | None = None) -> CleanupReport:
     """`on_phase("delete" | "maintenance")` tells the caller which phase runs: batches are
-    never cancelled (a stop waits for the batch), the rebuild and VACUUM after them may be."""
+    never cancelled (a stop waits for the batch), the rebuild and VACUUM after them may be.
+    `progress` gets status lines (batches, throttling, the rebuild and VACUUM steps);
+    with `side_connect` too, the rebuild and VACUUM also report their phase from
+    pg_stat_progress_* as `maint` does."""
     settings = loaded.settings
     started = dt.datetime.now(dt.UTC)
     conn.execute("SET TIME ZONE 'UTC'")
@@ -179,7 +224,7 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)
     pacer = Pacer(settings.cleanup, conn, should_stop, progress)
     maint = MaintContext(conn=conn, settings=settings.maintenance, should_stop=should_stop,
-                         progress=progress)
+                         progress=progress, side_connect=side_connect)
     run = run_id(dt.datetime.now(dt.UTC))
     for policy in resolved:
         result = PolicyResult(policy.name, policy.table.qualified, policy.column,
@@ -249,9 +294,11 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
     assert result.cutoff is not None
     result.method = _method(policy)
     archive = None
+    partition_archives: PartitionArchives | None = None
     if policy.settings.archive:
-        archive = ArchiveWriter(archive_root(settings, target_name), policy.name,
-                                policy.table.name, run)
+        root = archive_root(settings, target_name)
+        archive = ArchiveWriter(root, policy.name, policy.table.name, run)
+        partition_archives = PartitionArchives(root, policy.name)
         for path in archive.recover_leftovers():
             result.notes.append(f"an earlier run was killed while archiving: kept its file as "
                                 f"{path} (its last batch may not have been deleted)")
@@ -262,7 +309,7 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
     try:
         relations = [policy.table]
         if policy.table.kind == "p":
-            relations = _drop_partitions(conn, policy, result, maint, archive) \
+            relations = _drop_partitions(conn, policy, result, maint, partition_archives, run) \
                 if policy.partitioned_on_column else parts.leaves(conn, policy.table)
         for relation in relations:
             if pacer.should_stop():
@@ -280,13 +327,16 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
         result.deleted_rows = result.stats.deleted
         if archive is not None:
             closed = archive.close()
-            result.archive, result.archived_rows = (str(closed) if closed else None), archive.rows
-    if archive is not None and result.archive and settings.backup.remote is not None \
+            result.archive = str(closed) if closed else None
+            result.archived_rows = archive.rows + result.partition_archived_rows
+    if archive is not None and settings.backup.remote is not None \
             and settings.cleanup.upload_archives:
-        from pathlib import Path
-
-        result.uploaded = upload_archive(settings, target_name, Path(str(result.archive)),
-                                         policy.name)
+        if result.archive:
+            result.uploaded = upload_archive(settings, target_name, Path(str(result.archive)),
+                                             policy.name)
+        for done in result.partition_archives:  # again for one an interrupted run left
+            done.uploaded = upload_archive(settings, target_name, Path(done.archive),
+                                           policy.name)
     if pacer.should_stop():
         result.status = "interrupted"
         result.notes.append("stopped after a committed batch; rebuild and vacuum skipped")
@@ -312,11 +362,13 @@ def _after_delete(policy: ResolvedPolicy, result: PolicyResult, maint: MaintCont
 
     if not result.deleted_rows:
         return
+    deleted = f"after deleting {result.deleted_rows} rows"
     if policy.hnsw_indexes and result.deleted_rows >= fraction * max(rows_before, 1):
         for index in policy.hnsw_indexes:
             step = Step("", index.qualified)
             if run_locked(maint, sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(index.ident()),
-                          step):
+                          step, announce=f"{policy.name}: rebuilding {index.qualified} "
+                          f"concurrently {deleted}"):
                 result.reindexed.append(index.qualified)
             else:
                 if step.status == "cancelled":
@@ -326,7 +378,9 @@ def _after_delete(policy: ResolvedPolicy, result: PolicyResult, maint: MaintCont
                 return
     if vacuum and not maint.should_stop():
         step = Step("", policy.table.qualified)
-        if run_locked(maint, sql.SQL("VACUUM (ANALYZE) {}").format(policy.table.ident()), step):
+        if run_locked(maint, sql.SQL("VACUUM (ANALYZE) {}").format(policy.table.ident()), step,
+                      announce=f"{policy.name}: VACUUM (ANALYZE) {policy.table.qualified} "
+                      f"{deleted}"):
             result.vacuumed = True
         elif step.status == "failed":
             result.error = f"VACUUM (ANALYZE) {policy.table.qualified}: {step.detail}"
@@ -344,21 +398,27 @@ def _drop_leftovers(maint: MaintContext, table: Relation) -> None:
                 index.ident()), Step("", index.qualified))
 
 
+@dataclass
+class PartitionArchives:
+    root: Path
+    policy: str
+
+
 def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
                      result: PolicyResult, maint: MaintContext,
-                     archive: ArchiveWriter | None) -> list[Relation]:
+                     archives: PartitionArchives | None, run: str) -> list[Relation]:
     """Drop wholly expired partitions; the leaves still to batch-delete."""
     from psycopg import sql
 
     assert result.cutoff is not None
     parent = policy.table
-    for orphan in parts.orphans(conn, parent):
-        _archive_and_drop(conn, orphan, result, maint, archive)
     for partition in parts.partitions(conn, parent):
-        if partition.detach_pending:
+        if partition.detach_pending:  # first, so that it is finished below as an orphan
             step = Step("", partition.relation.qualified)
             run_locked(maint, sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
                 parent.ident(), partition.relation.ident()), step)
+    for orphan in parts.orphans(conn, parent):
+        _archive_and_drop(conn, orphan.relation, orphan.token, result, maint, archives)
     referenced = parts.is_referenced(conn, [parent.oid])
     concurrently = not parts.has_default_partition(conn, parent)
     for partition in parts.partitions(conn, parent):
@@ -370,7 +430,7 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
         rel = partition.relation
         mark = Step("", rel.qualified)
         if not run_locked(maint, sql.SQL("COMMENT ON TABLE {} IS {}").format(
-                rel.ident(), sql.Literal(parts.MARK + parent.qualified)), mark):
+                rel.ident(), sql.Literal(parts.mark_comment(parent, run))), mark):
             result.notes.append(f"{rel.qualified}: {mark.detail}; batch-deleting instead")
             continue
         detach = Step("", rel.qualified)
@@ -382,22 +442,31 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
             result.notes.append(f"{rel.qualified}: could not detach ({detach.detail}); "
                                 "batch-deleting instead")
             continue
-        _archive_and_drop(conn, rel, result, maint, archive)
+        _archive_and_drop(conn, rel, run, result, maint, archives)
     return [leaf for leaf in parts.leaves(conn, parent)]
 
 
-def _archive_and_drop(conn: psycopg.Connection[Any], rel: Relation, result: PolicyResult,
-                      maint: MaintContext, archive: ArchiveWriter | None) -> None:
+def _archive_and_drop(conn: psycopg.Connection[Any], rel: Relation, token: str,
+                      result: PolicyResult, maint: MaintContext,
+                      archives: PartitionArchives | None) -> None:
+    """Archive a detached partition (unless an interrupted run already completed its archive:
+    `token` names the run that detached it, and so the file), then drop it."""
     from psycopg import sql
 
     started = time.perf_counter()
     row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel.ident())).fetchone()
     rows = int(row[0]) if row else 0
-    if archive is not None:
-        with conn.transaction(), conn.cursor(name="aegisctl_archive") as cur:
-            cur.execute(sql.SQL("SELECT to_jsonb(t)::text FROM {} AS t").format(rel.ident()))
-            while chunk := cur.fetchmany(5000):
-                archive.write([r[0] for r in chunk])
+    if archives is not None:
+        target = PartitionArchive(archives.root, archives.policy, rel.name, token)
+        written = not target.complete
+        if written:
+            with conn.transaction(), conn.cursor(name="aegisctl_archive") as cur:
+                cur.execute(sql.SQL("SELECT to_jsonb(t)::text FROM {} AS t").format(
+                    rel.ident()))
+                target.write_all([r[0] for r in chunk]
+                                 for chunk in iter(lambda: cur.fetchmany(5000), []))
+        result.partition_archives.append(
+            PartitionArchived(rel.qualified, str(target.final), rows, written))
     drop = Step("", rel.qualified)
     if run_locked(maint, sql.SQL("DROP TABLE {}").format(rel.ident()), drop):
         result.partitions_dropped.append(rel.qualified)

@@ -151,6 +151,18 @@ def table_exists(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
+def writer_denied(conn: psycopg.Connection[Any]) -> str | None:
+    """Why the connected role cannot record runs (e.g. the read-only role of `roles apply`,
+    which may only read the history), or None."""
+    row = conn.execute(
+        "SELECT current_user, has_table_privilege(%s, 'INSERT')"
+        " AND has_table_privilege(%s, 'UPDATE') AND has_table_privilege(%s, 'DELETE')",
+        (TABLE, TABLE, TABLE)).fetchone()
+    if row is None or row[1]:
+        return None
+    return f"role {row[0]} may not write {TABLE} (run jobs as the database owner)"
+
+
 def save(conn: psycopg.Connection[Any], run: JobRun) -> None:
     """Insert or update one run (idempotent by id)."""
     from psycopg.types.json import Jsonb

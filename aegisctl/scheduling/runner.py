@@ -135,6 +135,8 @@ class JobExecution:
             why = "the target is a standby (read-only)"
         elif not history.table_exists(conn):
             why = f"table {history.TABLE} is missing (run `aegisctl schema migrate`)"
+        else:
+            why = history.writer_denied(conn)
         if why:
             event(log, logging.INFO if "standby" in why else logging.WARNING,
                   "job.history_local", f"job {self.job.name}: {why}; its history goes to the "

@@ -5,7 +5,10 @@ Misfires: a run may start up to the job's misfire_grace late (the process was bu
 machine suspended); runs missed while the scheduler was not running at all are caught up at
 start-up when they are within misfire_grace and the history shows no run since (systemd's
 Persistent=true). Stopping: no new runs; a running job gets scheduler.stop_timeout to finish,
-then is interrupted (SIGINT to its process group) and recorded as interrupted.
+then is interrupted (SIGINT to its process group) and recorded as interrupted. Reloading
+(SIGHUP): the config is read and checked again; when valid, its jobs replace the scheduled ones
+(running jobs finish undisturbed) and later runs use the new config; when not, the current
+schedule stays and one error line says why.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,24 +34,43 @@ if TYPE_CHECKING:
 log = logging.getLogger("aegisctl.scheduling")
 
 
+# Threads are started only as runs need them; this bounds how many jobs run at once, also after
+# a reload has added jobs.
+MAX_PARALLEL_RUNS = 32
+
+
+def _select_jobs(loaded: LoadedConfig, only: list[str] | None) -> list[Job]:
+    jobs = scheduled_jobs(loaded.settings)
+    if only:
+        unknown = sorted(set(only) - {j.name for j in jobs})
+        if unknown:
+            raise ConfigError(f"no enabled job named {', '.join(unknown)} in the schedule")
+        jobs = [j for j in jobs if j.name in only]
+    if not jobs:
+        raise ConfigError("the schedule has no enabled jobs: nothing to run")
+    return jobs
+
+
 class ForegroundScheduler:
     def __init__(self, loaded: LoadedConfig, options: RunOptions,
-                 only: list[str] | None = None) -> None:
+                 only: list[str] | None = None,
+                 reload: Callable[[], LoadedConfig] | None = None) -> None:
+        """`reload` reads and checks the config again (raising ConfigError when it is not
+        valid); without it a reload request is refused."""
         self.loaded = loaded
         self.options = options
-        jobs = scheduled_jobs(loaded.settings)
-        if only:
-            unknown = sorted(set(only) - {j.name for j in jobs})
-            if unknown:
-                raise ConfigError(f"no enabled job named {', '.join(unknown)} in the schedule")
-            jobs = [j for j in jobs if j.name in only]
-        if not jobs:
-            raise ConfigError("the schedule has no enabled jobs: nothing to run")
-        self.jobs = jobs
+        self.only = only
+        self.jobs = _select_jobs(loaded, only)
+        self._reload_config = reload
         self._stop = threading.Event()
         self._stop_reason = ""
+        self._reload = threading.Event()
         self._active: dict[str, JobExecution] = {}
         self._lock = threading.Lock()
+
+    def request_reload(self) -> None:
+        """Safe from a signal handler: the main loop reloads at its next tick."""
+        self._reload.set()
 
     def request_stop(self, reason: str) -> None:
         """Safe from a signal handler: sets flags. A second request interrupts running jobs
@@ -66,13 +89,11 @@ class ForegroundScheduler:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         scheduler = BackgroundScheduler(
-            timezone=dt.UTC, executors={"default": ThreadPoolExecutor(len(self.jobs) + 2)},
+            timezone=dt.UTC,
+            executors={"default": ThreadPoolExecutor(max(MAX_PARALLEL_RUNS, len(self.jobs) + 2))},
             job_defaults={"coalesce": True, "max_instances": 1})
         for job in self.jobs:
-            interval = job.calendar.interval()
-            scheduler.add_job(self._run_job, job.calendar.trigger(job.randomized_delay(interval)),
-                              args=[job], id=job.name, name=job.name,
-                              misfire_grace_time=max(1, int(job.settings.misfire_grace)))
+            self._schedule(scheduler, job)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         scheduler.start()
         for job in self.jobs:
@@ -85,13 +106,74 @@ class ForegroundScheduler:
               f"scheduler started with {len(self.jobs)} job(s)", jobs=[j.name for j in self.jobs])
         self._catch_up(scheduler)
         while not self._stop.wait(0.5):
-            pass
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload(scheduler)
         event(log, logging.INFO, "scheduler.stopping",
               f"scheduler stopping ({self._stop_reason or 'asked to'}): no new runs start",
               reason=self._stop_reason)
         scheduler.shutdown(wait=False)
         self._drain()
         event(log, logging.INFO, "scheduler.stopped", "scheduler stopped")
+
+    def _schedule(self, scheduler: Any, job: Job) -> None:
+        interval = job.calendar.interval()
+        scheduler.add_job(self._run_job, job.calendar.trigger(job.randomized_delay(interval)),
+                          args=[job], id=job.name, name=job.name,
+                          misfire_grace_time=max(1, int(job.settings.misfire_grace)))
+
+    # -- reloading (SIGHUP) ------------------------------------------------------------------
+
+    def reload(self, scheduler: Any) -> bool:
+        """Read the config again. Valid: its jobs replace the scheduled ones (a running job
+        finishes undisturbed; a changed job's next run follows its new settings) and new runs
+        use the new config; one line says what changed. Not valid: the current schedule and
+        config stay, and one error line says why. Returns whether it was applied."""
+        path = str(self.loaded.path or "the config")
+        try:
+            if self._reload_config is None:
+                raise ConfigError("this scheduler was started without a config file to re-read")
+            loaded = self._reload_config()
+            jobs = _select_jobs(loaded, self.only)
+        except Exception as exc:  # whatever is wrong with the new config, keep running
+            message = exc.message if isinstance(exc, AegisError) else \
+                f"{type(exc).__name__}: {exc}"
+            event(log, logging.ERROR, "scheduler.reload_failed",
+                  f"config reload failed, the current schedule stays: {message}",
+                  config=path, error=message)
+            return False
+        old = {j.name: j for j in self.jobs}
+        new = {j.name: j for j in jobs}
+        added = [n for n in new if n not in old]
+        removed = [n for n in old if n not in new]
+        changed = [n for n in new if n in old
+                   and (new[n].settings, new[n].argv) != (old[n].settings, old[n].argv)]
+        for name in removed + changed:
+            scheduler.remove_job(name)
+        for name in added + changed:
+            self._schedule(scheduler, new[name])
+        self.loaded, self.jobs = loaded, jobs
+
+        def next_run(name: str) -> str:
+            nxt = scheduler.get_job(name).next_run_time
+            return nxt.astimezone(dt.UTC).isoformat(timespec="seconds") if nxt else "never"
+
+        parts = [f"added {', '.join(f'{n} (next run {next_run(n)})' for n in added)}"
+                 if added else "",
+                 f"changed {', '.join(f'{n} (next run {next_run(n)})' for n in changed)}"
+                 if changed else "",
+                 f"removed {', '.join(removed)}" if removed else ""]
+        unchanged = len(jobs) - len(added) - len(changed)
+        what = "; ".join(p for p in parts if p) or "no job changed"
+        with self._lock:
+            running = sorted(n for n in self._active if n in removed + changed)
+        finishing = f"; still running under the old settings: {', '.join(running)}" \
+            if running else ""
+        event(log, logging.INFO, "scheduler.reloaded",
+              f"config reloaded from {path}: {what} ({unchanged} unchanged){finishing}",
+              config=path, added=added, changed=changed, removed=removed,
+              unchanged=unchanged, jobs=[j.name for j in jobs])
+        return True
 
     def _run_job(self, job: Job, catch_up_of: dt.datetime | None = None) -> None:
         if self._stop.is_set():
