@@ -335,6 +335,11 @@ def _require_streaming(loaded: LoadedConfig, target: Target, engine: Engine) -> 
         raise OperationFailed(f"replication slot {engine.slot_name} does not exist",
                               hint="aegisctl backup physical enable")
     if not row[0]:
+        from aegisctl.backup.physical.setup import replication_problem
+
+        problem = replication_problem(loaded, target, engine)
+        if problem:
+            raise OperationFailed(f"WAL streaming is not running: {problem}")
         raise OperationFailed("WAL streaming is not running: a base backup without the WAL "
                               "written during it cannot be restored",
                               hint="start `aegisctl backup wal stream` (or its unit) first")

@@ -61,13 +61,29 @@ class PhysicalStatus:
     restart_needed: list[str] = field(default_factory=list)
     checks: list[EngineCheck] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    # What blocks physical backups, each one line saying what to do (aegisctl's own probes
+    # first: Barman's check only points at its log for some of them).
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        return not self.blocking()
+
+    def blocking(self) -> list[str]:
         # A stopped streamer is reported, not a failure of enable: it is the next step.
         waiting = ("receive_wal_running", "replication_slot", "wal_archive")
-        return not self.restart_needed and all(
-            c.ok or any(c.name.startswith(w) for w in waiting) for c in self.checks)
+        out = list(self.problems)
+        if self.restart_needed:
+            out.append(f"a restart of the server is needed for {', '.join(self.restart_needed)}")
+        for check in self.checks:
+            if check.ok or any(check.name.startswith(w) for w in waiting):
+                continue
+            if check.name.startswith(("postgresql_streaming", "pg_receivexlog_compatible")) \
+                    and any(p.startswith("replication") for p in self.problems):
+                continue  # the same cause, already said in aegisctl's words
+            out.append(f"barman check {check.name} failed"
+                       + (f": {check.hint}" if check.hint else ""))
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,7 +96,7 @@ class PhysicalStatus:
                          for c in self.changes],
             "restarted": self.restarted, "restart_needed": self.restart_needed,
             "checks": [{"name": c.name, "ok": c.ok, "hint": c.hint} for c in self.checks],
-            "actions": self.actions, "ok": self.ok,
+            "actions": self.actions, "problems": self.blocking(), "ok": self.ok,
         }
 
     def to_view(self) -> list[Block]:
@@ -107,6 +123,8 @@ class PhysicalStatus:
                                  for c in self.checks]))
         for action in self.actions:
             blocks.append(Note(action))
+        for problem in self.problems:
+            blocks.append(Note(f"problem: {problem}", "red"))
         if self.restart_needed:
             blocks.append(Note(
                 f"a restart is needed for {', '.join(self.restart_needed)}: it disconnects every "
@@ -166,6 +184,44 @@ def slot_state(conn: psycopg.Connection[Any], slot: str) -> tuple[bool, bool | N
     return True, bool(row[0]), None if row[1] is None else int(row[1])
 
 
+def replication_problem(loaded: LoadedConfig, target: Target, engine: Engine) -> str | None:
+    """Open a replication connection as Barman will (pg_receivewal, pg_basebackup); None when
+    it works, else one line saying what the server's administrator must change."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from aegisctl.backup.physical.engine import conninfo_for
+
+    conninfo = conninfo_for(loaded.settings, target, engine)
+    user = str(conninfo_to_dict(conninfo).get("user") or "(your user)")
+    try:
+        with psycopg.connect(conninfo, replication="true", connect_timeout=10):
+            return None
+    except psycopg.OperationalError as exc:
+        return explain_replication_error(str(exc), user)
+
+
+def explain_replication_error(message: str, user: str) -> str:
+    import re
+
+    detail = " ".join(message.split())
+    if "no pg_hba.conf entry for replication connection" in detail:
+        host = re.search(r'from host "([^"]+)"', detail)
+        where = f"{host.group(1)}/32" if host and ":" not in host.group(1) else \
+            f"{host.group(1)}/128" if host else "<this host's address>"
+        return (f"replication connections of user {user} are refused by the server's "
+                f"pg_hba.conf: add `host replication {user} {where} scram-sha-256` and reload "
+                "the server")
+    if "REPLICATION" in detail or "permission denied to start WAL sender" in detail:
+        return (f"user {user} may not open replication connections: run `ALTER ROLE {user} "
+                "REPLICATION` on the server (or use a superuser)")
+    if "max_wal_senders" in detail or "number of requested standby connections" in detail:
+        return ("the server has no free WAL sender: raise max_wal_senders (a restart of the "
+                "server is needed)")
+    tail = detail.split("failed: ", 1)[-1]
+    return f"replication connection failed: {tail[:300]}"
+
+
 def engine_checks(engine: Engine) -> list[EngineCheck]:
     data = engine.run_json("check", engine.server, what="run barman check", timeout=300)
     server = (data or {}).get(engine.server, {})
@@ -197,6 +253,8 @@ def physical_status(loaded: LoadedConfig, target: Target, *, run_check: bool = T
     with connect(loaded, target, "backup physical status") as conn:
         result = _status(loaded, target, engine, conn)
     if run_check and result.configured and engine.installed():
+        problem = replication_problem(loaded, target, engine)
+        result.problems += [problem] if problem else []
         result.checks = engine_checks(engine)
     return result
 
@@ -247,6 +305,8 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
         result.actions.append(f"wrote {path}")
     result.configured = True
     result.barman = f"{barman_version(engine)} ({engine.executable()})"
+    problem = replication_problem(loaded, target, engine)
+    result.problems += [problem] if problem else []
     result.checks = engine_checks(engine)
     if not any(c.name == "receive_wal_running" and c.ok for c in result.checks):
         result.actions.append("next: run `aegisctl backup wal stream` (or its systemd unit), "
