@@ -6,6 +6,7 @@ summarizer's own expiry would. (Refusal while summarize_wal is off: test_backup_
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from typing import Any
@@ -13,7 +14,14 @@ from typing import Any
 import pytest
 from physical_fixtures import PhysicalEnv, insert_rows, physical_env  # noqa: F401
 
-from aegisctl.backup.physical.backups import first_unsummarized, parse_lsn
+from aegisctl.backup.physical.backups import (
+    PhysicalBackup,
+    _check_parent_summaries,
+    _Summaries,
+    first_unsummarized,
+    parse_lsn,
+)
+from aegisctl.errors import UsageError
 
 LSN = parse_lsn
 
@@ -34,6 +42,30 @@ def test_summary_coverage_needs_every_lsn_from_the_parent_to_the_summarizer() ->
     # Ranges of a later timeline continue where the earlier one stopped.
     assert first_unsummarized([(LSN("1/0"), LSN("1/10")), (LSN("1/10"), LSN("1/20"))],
                               LSN("1/5"), LSN("1/20")) is None
+
+
+def _parent(days_old: float) -> PhysicalBackup:
+    begin = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_old)
+    return PhysicalBackup(id="20260101T000000", type="full", parent=None, status="DONE",
+                          begin_time=begin, end_time=begin, size=1, summarize_wal=True,
+                          begin_lsn="0/1000028")
+
+
+def test_without_the_summary_listing_only_the_age_is_checked() -> None:
+    # A role that may not call pg_available_wal_summaries(): ranges unknown.
+    blind = _Summaries(enabled=True, keep_seconds=10 * 86400, ranges=None, summarized=None)
+    _check_parent_summaries(_parent(3), blind)
+    with pytest.raises(UsageError) as refused:
+        _check_parent_summaries(_parent(12), blind)
+    assert "20260101T000000" in refused.value.message
+    assert "12.0 d old" in refused.value.message and "wal_summary_keep_time" in \
+        refused.value.message
+    # With the listing, coverage decides, whatever the age (kept forever here).
+    covered = _Summaries(True, 0, [(LSN("0/1000000"), LSN("0/3000000"))], LSN("0/3000000"))
+    _check_parent_summaries(_parent(400), covered)
+    gone = _Summaries(True, 0, [(LSN("0/2000000"), LSN("0/3000000"))], LSN("0/3000000"))
+    with pytest.raises(UsageError, match="no WAL summary from 0/1000028"):
+        _check_parent_summaries(_parent(1), gone)
 
 
 def run_json(cli: Any, env: PhysicalEnv, *args: str) -> Any:
