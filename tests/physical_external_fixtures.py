@@ -51,6 +51,10 @@ class ExternalEnv:
         self.server._run([self.server._bin("pg_ctl"), "-D", str(self.server.data_dir),
                           "reload"], "reload the external test server")
 
+    def restart(self) -> None:
+        self.server.stop()
+        self.start()
+
     def start(self) -> None:
         socket_dir = self.base / "ext-run"
         self.server._run(
@@ -78,6 +82,10 @@ def external_env() -> Iterator[ExternalEnv]:
         ids = server._service_uid()
         if ids:
             os.chown(base / "ext-run", *ids)
+        # Not ready for physical backups in two ways a DBA meets: settings that only a
+        # restart applies, and a pg_hba.conf without a replication line.
+        with open(server.data_dir / "postgresql.auto.conf", "a") as auto:
+            auto.write("wal_level = minimal\nmax_wal_senders = 0\n")
         (server.data_dir / "pg_hba.conf").write_text(NO_REPLICATION_HBA)
         if ids:
             os.chown(server.data_dir / "pg_hba.conf", *ids)

@@ -1,6 +1,7 @@
 """Physical backups of an external target: a separate PostgreSQL server reached over TCP with a
-SCRAM password (a `targets:` DSN + password_file), not the embedded one. First its pg_hba.conf
-refuses replication connections, and every command says so in one line with the fix; once the
+SCRAM password (a `targets:` DSN + password_file), not the embedded one. First it runs with
+wal_level = minimal (enable says a restart is needed), then its pg_hba.conf refuses replication
+connections, and every command says so in one line with the fix; once the
 line is added, enable, the background WAL streamer, full and incremental backups and the drill
 work."""
 # ruff: noqa: F811  (the fixture imported from the fixtures module is a parameter here)
@@ -45,6 +46,19 @@ def test_external_target_over_tcp_with_a_password(
     env = external_env
     c = ("-c", str(env.config))
     hba_fix = f"host replication {ROLE} 127.0.0.1/32 scram-sha-256"
+
+    # wal_level = minimal: enable sets what it can, and says a restart is needed, first.
+    enabled = cli(*c, "backup", "physical", "enable", "--format", "json")
+    assert enabled.exit_code == 1, enabled.output
+    report = json.loads(enabled.stdout)
+    assert set(report["restart_needed"]) == {"wal_level", "max_wal_senders"}
+    assert not report["slot_exists"]  # a slot cannot exist before the restart
+    error = [ln for ln in enabled.stderr.splitlines() if ln.startswith("aegisctl: error:")]
+    assert len(error) == 1 and "restart of the server is needed for wal_level" in error[0]
+    assert "service manager" in error[0]
+    refused = cli(*c, "backup", "physical", "enable", "--restart")
+    assert refused.exit_code == 2 and "only restarts the embedded server" in refused.stderr
+    env.restart()  # as the DBA would
 
     # pg_hba.conf refuses replication: enable does all it can, then says what to add.
     enabled = cli(*c, "backup", "physical", "enable", "--format", "json")

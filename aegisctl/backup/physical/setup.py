@@ -13,7 +13,7 @@ from aegisctl.backup.physical.engine import (
     install_engine,
     write_config,
 )
-from aegisctl.errors import OperationFailed
+from aegisctl.errors import OperationFailed, UsageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -64,6 +64,14 @@ class PhysicalStatus:
     # What blocks physical backups, each one line saying what to do (aegisctl's own probes
     # first: Barman's check only points at its log for some of them).
     problems: list[str] = field(default_factory=list)
+    embedded: bool = True
+
+    def restart_advice(self) -> str:
+        if self.embedded:
+            return ("aegisctl backup physical enable --restart, or aegisctl local stop && "
+                    "aegisctl local start")
+        return ("restart the server with its service manager, then run aegisctl backup "
+                "physical enable again")
 
     @property
     def ok(self) -> bool:
@@ -72,9 +80,11 @@ class PhysicalStatus:
     def blocking(self) -> list[str]:
         # A stopped streamer is reported, not a failure of enable: it is the next step.
         waiting = ("receive_wal_running", "replication_slot", "wal_archive")
-        out = list(self.problems)
-        if self.restart_needed:
-            out.append(f"a restart of the server is needed for {', '.join(self.restart_needed)}")
+        out = []
+        if self.restart_needed:  # first: the cause of most other failures then
+            out.append(f"a restart of the server is needed for {', '.join(self.restart_needed)} "
+                       f"({self.restart_advice()})")
+        out += self.problems
         for check in self.checks:
             if check.ok or any(check.name.startswith(w) for w in waiting):
                 continue
@@ -128,8 +138,7 @@ class PhysicalStatus:
         if self.restart_needed:
             blocks.append(Note(
                 f"a restart is needed for {', '.join(self.restart_needed)}: it disconnects every "
-                "session and takes a checkpoint (aegisctl local stop && aegisctl local start for "
-                "the embedded server, or --restart)", "yellow"))
+                f"session and takes a checkpoint ({self.restart_advice()})", "yellow"))
         return blocks
 
 
@@ -234,7 +243,7 @@ def _status(loaded: LoadedConfig, target: Target, engine: Engine,
     result = PhysicalStatus(
         target=target.name, server=engine.server, directory=str(engine.home),
         barman=None, configured=engine.server_config.exists(), slot=engine.slot_name,
-        slot_exists=False)
+        slot_exists=False, embedded=target.embedded)
     if engine.installed():
         result.barman = f"{barman_version(engine)} ({engine.executable()})"
     if conn is not None:
@@ -267,6 +276,9 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
     from aegisctl.db import connect
 
     engine = engine_for(loaded, target)
+    if restart and not target.embedded:
+        raise UsageError(f"--restart only restarts the embedded server: restart "
+                         f"'{target.name}' with its service manager when enable says so")
     with connect(loaded, target, "backup physical enable", "ddl") as conn:
         changes = check_settings(conn, loaded)
         for change in changes:
@@ -277,15 +289,19 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
         if changes:
             conn.execute("SELECT pg_reload_conf()")
     if changes and restart:
-        if not target.embedded:
-            raise OperationFailed("--restart only restarts the embedded server; restart "
-                                  f"'{target.name}' with its service manager")
         _restart_embedded(loaded)
     with connect(loaded, target, "backup physical enable", "ddl") as conn:
-        remaining = {c.name for c in check_settings(conn, loaded)}
+        still = check_settings(conn, loaded)
+        remaining = {c.name for c in still}
         for change in changes:
             change.applied = change.name not in remaining
-        if not slot_state(conn, engine.slot_name)[0]:
+        # A slot needs wal_level >= replica and max_replication_slots in effect: not before
+        # the restart those need.
+        slot_blocked = [c.name for c in still if c.needs_restart
+                        and c.name in ("wal_level", "max_replication_slots")]
+        if slot_blocked:
+            created_slot = False
+        elif not slot_state(conn, engine.slot_name)[0]:
             # Reserve WAL now: a slot made by CREATE_REPLICATION_SLOT (pg_receivewal,
             # Barman's create_slot=auto) holds nothing back until its first connection.
             conn.execute("SELECT pg_create_physical_replication_slot(%s, true)",
@@ -298,6 +314,9 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
     result.restarted = bool(changes and restart)
     if created_slot:
         result.actions.append(f"created replication slot {engine.slot_name} (WAL reserved)")
+    elif slot_blocked:
+        result.actions.append(f"replication slot {engine.slot_name} not created yet: it needs "
+                              f"the restart for {', '.join(slot_blocked)}")
     if install and not engine.installed():
         version = install_engine(engine)
         result.actions.append(f"installed Barman {version} in {engine.venv}")
@@ -308,7 +327,8 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
     problem = replication_problem(loaded, target, engine)
     result.problems += [problem] if problem else []
     result.checks = engine_checks(engine)
-    if not any(c.name == "receive_wal_running" and c.ok for c in result.checks):
+    if not result.restart_needed and not result.problems and \
+            not any(c.name == "receive_wal_running" and c.ok for c in result.checks):
         result.actions.append("next: run `aegisctl backup wal stream` (or its systemd unit), "
                               "then `aegisctl backup create --physical`")
     return result
