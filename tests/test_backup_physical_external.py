@@ -115,6 +115,13 @@ def test_external_target_over_tcp_with_a_password(
         assert expected is not None and drilled["row_counts"]["public.mem"] == expected[0]
         checks = {x["name"]: x for x in drilled["checks"]}
         assert checks["hnsw public.mem_emb_hnsw"]["ok"]
+        # `check` sees the external target's streaming, slot, backups and drill.
+        checked = cli(*c, "check", "--only", "physical_backups", "--format", "json")
+        results = {r["name"]: r["status"]
+                   for r in json.loads(checked.stdout)["targets"][0]["checks"]}
+        assert {results[n] for n in ("wal_streaming", "wal_slot_retained",
+                                     "physical_backup_age", "physical_drill_age")} == {"OK"}, \
+            results
     finally:
         streamer.send_signal(signal.SIGTERM)
         try:
