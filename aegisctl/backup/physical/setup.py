@@ -88,9 +88,10 @@ class PhysicalStatus:
         for check in self.checks:
             if check.ok or any(check.name.startswith(w) for w in waiting):
                 continue
-            if check.name.startswith(("postgresql_streaming", "pg_receivexlog_compatible")) \
-                    and any(p.startswith("replication") for p in self.problems):
-                continue  # the same cause, already said in aegisctl's words
+            if self.problems and check.name.startswith(
+                    ("postgresql_streaming", "pg_receivexlog_compatible",
+                     "pg_basebackup_compatible")):
+                continue  # the replication connection failing: said in aegisctl's words
             out.append(f"barman check {check.name} failed"
                        + (f": {check.hint}" if check.hint else ""))
         return out
