@@ -138,3 +138,24 @@ def test_an_incremental_is_refused_when_summaries_no_longer_cover_the_parent(
     again = run_json(cli, env, "backup", "create", "--physical", "--incremental")
     assert again["parent"] == fresh["id"] and again["status"] == "DONE"
 
+
+
+def test_replication_refusals_are_explained_with_the_fix() -> None:
+    from aegisctl.backup.physical.setup import explain_replication_error
+
+    hba = ('connection to server at "10.0.0.9", port 5432 failed: FATAL:  no pg_hba.conf entry '
+           'for replication connection from host "10.0.0.5", user "bk", no encryption')
+    assert "`host replication bk 10.0.0.5/32 scram-sha-256`" in \
+        explain_replication_error(hba, "bk")
+    six = hba.replace("10.0.0.5", "fd00::5")
+    assert "fd00::5/128" in explain_replication_error(six, "bk")
+    attribute = ("connection to server at \"db\", port 5432 failed: FATAL:  permission denied to "
+                 "start WAL sender\nDETAIL:  Only roles with the REPLICATION attribute may "
+                 "start a WAL sender process.")
+    assert "ALTER ROLE bk REPLICATION" in explain_replication_error(attribute, "bk")
+    senders = ('connection to server at "db", port 5432 failed: FATAL:  number of requested '
+               'standby connections exceeds "max_wal_senders" (currently 0)')
+    assert "raise max_wal_senders" in explain_replication_error(senders, "bk")
+    other = 'connection to server at "db", port 5432 failed: Connection refused'
+    assert explain_replication_error(other, "bk") == \
+        "replication connection failed: Connection refused"
