@@ -101,23 +101,43 @@ def change_one_percent(conn: psycopg.Connection[Any], rows: int) -> int:
 
 
 def incremental_breakdown(uri: str, data: Path) -> dict[str, int]:
-    """Bytes of the incremental backup per relation of the benchmark database (what an
-    incremental copies is every block changed since its parent, indexes included)."""
+    """Where the incremental's bytes are, adding up to its whole size: each relation of the
+    benchmark database (main fork and visibility map: the blocks changed since the parent),
+    the free space maps of every database (PostgreSQL sends FSM forks whole: they are not
+    WAL-logged), the catalogs, the other databases, and the rest (global/, pg_xact, the
+    backup manifest, configuration files)."""
     with psycopg.connect(uri) as conn:
         dboid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()"
                              ).fetchone()[0]  # type: ignore[index]
         names = {str(r[0]): r[1] for r in conn.execute(
             "SELECT pg_relation_filenode(c.oid), c.relname FROM pg_class c "
-            "WHERE pg_relation_filenode(c.oid) IS NOT NULL").fetchall()}
+            "WHERE pg_relation_filenode(c.oid) IS NOT NULL AND c.oid >= 16384").fetchall()}
         toast = {str(r[0]): f"toast of {r[1]}" for r in conn.execute(
             "SELECT pg_relation_filenode(c.reltoastrelid), c.relname FROM pg_class c "
-            "WHERE c.reltoastrelid <> 0").fetchall()}
+            "WHERE c.reltoastrelid <> 0 AND c.oid >= 16384").fetchall()}
     out: dict[str, int] = {}
-    for path in (data / "base" / str(dboid)).iterdir():
-        node = path.name.removeprefix("INCREMENTAL.").split(".")[0].split("_")[0]
-        name = names.get(node) or toast.get(node) or "other"
-        out[name] = out.get(name, 0) + path.stat().st_size
-    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:8])
+
+    def add(key: str, size: int) -> None:
+        out[key] = out.get(key, 0) + size
+
+    for path in data.rglob("*"):
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        relative = path.relative_to(data).parts
+        name = path.name.removeprefix("INCREMENTAL.")
+        if relative[0] != "base" or len(relative) != 3:
+            add("rest: global, pg_xact, manifest, config", size)
+        elif name.endswith("_fsm"):
+            add("free space maps (sent whole)", size)
+        elif relative[1] != str(dboid):
+            add("other databases", size)
+        else:
+            node = name.split(".")[0].split("_")[0]
+            add(toast.get(node) or names.get(node) or "catalogs", size)
+    top = dict(sorted(out.items(), key=lambda kv: -kv[1])[:12])
+    rest = sum(out.values()) - sum(top.values())
+    return {**top, "others": rest} if rest else top
 
 
 def run(argv: list[str]) -> float:

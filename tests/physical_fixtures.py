@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,16 @@ class PhysicalEnv:
             target=stream_wal, args=(self.loaded, self.target), kwargs={"stop": self.stop},
             daemon=True)
         self.thread.start()
+        # Until the receiver holds the slot: a backup refuses to start without streaming.
+        deadline = time.monotonic() + 60
+        while True:
+            with self.connect() as conn:
+                row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                                   (self.engine.slot_name,)).fetchone()
+            if row == (True,):
+                return
+            assert time.monotonic() < deadline, "the WAL streamer did not connect"
+            time.sleep(0.3)
 
     def stop_streaming(self) -> None:
         if self.stop and self.thread:

@@ -63,6 +63,7 @@ def enable(
     result = enable_physical(app_state.config(), app_state.target(), restart=restart)
     output.render(result, app_state.fmt(fmt))
     if not result.ok:
+        output.print_status(f"aegisctl: error: {result.blocking()[0]}")
         raise typer.Exit(int(ExitCode.FAILED))
 
 
@@ -82,7 +83,10 @@ def status(ctx: typer.Context, fmt: FormatOption = None) -> None:
     app_state = state(ctx)
     result = physical_status(app_state.config(), app_state.target())
     output.render(result, app_state.fmt(fmt))
-    if not result.configured or not result.ok:
+    if not result.ok:
+        output.print_status(f"aegisctl: error: {result.blocking()[0]}")
+        raise typer.Exit(int(ExitCode.FAILED))
+    if not result.configured:
         raise typer.Exit(int(ExitCode.FAILED))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,38 @@ if TYPE_CHECKING:
     from aegisctl.output import Block
     from aegisctl.targets import Target
 
+log = logging.getLogger(__name__)
+
 BACKUP_ID = re.compile(r"^\d{8}T\d{6}$")
 _WAL_NAME = re.compile(r"^[0-9A-F]{24}$")
+_LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+
+
+def parse_lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def first_unsummarized(summaries: list[tuple[int, int]], begin: int,
+                       summarized: int) -> int | None:
+    """The first LSN between `begin` (a parent backup's start) and `summarized` (how far the
+    server's WAL summarizer got) that no WAL summary covers, or None when the summaries cover
+    that whole range without a gap (what an incremental on that parent needs). Summaries are
+    (start, end) LSN ranges, end exclusive."""
+    reach = begin
+    for start, end in sorted(summaries):
+        if reach >= summarized:
+            break
+        if end <= reach:
+            continue
+        if start > reach:
+            return reach
+        reach = end
+    return reach if reach < summarized else None
 
 
 def wal_position(name: str) -> tuple[int, int]:
@@ -60,6 +91,7 @@ class PhysicalBackup:
     summarize_wal: bool = False
     timeline: int | None = None
     begin_wal: str | None = None
+    begin_lsn: str | None = None  # where recovery from it starts (its checkpoint's redo)
 
     @property
     def usable(self) -> bool:
@@ -69,7 +101,8 @@ class PhysicalBackup:
         return {"id": self.id, "kind": "physical", "type": self.type, "parent": self.parent,
                 "chain": self.chain, "children": self.children, "status": self.status,
                 "begin_time": self.begin_time, "end_time": self.end_time, "size": self.size,
-                "verified": self.verified, "timeline": self.timeline}
+                "verified": self.verified, "timeline": self.timeline,
+                "begin_lsn": self.begin_lsn}
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -145,6 +178,8 @@ def list_physical(engine: Engine) -> list[PhysicalBackup]:
             verified=state if state in ("good", "bad") else "unverified",
             summarize_wal=info.get("summarize_wal") == "on", timeline=timeline,
             begin_wal=info.get("begin_wal") if _WAL_NAME.match(info.get("begin_wal", ""))
+            else None,
+            begin_lsn=info.get("begin_xlog") if _LSN.match(info.get("begin_xlog", ""))
             else None)
     for backup in backups.values():
         root, seen = backup, {backup.id}
@@ -219,7 +254,17 @@ class PhysicalCreateResult:
         return blocks
 
 
-def _summary_keep_seconds(loaded: LoadedConfig, target: Target) -> tuple[bool, float]:
+@dataclass
+class _Summaries:
+    enabled: bool  # summarize_wal
+    keep_seconds: float  # wal_summary_keep_time (0: kept forever)
+    ranges: list[tuple[int, int]] | None  # None: the server would not tell (no privilege)
+    summarized: int | None  # how far the summarizer got
+
+
+def _server_summaries(loaded: LoadedConfig, target: Target) -> _Summaries:
+    import psycopg
+
     from aegisctl.db import connect
 
     with connect(loaded, target, "backup create --physical") as conn:
@@ -227,8 +272,57 @@ def _summary_keep_seconds(loaded: LoadedConfig, target: Target) -> tuple[bool, f
             "SELECT current_setting('summarize_wal')::bool, "
             "(SELECT setting::float * 60 FROM pg_settings WHERE name = 'wal_summary_keep_time')"
         ).fetchone()
-    assert row is not None
-    return bool(row[0]), float(row[1] or 0)
+        assert row is not None
+        result = _Summaries(bool(row[0]), float(row[1] or 0), None, None)
+        try:
+            with conn.transaction():
+                # Listing the files and the summarizer's progress: both superuser-only by
+                # default; without them only the age check below is possible.
+                result.ranges = [
+                    (parse_lsn(str(a)), parse_lsn(str(b))) for a, b in conn.execute(
+                        "SELECT start_lsn, end_lsn FROM pg_available_wal_summaries()")]
+                state = conn.execute(
+                    "SELECT summarized_lsn FROM pg_get_wal_summarizer_state()").fetchone()
+                result.summarized = parse_lsn(str(state[0])) if state and state[0] else None
+        except psycopg.errors.InsufficientPrivilege:
+            log.info("cannot list the server's WAL summaries: only their age is checked")
+            result.ranges = None
+    return result
+
+
+def _check_parent_summaries(chosen: PhysicalBackup, summaries: _Summaries) -> None:
+    """Refuse a parent the server's WAL summaries no longer cover from its start: the server
+    would refuse the incremental anyway, after the checkpoint, with a long message."""
+    age = dt.datetime.now(dt.UTC) - (chosen.begin_time or dt.datetime.now(dt.UTC))
+    keep = summaries.keep_seconds
+    if keep > 0 and age.total_seconds() > keep:
+        why = (f"it is {_days(age.total_seconds())} old and the server keeps summaries "
+               f"{_days(keep)} (wal_summary_keep_time)")
+    else:
+        why = (f"it is {_days(age.total_seconds())} old, within wal_summary_keep_time "
+               f"({_days(keep) if keep > 0 else 'forever'}): summarize_wal was off for a "
+               "while, or summary files were removed")
+    hint = "take a full backup: aegisctl backup create --physical"
+    if summaries.ranges is not None and summaries.summarized is not None and chosen.begin_lsn:
+        begin = parse_lsn(chosen.begin_lsn)
+        missing = first_unsummarized(summaries.ranges, begin, summaries.summarized)
+        if missing is not None:
+            raise UsageError(
+                f"parent {chosen.id} cannot be the base of an incremental: the server has no "
+                f"WAL summary from {format_lsn(missing)} (the parent starts at "
+                f"{chosen.begin_lsn}); {why}", hint=hint)
+        return
+    if keep > 0 and age.total_seconds() > keep:
+        raise UsageError(f"parent {chosen.id} cannot be the base of an incremental: {why}",
+                         hint=hint)
+
+
+def _days(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
 
 
 def _require_streaming(loaded: LoadedConfig, target: Target, engine: Engine) -> None:
@@ -241,6 +335,11 @@ def _require_streaming(loaded: LoadedConfig, target: Target, engine: Engine) -> 
         raise OperationFailed(f"replication slot {engine.slot_name} does not exist",
                               hint="aegisctl backup physical enable")
     if not row[0]:
+        from aegisctl.backup.physical.setup import replication_problem
+
+        problem = replication_problem(loaded, target, engine)
+        if problem:
+            raise OperationFailed(f"WAL streaming is not running: {problem}")
         raise OperationFailed("WAL streaming is not running: a base backup without the WAL "
                               "written during it cannot be restored",
                               hint="start `aegisctl backup wal stream` (or its unit) first")
@@ -259,8 +358,8 @@ def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool =
     before = {b.id: b for b in list_physical(engine)}
     args = ["backup", "--wait", "--wait-timeout", str(int(wait_timeout))]
     if incremental or parent:
-        summarize, keep = _summary_keep_seconds(loaded, target)
-        if not summarize:
+        summaries = _server_summaries(loaded, target)
+        if not summaries.enabled:
             raise UsageError("an incremental backup needs summarize_wal = on on the server",
                              hint="aegisctl backup physical enable")
         usable = [b for b in before.values() if chain_usable(b, before)]
@@ -279,12 +378,7 @@ def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool =
         if not chosen.summarize_wal:
             raise UsageError(f"backup {chosen.id} was taken without summarize_wal: it cannot "
                              "be a parent; take a full backup")
-        age = (dt.datetime.now(dt.UTC) - (chosen.end_time or dt.datetime.now(dt.UTC)))
-        if keep > 0 and age.total_seconds() > keep:
-            raise UsageError(
-                f"parent {chosen.id} is older ({age.days} d) than the WAL summaries the server "
-                f"keeps (wal_summary_keep_time {keep / 86400:.0f} d)",
-                hint="take a full backup: aegisctl backup create --physical")
+        _check_parent_summaries(chosen, summaries)
         args += ["--incremental", chosen.id]
     args.append(engine.server)
     started = time.monotonic()

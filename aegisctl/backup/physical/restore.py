@@ -293,15 +293,23 @@ def _free_port() -> int:
 class _Scratch:
     """A restored data directory started as the server's user on a private socket."""
 
-    def __init__(self, engine: Engine, data_dir: Path, timeout: float) -> None:
+    def __init__(self, engine: Engine, data_dir: Path, timeout: float,
+                 superuser: str = "postgres") -> None:
         self.engine = engine
         self.data_dir = data_dir
         self.timeout = timeout
+        self.superuser = superuser  # the restored cluster's bootstrap superuser
         self.port = _free_port()
         self.socket_dir = Path(tempfile.mkdtemp(prefix="aegisctl-drill-"))
+        # The source's pg_hba.conf is restored too, and it may allow nothing on a local socket
+        # (an external server reached over TCP): the copy uses its own, trusting only its
+        # private socket (0700, no TCP).
+        self.hba_file = self.socket_dir / "pg_hba.conf"
+        self.hba_file.write_text("local all all trust\n")
         self.ids = engine.server_ids()
         if self.ids:
             os.chown(self.socket_dir, *self.ids)
+            os.chown(self.hba_file, *self.ids)
         self.log = data_dir / "aegisctl-drill.log"
 
     def _pg(self, *argv: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
@@ -312,6 +320,7 @@ class _Scratch:
 
     def start(self) -> None:
         options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses='' "
+                   f"-c hba_file={self.hba_file} "
                    "-c archive_mode=off -c summarize_wal=off")
         done = self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log), "-w", "-t",
                         str(int(self.timeout)), "-o", options, "start")
@@ -329,7 +338,7 @@ class _Scratch:
     def conninfo(self, dbname: str) -> str:
         from psycopg.conninfo import make_conninfo
 
-        return make_conninfo(host=str(self.socket_dir), port=str(self.port), user="postgres",
+        return make_conninfo(host=str(self.socket_dir), port=str(self.port), user=self.superuser,
                              dbname=dbname, application_name="aegisctl backup drill")
 
     def wait_promoted(self) -> None:
@@ -381,7 +390,9 @@ def run_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | None = N
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     with connect(loaded, target, "backup drill") as conn:
-        database = str(conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+        database, superuser = conn.execute(
+            "SELECT current_database(), (SELECT rolname FROM pg_roles WHERE oid = 10)"
+        ).fetchone()  # type: ignore[misc]
         source_ext: dict[str, str] = dict(conn.execute(
             "SELECT extname, extversion FROM pg_extension").fetchall())
         if to_time is None and expected_counts is None:
@@ -396,7 +407,7 @@ def run_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | None = N
         try:
             run_restore(loaded, target, plan)
             report.restore_seconds = time.monotonic() - t0
-            scratch = _Scratch(engine, data_dir, physical.drill_timeout)
+            scratch = _Scratch(engine, data_dir, physical.drill_timeout, str(superuser))
             report.port = scratch.port
             t1 = time.monotonic()
             try:
@@ -444,7 +455,7 @@ def _check_restored(scratch: _Scratch, database: str, source_ext: dict[str, str]
     import psycopg
 
     amcheck = scratch._pg("pg_amcheck", "--all", "--install-missing", "-h",
-                          str(scratch.socket_dir), "-p", str(scratch.port), "-U", "postgres",
+                          str(scratch.socket_dir), "-p", str(scratch.port), "-U", scratch.superuser,
                           timeout=3600)
     report.checks.append(DrillCheck(
         "pg_amcheck", amcheck.returncode == 0,

@@ -13,7 +13,7 @@ from aegisctl.backup.physical.engine import (
     install_engine,
     write_config,
 )
-from aegisctl.errors import OperationFailed
+from aegisctl.errors import OperationFailed, UsageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -61,13 +61,40 @@ class PhysicalStatus:
     restart_needed: list[str] = field(default_factory=list)
     checks: list[EngineCheck] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    # What blocks physical backups, each one line saying what to do (aegisctl's own probes
+    # first: Barman's check only points at its log for some of them).
+    problems: list[str] = field(default_factory=list)
+    embedded: bool = True
+
+    def restart_advice(self) -> str:
+        if self.embedded:
+            return ("aegisctl backup physical enable --restart, or aegisctl local stop && "
+                    "aegisctl local start")
+        return ("restart the server with its service manager, then run aegisctl backup "
+                "physical enable again")
 
     @property
     def ok(self) -> bool:
+        return not self.blocking()
+
+    def blocking(self) -> list[str]:
         # A stopped streamer is reported, not a failure of enable: it is the next step.
         waiting = ("receive_wal_running", "replication_slot", "wal_archive")
-        return not self.restart_needed and all(
-            c.ok or any(c.name.startswith(w) for w in waiting) for c in self.checks)
+        out = []
+        if self.restart_needed:  # first: the cause of most other failures then
+            out.append(f"a restart of the server is needed for {', '.join(self.restart_needed)} "
+                       f"({self.restart_advice()})")
+        out += self.problems
+        for check in self.checks:
+            if check.ok or any(check.name.startswith(w) for w in waiting):
+                continue
+            if self.problems and check.name.startswith(
+                    ("postgresql_streaming", "pg_receivexlog_compatible",
+                     "pg_basebackup_compatible")):
+                continue  # the replication connection failing: said in aegisctl's words
+            out.append(f"barman check {check.name} failed"
+                       + (f": {check.hint}" if check.hint else ""))
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,7 +107,7 @@ class PhysicalStatus:
                          for c in self.changes],
             "restarted": self.restarted, "restart_needed": self.restart_needed,
             "checks": [{"name": c.name, "ok": c.ok, "hint": c.hint} for c in self.checks],
-            "actions": self.actions, "ok": self.ok,
+            "actions": self.actions, "problems": self.blocking(), "ok": self.ok,
         }
 
     def to_view(self) -> list[Block]:
@@ -107,11 +134,12 @@ class PhysicalStatus:
                                  for c in self.checks]))
         for action in self.actions:
             blocks.append(Note(action))
+        for problem in self.problems:
+            blocks.append(Note(f"problem: {problem}", "red"))
         if self.restart_needed:
             blocks.append(Note(
                 f"a restart is needed for {', '.join(self.restart_needed)}: it disconnects every "
-                "session and takes a checkpoint (aegisctl local stop && aegisctl local start for "
-                "the embedded server, or --restart)", "yellow"))
+                f"session and takes a checkpoint ({self.restart_advice()})", "yellow"))
         return blocks
 
 
@@ -166,6 +194,44 @@ def slot_state(conn: psycopg.Connection[Any], slot: str) -> tuple[bool, bool | N
     return True, bool(row[0]), None if row[1] is None else int(row[1])
 
 
+def replication_problem(loaded: LoadedConfig, target: Target, engine: Engine) -> str | None:
+    """Open a replication connection as Barman will (pg_receivewal, pg_basebackup); None when
+    it works, else one line saying what the server's administrator must change."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from aegisctl.backup.physical.engine import conninfo_for
+
+    conninfo = conninfo_for(loaded.settings, target, engine)
+    user = str(conninfo_to_dict(conninfo).get("user") or "(your user)")
+    try:
+        with psycopg.connect(conninfo, replication="true", connect_timeout=10):
+            return None
+    except psycopg.OperationalError as exc:
+        return explain_replication_error(str(exc), user)
+
+
+def explain_replication_error(message: str, user: str) -> str:
+    import re
+
+    detail = " ".join(message.split())
+    if "no pg_hba.conf entry for replication connection" in detail:
+        host = re.search(r'from host "([^"]+)"', detail)
+        where = f"{host.group(1)}/32" if host and ":" not in host.group(1) else \
+            f"{host.group(1)}/128" if host else "<this host's address>"
+        return (f"replication connections of user {user} are refused by the server's "
+                f"pg_hba.conf: add `host replication {user} {where} scram-sha-256` and reload "
+                "the server")
+    if "REPLICATION" in detail or "permission denied to start WAL sender" in detail:
+        return (f"user {user} may not open replication connections: run `ALTER ROLE {user} "
+                "REPLICATION` on the server (or use a superuser)")
+    if "max_wal_senders" in detail or "number of requested standby connections" in detail:
+        return ("the server has no free WAL sender: raise max_wal_senders (a restart of the "
+                "server is needed)")
+    tail = detail.split("failed: ", 1)[-1]
+    return f"replication connection failed: {tail[:300]}"
+
+
 def engine_checks(engine: Engine) -> list[EngineCheck]:
     data = engine.run_json("check", engine.server, what="run barman check", timeout=300)
     server = (data or {}).get(engine.server, {})
@@ -178,7 +244,7 @@ def _status(loaded: LoadedConfig, target: Target, engine: Engine,
     result = PhysicalStatus(
         target=target.name, server=engine.server, directory=str(engine.home),
         barman=None, configured=engine.server_config.exists(), slot=engine.slot_name,
-        slot_exists=False)
+        slot_exists=False, embedded=target.embedded)
     if engine.installed():
         result.barman = f"{barman_version(engine)} ({engine.executable()})"
     if conn is not None:
@@ -197,6 +263,8 @@ def physical_status(loaded: LoadedConfig, target: Target, *, run_check: bool = T
     with connect(loaded, target, "backup physical status") as conn:
         result = _status(loaded, target, engine, conn)
     if run_check and result.configured and engine.installed():
+        problem = replication_problem(loaded, target, engine)
+        result.problems += [problem] if problem else []
         result.checks = engine_checks(engine)
     return result
 
@@ -209,6 +277,9 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
     from aegisctl.db import connect
 
     engine = engine_for(loaded, target)
+    if restart and not target.embedded:
+        raise UsageError(f"--restart only restarts the embedded server: restart "
+                         f"'{target.name}' with its service manager when enable says so")
     with connect(loaded, target, "backup physical enable", "ddl") as conn:
         changes = check_settings(conn, loaded)
         for change in changes:
@@ -219,15 +290,19 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
         if changes:
             conn.execute("SELECT pg_reload_conf()")
     if changes and restart:
-        if not target.embedded:
-            raise OperationFailed("--restart only restarts the embedded server; restart "
-                                  f"'{target.name}' with its service manager")
         _restart_embedded(loaded)
     with connect(loaded, target, "backup physical enable", "ddl") as conn:
-        remaining = {c.name for c in check_settings(conn, loaded)}
+        still = check_settings(conn, loaded)
+        remaining = {c.name for c in still}
         for change in changes:
             change.applied = change.name not in remaining
-        if not slot_state(conn, engine.slot_name)[0]:
+        # A slot needs wal_level >= replica and max_replication_slots in effect: not before
+        # the restart those need.
+        slot_blocked = [c.name for c in still if c.needs_restart
+                        and c.name in ("wal_level", "max_replication_slots")]
+        if slot_blocked:
+            created_slot = False
+        elif not slot_state(conn, engine.slot_name)[0]:
             # Reserve WAL now: a slot made by CREATE_REPLICATION_SLOT (pg_receivewal,
             # Barman's create_slot=auto) holds nothing back until its first connection.
             conn.execute("SELECT pg_create_physical_replication_slot(%s, true)",
@@ -240,6 +315,9 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
     result.restarted = bool(changes and restart)
     if created_slot:
         result.actions.append(f"created replication slot {engine.slot_name} (WAL reserved)")
+    elif slot_blocked:
+        result.actions.append(f"replication slot {engine.slot_name} not created yet: it needs "
+                              f"the restart for {', '.join(slot_blocked)}")
     if install and not engine.installed():
         version = install_engine(engine)
         result.actions.append(f"installed Barman {version} in {engine.venv}")
@@ -247,8 +325,11 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
         result.actions.append(f"wrote {path}")
     result.configured = True
     result.barman = f"{barman_version(engine)} ({engine.executable()})"
+    problem = replication_problem(loaded, target, engine)
+    result.problems += [problem] if problem else []
     result.checks = engine_checks(engine)
-    if not any(c.name == "receive_wal_running" and c.ok for c in result.checks):
+    if not result.restart_needed and not result.problems and \
+            not any(c.name == "receive_wal_running" and c.ok for c in result.checks):
         result.actions.append("next: run `aegisctl backup wal stream` (or its systemd unit), "
                               "then `aegisctl backup create --physical`")
     return result

@@ -79,7 +79,8 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
         while not stop.is_set():
             if child is None or child.poll() is not None:
                 if child is not None:
-                    say(f"receive-wal exited with {child.returncode}: {_tail(log_file)}; "
+                    say(f"receive-wal exited with {child.returncode}: "
+                        f"{_why_not_streaming(loaded, target, engine, log_file)}; "
                         f"restarting in {delay:.0f} s")
                     restarts += 1
                     if stop.wait(delay):
@@ -110,6 +111,23 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
             signal.signal(signum, handler)
     archive_now(engine)
     return StreamSummary(target.name, started, dt.datetime.now(dt.UTC), restarts, archive_runs)
+
+
+def _why_not_streaming(loaded: LoadedConfig, target: Target, engine: Engine,
+                       log_file: Path) -> str:
+    """Barman only says "Impossible to start WAL streaming. Check the log": say why."""
+    from aegisctl.backup.physical.setup import replication_problem
+
+    tail = _tail(log_file)
+    if "Impossible to start WAL streaming" in tail:
+        try:
+            problem = replication_problem(loaded, target, engine)
+        except Exception as exc:  # the probe must never stop the supervisor
+            log.debug("replication probe failed: %s", exc)
+            problem = None
+        if problem:
+            return problem
+    return tail
 
 
 def _tail(path: Path) -> str:
@@ -260,7 +278,12 @@ def wal_status(loaded: LoadedConfig, target: Target) -> WalStatus:
         problems.append(f"slot {engine.slot_name} does not exist (backup physical enable)")
     else:
         if not status.streaming:
-            problems.append("WAL is not being streamed (start `aegisctl backup wal stream`)")
+            from aegisctl.backup.physical.setup import replication_problem
+
+            problem = replication_problem(loaded, target, engine) \
+                if engine.server_config.exists() else None
+            problems.append(problem or
+                            "WAL is not being streamed (start `aegisctl backup wal stream`)")
         if status.lag_bytes is not None and status.lag_bytes > physical.max_lag:
             problems.append(f"streaming lags {status.lag_bytes} bytes "
                             f"(backup.physical.max_lag {physical.max_lag})")
