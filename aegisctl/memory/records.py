@@ -9,12 +9,13 @@ semantic memory. Problems become `BadLine`s reported by line number.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
-from array import array
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from aegisctl.memory.refs import (
     IMPORTANCE_LEVELS,
@@ -24,6 +25,9 @@ from aegisctl.memory.refs import (
     TIME_COLUMNS,
     Kind,
 )
+
+if TYPE_CHECKING:
+    from pgvector import Vector
 
 MAX_LENGTH = {"event_type": 100, "concept": 200, "category": 100, "source": 200}
 IGNORED_KEYS = {"id", "kind", "score", "similarity", "keyword_score", "match", "ranks", "decay"}
@@ -40,6 +44,7 @@ class RawLine:
     number: int
     text: str | None  # None: the line could not be read (error says why)
     error: str | None = None
+    end: int = 0  # bytes of the stream read up to the end of this line
 
 
 def _loads(line: str) -> Any:
@@ -56,12 +61,13 @@ def iter_raw_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[RawLine]:
 
     An oversized line is skipped in chunks up to its newline: never held in memory whole.
     """
-    number = 0
+    number = end = 0
     while True:
         data = stream.readline(max_line_bytes + 2)  # room for the line's own "\r\n"
         if not data:
             return
         number += 1
+        end += len(data)
         if number == 1 and data.startswith(BOM):
             data = data[len(BOM):]
         body = data[:-1] if data.endswith(b"\n") else data
@@ -73,16 +79,18 @@ def iter_raw_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[RawLine]:
                 if not data:
                     break
                 size += len(data)
+                end += len(data)
             yield RawLine(number, None, f"line longer than memory.max_line_bytes "
                                         f"({max_line_bytes} bytes; this one has at least "
-                                        f"{size})")
+                                        f"{size})", end)
             continue
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield RawLine(number, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)")
+            yield RawLine(number, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)",
+                          end)
             continue
-        yield RawLine(number, text)
+        yield RawLine(number, text, None, end)
 
 
 def parse_line(text: str, dim: int) -> tuple[Kind, dict[str, Any]]:
@@ -169,19 +177,31 @@ def parse_record(obj: Any, dim: int) -> tuple[Kind, dict[str, Any]]:
     return kind, row
 
 
-def _embedding(value: Any, dim: int) -> array[float] | None:
-    """A float32 array of the database's dimension (fast: a C loop, not a Python one)."""
+@functools.cache
+def _float32s(dim: int) -> struct.Struct:
+    return struct.Struct(f"={dim}f")
+
+
+def _embedding(value: Any, dim: int) -> Vector | None:
+    """A pgvector `Vector` (float32) of the database's dimension.
+
+    The cheap way, as this runs for every line of an import: one C-level `sum` proves the
+    numbers finite (JSON numbers are finite doubles; 1536 of them cannot add up to infinity),
+    and one `struct` pack makes the float32s, refusing non-numbers and float32 overflow.
+    """
     if value is None:
         return None
-    try:
-        if not isinstance(value, list):
-            raise TypeError
-        vector = array("f", value)
-    except (TypeError, OverflowError):
-        vector = None
-    # sum() is NaN or infinite when any element is (float32 overflow included).
-    if vector is None or len(vector) != dim or not math.isfinite(sum(vector)):
+    packed = None
+    if isinstance(value, list) and len(value) == dim:
+        try:
+            if math.isfinite(sum(value)):
+                packed = _float32s(dim).pack(*value)
+        except (TypeError, OverflowError, struct.error):
+            packed = None
+    if packed is None:
         got = len(value) if isinstance(value, list) else type(value).__name__
         raise BadLine(f"embedding: expected {dim} finite numbers (the database's "
                       f"dimension), got {got}")
-    return vector
+    from aegisctl.memory.vectors import from_float32
+
+    return from_float32(packed)
