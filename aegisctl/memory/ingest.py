@@ -135,6 +135,11 @@ def embedding_text(kind: Kind, row: dict[str, Any]) -> str:
 # Validation: the whole file, before anything is written
 
 
+def _spool_file() -> IO[bytes]:
+    return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY,
+                                         prefix="aegisctl-import-")
+
+
 class _Spool:
     """The validated rows in file order, so the writing pass does not parse the JSON again.
 
@@ -146,8 +151,7 @@ class _Spool:
     """
 
     def __init__(self) -> None:
-        self.file: IO[bytes] | None = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=SPOOL_MEMORY, prefix="aegisctl-import-")
+        self.file: IO[bytes] | None = _spool_file()
         self.pending: list[tuple[Kind, dict[str, Any]]] = []
         self.error: OSError | None = None
         self.rows = 0
