@@ -143,7 +143,7 @@ def _spool_file() -> IO[bytes]:
 class _Spool:
     """The validated rows in file order, so the writing pass does not parse the JSON again.
 
-    Pickled in batches, vectors as pgvector's binary float32s, into a SpooledTemporaryFile:
+    Pickled in batches (vectors as float32 bytes), into a SpooledTemporaryFile:
     in memory up to SPOOL_MEMORY, then an anonymous file (unlinked at creation, mode 0600) in
     the temporary folder ($TMPDIR) that only this process can read. Memory stays bounded
     whatever the file's size. When writing it fails (a full disk), `ok` turns false and the
@@ -163,8 +163,6 @@ class _Spool:
     def add(self, kind: Kind, row: dict[str, Any]) -> None:
         if self.file is None:
             return
-        if row["embedding"] is not None:
-            row["embedding"] = row["embedding"].to_binary()
         self.pending.append((kind, row))
         self.rows += 1
         if len(self.pending) >= SPOOL_BATCH:
@@ -201,18 +199,13 @@ class _Spool:
                 self._fail(exc)
 
     def read(self) -> Iterator[tuple[Kind, dict[str, Any]]]:
-        from pgvector import Vector
-
         assert self.file is not None
         while True:
             try:
                 batch = pickle.load(self.file)
             except EOFError:
                 return
-            for kind, row in batch:
-                if row["embedding"] is not None:
-                    row["embedding"] = Vector.from_binary(row["embedding"])
-                yield kind, row
+            yield from batch
 
     def close(self) -> None:
         if self.file is not None:

@@ -15,7 +15,7 @@ import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from aegisctl.memory.refs import (
     IMPORTANCE_LEVELS,
@@ -25,9 +25,6 @@ from aegisctl.memory.refs import (
     TIME_COLUMNS,
     Kind,
 )
-
-if TYPE_CHECKING:
-    from pgvector import Vector
 
 MAX_LENGTH = {"event_type": 100, "concept": 200, "category": 100, "source": 200}
 IGNORED_KEYS = {"id", "kind", "score", "similarity", "keyword_score", "match", "ranks", "decay"}
@@ -156,7 +153,8 @@ def _column(column: str, value: Any) -> Any:
 
 
 def parse_record(obj: Any, dim: int) -> tuple[Kind, dict[str, Any]]:
-    """A validated row (every column of the kind, plus `embedding`) from one decoded object."""
+    """A validated row (every column of the kind, plus `embedding`: None or float32 bytes)
+    from one decoded object."""
     if not isinstance(obj, dict):
         raise BadLine("expected a JSON object")
     kind = obj.get("kind")
@@ -182,8 +180,9 @@ def _float32s(dim: int) -> struct.Struct:
     return struct.Struct(f"={dim}f")
 
 
-def _embedding(value: Any, dim: int) -> Vector | None:
-    """A pgvector `Vector` (float32) of the database's dimension.
+def _embedding(value: Any, dim: int) -> bytes | None:
+    """The vector as float32s in this machine's byte order (`vectors.to_vector` makes the
+    pgvector `Vector` of them), of the database's dimension.
 
     The cheap way, as this runs for every line of an import: one C-level `sum` proves the
     numbers finite (JSON numbers are finite doubles; 1536 of them cannot add up to infinity),
@@ -202,6 +201,4 @@ def _embedding(value: Any, dim: int) -> Vector | None:
         got = len(value) if isinstance(value, list) else type(value).__name__
         raise BadLine(f"embedding: expected {dim} finite numbers (the database's "
                       f"dimension), got {got}")
-    from aegisctl.memory.vectors import from_float32
-
-    return from_float32(packed)
+    return packed

@@ -26,13 +26,13 @@ def register(conn: psycopg.Connection[Any]) -> None:
     register_vector(conn)
 
 
-def to_vector(values: Sequence[float] | Vector) -> Vector:
-    """A pgvector `Vector`; non-finite values (never valid in pgvector) are refused. A `Vector`
-    (made by `from_float32`, already checked) is passed as it is."""
+def to_vector(values: Sequence[float] | bytes) -> Vector:
+    """A pgvector `Vector`; non-finite values (never valid in pgvector) are refused. `bytes`
+    are float32s in this machine's byte order, already checked (an imported line's vector)."""
     from pgvector import Vector
 
-    if isinstance(values, Vector):
-        return values
+    if isinstance(values, bytes):
+        return from_float32(values)
     floats = values if isinstance(values, list) else list(values)
     if not math.isfinite(sum(floats)):
         raise OperationFailed("an embedding contains NaN or infinite values")
