@@ -51,24 +51,29 @@ def _import(dsn: str, stream: IO[bytes], skip_bad: bool = False) -> ingest.Impor
             conn.close()
 
 
-@pytest.mark.parametrize(("embedding", "why"), [
-    ([1e39] + [0.5] * (DIM - 1), "float32 overflow"),
-    (["0.5"] + [0.5] * (DIM - 1), "a string"),
-    ([[0.5]] + [0.5] * (DIM - 1), "a nested list"),
-    ([0.5] * (DIM - 1), "one number short"),
-    ({"values": [0.5] * DIM}, "not a list"),
+ELEMENT_3 = "embedding: element 3 is not a finite number within float32 range"
+WRONG_SIZE = f"embedding: expected {DIM} finite numbers (the database's dimension), got"
+
+
+@pytest.mark.parametrize(("embedding", "error"), [
+    ([0.5, 0.5, 1e39] + [0.5] * (DIM - 3), ELEMENT_3),  # float32 overflow
+    ([0.5, 0.5, "0.5"] + [0.5] * (DIM - 3), ELEMENT_3),
+    ([0.5, 0.5, [0.5]] + [0.5] * (DIM - 3), ELEMENT_3),
+    ([0.5, 0.5, None] + [0.5] * (DIM - 3), ELEMENT_3),
+    ([0.5] * (DIM - 1), f"{WRONG_SIZE} {DIM - 1}"),
+    ({"values": [0.5] * DIM}, f"{WRONG_SIZE} dict"),
 ])
 def test_a_bad_embedding_deep_in_the_file_is_reported_by_line_and_nothing_is_written(
-        cli, make_config, tmp_path: Path, memory_db, embedding: Any, why: str) -> None:
+        cli, make_config, tmp_path: Path, memory_db, embedding: Any, error: str) -> None:
     config = make_config(embedding={"provider": "none"})
     records = _rows(2 * ingest.SPOOL_BATCH + 3)
     records.insert(ingest.SPOOL_BATCH + 7, episodic("the bad one", embedding=embedding))
     path = tmp_path / "bad.jsonl"
     path.write_text(jsonl(records))
     failed = cli("--config", str(config), "memory", "import", str(path))
-    assert failed.exit_code == 1, why
+    assert failed.exit_code == 1
     line = ingest.SPOOL_BATCH + 8
-    assert f"line {line}: embedding: expected {DIM} finite numbers" in failed.stderr, why
+    assert f"line {line}: {error}" in " ".join(failed.stderr.split())
     assert "nothing was imported" in failed.stderr
     assert _count(memory_db) == 0
     skipped = cli("--config", str(config), "memory", "import", str(path), "--skip-bad",

@@ -177,6 +177,8 @@ def parse_record(obj: Any, dim: int) -> tuple[Kind, dict[str, Any]]:
 
 @functools.cache
 def _float32s(dim: int) -> struct.Struct:
+    # "=": standard sizes, where a value beyond float32 range is an OverflowError (in the
+    # native "@" mode it silently becomes infinity).
     return struct.Struct(f"={dim}f")
 
 
@@ -198,7 +200,23 @@ def _embedding(value: Any, dim: int) -> bytes | None:
         except (TypeError, OverflowError, struct.error):
             packed = None
     if packed is None:
+        if isinstance(value, list) and len(value) == dim:
+            raise BadLine(f"embedding: element {_first_bad(value) + 1} is not a finite "
+                          "number within float32 range")
         got = len(value) if isinstance(value, list) else type(value).__name__
         raise BadLine(f"embedding: expected {dim} finite numbers (the database's "
                       f"dimension), got {got}")
     return packed
+
+
+def _first_bad(values: list[Any]) -> int:
+    """The index of the first element that is no finite float32 (only for the error)."""
+    for index, value in enumerate(values):
+        try:
+            if math.isfinite(value):
+                struct.pack("=f", value)  # standard size: overflow is an error
+                continue
+        except (TypeError, OverflowError, struct.error):
+            pass
+        return index
+    return 0
