@@ -179,8 +179,6 @@ class _Spool:
             self._fail(exc)
 
     def _fail(self, error: OSError) -> None:
-        log.warning("cannot keep the checked rows in a temporary file (%s): the file is "
-                    "read a second time", error)
         self.error = error
         self.pending = []
         self.close()
@@ -314,6 +312,8 @@ def _import(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Connecti
     if spool.ok:
         rows = spool.read()
     elif origin is not None:
+        log.warning("cannot keep the checked rows in a temporary file (%s): the file is read "
+                    "a second time", spool.error)
         stream.seek(origin)
         rows = _reparse(stream, dim, max_line_bytes, bad)
     else:
