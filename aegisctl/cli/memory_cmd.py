@@ -442,6 +442,20 @@ def _progress(app_state: AppState) -> Iterator[Any]:
         yield update
 
 
+# Lines of embeddings are ~16 kB: with the default 8 kB buffer each takes several reads.
+READ_BUFFER = 1024 * 1024
+
+
+def _stdin_reader() -> Any:
+    """Standard input with a large buffer (itself when it has no file descriptor)."""
+    import io
+
+    try:
+        return open(sys.stdin.fileno(), "rb", buffering=READ_BUFFER, closefd=False)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return sys.stdin.buffer
+
+
 @app.command("import")
 def import_cmd(
     ctx: typer.Context,
@@ -480,11 +494,11 @@ def import_cmd(
 
         stream: Any = io.BytesIO(_sample_bytes())
     elif str(file) == "-":
-        stream = sys.stdin.buffer
+        stream = _stdin_reader()
     else:
         assert file is not None
         try:
-            stream = file.open("rb")
+            stream = file.open("rb", buffering=READ_BUFFER)
         except OSError as exc:
             raise UsageError(f"cannot read {file}: {exc.strerror}") from None
     from aegisctl.memory.ingest import WRITERS

@@ -1,9 +1,12 @@
 """Writing memories: import JSON lines in committed batches, add one.
 
 An import first validates the whole file (nothing is written when a line is bad, unless
-skip_bad), then runs a bounded three-stage pipeline:
+skip_bad). That pass is the only one to parse the JSON: it keeps each valid row, its vector as
+float32 bytes, in a spool (memory up to SPOOL_MEMORY, then an anonymous temporary file: about
+4 bytes a dimension a row, well under the JSON's size). Then a bounded three-stage pipeline:
 
-  reader thread   parses the next chunk, drops texts already stored or repeated in the file
+  reader thread   reads the next chunk from the spool, drops texts already stored or repeated
+                  in the file
   embedder thread asks the provider for the chunk's missing vectors
   writers         (the main thread and WRITERS - 1 more, each with its own connection) write
                   earlier chunks, each in its own short transaction
@@ -15,6 +18,9 @@ against the unique index of migration 0007: the database, not this process, guar
 text is stored once, even when two imports of one file run at the same time. An import that
 dies keeps every committed chunk; running the same command again skips what is stored
 (without re-embedding it) and continues.
+
+When the spool cannot be written (no room in the temporary folder), a file is read and parsed
+a second time instead; a pipe cannot be, and that import stops before writing anything.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import pickle
 import queue
-import shutil
 import tempfile
 import threading
 import time
@@ -49,6 +55,8 @@ PIPELINE_DEPTH = 2  # chunks waiting between two stages
 DEADLOCK_RETRIES = 3
 WRITERS = 2  # connections writing batches in parallel (HNSW upkeep is the database's cost)
 SHOWN_BAD_LINES = 5
+SPOOL_MEMORY = 32 * 1024 * 1024  # validated rows kept in memory up to this, then on disk
+SPOOL_BATCH = 256  # rows pickled together
 # (stage, done, total): stage is "validating" (bytes) or "importing" (rows).
 Progress = Callable[[str, int, int | None], None]
 
@@ -127,23 +135,88 @@ def embedding_text(kind: Kind, row: dict[str, Any]) -> str:
 # Validation: the whole file, before anything is written
 
 
-def seekable(stream: IO[bytes]) -> IO[bytes]:
-    """The stream itself when it can be read twice; else (stdin, a pipe) a spooled copy."""
-    try:
-        if stream.seekable():
-            return stream
-    except (AttributeError, OSError):
-        pass
-    copy = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115
-    shutil.copyfileobj(stream, copy, 1024 * 1024)
-    copy.seek(0)
-    return copy
+def _spool_file() -> IO[bytes]:
+    return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY,
+                                         prefix="aegisctl-import-")
+
+
+class _Spool:
+    """The validated rows in file order, so the writing pass does not parse the JSON again.
+
+    Pickled in batches (vectors as float32 bytes), into a SpooledTemporaryFile:
+    in memory up to SPOOL_MEMORY, then an anonymous file (unlinked at creation, mode 0600) in
+    the temporary folder ($TMPDIR) that only this process can read. Memory stays bounded
+    whatever the file's size. When writing it fails (a full disk), `ok` turns false and the
+    rows kept so far are dropped.
+    """
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] | None = _spool_file()
+        self.pending: list[tuple[Kind, dict[str, Any]]] = []
+        self.error: OSError | None = None
+        self.rows = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.file is not None
+
+    def add(self, kind: Kind, row: dict[str, Any]) -> None:
+        if self.file is None:
+            return
+        self.pending.append((kind, row))
+        self.rows += 1
+        if len(self.pending) >= SPOOL_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.file is None:
+            return
+        try:
+            if self.pending:
+                pickle.dump(self.pending, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+            self.pending = []
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, error: OSError) -> None:
+        self.error = error
+        self.pending = []
+        self.close()
+
+    def drop(self) -> None:
+        """Keep nothing more (the import will not write anything)."""
+        self.close()
+
+    def finish(self) -> None:
+        self._flush()
+        if self.file is not None:
+            try:
+                self.file.flush()
+                self.file.seek(0)
+            except OSError as exc:
+                self._fail(exc)
+
+    def read(self) -> Iterator[tuple[Kind, dict[str, Any]]]:
+        assert self.file is not None
+        while True:
+            try:
+                batch = pickle.load(self.file)
+            except EOFError:
+                return
+            yield from batch
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def validate(stream: IO[bytes], dim: int, max_line_bytes: int, skip_bad: bool,
-             result: ImportResult, progress: Progress | None = None) -> set[int]:
+             result: ImportResult, progress: Progress | None = None,
+             spool: _Spool | None = None) -> set[int]:
     """Check every line; the numbers of the bad ones. Raises when any is bad (unless
-    skip_bad) or when no line is good."""
+    skip_bad) or when no line is good. The valid rows go to `spool` (until a bad line means
+    nothing will be written)."""
     bad: set[int] = set()
     total = _size(stream)
     last = time.monotonic()
@@ -154,17 +227,21 @@ def validate(stream: IO[bytes], dim: int, max_line_bytes: int, skip_bad: bool,
             if not raw.text.strip():
                 continue
             try:
-                parse_line(raw.text, dim)
+                kind, row = parse_line(raw.text, dim)
             except BadLine as exc:
                 error = str(exc)
         if error is None:
             result.valid += 1
+            if spool is not None:
+                spool.add(kind, row)
         else:
             bad.add(raw.number)
             result.bad_lines.append({"line": raw.number, "error": error})
+            if spool is not None and not skip_bad:
+                spool.drop()
         if progress and time.monotonic() - last > 0.1:
             last = time.monotonic()
-            progress("validating", stream.tell(), total)
+            progress("validating", raw.end, total)
     if bad and not skip_bad:
         shown = "; ".join(f"line {b['line']}: {b['error']}"
                           for b in result.bad_lines[:SHOWN_BAD_LINES])
@@ -182,6 +259,8 @@ def validate(stream: IO[bytes], dim: int, max_line_bytes: int, skip_bad: bool,
 
 def _size(stream: IO[bytes]) -> int | None:
     try:
+        if not stream.seekable():
+            return None
         here = stream.tell()
         end = stream.seek(0, 2)
         stream.seek(here)
@@ -208,16 +287,40 @@ def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Co
     """Import JSON lines from a binary stream. Each of `writers` (autocommit connections)
     writes batches in parallel with the others (index upkeep, HNSW above all, is the
     database's cost); `lookup` (autocommit) answers which texts are already stored."""
-    from aegisctl.memory import vectors
-
     started = time.monotonic()
     require_unique_hashes(lookup)
     result = ImportResult()
-    stream = seekable(stream)
-    origin = stream.tell()
-    bad = validate(stream, dim, max_line_bytes, skip_bad, result, progress)
+    spool = _Spool()
+    try:
+        return _import(writers, lookup, stream, dim, provider, spool, result, started,
+                       max_line_bytes=max_line_bytes, skip_bad=skip_bad, progress=progress)
+    finally:
+        spool.close()
+
+
+def _import(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Connection[Any],
+            stream: IO[bytes], dim: int, provider: EmbeddingProvider | None, spool: _Spool,
+            result: ImportResult, started: float, *, max_line_bytes: int, skip_bad: bool,
+            progress: Progress | None) -> ImportResult:
+    from aegisctl.memory import vectors
+
+    origin = stream.tell() if _rereadable(stream) else None
+    bad = validate(stream, dim, max_line_bytes, skip_bad, result, progress, spool)
+    spool.finish()
     log.info("checked %d lines: %d to import, %d bad", result.lines, result.valid, len(bad))
-    stream.seek(origin)
+    rows: Iterator[tuple[Kind, dict[str, Any]]]
+    if spool.ok:
+        rows = spool.read()
+    elif origin is not None:
+        log.warning("cannot keep the checked rows in a temporary file (%s): the file is read "
+                    "a second time", spool.error)
+        stream.seek(origin)
+        rows = _reparse(stream, dim, max_line_bytes, bad)
+    else:
+        raise OperationFailed(f"cannot keep the checked rows of the piped input in a temporary "
+                              f"file ({spool.error}); nothing was imported",
+                              hint="make room in the temporary folder or point TMPDIR at "
+                                   "another one, or import from a file")
     for conn in writers:
         vectors.register(conn)
     now_row = writers[0].execute("SELECT now()").fetchone()
@@ -227,8 +330,7 @@ def import_stream(writers: Sequence[psycopg.Connection[Any]], lookup: psycopg.Co
     embedded: queue.Queue[Any] = queue.Queue(PIPELINE_DEPTH + len(writers))
     size = chunk_rows(provider.batch_size if provider else None)
     threads = [
-        pipeline.stage("reader", lambda: _read_chunks(stream, dim, max_line_bytes, bad, lookup,
-                                                      size), parsed, stop),
+        pipeline.stage("reader", lambda: _read_chunks(rows, lookup, size), parsed, stop),
         pipeline.stage("embedder", lambda: (_embed_chunk(c, provider)
                                             for c in pipeline.upstream(parsed, stop)),
                        embedded, stop),
@@ -295,14 +397,27 @@ def chunk_rows(batch_size: int | None) -> int:
     return -(-CHUNK_ROWS // batch_size) * batch_size
 
 
-def _read_chunks(stream: IO[bytes], dim: int, max_line_bytes: int, bad: set[int],
-                 lookup: psycopg.Connection[Any], size: int) -> Iterator[_Chunk]:
-    seen: set[tuple[str, str]] = set()
-    pending: list[tuple[Kind, dict[str, Any], str]] = []
+def _rereadable(stream: IO[bytes]) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _reparse(stream: IO[bytes], dim: int, max_line_bytes: int, bad: set[int]
+             ) -> Iterator[tuple[Kind, dict[str, Any]]]:
+    """The valid rows, parsed again from the file (when they could not be spooled)."""
     for raw in iter_raw_lines(stream, max_line_bytes):
         if raw.number in bad or raw.text is None or not raw.text.strip():
             continue
-        kind, row = parse_line(raw.text, dim)
+        yield parse_line(raw.text, dim)
+
+
+def _read_chunks(rows: Iterator[tuple[Kind, dict[str, Any]]],
+                 lookup: psycopg.Connection[Any], size: int) -> Iterator[_Chunk]:
+    seen: set[tuple[str, str]] = set()
+    pending: list[tuple[Kind, dict[str, Any], str]] = []
+    for kind, row in rows:
         pending.append((kind, row, content_hash(row[TABLES[kind].text])))
         if len(pending) >= size:
             yield _new_rows(lookup, pending, seen)
@@ -322,7 +437,12 @@ def _new_rows(lookup: psycopg.Connection[Any], pending: list[tuple[Kind, dict[st
         if hashes:
             query = sql.SQL("SELECT content_hash FROM {} WHERE content_hash = ANY(%s)").format(
                 sql.Identifier(TABLES[kind].table))
-            stored[kind] = {str(r[0]) for r in lookup.execute(query, (hashes,)).fetchall()}
+            # Never prepared: the table grows during the import, and a generic plan made while
+            # it was nearly empty (a seq scan comparing each row with every hash) would be kept
+            # to the end, making each lookup slower than the last (59 ms a chunk at 20,000
+            # rows). Planned each time, it is an index scan of the unique index.
+            found = lookup.execute(query, (hashes,), prepare=False).fetchall()
+            stored[kind] = {str(r[0]) for r in found}
     rows: list[tuple[Kind, dict[str, Any]]] = []
     duplicates = 0
     for kind, row, digest in pending:
