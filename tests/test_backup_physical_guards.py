@@ -159,3 +159,15 @@ def test_replication_refusals_are_explained_with_the_fix() -> None:
     other = 'connection to server at "db", port 5432 failed: Connection refused'
     assert explain_replication_error(other, "bk") == \
         "replication connection failed: Connection refused"
+
+
+def test_a_backup_never_starts_in_the_second_that_names_an_existing_one() -> None:
+    """Barman names a backup after its starting second: a second backup in that second would
+    overwrite the first one's record (seen as a full backup 'failed: exit 0' right after an
+    incremental on a small database)."""
+    from aegisctl.backup.physical.backups import _wait_for_a_free_id
+
+    for _ in range(3):
+        taken = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+        _wait_for_a_free_id({taken, "20200101T000000"})
+        assert dt.datetime.now().strftime("%Y%m%dT%H%M%S") != taken

@@ -345,6 +345,18 @@ def _require_streaming(loaded: LoadedConfig, target: Target, engine: Engine) -> 
                               hint="start `aegisctl backup wal stream` (or its unit) first")
 
 
+def _wait_for_a_free_id(existing: set[str]) -> None:
+    """Barman names a backup after the second it starts, in local time: a backup started in
+    the same second as the previous one (a small database backs up in under a second) would
+    take its id and overwrite its record. Wait for the next second in that case."""
+    import time
+
+    for _ in range(3):
+        if dt.datetime.now().strftime("%Y%m%dT%H%M%S") not in existing:
+            return
+        time.sleep(1.01 - time.time() % 1.0)
+
+
 def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool = False,
                     parent: str | None = None, verify: bool = True,
                     wait_timeout: float = 600) -> PhysicalCreateResult:
@@ -381,6 +393,7 @@ def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool =
         _check_parent_summaries(chosen, summaries)
         args += ["--incremental", chosen.id]
     args.append(engine.server)
+    _wait_for_a_free_id(set(before))
     started = time.monotonic()
     done = engine.run(*args, what="take a physical backup", timeout=None, check=False)
     duration = time.monotonic() - started
