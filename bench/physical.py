@@ -84,39 +84,37 @@ def load(conn: psycopg.Connection[Any], rows: int) -> None:
     conn.execute("VACUUM (FREEZE, ANALYZE)")
 
 
-def change_one_percent(conn: psycopg.Connection[Any], rows: int) -> int:
+def one_percent_of_vectors(conn: psycopg.Connection[Any], rows: int,
+                           seed: int) -> np.ndarray:
+    """Embeddings for 1 % of `rows`, drawn like the loaded ones (and the type registered)."""
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed)
     topics = rng.normal(size=(200, 48))
     projection = rng.normal(size=(48, DIM)) / np.sqrt(48)
-    count = max(1, rows // 100)
+    return embeddings(rng, topics, projection, max(1, rows // 100))
+
+
+def change_one_percent(conn: psycopg.Connection[Any], rows: int) -> int:
+    vectors = one_percent_of_vectors(conn, rows, seed=2)
     ids = [int(r[0]) for r in conn.execute(
-        "SELECT id FROM episodic_memory ORDER BY random() LIMIT %s", (count,)).fetchall()]
-    vectors = embeddings(rng, topics, projection, count)
+        "SELECT id FROM episodic_memory ORDER BY random() LIMIT %s", (len(vectors),)).fetchall()]
     with conn.cursor() as cur:
         cur.executemany("UPDATE episodic_memory SET embedding = %s, summary = summary || ' (edited)' "
-                        "WHERE id = %s", [(vectors[i], ids[i]) for i in range(count)])
-    return count
+                        "WHERE id = %s", list(zip(vectors, ids, strict=True)))
+    return len(vectors)
 
 
 def add_one_percent(conn: psycopg.Connection[Any], rows: int) -> int:
     """1 % new memories, the way an agent's memory grows (new rows, nothing rewritten)."""
-    from pgvector.psycopg import register_vector
-
-    register_vector(conn)
-    rng = np.random.default_rng(3)
-    topics = rng.normal(size=(200, 48))
-    projection = rng.normal(size=(48, DIM)) / np.sqrt(48)
-    count = max(1, rows // 100)
-    vectors = embeddings(rng, topics, projection, count)
+    vectors = one_percent_of_vectors(conn, rows, seed=3)
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO episodic_memory (event_type, summary, embedding) "
                         "VALUES ('task_completed', %s, %s)",
-                        [(f"new memory {i} about topic {i % 200}", vectors[i])
-                         for i in range(count)])
-    return count
+                        [(f"new memory {i} about topic {i % 200}", vector)
+                         for i, vector in enumerate(vectors)])
+    return len(vectors)
 
 
 def incremental_breakdown(uri: str, data: Path) -> dict[str, int]:
