@@ -280,6 +280,18 @@ def _session(conn: psycopg.Connection[Any]) -> dict[Any, Any]:
     return state
 
 
+def _remember(conn: psycopg.Connection[Any], key: tuple[Any, ...], value: Any,
+              most: int) -> None:
+    """Keep `value` for this connection under `key`, whose first item names the kind of entry;
+    a long-lived connection asking many distinct filters drops that kind's entries at `most`."""
+    state = _session(conn)
+    same_kind = [k for k in state if isinstance(k, tuple) and k[0] == key[0]]
+    if len(same_kind) >= most:
+        for old in same_kind:
+            del state[old]
+    state[key] = value
+
+
 def pgvector_version(conn: psycopg.Connection[Any]) -> tuple[int, ...]:
     """pgvector's version, asked once per connection."""
     known = _VERSIONS.get(conn)
@@ -349,12 +361,7 @@ def estimate_rows(conn: psycopg.Connection[Any], kind: Kind, where: Any,
     assert row is not None
     plan = row[0] if isinstance(row[0], list) else __import__("json").loads(row[0])
     estimate = int(plan[0]["Plan"]["Plan Rows"])
-    state = _session(conn)
-    stale = [k for k in state if isinstance(k, tuple) and k[0] == "estimate"]
-    if len(stale) >= 256:  # a long-lived connection asking many distinct filters: stay bounded
-        for old in stale:
-            del state[old]
-    state[key] = (estimate, time.monotonic())
+    _remember(conn, key, (estimate, time.monotonic()), 256)
     return estimate
 
 
@@ -443,11 +450,7 @@ def _semantic_query(conn: psycopg.Connection[Any], kind: Kind, where: Any, dim: 
     if query_text is not None and highlight:
         query = _annotated(kind, query)
     composed = query.as_bytes(conn)
-    cached_sql = [k for k in state if isinstance(k, tuple) and k[0] == "semantic-sql"]
-    if len(cached_sql) >= 64:  # many distinct filters on one connection: keep it bounded
-        for old in cached_sql:
-            del state[old]
-    state[key] = composed
+    _remember(conn, key, composed, 64)
     return composed
 
 
