@@ -141,6 +141,10 @@ def connect_params(
 ) -> ConnectParams:
     """What psycopg.connect needs; starts the embedded server when that is the target."""
     conninfo = target.dsn
+    if target.cluster is not None:  # the member this kind of work goes to
+        from aegisctl.cluster.members import member_conninfo, need_for
+
+        conninfo = member_conninfo(target.cluster, need_for(target.cluster, kind))
     if target.embedded:
         from aegisctl.local import server_for
 
@@ -202,6 +206,10 @@ def connect(
     info = conn.info
     log.info("connected to %s as %s (PostgreSQL %s, backend pid %s)", info.dbname, info.user,
              info.parameter_status("server_version"), info.backend_pid)
+    if target.cluster is not None:  # the role, proven on the connection that does the work
+        from aegisctl.cluster.members import confirm_connection
+
+        confirm_connection(conn, target.cluster, kind)
     return conn
 
 

@@ -11,6 +11,7 @@ One cluster per test module (`patroni_cluster`, module-scoped); every wait is bo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as metadata
 import json
 import os
@@ -264,10 +265,8 @@ class PatroniCluster:
         assert old.process is not None
         os.killpg(old.process.pid, signal.SIGKILL)
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         old.process.wait(30)
         wait_for(f"{new.name} to take over", lambda: self._writable_leader() is new,
                  TTL * 3 + CHANGE_TIMEOUT)
@@ -301,10 +300,8 @@ class PatroniCluster:
                 member.process.wait(10)
             pid = member.postmaster_pid()
             if pid:  # Patroni was killed before its postmaster stopped
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         if self.etcd is not None and self.etcd.poll() is None:
             self.etcd.terminate()
             try:

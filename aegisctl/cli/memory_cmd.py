@@ -114,6 +114,9 @@ def _kinds(kind: KindChoice) -> list[Kind]:
     return [k for k in ("episodic", "semantic") if kind.value in (k, "all")]
 
 
+_READ_ONLY = frozenset({"search", "similar", "show", "recent", "stats", "export"})
+
+
 @contextmanager
 def _session(ctx: typer.Context, command: str
              ) -> Iterator[tuple[AppState, Settings, psycopg.Connection[Any], int]]:
@@ -121,7 +124,9 @@ def _session(ctx: typer.Context, command: str
 
     app_state = state(ctx)
     settings = app_state.config().settings
-    with app_state.connect(f"memory {command}") as conn:
+    # Commands that only read may use a cluster's streaming replica.
+    reads = command in _READ_ONLY
+    with app_state.connect(f"memory {command}", reads=reads) as conn:
         yield app_state, settings, conn, require_schema(conn)
 
 
