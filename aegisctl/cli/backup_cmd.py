@@ -288,15 +288,13 @@ def restore(
                                              latest=latest,
                                              to_time=to_time, to_lsn=to_lsn,
                                              target_dir=target_dir, dry_run=dry_run, fmt=fmt)
-    from aegisctl.backup.lock import target_lock
     from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
-    from aegisctl.backup.store import BackupStore
+    from aegisctl.locks import target_lock
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
     manifest = _pick(app_state, backup_id, latest)
-    store = BackupStore(loaded.settings.backup, target.name)
-    with target_lock(store.lock_path, "backup restore", wait_lock):
+    with target_lock(loaded.settings, target.name, "backup restore", wait_lock):
         plan = plan_restore(loaded, target, manifest, target_db=target_db, tables=table or [],
                             clean=clean, jobs=jobs, allow_system_db=into_system_database)
         for line in plan.describe():
