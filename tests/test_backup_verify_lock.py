@@ -14,8 +14,8 @@ from typing import Any
 
 from backup_fixtures import backup_config, fill  # noqa: F401  (fixtures)
 
-from aegisctl.locks import lock_file_at as target_lock
 from aegisctl.errors import LockBusy
+from aegisctl.locks import lock_file_at as target_lock
 
 
 def _create(cli: Any, cfg: Path) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import typer
 from aegisctl import output
 from aegisctl.backup.physical import hooks as physical_hooks
 from aegisctl.cli import physical_cmd
-from aegisctl.cli.context import AppState, FormatOption, WaitLock, confirm, state
+from aegisctl.cli.context import AppState, FormatOption, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -251,9 +252,9 @@ def restore(
                                         "that holds data.")] = False,
     no_owner: Annotated[bool, typer.Option("--no-owner", help="Do not restore ownership and "
                                            "privileges (other server, other roles).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the backup, show the plan, "
+    dry_run: Annotated[bool, dry_run_option("Check the backup, show the plan, "
                                           "change nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (needed when not on a "
+    yes: Annotated[bool, yes_option("Do not ask (needed when not on a "
                                       "terminal).")] = False,
     into_system_database: Annotated[bool, typer.Option(
         "--into-system-database", help="Allow restoring into a template database "
@@ -314,11 +315,11 @@ def restore(
 @app.command()
 def prune(
     ctx: typer.Context,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be deleted and "
+    dry_run: Annotated[bool, dry_run_option("Show what would be deleted and "
                                           "why; delete nothing.")] = False,
     remote: Annotated[bool, typer.Option("--remote", help="Apply backup.remote.retention to "
                                          "the remote copies instead.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (needed when not on a "
+    yes: Annotated[bool, yes_option("Do not ask (needed when not on a "
                                       "terminal, e.g. under a timer).")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
