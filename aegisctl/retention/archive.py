@@ -28,21 +28,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aegisctl.backup.store import TMP_PREFIX, default_directory, fsync_dir
+from aegisctl.backup.store import TMP_PREFIX, fsync_dir
 from aegisctl.errors import OperationFailed
 
 if TYPE_CHECKING:
     from aegisctl.config import Settings
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def archive_root(settings: Settings, target: str) -> Path:
-    if settings.cleanup.archive_dir:
-        return Path(settings.cleanup.archive_dir).expanduser() / target
-    backups = Path(settings.backup.directory).expanduser() if settings.backup.directory \
-        else default_directory()
-    return backups / target / "cleanup-archive"
 
 
 def safe_part(name: str) -> str:
