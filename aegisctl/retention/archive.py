@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aegisctl.backup.store import TMP_PREFIX, default_directory, fsync_dir
+from aegisctl.backup.store import TMP_PREFIX, fsync_dir
 from aegisctl.errors import OperationFailed
 
 if TYPE_CHECKING:
@@ -96,14 +96,6 @@ def count_rows(path: Path, start: int = 0) -> int:
             return lines
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ValueError(f"it does not decompress ({exc})") from None
-
-
-def archive_root(settings: Settings, target: str) -> Path:
-    if settings.cleanup.archive_dir:
-        return Path(settings.cleanup.archive_dir).expanduser() / target
-    backups = Path(settings.backup.directory).expanduser() if settings.backup.directory \
-        else default_directory()
-    return backups / target / "cleanup-archive"
 
 
 def safe_part(name: str) -> str:

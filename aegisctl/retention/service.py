@@ -23,12 +23,12 @@ from aegisctl.maintenance.runner import (
     ensure_primary,
     run_locked,
 )
+from aegisctl.paths import archive_root
 from aegisctl.retention import partitions as parts
 from aegisctl.retention.archive import (
     ArchiveWriteFailed,
     ArchiveWriter,
     PartitionArchive,
-    archive_root,
     run_id,
     upload_archive,
 )
