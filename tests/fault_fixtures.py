@@ -8,7 +8,8 @@ FAULTS_SMALLFS=tmpfs|loop|rlimit forces one kind (to check the fallbacks); a tes
 the reason only when none works.
 
 The pause hook is aegisctl's test-only AEGISCTL_TEST_PAUSE_AT (aegisctl/testhooks.py): the
-child writes its pid and the step's name to a file and sleeps there until it is killed.
+child writes its pid and the step's name to a file and waits there until the test removes the
+file (`Paused.resume`) or kills it (`Paused.kill`).
 """
 
 from __future__ import annotations
@@ -152,10 +153,18 @@ def run_aegisctl(*args: str, env: dict[str, str] | None = None,
 class Paused:
     proc: subprocess.Popen[str]
     step: str
+    marker: Path
+
+    def resume(self, timeout: float = 240) -> tuple[str, str]:
+        """Let the run go on from the step; its output once it has ended."""
+        self.marker.unlink(missing_ok=True)
+        return self.proc.communicate(timeout=timeout)
 
     def kill(self, signum: int = signal.SIGKILL) -> tuple[str, str]:
+        """Send aegisctl itself a signal; its output once it has ended."""
         self.proc.send_signal(signum)
         out, err = self.proc.communicate(timeout=120)
+        self.marker.unlink(missing_ok=True)
         return out, err
 
 
@@ -179,7 +188,7 @@ def start_paused(step: str, *args: str, tmp_path: Path,
             proc.kill()
             raise AssertionError(f"aegisctl did not reach {step!r} in {timeout}s")
         time.sleep(0.05)
-    return Paused(proc, step)
+    return Paused(proc, step, marker)
 
 
 def children_of(pid: int) -> list[tuple[int, str]]:
