@@ -115,7 +115,8 @@ def create(
       aegisctl backup create --physical --incremental
     """
     if physical or incremental:
-        return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt)
+        return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt,
+                                            wait_lock=wait_lock)
     from aegisctl.backup.dump import CreateOptions
     from aegisctl.backup.service import run_create
 
@@ -288,7 +289,8 @@ def restore(
         return physical_cmd.restore_physical(ctx, physical=physical, backup_id=backup_id,
                                              latest=latest,
                                              to_time=to_time, to_lsn=to_lsn,
-                                             target_dir=target_dir, dry_run=dry_run, fmt=fmt)
+                                             target_dir=target_dir, dry_run=dry_run, fmt=fmt,
+                                             wait_lock=wait_lock)
     from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
     from aegisctl.locks import target_lock
 
@@ -434,7 +436,7 @@ def download(
 
 @app.command()
 def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="ID")],
-         fmt: FormatOption = None) -> None:
+         wait_lock: WaitLock = 0.0, fmt: FormatOption = None) -> None:
     """Pin a backup: retention (local and remote) never deletes it.
 
     Example:
@@ -444,14 +446,15 @@ def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="I
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    result = set_pinned(app_state.config(), app_state.target(), backup_id, True)
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, True,
+                        wait_lock=wait_lock)
     output.render(result, app_state.fmt(fmt))
 
 
 @app.command()
 def unkeep(ctx: typer.Context,
            backup_id: Annotated[str, typer.Argument(metavar="ID")],
-           fmt: FormatOption = None) -> None:
+           wait_lock: WaitLock = 0.0, fmt: FormatOption = None) -> None:
     """Unpin a backup: retention applies to it again.
 
     Example:
@@ -461,7 +464,8 @@ def unkeep(ctx: typer.Context,
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    result = set_pinned(app_state.config(), app_state.target(), backup_id, False)
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, False,
+                        wait_lock=wait_lock)
     output.render(result, app_state.fmt(fmt))
 
 
