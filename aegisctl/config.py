@@ -65,6 +65,12 @@ class TargetSettings:
     password_file: str | None = None
     password_env: str | None = None
     role: Literal["primary", "replica"] = "primary"
+    # The unpooled connection for session work (migrations, dumps, WAL, CONCURRENTLY, VACUUM,
+    # advisory locks) when `dsn` goes through a pooler; what sits on `dsn` (auto: found once
+    # per run); PgBouncer's admin console, read by `check`.
+    direct_dsn: str | None = None
+    pooler: Literal["auto", "none", "session", "transaction"] = "auto"
+    pgbouncer_admin_dsn: str | None = None
 
 
 @dataclass

@@ -59,6 +59,7 @@ def enable(
     from aegisctl.backup.physical.setup import enable_physical
 
     app_state = state(ctx)
+    app_state.require_session("backup physical enable", "direct")  # ALTER SYSTEM, slots
     output.print_status("enabling physical backups (installing Barman on first use)")
     result = enable_physical(app_state.config(), app_state.target(), restart=restart)
     output.render(result, app_state.fmt(fmt))
@@ -111,6 +112,7 @@ def disable(
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
+    app_state.require_session("backup physical disable", "direct")
     plan = plan_disable(loaded, target)
     if dry_run:
         output.render(plan, app_state.fmt(fmt))
@@ -161,6 +163,7 @@ def stream(
     from aegisctl.backup.physical.wal import stream_wal
 
     app_state = state(ctx)
+    app_state.require_session("backup wal stream", "direct")  # a replication connection
     summary = stream_wal(app_state.config(), app_state.target(),
                          on_event=output.print_status, max_runtime=max_runtime)
     output.render(summary, app_state.fmt(fmt))
@@ -219,6 +222,7 @@ def drill(
         raise UsageError("backup drill needs --physical (logical backups: "
                          "aegisctl backup verify --latest --restore-test)")
     app_state = state(ctx)
+    app_state.require_session("backup drill", "direct")
     output.print_status("drill: restoring into a temporary directory")
     report = run_drill(app_state.config(), app_state.target(), backup_id=backup_id,
                        to_time=parse_time(to_time) if to_time else None)
@@ -233,6 +237,7 @@ def create_physical(ctx: typer.Context, *, incremental: bool, parent: str | None
     from aegisctl.backup.physical.backups import create_physical as core_create
 
     app_state = state(ctx)
+    app_state.require_session("backup create --physical", "direct")  # replication
     result = core_create(app_state.config(), app_state.target(), incremental=incremental,
                          parent=parent)
     output.render(result, app_state.fmt(fmt))
