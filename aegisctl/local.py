@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
+from aegisctl.paths import data_dir as configured_data_dir
+from aegisctl.paths import is_root, runtime_dir
 
 if TYPE_CHECKING:
     from aegisctl.output import Block
@@ -48,19 +50,6 @@ SERVER_SETTINGS = {
 }
 _SHELL_UNSAFE = set('"$`\\\n\r')
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
-
-
-def default_data_dir(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    if is_root():
-        # Never under /root: the server's own user could not reach it (see module docstring).
-        return Path("/var/lib/aegisctl/pgdata")
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")) / ".local" / "share")
-    return Path(base).expanduser() / "aegisctl" / "pgdata"
 
 
 def _package_dir() -> Path:
@@ -374,7 +363,7 @@ class EmbeddedServer:
         bundled = bundled_bin_dir()
         if self.run_as is None or _reachable_by_others(bundled / "postgres") is None:
             return bundled
-        return copy_runtime(self.data_dir.parent / "runtime", self.run_as) / "bin"
+        return copy_runtime(runtime_dir(self.data_dir), self.run_as) / "bin"
 
     def _bin(self, name: str) -> str:
         return str(self._runtime_dir() / name)
@@ -489,4 +478,4 @@ def server_options(socket_dir: Path, port: int) -> str:
 
 
 def server_for(data_dir: str | None, database: str, run_as: str) -> EmbeddedServer:
-    return EmbeddedServer(Path(data_dir) if data_dir else default_data_dir(), database, run_as)
+    return EmbeddedServer(configured_data_dir(data_dir), database, run_as)

@@ -195,6 +195,8 @@ def aegis_config(write_config: Callable[..., Path], aegis_dsn: str) -> Path:
 
 # The memory tests' fixtures (a migrated 32-dimension database, a real embedding server),
 # registered here once: a session template defined in two test modules would be built twice.
+# The fault suite's small filesystem (tests/test_faults_*.py).
+from fault_fixtures import small_fs  # noqa: E402, F401
 from memory_fixtures import (  # noqa: E402, F401
     embedding_server,
     make_config,

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from aegisctl import paths
 from aegisctl.errors import ConnectionFailed, LockBusy, OperationFailed
 from aegisctl.scheduling import history, lock
 from aegisctl.scheduling.events import event
@@ -70,7 +71,7 @@ class JobExecution:
 
         settings = self.loaded.settings
         target = resolve_target(self.loaded, self.job.settings.target)
-        state = history.state_dir(settings)
+        state = paths.state_dir(settings)
         local = LocalHistory(state)
         run = JobRun(id=str(uuid.uuid4()), job=self.job.name, target=target.name,
                      trigger=self.options.trigger, command=self.job.settings.command,
