@@ -160,9 +160,10 @@ def test_session_work_is_refused_through_a_transaction_pooler(
     # A session pooler keeps sessions, but replication does not pass through it.
     loaded, target = config("sess")
     require_session(loaded, target, "schema migrate")
-    with pytest.raises(ConfigError, match="goes through a session pooler; set "
-                       "targets.pooled.direct_dsn for backup wal stream"):
+    with pytest.raises(ConfigError) as refused:
         require_session(loaded, target, "backup wal stream", "direct")
+    assert str(refused.value) == ("target 'pooled' goes through a session pooler; set "
+                                  "targets.pooled.direct_dsn for backup wal stream")
     # With direct_dsn, session work goes there, and the rest stays on the pooler.
     loaded, target = config("tx", direct_dsn=direct_dsn(pg_server, DATABASE))
     require_session(loaded, target, "schema migrate")
