@@ -27,7 +27,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 def snapshot_path(ctx: CheckContext, name: str) -> Path:
     """The file of one check's snapshot for the context's target. The target name comes from
     the config: anything but [A-Za-z0-9_.-] is replaced and a hash keeps names apart."""
-    from aegisctl.scheduling.history import state_dir
+    from aegisctl.paths import state_dir
 
     target = ctx.target.name
     safe = _SAFE.sub("_", target)[:60]
