@@ -8,6 +8,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, state
+from aegisctl.cli.options import dry_run_option
 
 app = typer.Typer(
     help=(
@@ -82,7 +83,7 @@ def migrate(
     to: Annotated[int | None, typer.Option("--to", metavar="VERSION",
                                            help="Stop after this version (never goes down).")
                   ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be applied; "
+    dry_run: Annotated[bool, dry_run_option("List what would be applied; "
                                           "change nothing.")] = False,
     wait_lock: WaitLockOption = None,
     backup: Annotated[bool, typer.Option(
