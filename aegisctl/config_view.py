@@ -83,7 +83,7 @@ def validation_result(loaded: LoadedConfig, warnings: list[str] | None = None
 
 def _redact(key: str, value: Any) -> Any:
     leaf = key.rsplit(".", 1)[-1]
-    if isinstance(value, str) and leaf == "dsn":
+    if isinstance(value, str) and leaf.endswith("dsn"):
         return redact_dsn(value)
     # password_env / password_file / api_key_env name where a secret is, not the secret.
     if any(w in leaf for w in SECRET_WORDS) and not leaf.endswith(("_env", "_file")):

@@ -121,6 +121,7 @@ def create(
     from aegisctl.backup.service import run_create
 
     app_state = state(ctx)
+    app_state.require_session("backup create")  # pg_dump holds a session and a snapshot
     options = CreateOptions(label=label, format=dump_format.value if dump_format else None,
                             jobs=jobs, compress=compress, globals=globals_)
     with _progress(app_state) as progress:
@@ -227,6 +228,8 @@ def verify(
     app_state = state(ctx)
     if bool(backup_id) == latest:
         raise UsageError("give a backup ID or --latest (one of the two)")
+    if restore_test:
+        app_state.require_session("backup verify --restore-test")
     report = verify_locked(app_state.config(), app_state.target(), backup_id,
                            restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
@@ -296,6 +299,7 @@ def restore(
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
+    app_state.require_session("backup restore")
     manifest = _pick(app_state, backup_id, latest)
     with target_lock(loaded.settings, target.name, "backup restore", wait_lock):
         plan = plan_restore(loaded, target, manifest, target_db=target_db, tables=table or [],

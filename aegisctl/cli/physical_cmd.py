@@ -64,6 +64,7 @@ def enable(
     from aegisctl.backup.physical.setup import enable_physical
 
     app_state = state(ctx)
+    app_state.require_session("backup physical enable", "direct")  # ALTER SYSTEM, slots
     loaded, target = app_state.config(), app_state.target()
     if restart and target.embedded:  # other servers are refused by the core (exit 2)
         confirm(f"Restart the embedded server of '{target.name}' if a setting needs it? Every "
@@ -122,6 +123,7 @@ def disable(
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
+    app_state.require_session("backup physical disable", "direct")
     plan = plan_disable(loaded, target)
     if dry_run:
         output.render(plan, app_state.fmt(fmt))
@@ -174,6 +176,7 @@ def stream(
     from aegisctl.backup.physical.wal import stream_wal
 
     app_state = state(ctx)
+    app_state.require_session("backup wal stream", "direct")  # a replication connection
     summary = stream_wal(app_state.config(), app_state.target(),
                          on_event=output.print_status, max_runtime=max_runtime)
     output.render(summary, app_state.fmt(fmt))
@@ -233,6 +236,7 @@ def drill(
         raise UsageError("backup drill needs --physical (logical backups: "
                          "aegisctl backup verify --latest --restore-test)")
     app_state = state(ctx)
+    app_state.require_session("backup drill", "direct")
     output.print_status("drill: restoring into a temporary directory")
     loaded, target = app_state.config(), app_state.target()
     # A prune must not delete the backup the drill restores.
@@ -250,6 +254,7 @@ def create_physical(ctx: typer.Context, *, incremental: bool, parent: str | None
     from aegisctl.backup.physical.backups import create_physical as core_create
 
     app_state = state(ctx)
+    app_state.require_session("backup create --physical", "direct")  # replication
     loaded, target = app_state.config(), app_state.target()
     with target_lock(loaded.settings, target.name, "backup create --physical", wait_lock):
         result = core_create(loaded, target, incremental=incremental, parent=parent)

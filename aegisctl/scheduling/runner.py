@@ -94,7 +94,8 @@ class JobExecution:
         from aegisctl.db import connect
 
         try:
-            return connect(self.loaded, target, f"jobs run {self.job.name}")
+            # The job's advisory lock lives as long as this connection's session.
+            return connect(self.loaded, target, f"jobs run {self.job.name}", needs="session")
         except ConnectionFailed as exc:
             event(log, logging.WARNING, "job.db_unreachable",
                   f"job {self.job.name}: {exc}; its history goes to the local file",
