@@ -36,6 +36,10 @@ class Target:
     # A Patroni cluster or a multi-host DSN: which member each connection goes to
     # (aegisctl.cluster.members); None for a single server.
     cluster: ClusterBinding | None = None
+    # Session work goes here when set (see aegisctl.pooler); `pooler` says what sits on dsn.
+    direct_dsn: str | None = None
+    pooler: str = "auto"
+    pgbouncer_admin_dsn: str | None = None
 
     @property
     def display_dsn(self) -> str:
@@ -142,4 +146,7 @@ def resolve_target(
         source=source,
         password=read_password(name, spec, env),
         cluster=binding_for(name, dsn, spec.patroni),
+        direct_dsn=spec.direct_dsn,
+        pooler=spec.pooler,
+        pgbouncer_admin_dsn=spec.pgbouncer_admin_dsn,
     )

@@ -6,7 +6,6 @@ Layout (folders 0700, files 0600):
     <directory>/<target>/<id>.dir/            directory format
     <directory>/<target>/<id>.globals.sql     roles, with --globals (".enc" when encrypted)
     <directory>/<target>/<id>.manifest.json   the manifest, written last: no manifest, no backup
-    <directory>/<target>/.lock                one backup, prune or restore at a time
     <directory>/audit.log                     every deletion, one JSON object per line
 
 Work in progress lives under names starting with ".tmp-" and is renamed into place when
@@ -197,10 +196,6 @@ class BackupStore:
         if not path.resolve().is_relative_to(self.folder.resolve()):
             raise OperationFailed(f"{relative} resolves outside the backup folder")
         return path
-
-    @property
-    def lock_path(self) -> Path:
-        return self.folder / ".lock"
 
     @property
     def audit_path(self) -> Path:

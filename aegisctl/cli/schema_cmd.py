@@ -8,6 +8,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, state
+from aegisctl.cli.options import dry_run_option
 
 app = typer.Typer(
     help=(
@@ -70,7 +71,7 @@ def init(
     app_state = state(ctx)
     settings = app_state.config().settings
     out = app_state.fmt(fmt)
-    with app_state.connect("schema init", "ddl") as conn:
+    with app_state.connect("schema init", "ddl", needs="session") as conn:
         result = _run_migration(ctx, out, lambda: init_schema(
             conn, settings.schema, embedding_dim=embedding_dim, wait_lock=wait_lock))
     output.render(result, out)
@@ -82,7 +83,7 @@ def migrate(
     to: Annotated[int | None, typer.Option("--to", metavar="VERSION",
                                            help="Stop after this version (never goes down).")
                   ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be applied; "
+    dry_run: Annotated[bool, dry_run_option("List what would be applied; "
                                           "change nothing.")] = False,
     wait_lock: WaitLockOption = None,
     backup: Annotated[bool, typer.Option(
@@ -108,6 +109,7 @@ def migrate(
 
     app_state = state(ctx)
     settings = app_state.config().settings
+    app_state.require_session("schema migrate")  # the migrations' advisory lock
     if backup and not dry_run:
         with app_state.connect("schema migrate") as conn:
             pending = schema_status(conn).having("pending")
@@ -120,7 +122,7 @@ def migrate(
                                        label="before-migration")
         output.print_status(f"verified backup {taken.id} taken before migrating")
     out = app_state.fmt(fmt)
-    with app_state.connect("schema migrate", "ddl") as conn:
+    with app_state.connect("schema migrate", "ddl", needs="session") as conn:
         result = _run_migration(ctx, out, lambda: run_migrate(
             conn, settings.schema, to=to, dry_run=dry_run, wait_lock=wait_lock))
     output.render(result, out)

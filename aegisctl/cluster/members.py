@@ -200,7 +200,10 @@ def confirm_role(conn: psycopg.Connection[Any], binding: ClusterBinding, need: N
 def confirm_connection(conn: psycopg.Connection[Any], binding: ClusterBinding,
                        kind: str) -> None:
     try:
+        # Outside any transaction: the caller may still set its isolation level.
+        was_autocommit, conn.autocommit = conn.autocommit, True
         confirm_role(conn, binding, need_for(binding, kind))
+        conn.autocommit = was_autocommit
     except BaseException:
         conn.close()
         raise

@@ -36,6 +36,15 @@ class SizeThreshold:
 
 
 @dataclass
+class SlowQueryThreshold:
+    warning: Duration = 5.0
+    critical: Duration = 30.0
+    # slow_statements judges each statement's mean time over the calls since the previous
+    # check run, and only statements called at least this often in that window.
+    min_calls: int = 5
+
+
+@dataclass
 class CacheHitThreshold:
     warning: float = 0.95
     critical: float = 0.90
@@ -67,7 +76,7 @@ class RecallThreshold:
 class ChecksSettings:
     connections_pct: Threshold = field(default_factory=lambda: Threshold(80, 90))
     cache_hit_ratio: CacheHitThreshold = field(default_factory=CacheHitThreshold)
-    slow_query_seconds: DurationThreshold = field(default_factory=lambda: DurationThreshold(5, 30))
+    slow_query_seconds: SlowQueryThreshold = field(default_factory=SlowQueryThreshold)
     database_size_pct: DatabaseSizeThreshold = field(default_factory=DatabaseSizeThreshold)
     replication_lag_seconds: DurationThreshold = field(
         default_factory=lambda: DurationThreshold(60, 300))
@@ -80,6 +89,10 @@ class ChecksSettings:
     # age(datfrozenxid) in transactions; PostgreSQL stops accepting writes near 2^31.
     wraparound_age: Threshold = field(
         default_factory=lambda: Threshold(1_000_000_000, 1_500_000_000))
+    # How far a WAL receiver's (pg_receivewal, Barman) flushed position is behind the primary.
+    # Without --synchronous a receiver flushes at each 16MB segment: stay above that.
+    wal_receiver_lag_bytes: SizeThreshold = field(
+        default_factory=lambda: SizeThreshold(64 * 1024**2, 1024**3))
     # WAL retained by replication slots nobody is reading.
     slot_retained_wal: SizeThreshold = field(
         default_factory=lambda: SizeThreshold(1024**3, 10 * 1024**3))
@@ -123,6 +136,8 @@ def check_thresholds(settings: ChecksSettings, origin: str) -> None:
                             f"warning ({warning})")
     if settings.database_size_pct.allocated is not None and settings.database_size_pct.allocated <= 0:
         problems.append("checks.database_size_pct.allocated: must be a positive size like 100GB")
+    if settings.slow_query_seconds.min_calls < 1:
+        problems.append("checks.slow_query_seconds.min_calls: must be at least 1")
     if settings.vector_recall.sample < 0:
         problems.append("checks.vector_recall.sample: must be 0 (off) or more")
     if settings.vector_recall.max_rows < 0:
