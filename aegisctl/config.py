@@ -19,6 +19,7 @@ from aegisctl.backup.physical.settings import check_physical_settings
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
+from aegisctl.maintenance.partition_settings import PartitionSpec, check_partition_settings
 from aegisctl.maintenance.settings import MaintenanceSettings
 from aegisctl.memory.settings import MemorySettings
 from aegisctl.retention.settings import CleanupSettings, check_cleanup_settings
@@ -179,6 +180,7 @@ class Settings:
     memory: MemorySettings = field(default_factory=MemorySettings)
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     cleanup: CleanupSettings = field(default_factory=CleanupSettings)
+    partitions: dict[str, PartitionSpec] = field(default_factory=dict)
 
 
 @dataclass
@@ -480,6 +482,7 @@ def _check_consistency(settings: Settings, origin: str) -> None:
     check_schedule(settings, origin)
     check_thresholds(settings.checks, origin)
     check_cleanup_settings(settings.cleanup, origin)
+    check_partition_settings(settings.partitions, origin)
     check_physical_settings(settings.backup.physical, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
