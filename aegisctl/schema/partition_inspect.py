@@ -153,18 +153,24 @@ def _refuse_keys_without_column(conn: psycopg.Connection[Any], facts: TableFacts
         table = facts.relation.ident().as_string(conn)
         col = sql.Identifier(facts.column).as_string(conn)
         cols = ", ".join(columns) or "an expression"
+        listed = ", ".join(sql.Identifier(c).as_string(conn) for c in columns)
         what = {"p": "primary key", "u": "unique constraint"}.get(contype, "unique index")
-        new_index = f"{facts.relation.name}_{'_'.join(columns)}_{facts.column}_key"[:63]
-        fix = (f"CREATE UNIQUE INDEX CONCURRENTLY {new_index} ON {table} "
-               f"({', '.join(columns)}, {col}); ")
-        if contype == "p":
-            if facts.nullable:
-                fix += f"ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL; "
-            fix += (f"ALTER TABLE {table} DROP CONSTRAINT {conname}, ADD CONSTRAINT {conname} "
-                    f"PRIMARY KEY USING INDEX {new_index}")
-        elif contype == "u":
-            fix += (f"ALTER TABLE {table} DROP CONSTRAINT {conname}, ADD CONSTRAINT {conname} "
-                    f"UNIQUE USING INDEX {new_index}")
+        new_index = sql.Identifier(
+            f"{facts.relation.name}_{'_'.join(columns)}_{facts.column}_key"[:63])
+        idx = new_index.as_string(conn)
+        con = sql.Identifier(conname).as_string(conn) if conname else ""
+        fix = f"CREATE UNIQUE INDEX CONCURRENTLY {idx} ON {table} ({listed}, {col}); "
+        if contype == "p" and facts.nullable:
+            # SET NOT NULL skips its scan (under ACCESS EXCLUSIVE) when a validated CHECK
+            # already proves it; VALIDATE scans without blocking writes.
+            fix += (f"ALTER TABLE {table} ADD CONSTRAINT {facts.column}_not_null CHECK "
+                    f"({col} IS NOT NULL) NOT VALID; ALTER TABLE {table} VALIDATE CONSTRAINT "
+                    f"{facts.column}_not_null; ALTER TABLE {table} ALTER COLUMN {col} SET NOT "
+                    f"NULL; ")
+        if contype in ("p", "u"):
+            kind = "PRIMARY KEY" if contype == "p" else "UNIQUE"
+            fix += (f"ALTER TABLE {table} DROP CONSTRAINT {con}, ADD CONSTRAINT {con} "
+                    f"{kind} USING INDEX {idx}")
         else:
             fix += f"DROP INDEX CONCURRENTLY {index}"
         raise OperationFailed(
