@@ -75,7 +75,30 @@ def init(
     with app_state.connect("schema init", "ddl") as conn:
         result = _run_migration(ctx, out, lambda: init_schema(
             conn, settings.schema, embedding_dim=embedding_dim, wait_lock=wait_lock))
+        _partition_new_tables(conn, settings.partitions)
     output.render(result, out)
+
+
+def _partition_new_tables(conn: Any, specs: dict[str, Any]) -> None:
+    """Configured `partitions:` tables the migrations just created (empty) become partitioned
+    from the start."""
+    from aegisctl.errors import AegisError
+    from aegisctl.schema.partition import partition_new_table
+
+    for entry, spec in specs.items():
+        name = f"{spec.schema}.{spec.table_name(entry)}"
+        exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+        if not exists or exists[0] is None:
+            continue
+        try:
+            done = partition_new_table(conn, name, spec.column, premake=spec.premake,
+                                       default_partition=spec.default_partition)
+        except AegisError as exc:
+            output.print_status(f"{name}: not partitioned: {exc}")
+            continue
+        if done is not None:
+            output.print_status(f"{name}: partitioned by month on {spec.column} "
+                                f"({len(done.partitions)} months ahead)")
 
 
 @app.command()

@@ -501,3 +501,44 @@ def _already_partitioned(conn: psycopg.Connection[Any], facts: TableFacts,
     result.notes.append(f"already partitioned by range on {facts.column}; "
                         f"{len(made)} partition(s) made ahead")
     return result
+
+
+def partition_new_table(conn: psycopg.Connection[Any], name: str, column: str, *,
+                        premake: int = 3, default_partition: bool = True,
+                        policy: LockPolicy | None = None) -> ConversionResult | None:
+    """`schema init` with a `partitions:` entry: a table still empty is made partitioned from
+    the start, its primary key and unique constraints widened to include the column (instant
+    on an empty table). None when it is already partitioned; a table holding rows is left
+    to `schema partition` (its keys are the user's to widen)."""
+    from psycopg import sql
+
+    relation = find_table(conn, name)
+    if relation.kind == "p":
+        return None
+    if conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(relation.ident())).fetchone():
+        raise OperationFailed(f"{relation.qualified} already holds rows: convert it with "
+                              f"`aegisctl schema partition {relation.qualified} --by month`")
+    policy = policy or LockPolicy()
+    col = sql.Identifier(column)
+    keys = conn.execute(
+        "SELECT con.conname, con.contype, array(SELECT a.attname FROM unnest(con.conkey) k"
+        "       JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k)"
+        "  FROM pg_constraint con WHERE con.conrelid = %s AND con.contype IN ('p', 'u')"
+        "   AND NOT (SELECT attnum FROM pg_attribute WHERE attrelid = con.conrelid"
+        "            AND attname = %s) = ANY(con.conkey)", (relation.oid, column)).fetchall()
+    statements = [sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
+        relation.ident(), col)]
+    for conname, contype, columns in keys:
+        kind = sql.SQL("PRIMARY KEY" if contype == "p" else "UNIQUE")
+        statements.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} {} "
+                                  "({}, {})").format(
+            relation.ident(), sql.Identifier(conname), sql.Identifier(conname), kind,
+            sql.SQL(", ").join(map(sql.Identifier, columns)), col))
+
+    def body() -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    short_transaction(conn, f"widen the keys of {relation.qualified}", policy, body)
+    return convert_table(conn, relation.qualified, column, premake=premake,
+                         default_partition=default_partition, policy=policy)

@@ -166,7 +166,7 @@ def _refuse_keys_without_column(conn: psycopg.Connection[Any], facts: TableFacts
             fix += (f"ALTER TABLE {table} ADD CONSTRAINT {facts.column}_not_null CHECK "
                     f"({col} IS NOT NULL) NOT VALID; ALTER TABLE {table} VALIDATE CONSTRAINT "
                     f"{facts.column}_not_null; ALTER TABLE {table} ALTER COLUMN {col} SET NOT "
-                    f"NULL; ")
+                    f"NULL; ALTER TABLE {table} DROP CONSTRAINT {facts.column}_not_null; ")
         if contype in ("p", "u"):
             kind = "PRIMARY KEY" if contype == "p" else "UNIQUE"
             fix += (f"ALTER TABLE {table} DROP CONSTRAINT {con}, ADD CONSTRAINT {con} "
