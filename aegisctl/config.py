@@ -158,7 +158,7 @@ class SearchSettings:
     # Below this many estimated matching rows a filtered search is exact (no index).
     exact_below: int = 5000
     iterative_scan: Literal["strict_order", "relaxed_order", "off"] = "strict_order"
-    # Hybrid fusion (aegisctl/memory/search.py), defaults chosen on bench/relevance.py.
+    # Hybrid fusion (aegisctl/memory/search/fusion.py), defaults chosen on bench/relevance.py.
     rrf_k: int = 60
     candidates: int = 40  # rows each signal contributes to hybrid fusion, whatever --limit
     semantic_weight: float = 1.0

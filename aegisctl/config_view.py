@@ -97,7 +97,7 @@ def effective_config(loaded: LoadedConfig, target: Target) -> ConfigView:
     flat: dict[str, Any] = {}
     _flatten(dataclasses.asdict(loaded.settings), "", flat)
     if target.embedded and not flat.get("embedded.data_dir"):
-        from aegisctl.local import default_data_dir
+        from aegisctl.paths import default_data_dir
 
         flat["embedded.data_dir"] = str(default_data_dir())
         loaded.sources.setdefault("embedded.data_dir", "default")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ import psycopg
 import pytest
 from backup_fixtures import backup_config  # noqa: F401  (fixture)
 from conftest import dsn_of
+from fault_fixtures import start_paused
 from partition_fixtures import (
     fill_usage,
     partition_bounds,
@@ -30,7 +29,7 @@ from partition_fixtures import (
 )
 
 from aegisctl.schema.partition import convert_table
-from aegisctl.schema.partition_tx import PAUSE_ENV, LockPolicy
+from aegisctl.schema.partition_tx import LockPolicy
 
 TABLE = "public.api_usage_events"
 
@@ -202,43 +201,18 @@ def test_a_writer_loses_nothing_during_the_conversion(aegis_db) -> None:
     assert writer_rows == len(written) and total == start + len(written) == distinct
 
 
-def _env(pause: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AEGISCTL_") and not k.startswith("PG")}
-    if pause:
-        env[PAUSE_ENV] = pause
-    return env
-
-
 @pytest.mark.parametrize("point", ["validated", "built", "swap"])
 def test_kill_9_mid_conversion_then_a_rerun_finishes(cli, aegis_db, tmp_path, point) -> None:
     rows = fill_usage(aegis_db, months=3)
     widen_pk(aegis_db)
     cfg = partition_config(tmp_path / "aegisctl.yaml", dsn_of(aegis_db))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aegisctl", "--config", str(cfg), "schema", "partition",
-         "api_usage_events", "--by", "month", "--yes"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env(point),
-        cwd=tmp_path)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if line.startswith(f"paused at {point}"):
-                break
-        else:
-            pytest.fail(f"the run never reached {point} (exit {proc.wait()})")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    paused = start_paused(f"partition:{point}", "--config", str(cfg), "schema", "partition",
+                          "api_usage_events", "--by", "month", "--yes", tmp_path=tmp_path)
+    paused.kill(signal.SIGKILL)
+    assert paused.proc.returncode == -signal.SIGKILL
     # Killed: the transaction in flight rolled back; the table is whole and takes writes.
     assert relkind(aegis_db, TABLE) == "r"
-    for _ in range(100):  # the server notices the dead client's socket
-        if not aegis_db.execute("SELECT 1 FROM pg_stat_activity WHERE application_name LIKE"
-                                " 'aegisctl schema partition%%'").fetchone():
-            break
-        time.sleep(0.1)
+    aegis_db.execute("SET lock_timeout = '30s'")  # the server notices the dead client
     aegis_db.execute("INSERT INTO api_usage_events (customer_id, endpoint, method, status_code)"
                      " VALUES ('k', '/k', 'GET', 200)")
     leftover = relkind(aegis_db, "public.api_usage_events_aegisctl_new")

@@ -14,7 +14,8 @@ import typer
 from aegisctl import output
 from aegisctl.backup.physical import hooks as physical_hooks
 from aegisctl.cli import physical_cmd
-from aegisctl.cli.context import AppState, FormatOption, WaitLock, confirm, state
+from aegisctl.cli.context import AppState, FormatOption, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -251,9 +252,9 @@ def restore(
                                         "that holds data.")] = False,
     no_owner: Annotated[bool, typer.Option("--no-owner", help="Do not restore ownership and "
                                            "privileges (other server, other roles).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the backup, show the plan, "
+    dry_run: Annotated[bool, dry_run_option("Check the backup, show the plan, "
                                           "change nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (needed when not on a "
+    yes: Annotated[bool, yes_option("Do not ask (needed when not on a "
                                       "terminal).")] = False,
     into_system_database: Annotated[bool, typer.Option(
         "--into-system-database", help="Allow restoring into a template database "
@@ -288,15 +289,13 @@ def restore(
                                              latest=latest,
                                              to_time=to_time, to_lsn=to_lsn,
                                              target_dir=target_dir, dry_run=dry_run, fmt=fmt)
-    from aegisctl.backup.lock import target_lock
     from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
-    from aegisctl.backup.store import BackupStore
+    from aegisctl.locks import target_lock
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
     manifest = _pick(app_state, backup_id, latest)
-    store = BackupStore(loaded.settings.backup, target.name)
-    with target_lock(store.lock_path, "backup restore", wait_lock):
+    with target_lock(loaded.settings, target.name, "backup restore", wait_lock):
         plan = plan_restore(loaded, target, manifest, target_db=target_db, tables=table or [],
                             clean=clean, jobs=jobs, allow_system_db=into_system_database)
         for line in plan.describe():
@@ -316,11 +315,11 @@ def restore(
 @app.command()
 def prune(
     ctx: typer.Context,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be deleted and "
+    dry_run: Annotated[bool, dry_run_option("Show what would be deleted and "
                                           "why; delete nothing.")] = False,
     remote: Annotated[bool, typer.Option("--remote", help="Apply backup.remote.retention to "
                                          "the remote copies instead.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (needed when not on a "
+    yes: Annotated[bool, yes_option("Do not ask (needed when not on a "
                                       "terminal, e.g. under a timer).")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,

@@ -33,13 +33,6 @@ FormatOption = Annotated[
     typer.Option("--format", "-f", help="Output format: table for people, json for scripts."),
 ]
 
-# Backups, verify, prune, restore, cleanup and maintenance of a target share one job lock.
-WaitLock = Annotated[float, typer.Option(
-    "--wait-lock", metavar="SECONDS", min=0,
-    help="Wait this long for another backup, verify, prune, restore, cleanup or maintenance "
-         "run of the target (they share one lock), then exit 4.")]
-
-
 @dataclass
 class AppState:
     config_path: str | None = None

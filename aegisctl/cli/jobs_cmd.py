@@ -11,6 +11,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import AppState, FormatOption, state
+from aegisctl.cli.options import limit_option
 
 app = typer.Typer(
     help="Run scheduled jobs by name and read their history.\n\n"
@@ -99,13 +100,12 @@ def run_job(
 @app.command("history")
 def history_(
     ctx: typer.Context,
-    job: Annotated[str | None, typer.Option("--job", "-j", help="Only this job.")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only this job.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Only failed, interrupted, timed out "
                                          "or abandoned runs.")] = False,
     since: Annotated[str | None, typer.Option("--since", help="Only runs started within this "
                                               "long, e.g. 7d.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100000,
-                                       help="At most this many runs, newest first.")] = 50,
+    limit: Annotated[int, limit_option("At most this many runs, newest first.", max=100000)] = 50,
     fmt: FormatOption = None,
 ) -> None:
     """Show recorded job runs of the target, newest first: trigger, status, exit code,

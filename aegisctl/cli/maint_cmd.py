@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import AppState, FormatOption, OutputFormat, WaitLock, confirm, state
+from aegisctl.cli.context import AppState, FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the statements; run nothing.")]
+DryRun = Annotated[bool, dry_run_option("Print the statements; run nothing.")]
 Tables = Annotated[list[str] | None, typer.Option(
     "--table", metavar="TABLE", help="A table (NAME or SCHEMA.NAME); repeatable. Default: all.")]
 
@@ -79,7 +80,7 @@ def vacuum_cmd(
         "--full", help="Rewrite the tables to return space to the OS (locks each table "
                        "exclusively while it is rewritten; asks first).")] = False,
     dry_run: DryRun = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm VACUUM FULL.")] = False,
+    yes: Annotated[bool, yes_option("Confirm VACUUM FULL.")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:

@@ -14,6 +14,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, confirm, state
+from aegisctl.cli.options import dry_run_option, yes_option
 from aegisctl.errors import ExitCode
 
 physical_app = typer.Typer(
@@ -93,8 +94,8 @@ def status(ctx: typer.Context, fmt: FormatOption = None) -> None:
 @physical_app.command("disable")
 def disable(
     ctx: typer.Context,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    dry_run: Annotated[bool, dry_run_option("Say what would change.")] = False,
+    yes: Annotated[bool, yes_option("Do not ask.")] = False,
     fmt: FormatOption = None,
 ) -> None:
     """Stop physical backups: drop the replication slot (the server stops keeping WAL for
@@ -278,9 +279,9 @@ def register(backup_app: typer.Typer) -> None:
 @physical_app.command("prune")
 def prune(
     ctx: typer.Context,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be deleted and "
+    dry_run: Annotated[bool, dry_run_option("Show what would be deleted and "
                                           "why; delete nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    yes: Annotated[bool, yes_option("Do not ask.")] = False,
     fmt: FormatOption = None,
 ) -> None:
     """Delete physical backups backup.retention no longer needs, by whole chains: a chain is

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import FormatOption, OutputFormat, WaitLock, confirm, state
+from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 
 app = typer.Typer(
     help=(
@@ -107,7 +108,7 @@ def migrate(
     to: Annotated[int | None, typer.Option("--to", metavar="VERSION",
                                            help="Stop after this version (never goes down).")
                   ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be applied; "
+    dry_run: Annotated[bool, dry_run_option("List what would be applied; "
                                           "change nothing.")] = False,
     wait_lock: WaitLockOption = None,
     backup: Annotated[bool, typer.Option(
@@ -219,10 +220,9 @@ def partition(
         "--lock-timeout", metavar="SECONDS", min=0.01, help="How long each short transaction "
         "may wait for its locks before it rolls back and retries (a writer never waits on us "
         "longer than this plus the milliseconds a step holds its lock).")] = 0.1,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan, its locks and "
-                                          "statements; change nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")
-                   ] = False,
+    dry_run: Annotated[bool, dry_run_option("Show the plan, its locks and statements; change "
+                                            "nothing.")] = False,
+    yes: Annotated[bool, yes_option()] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:

@@ -26,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from aegisctl import paths
 from aegisctl.errors import ConnectionFailed, LockBusy, OperationFailed
+from aegisctl.locks import Holder
 from aegisctl.scheduling import history, lock
 from aegisctl.scheduling.events import event
 from aegisctl.scheduling.history import JobRun, LocalHistory
@@ -70,13 +72,14 @@ class JobExecution:
 
         settings = self.loaded.settings
         target = resolve_target(self.loaded, self.job.settings.target)
-        state = history.state_dir(settings)
+        state = paths.state_dir(settings)
         local = LocalHistory(state)
         run = JobRun(id=str(uuid.uuid4()), job=self.job.name, target=target.name,
                      trigger=self.options.trigger, command=self.job.settings.command,
                      host=socket.gethostname(), pid=os.getpid(), started_at=_now())
-        holder = {"pid": run.pid, "host": run.host, "trigger": run.trigger,
-                  "started_at": run.started_at.isoformat(timespec="seconds"), "run_id": run.id}
+        holder = Holder(pid=os.getpid(), host=run.host, command=f"jobs run {run.job}",
+                        started_at=run.started_at.isoformat(timespec="seconds"),
+                        trigger=run.trigger, run_id=run.id)
         path = lock.lock_path(state, target.name, self.job.name)
         try:
             with lock.job_file_lock(path, self.job.name, target.name, holder):

@@ -10,8 +10,6 @@ application could have waited on us once we held the lock.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCK_NOT_AVAILABLE = "55P03"
-# Tests stop a run at a named point to kill it there (kill -9 mid-conversion); never set it in
-# production.
-PAUSE_ENV = "AEGISCTL_TEST_PARTITION_PAUSE"
 
 
 class Interrupted(AegisError):
@@ -50,12 +45,10 @@ class TxOutcome:
 
 
 def pause_point(name: str) -> None:
-    """The test hook: with AEGISCTL_TEST_PARTITION_PAUSE=name, say so on stderr and wait to
-    be killed."""
-    if os.environ.get(PAUSE_ENV) == name:
-        sys.stderr.write(f"paused at {name}\n")
-        sys.stderr.flush()
-        time.sleep(3600)
+    """The fault suite's hook (aegisctl.testhooks): stop at `partition:<name>` to be killed."""
+    from aegisctl.testhooks import pause_at
+
+    pause_at(f"partition:{name}")
 
 
 def short_transaction(conn: psycopg.Connection[Any], what: str, policy: LockPolicy,

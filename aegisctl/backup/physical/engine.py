@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
+from aegisctl.paths import barman_home, is_root
 
 if TYPE_CHECKING:
     from aegisctl.config import LoadedConfig, Settings
@@ -39,10 +40,6 @@ _SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 # Barman's own runtime dependencies besides psycopg2 (see its setup metadata).
 _ENGINE_DEPS = ["psycopg2-binary>=2.9", "python-dateutil>=2.8", "argcomplete>=3"]
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
 
 
 @dataclass
@@ -231,14 +228,6 @@ def last_line(done: subprocess.CompletedProcess[str]) -> str:
     return (errors or lines or [f"exit {done.returncode}"])[-1][:500]
 
 
-def default_directory(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    if is_root():
-        return Path("/var/lib/aegisctl/barman")
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")) / ".local" / "share")
-    return Path(base).expanduser() / "aegisctl" / "barman"
-
-
 def server_name(target: Target) -> str:
     name = target.name.lower()
     if not _SERVER_NAME.match(name) or name in ("barman", "all"):
@@ -259,9 +248,7 @@ def engine_for(loaded: LoadedConfig, target: Target) -> Engine:
             f"backup.physical.slot_name '{physical.slot_name}' is not a valid slot name",
             hint="lower-case letters, digits and _ (at most 63)",
         )
-    home = Path(physical.directory).expanduser() if physical.directory else default_directory()
-    if not home.is_absolute():
-        home = home.absolute()
+    home = barman_home(settings)
     run_as = (physical.run_as or settings.embedded.run_as) if is_root() else None
     server = server_for(settings.embedded.data_dir, settings.embedded.database,
                         settings.embedded.run_as)

@@ -7,10 +7,10 @@ physical backups pay nothing for them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aegisctl.backup.physical.engine import default_directory, server_name
+from aegisctl.backup.physical.engine import server_name
+from aegisctl.paths import barman_home
 
 if TYPE_CHECKING:
     from aegisctl.config import LoadedConfig
@@ -19,13 +19,12 @@ if TYPE_CHECKING:
 
 
 def enabled(loaded: LoadedConfig, target: Target) -> bool:
-    physical = loaded.settings.backup.physical
-    home = Path(physical.directory).expanduser() if physical.directory else default_directory()
+    home = barman_home(loaded.settings)
     try:
         name = server_name(target)
     except Exception:  # a target name Barman cannot use: physical backups were never enabled
         return False
-    return (home.absolute() / "barman.d" / f"{name}.conf").exists()
+    return (home / "barman.d" / f"{name}.conf").exists()
 
 
 @dataclass
