@@ -170,24 +170,19 @@ def create_month(conn: psycopg.Connection[Any], parent: Relation, key: Partition
 def create_ahead(conn: psycopg.Connection[Any], parent: Relation, key: PartitionKey,
                  premake: int, policy: LockPolicy, *,
                  dry_run: bool = False) -> list[tuple[str, int]]:
-    """Create the months after the last partition up to `premake` months beyond the current
-    one. Returns (partition, rows moved from DEFAULT) for each (to create, on a dry run)."""
+    """Create every month from the current one to `premake` months beyond it that no
+    partition covers (a hole in that span included). Returns (partition, rows moved from
+    DEFAULT) for each (to create, on a dry run)."""
     parts = range_partitions(conn, parent.oid, key)
     ranged = [p for p in parts if not p.is_default]
     default = next((p for p in parts if p.is_default), None)
-    if any(p.upper is None for p in ranged):
-        return []  # a partition reaches MAXVALUE: nothing can come after it
-    now = _now(conn)
-    start = max((p.upper for p in ranged if p.upper), default=month_start(now))
-    end = add_months(month_start(now), premake + 1)
+    now = month_start(_now(conn))
     made = []
-    first = month_start(start)
-    if first < start:  # an unaligned last bound: the first new partition ends at a month start
-        first = add_months(first, 1)
-        made.append(_make(conn, parent, key, start, first, default, policy, dry_run))
-    for month in months_between(first, end):
-        made.append(_make(conn, parent, key, month, add_months(month, 1), default, policy,
-                          dry_run))
+    for month in months_between(now, add_months(now, premake + 1)):
+        upper = add_months(month, 1)
+        if any(_overlaps(p, month, upper) for p in ranged):
+            continue
+        made.append(_make(conn, parent, key, month, upper, default, policy, dry_run))
     return made
 
 
