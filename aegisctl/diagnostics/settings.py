@@ -73,6 +73,22 @@ class RecallThreshold:
 
 
 @dataclass
+class BloatThreshold:
+    """Wasted bytes of the worst relation; a relation counts only when its wasted share is
+    also above `min_ratio` (bytes and ratio both)."""
+
+    warning: Size = 64 * 1024**2
+    critical: Size = 1024**3
+    min_ratio: float = 0.2
+
+
+@dataclass
+class MinSize:
+    # Tables smaller than this are left out.
+    min_size: Size = 10 * 1024**2
+
+
+@dataclass
 class ChecksSettings:
     connections_pct: Threshold = field(default_factory=lambda: Threshold(80, 90))
     cache_hit_ratio: CacheHitThreshold = field(default_factory=CacheHitThreshold)
@@ -97,6 +113,16 @@ class ChecksSettings:
     slot_retained_wal: SizeThreshold = field(
         default_factory=lambda: SizeThreshold(1024**3, 10 * 1024**3))
     vector_recall: RecallThreshold = field(default_factory=RecallThreshold)
+    # Table and (B-tree) index bloat.
+    table_bloat: BloatThreshold = field(default_factory=BloatThreshold)
+    index_bloat: BloatThreshold = field(default_factory=lambda: BloatThreshold(min_ratio=0.3))
+    # Every sequence's last value as a % of what its type (and its column's type) can hold.
+    sequence_used_pct: Threshold = field(default_factory=lambda: Threshold(75, 90))
+    # Filesystems aegisctl writes to or can see: data directory, WAL, backups, archives,
+    # Barman home (% of the space in use, as df counts it).
+    disk_used_pct: Threshold = field(default_factory=lambda: Threshold(80, 90))
+    # Tables of at least min_size never vacuumed or never analyzed.
+    unmaintained_tables: MinSize = field(default_factory=MinSize)
     # Age of the newest verified-good backup / of the newest good restore test.
     backup_age: DurationThreshold = field(
         default_factory=lambda: DurationThreshold(36 * 3600, 72 * 3600))
@@ -136,6 +162,13 @@ def check_thresholds(settings: ChecksSettings, origin: str) -> None:
                             f"warning ({warning})")
     if settings.database_size_pct.allocated is not None and settings.database_size_pct.allocated <= 0:
         problems.append("checks.database_size_pct.allocated: must be a positive size like 100GB")
+    for name in ("table_bloat", "index_bloat"):
+        ratio = getattr(settings, name).min_ratio
+        if not 0 <= ratio < 1:
+            problems.append(f"checks.{name}.min_ratio: a share from 0 to below 1, got {ratio}")
+    for name in ("sequence_used_pct", "disk_used_pct"):
+        if getattr(settings, name).critical > 100:
+            problems.append(f"checks.{name}: a percentage, at most 100")
     if settings.slow_query_seconds.min_calls < 1:
         problems.append("checks.slow_query_seconds.min_calls: must be at least 1")
     if settings.vector_recall.sample < 0:
