@@ -70,6 +70,12 @@ class TargetSettings:
     # This target's own `checks:` (skip, thresholds), merged over the global `checks:` section
     # when the config is loaded: a key set here wins, `skip` lists are added together.
     checks: ChecksSettings | None = None
+    # The unpooled connection for session work (migrations, dumps, WAL, CONCURRENTLY, VACUUM,
+    # advisory locks) when `dsn` goes through a pooler; what sits on `dsn` (auto: found once
+    # per run); PgBouncer's admin console, read by `check`.
+    direct_dsn: str | None = None
+    pooler: Literal["auto", "none", "session", "transaction"] = "auto"
+    pgbouncer_admin_dsn: str | None = None
 
 
 @dataclass
