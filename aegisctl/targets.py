@@ -29,6 +29,10 @@ class Target:
     # The DSN as configured (may hold a password if the user wrote one in: never print it raw).
     dsn: str = ""
     password: str | None = field(default=None, repr=False)
+    # Session work goes here when set (see aegisctl.pooler); `pooler` says what sits on dsn.
+    direct_dsn: str | None = None
+    pooler: str = "auto"
+    pgbouncer_admin_dsn: str | None = None
 
     @property
     def display_dsn(self) -> str:
@@ -132,4 +136,7 @@ def resolve_target(
         dsn=dsn,
         source=source,
         password=read_password(name, spec, env),
+        direct_dsn=spec.direct_dsn,
+        pooler=spec.pooler,
+        pgbouncer_admin_dsn=spec.pgbouncer_admin_dsn,
     )

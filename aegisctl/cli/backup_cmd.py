@@ -115,11 +115,13 @@ def create(
       aegisctl backup create --physical --incremental
     """
     if physical or incremental:
-        return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt)
+        return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt,
+                                            wait_lock=wait_lock)
     from aegisctl.backup.dump import CreateOptions
     from aegisctl.backup.service import run_create
 
     app_state = state(ctx)
+    app_state.require_session("backup create")  # pg_dump holds a session and a snapshot
     options = CreateOptions(label=label, format=dump_format.value if dump_format else None,
                             jobs=jobs, compress=compress, globals=globals_)
     with _progress(app_state) as progress:
@@ -226,6 +228,8 @@ def verify(
     app_state = state(ctx)
     if bool(backup_id) == latest:
         raise UsageError("give a backup ID or --latest (one of the two)")
+    if restore_test:
+        app_state.require_session("backup verify --restore-test")
     report = verify_locked(app_state.config(), app_state.target(), backup_id,
                            restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
@@ -288,12 +292,14 @@ def restore(
         return physical_cmd.restore_physical(ctx, physical=physical, backup_id=backup_id,
                                              latest=latest,
                                              to_time=to_time, to_lsn=to_lsn,
-                                             target_dir=target_dir, dry_run=dry_run, fmt=fmt)
+                                             target_dir=target_dir, dry_run=dry_run, fmt=fmt,
+                                             wait_lock=wait_lock)
     from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
     from aegisctl.locks import target_lock
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
+    app_state.require_session("backup restore")
     manifest = _pick(app_state, backup_id, latest)
     with target_lock(loaded.settings, target.name, "backup restore", wait_lock):
         plan = plan_restore(loaded, target, manifest, target_db=target_db, tables=table or [],
@@ -434,7 +440,7 @@ def download(
 
 @app.command()
 def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="ID")],
-         fmt: FormatOption = None) -> None:
+         wait_lock: WaitLock = 0.0, fmt: FormatOption = None) -> None:
     """Pin a backup: retention (local and remote) never deletes it.
 
     Example:
@@ -444,14 +450,15 @@ def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="I
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    result = set_pinned(app_state.config(), app_state.target(), backup_id, True)
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, True,
+                        wait_lock=wait_lock)
     output.render(result, app_state.fmt(fmt))
 
 
 @app.command()
 def unkeep(ctx: typer.Context,
            backup_id: Annotated[str, typer.Argument(metavar="ID")],
-           fmt: FormatOption = None) -> None:
+           wait_lock: WaitLock = 0.0, fmt: FormatOption = None) -> None:
     """Unpin a backup: retention applies to it again.
 
     Example:
@@ -461,7 +468,8 @@ def unkeep(ctx: typer.Context,
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    result = set_pinned(app_state.config(), app_state.target(), backup_id, False)
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, False,
+                        wait_lock=wait_lock)
     output.render(result, app_state.fmt(fmt))
 
 

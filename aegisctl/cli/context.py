@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from aegisctl.config import LoadedConfig
-    from aegisctl.db import WorkKind
+    from aegisctl.db import Needs, WorkKind
     from aegisctl.targets import Target
 
 
@@ -78,10 +78,18 @@ class AppState:
         return resolve_target(self.config(), self.target_name)
 
     def connect(self, command: str, kind: WorkKind = "query",
-                autocommit: bool = True) -> psycopg.Connection[Any]:
+                autocommit: bool = True, needs: Needs = "any") -> psycopg.Connection[Any]:
         from aegisctl.db import connect
 
-        return connect(self.config(), self.target(), command, kind, autocommit=autocommit)
+        return connect(self.config(), self.target(), command, kind, autocommit=autocommit,
+                       needs=needs)
+
+    def require_session(self, command: str, needs: Needs = "session") -> None:
+        """Stop at once (exit 2, one line) when `command` needs a session or an unpooled
+        server and the target's dsn is a pooler without direct_dsn."""
+        from aegisctl.db import require_session
+
+        require_session(self.config(), self.target(), command, needs)
 
 
 def state(ctx: typer.Context) -> AppState:

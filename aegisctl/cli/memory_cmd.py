@@ -25,6 +25,7 @@ from aegisctl.cli.options import (
     TagOpt,
     TypeOpt,
     UntilOpt,
+    WaitLock,
     dry_run_option,
     limit_option,
     memory_filters,
@@ -554,6 +555,7 @@ def reembed_cmd(
         "change nothing.")] = False,
     yes: Annotated[bool, yes_option("Do not ask before re-embedding "
                                       "every memory.")] = False,
+    wait_lock: WaitLock = 0.0,
     fmt: FormatOpt = None,
 ) -> None:
     """Compute embeddings in batches with the configured provider: every memory (after a
@@ -572,6 +574,7 @@ def reembed_cmd(
       aegisctl memory reembed --yes
     """
     from aegisctl.cli.context import confirm
+    from aegisctl.locks import target_lock
     from aegisctl.memory.reembed import ReembedPlan, count_todo, reembed
 
     kinds = option_kinds(kind)
@@ -584,7 +587,9 @@ def reembed_cmd(
         if not missing and not stale:
             confirm(f"Re-embed all {todo} memories with {provider.model}? Every stored vector "
                     "is replaced", yes)
-        with _progress(app_state) as progress:
+        target = app_state.target()
+        with target_lock(settings, target.name, "memory reembed", wait_lock), \
+                _progress(app_state) as progress:
             done = [0]
 
             def advance(n: int) -> None:

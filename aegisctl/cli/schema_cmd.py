@@ -73,7 +73,7 @@ def init(
     app_state = state(ctx)
     settings = app_state.config().settings
     out = app_state.fmt(fmt)
-    with app_state.connect("schema init", "ddl") as conn:
+    with app_state.connect("schema init", "ddl", needs="session") as conn:
         result = _run_migration(ctx, out, lambda: init_schema(
             conn, settings.schema, embedding_dim=embedding_dim, wait_lock=wait_lock))
         _partition_new_tables(conn, settings.partitions)
@@ -134,6 +134,7 @@ def migrate(
 
     app_state = state(ctx)
     settings = app_state.config().settings
+    app_state.require_session("schema migrate")  # the migrations' advisory lock
     if backup and not dry_run:
         with app_state.connect("schema migrate") as conn:
             pending = schema_status(conn).having("pending")
@@ -146,7 +147,7 @@ def migrate(
                                        label="before-migration")
         output.print_status(f"verified backup {taken.id} taken before migrating")
     out = app_state.fmt(fmt)
-    with app_state.connect("schema migrate", "ddl") as conn:
+    with app_state.connect("schema migrate", "ddl", needs="session") as conn:
         result = _run_migration(ctx, out, lambda: run_migrate(
             conn, settings.schema, to=to, dry_run=dry_run, wait_lock=wait_lock))
     output.render(result, out)
