@@ -20,9 +20,14 @@ from aegisctl.backup.settings import BackupSettings
 from aegisctl.cluster.settings import PatroniSettings, check_patroni_settings
 from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
+from aegisctl.maintenance.partition_settings import PartitionSpec, check_partition_settings
 from aegisctl.maintenance.settings import MaintenanceSettings
 from aegisctl.memory.settings import MemorySettings
-from aegisctl.retention.settings import CleanupSettings, check_cleanup_settings
+from aegisctl.retention.settings import (
+    CleanupSettings,
+    check_cleanup_settings,
+    check_partition_retention,
+)
 from aegisctl.scheduling.jobs import check_schedule
 from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
 from aegisctl.units import parse_duration, parse_size
@@ -193,6 +198,7 @@ class Settings:
     memory: MemorySettings = field(default_factory=MemorySettings)
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     cleanup: CleanupSettings = field(default_factory=CleanupSettings)
+    partitions: dict[str, PartitionSpec] = field(default_factory=dict)
 
 
 @dataclass
@@ -522,6 +528,8 @@ def _check_consistency(settings: Settings, origin: str) -> None:
     check_schedule(settings, origin)
     check_thresholds(settings.checks, origin)
     check_cleanup_settings(settings.cleanup, origin)
+    check_partition_settings(settings.partitions, origin)
+    check_partition_retention(settings.cleanup, settings.partitions, origin)
     check_physical_settings(settings.backup.physical, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
