@@ -5,12 +5,15 @@ kill -9 failover. One cluster for the whole module (see patroni_fixtures.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from patroni_fixtures import PatroniCluster, patroni_cluster  # noqa: F401
+from patroni_fixtures import PatroniCluster, patroni_cluster, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +115,57 @@ def test_a_multi_host_dsn_picks_the_same_members_without_a_rest_api(
     assert status["reads"]["server"] == f"127.0.0.1:{replica.pg_port}"
     result = cli("--config", str(config), "schema", "migrate")
     assert result.exit_code == 0, result.output
+
+
+def test_a_switchover_mid_cleanup_stops_it_with_exit_5_and_the_next_run_finishes(
+        aegis_database: PatroniCluster, write_config: Callable[..., Path],
+        clean_env: Path) -> None:
+    """Between batches the role is proven again: a switchover in the middle of a cleanup run
+    stops it (exit 5, one line), nothing is written to the demoted member, and the next run
+    deletes what is left on the new leader."""
+    cluster = aegis_database
+    with cluster.leader().connect(DB) as conn:
+        conn.execute("DROP TABLE IF EXISTS events")
+        conn.execute("CREATE TABLE events (id bigint PRIMARY KEY, ts timestamptz NOT NULL)")
+        conn.execute("INSERT INTO events SELECT g, now() - interval '30 days' "
+                     "FROM generate_series(1, 20000) g")
+        conn.execute("INSERT INTO events SELECT g, now() FROM generate_series(20001, 20100) g")
+        conn.execute("CREATE INDEX ON events (ts)")
+        conn.execute("ANALYZE events")
+    config = _config(cluster)
+    config["cleanup"] = {"batch_size": 200, "min_batch_size": 100, "pause": "0.1s",
+                         "vacuum": False, "archive_dir": str(clean_env / "archive"),
+                         "policies": {"events": {"table": "events", "column": "ts",
+                                                 "max_age": "7d"}}}
+    path = write_config(config)
+    exe = Path(sys.executable).with_name("aegisctl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AEGISCTL_", "PG"))}
+    run = subprocess.Popen([str(exe), "--config", str(path), "cleanup", "run", "--yes"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        def started() -> bool:
+            with cluster.leader().connect(DB) as conn:
+                row = conn.execute("SELECT count(*) FROM events").fetchone()
+            return row is not None and row[0] < 19000
+        wait_for("the first cleanup batches", started, 60, every=0.2)
+        assert run.poll() is None, "the cleanup finished before the switchover"
+        _old, new = cluster.switchover()
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 5, out + err
+    lines = [ln for ln in err.splitlines() if ln.startswith("aegisctl: error:")]
+    assert len(lines) == 1 and "leader" in lines[0] and "nothing more was written" in lines[0]
+    with new.connect(DB) as conn:
+        row = conn.execute("SELECT count(*) FROM events").fetchone()
+    assert row is not None and 100 < row[0] < 20100  # stopped part-way
+    done = subprocess.run([str(exe), "--config", str(path), "cleanup", "run", "--yes"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with new.connect(DB) as conn:
+        row = conn.execute("SELECT count(*), min(id) FROM events").fetchone()
+    assert row == (100, 20001)
 
 
 def test_commands_follow_a_kill_9_failover(

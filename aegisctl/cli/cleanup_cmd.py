@@ -96,9 +96,9 @@ def run_cmd(
                                  on_phase=lambda name: phase.__setitem__(0, name))
     output.render(report, app_state.fmt(fmt))
     if report.stopped:  # one line on stderr too: the archive folder and its free space
-        from aegisctl.errors import OperationFailed
+        from aegisctl.errors import OperationFailed, RoleChanged
 
-        raise OperationFailed(report.stopped)
+        raise (RoleChanged if report.role_changed else OperationFailed)(report.stopped)
     if report.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     if not report.ok:
