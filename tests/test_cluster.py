@@ -32,9 +32,14 @@ def _config(cluster: PatroniCluster, **patroni: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def aegis_database(patroni_cluster: PatroniCluster) -> PatroniCluster:  # noqa: F811
+    from aegisctl.config import SchemaSettings
+    from aegisctl.schema import init_schema
+
     with patroni_cluster.leader().connect() as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB}")
         conn.execute(f"CREATE DATABASE {DB}")
+    with patroni_cluster.leader().connect(DB) as conn:
+        init_schema(conn, SchemaSettings(embedding_dim=8), wait_lock=60)
     return patroni_cluster
 
 
@@ -72,7 +77,7 @@ def test_writes_go_to_the_leader_and_follow_a_switchover(
         aegis_database: PatroniCluster, cli: Any, write_config: Callable[..., Path]) -> None:
     cluster = aegis_database
     config = write_config(_config(cluster))
-    result = cli("--config", str(config), "schema", "init", "--embedding-dim", "8")
+    result = cli("--config", str(config), "schema", "migrate")
     assert result.exit_code == 0, result.output
 
     old, new = cluster.switchover()
@@ -115,6 +120,53 @@ def test_a_multi_host_dsn_picks_the_same_members_without_a_rest_api(
     assert status["reads"]["server"] == f"127.0.0.1:{replica.pg_port}"
     result = cli("--config", str(config), "schema", "migrate")
     assert result.exit_code == 0, result.output
+
+
+def test_scheduled_jobs_run_only_where_the_member_leads(
+        aegis_database: PatroniCluster, cli: Any, write_config: Callable[..., Path]) -> None:
+    """The same job on every member's host: it runs where the member leads, is recorded
+    "skipped" (exit 0, not failed) elsewhere and while the cluster is paused, and its freshness
+    counts the leader's runs from any host."""
+    cluster = aegis_database
+    leader, replica = cluster.leader(), cluster.replica()
+
+    def host_config(member: Any) -> Path:
+        config = _config(cluster, local_url=member.api_url)
+        config["schedule"] = {"probe": {"command": "health", "every": "5m"}}
+        return write_config(config, name=f"{member.name}.yaml")
+
+    def run_on(member: Any) -> dict[str, Any]:
+        result = cli("--config", str(host_config(member)), "jobs", "run", "probe",
+                     "--format", "json")
+        assert result.exit_code == 0, result.output
+        return dict(json.loads(result.stdout))
+
+    ran = run_on(leader)
+    assert ran["status"] == "succeeded" and ran["recorded_in"] == "database"
+    skipped = run_on(replica)
+    assert skipped["status"] == "skipped" and skipped["exit_code"] == 0
+    assert skipped["error"].startswith(f"not leader: this host's member {replica.name} is replica")
+    assert skipped["recorded_in"] == "database"  # in the history on the leader
+
+    paused = cluster.patronictl("pause", "--wait")
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    try:
+        wait_for("the pause to show", lambda: cluster.cluster().get("pause") is True, 30)
+        held = run_on(leader)
+        assert held["status"] == "skipped" and held["error"].startswith("cluster paused")
+    finally:
+        resumed = cluster.patronictl("resume", "--wait")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    history = cli("--config", str(host_config(replica)), "jobs", "history", "--format", "json")
+    assert history.exit_code == 0, history.output
+    statuses = sorted(r["status"] for r in json.loads(history.stdout)["runs"]
+                      if r["job"] == "probe")
+    assert statuses == ["skipped", "skipped", "succeeded"]
+    fresh = cli("--config", str(host_config(replica)), "jobs", "status", "--format", "json")
+    assert fresh.exit_code == 0, fresh.output
+    (probe,) = [j for j in json.loads(fresh.stdout)["jobs"] if j["job"] == "probe"]
+    assert probe["status"] == "OK" and probe["last_run_status"] == "succeeded"
 
 
 def test_a_switchover_mid_cleanup_stops_it_with_exit_5_and_the_next_run_finishes(
