@@ -78,7 +78,8 @@ class AppState:
         return resolve_target(self.config(), self.target_name)
 
     def connect(self, command: str, kind: WorkKind = "query",
-                autocommit: bool = True, needs: Needs = "any") -> psycopg.Connection[Any]:
+                autocommit: bool = True, needs: Needs | None = None
+                ) -> psycopg.Connection[Any]:
         from aegisctl.db import connect
 
         return connect(self.config(), self.target(), command, kind, autocommit=autocommit,
