@@ -60,6 +60,16 @@ def override_settings(conn: psycopg.Connection[Any], override: dict[str, str] | 
                                                            **(override or {})})
 
 
+def session_set(conn: psycopg.Connection[Any], settings: dict[str, str]) -> None:
+    """`SET name = value` for the rest of the connection's life: for the session on a
+    connection of one's own, for every later transaction through a transaction pooler."""
+    if isinstance(conn, AegisConnection) and conn.aegis_settings is not None:
+        conn.aegis_settings.update(settings)
+        override_settings(conn, None)
+    else:
+        conn.execute(session_settings_statement(settings))
+
+
 def _owed(conn: psycopg.Connection[Any]) -> bytes | None:
     """The settings statement when the next statement opens a transaction (or is the first of
     an explicit one) on a per-transaction connection; None when they are in place."""

@@ -219,7 +219,9 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     transaction pooler) the rebuild, VACUUM and partition detaches run there."""
     settings = loaded.settings
     started = dt.datetime.now(dt.UTC)
-    conn.execute("SET TIME ZONE 'UTC'")
+    from aegisctl.pooler import session_set
+
+    session_set(conn, {"TimeZone": "UTC"})
     names = select_policies(loaded, options.policies)
     if not options.dry_run:
         ensure_primary(conn, "cleanup run")
