@@ -45,9 +45,14 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.statement_checks",
     "aegisctl.diagnostics.replication_checks",
     "aegisctl.diagnostics.vector_checks",
+    "aegisctl.diagnostics.bloat_checks",
+    "aegisctl.diagnostics.sequence_checks",
+    "aegisctl.diagnostics.maintenance_checks",
+    "aegisctl.diagnostics.disk_checks",
     "aegisctl.diagnostics.backup_checks",
     "aegisctl.diagnostics.job_checks",
     "aegisctl.diagnostics.physical_checks",
+    "aegisctl.diagnostics.partition_checks",
 ]
 
 
