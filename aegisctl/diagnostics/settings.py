@@ -131,6 +131,12 @@ class ChecksSettings:
     # Local backups still waiting to be uploaded (only when backup.remote is configured):
     # more than 0 is WARNING, more than 2 CRITICAL.
     backup_pending_uploads: Threshold = field(default_factory=lambda: Threshold(0, 2))
+    # Months created ahead of a partitioned table (beyond the current month): fewer than
+    # `warning` is WARNING, fewer than `critical` CRITICAL (inserts soon land in DEFAULT).
+    partitions_ahead: Threshold = field(default_factory=lambda: Threshold(2, 1))
+    # Rows in a DEFAULT partition (their month had no partition): more than `warning` is
+    # WARNING, more than `critical` CRITICAL. `maint partitions` moves them.
+    default_partition_rows: Threshold = field(default_factory=lambda: Threshold(0, 10_000))
     # Checks `aegisctl check` leaves out unless --only names them.
     skip: list[str] = field(default_factory=list)
     # Sessions whose application_name matches one of these LIKE patterns are not counted by
@@ -139,6 +145,7 @@ class ChecksSettings:
 
 
 _LOWER_IS_WORSE = {"cache_hit_ratio", "vector_recall"}
+_FEWER_IS_WORSE = {"partitions_ahead"}
 
 
 def check_thresholds(settings: ChecksSettings, origin: str) -> None:
@@ -151,6 +158,10 @@ def check_thresholds(settings: ChecksSettings, origin: str) -> None:
         warning, critical = value.warning, value.critical
         if warning < 0 or critical < 0:
             problems.append(f"checks.{f.name}: thresholds cannot be negative")
+        elif f.name in _FEWER_IS_WORSE:
+            if critical > warning:
+                problems.append(f"checks.{f.name}: critical ({critical}) must be at or below "
+                                f"warning ({warning}): fewer is worse")
         elif f.name in _LOWER_IS_WORSE:
             if critical > warning:
                 problems.append(f"checks.{f.name}: critical ({critical}) must be at or below "

@@ -37,6 +37,7 @@ DESTRUCTIVE: tuple[tuple[tuple[str, ...], str | None], ...] = (
     (("cleanup", "run"), None),
     (("maint", "vacuum"), "--full"),
     (("memory", "reembed"), None),
+    (("schema", "partition"), None),
 )
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
