@@ -17,11 +17,17 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from aegisctl.backup.physical.settings import check_physical_settings
 from aegisctl.backup.settings import BackupSettings
+from aegisctl.cluster.settings import PatroniSettings, check_patroni_settings
 from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
+from aegisctl.maintenance.partition_settings import PartitionSpec, check_partition_settings
 from aegisctl.maintenance.settings import MaintenanceSettings
 from aegisctl.memory.settings import MemorySettings
-from aegisctl.retention.settings import CleanupSettings, check_cleanup_settings
+from aegisctl.retention.settings import (
+    CleanupSettings,
+    check_cleanup_settings,
+    check_partition_retention,
+)
 from aegisctl.scheduling.jobs import check_schedule
 from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
 from aegisctl.units import parse_duration, parse_size
@@ -65,6 +71,8 @@ class TargetSettings:
     password_file: str | None = None
     password_env: str | None = None
     role: Literal["primary", "replica"] = "primary"
+    # A Patroni cluster: each command picks its member from /cluster (aegisctl.cluster).
+    patroni: PatroniSettings | None = None
     # `aegisctl check` on a primary: fewer streaming standbys than this is CRITICAL.
     expected_replicas: int | None = None
     # This target's own `checks:` (skip, thresholds), merged over the global `checks:` section
@@ -190,6 +198,7 @@ class Settings:
     memory: MemorySettings = field(default_factory=MemorySettings)
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     cleanup: CleanupSettings = field(default_factory=CleanupSettings)
+    partitions: dict[str, PartitionSpec] = field(default_factory=dict)
 
 
 @dataclass
@@ -519,6 +528,8 @@ def _check_consistency(settings: Settings, origin: str) -> None:
     check_schedule(settings, origin)
     check_thresholds(settings.checks, origin)
     check_cleanup_settings(settings.cleanup, origin)
+    check_partition_settings(settings.partitions, origin)
+    check_partition_retention(settings.cleanup, settings.partitions, origin)
     check_physical_settings(settings.backup.physical, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
@@ -535,6 +546,7 @@ def _check_consistency(settings: Settings, origin: str) -> None:
             raise ConfigError(
                 f"{origin}: targets.{name}: give password_env or password_file, not both"
             )
+        check_patroni_settings(name, target.dsn, target.patroni, origin)
     if settings.schema.embedding_dim is not None:
         check_embedding_dim_range(settings.schema.embedding_dim, f"{origin}: schema.embedding_dim")
 

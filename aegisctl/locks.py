@@ -153,8 +153,21 @@ def lock_file_at(path: Path, command: str, wait_seconds: float = 0.0,
     return hold(path, Holder.me(command), wait_seconds=wait_seconds, busy=busy)
 
 
+# Set by the job runner for its child: the scheduled run's bound (scheduler.lock_wait).
+LOCK_WAIT_ENV = "AEGISCTL_LOCK_WAIT"
+
+
+def scheduled_wait() -> float:
+    try:
+        return max(0.0, float(os.environ.get(LOCK_WAIT_ENV, "0")))
+    except ValueError:
+        return 0.0
+
+
 def target_lock(settings: Settings, target: str, command: str,
                 wait_seconds: float = 0.0) -> contextlib.AbstractContextManager[None]:
-    """The per-target lock every command that changes the database or its backups takes."""
+    """The per-target lock every command that changes the database or its backups takes. A
+    scheduled run waits at least scheduler.lock_wait for it."""
+    wait_seconds = max(wait_seconds, scheduled_wait())
     return lock_file_at(target_lock_path(state_dir(settings), target), command, wait_seconds,
                         target)

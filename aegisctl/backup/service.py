@@ -249,9 +249,10 @@ def download(loaded: LoadedConfig, target: Target, backup_id: str, *,
 
 
 def set_pinned(loaded: LoadedConfig, target: Target, backup_id: str,
-               pinned: bool) -> BackupMessage:
+               pinned: bool, *, wait_lock: float = 0.0) -> BackupMessage:
     store = _store(loaded, target)
-    with target_lock(loaded.settings, target.name, "backup keep" if pinned else "backup unkeep"):
+    with target_lock(loaded.settings, target.name, "backup keep" if pinned else "backup unkeep",
+                     wait_lock):
         manifest = store.load(backup_id)
         manifest.pinned = pinned
         manifest.pinned_at = format_time(utcnow()) if pinned else None

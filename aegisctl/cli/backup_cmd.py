@@ -115,7 +115,8 @@ def create(
       aegisctl backup create --physical --incremental
     """
     if physical or incremental:
-        return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt)
+        return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt,
+                                            wait_lock=wait_lock)
     from aegisctl.backup.dump import CreateOptions
     from aegisctl.backup.service import run_create
 
@@ -124,7 +125,8 @@ def create(
     options = CreateOptions(label=label, format=dump_format.value if dump_format else None,
                             jobs=jobs, compress=compress, globals=globals_)
     with _progress(app_state) as progress:
-        result = run_create(app_state.config(), app_state.target(), options,
+        reads = app_state.config().settings.backup.source == "replica"
+        result = run_create(app_state.config(), app_state.target(reads), options,
                             wait_lock=wait_lock, verify=verify.value if verify else None,
                             upload=not no_upload, progress=progress)
     output.render(result, app_state.fmt(fmt))
@@ -292,7 +294,8 @@ def restore(
         return physical_cmd.restore_physical(ctx, physical=physical, backup_id=backup_id,
                                              latest=latest,
                                              to_time=to_time, to_lsn=to_lsn,
-                                             target_dir=target_dir, dry_run=dry_run, fmt=fmt)
+                                             target_dir=target_dir, dry_run=dry_run, fmt=fmt,
+                                             wait_lock=wait_lock)
     from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
     from aegisctl.locks import target_lock
 
@@ -439,7 +442,7 @@ def download(
 
 @app.command()
 def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="ID")],
-         fmt: FormatOption = None) -> None:
+         wait_lock: WaitLock = 0.0, fmt: FormatOption = None) -> None:
     """Pin a backup: retention (local and remote) never deletes it.
 
     Example:
@@ -449,14 +452,15 @@ def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="I
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    result = set_pinned(app_state.config(), app_state.target(), backup_id, True)
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, True,
+                        wait_lock=wait_lock)
     output.render(result, app_state.fmt(fmt))
 
 
 @app.command()
 def unkeep(ctx: typer.Context,
            backup_id: Annotated[str, typer.Argument(metavar="ID")],
-           fmt: FormatOption = None) -> None:
+           wait_lock: WaitLock = 0.0, fmt: FormatOption = None) -> None:
     """Unpin a backup: retention applies to it again.
 
     Example:
@@ -466,7 +470,8 @@ def unkeep(ctx: typer.Context,
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    result = set_pinned(app_state.config(), app_state.target(), backup_id, False)
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, False,
+                        wait_lock=wait_lock)
     output.render(result, app_state.fmt(fmt))
 
 

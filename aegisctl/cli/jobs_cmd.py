@@ -60,9 +60,10 @@ def run_job(
     subprocess, record the outcome. This is what the systemd units and cron lines call.
 
     Exits with the command's own exit code (1 when it timed out); 4 when the job is already
-    running for its target
-    (the start is skipped and recorded as such). SIGTERM or Ctrl-C interrupts the command
-    (SIGINT to its process group) and records the run as interrupted.
+    running for its target, or when another run held the target's lock for all of
+    scheduler.lock_wait (the start is skipped and recorded as such, with the holder). SIGTERM
+    or Ctrl-C interrupts the command (SIGINT to its process group) and records the run as
+    interrupted.
 
     Examples:
 
@@ -91,7 +92,7 @@ def run_job(
     finally:
         signal.signal(signal.SIGTERM, previous)
     output.render(run, app_state.fmt(fmt))
-    if run.status == "failed" and run.exit_code and run.exit_code > 0:
+    if run.status in ("failed", "skipped") and run.exit_code and run.exit_code > 0:
         raise typer.Exit(run.exit_code)  # the command's own code: 3 unreachable, 4 locked...
     if run.status != "succeeded":
         raise typer.Exit(1)  # timed out, or killed by a signal

@@ -25,6 +25,7 @@ from aegisctl.cli.options import (
     TagOpt,
     TypeOpt,
     UntilOpt,
+    WaitLock,
     dry_run_option,
     limit_option,
     memory_filters,
@@ -83,6 +84,9 @@ def _format(app_state: AppState, requested: MemoryFormat | None) -> MemoryFormat
     return MemoryFormat.table if sys.stdout.isatty() else MemoryFormat.jsonl
 
 
+_READ_ONLY = frozenset({"search", "similar", "show", "recent", "stats", "export"})
+
+
 @contextmanager
 def _session(ctx: typer.Context, command: str
              ) -> Iterator[tuple[AppState, Settings, psycopg.Connection[Any], int]]:
@@ -90,7 +94,9 @@ def _session(ctx: typer.Context, command: str
 
     app_state = state(ctx)
     settings = app_state.config().settings
-    with app_state.connect(f"memory {command}") as conn:
+    # Commands that only read may use a cluster's streaming replica.
+    reads = command in _READ_ONLY
+    with app_state.connect(f"memory {command}", reads=reads) as conn:
         yield app_state, settings, conn, require_schema(conn)
 
 
@@ -554,6 +560,7 @@ def reembed_cmd(
         "change nothing.")] = False,
     yes: Annotated[bool, yes_option("Do not ask before re-embedding "
                                       "every memory.")] = False,
+    wait_lock: WaitLock = 0.0,
     fmt: FormatOpt = None,
 ) -> None:
     """Compute embeddings in batches with the configured provider: every memory (after a
@@ -572,6 +579,7 @@ def reembed_cmd(
       aegisctl memory reembed --yes
     """
     from aegisctl.cli.context import confirm
+    from aegisctl.locks import target_lock
     from aegisctl.memory.reembed import ReembedPlan, count_todo, reembed
 
     kinds = option_kinds(kind)
@@ -584,7 +592,9 @@ def reembed_cmd(
         if not missing and not stale:
             confirm(f"Re-embed all {todo} memories with {provider.model}? Every stored vector "
                     "is replaced", yes)
-        with _progress(app_state) as progress:
+        target = app_state.target()
+        with target_lock(settings, target.name, "memory reembed", wait_lock), \
+                _progress(app_state) as progress:
             done = [0]
 
             def advance(n: int) -> None:

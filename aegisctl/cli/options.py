@@ -35,11 +35,12 @@ DryRun = Annotated[bool, dry_run_option()]
 
 # -- the target lock ------------------------------------------------------------------------------
 
-# Every command that changes the database or its backups shares one lock per target.
-WaitLock = Annotated[float, typer.Option(
-    "--wait-lock", metavar="SECONDS", min=0,
-    help="Wait this long for another backup, verify, prune, restore, cleanup or maintenance "
-         "run of the target (they share one lock), then exit 4.")]
+# Every command that changes the database or its backups shares one lock per target; a command
+# takes that lock exactly when it has this option (the schedule's checks rely on it).
+WAIT_LOCK_HELP = ("Wait this long for another backup, verify, prune, restore, cleanup or "
+                  "maintenance run of the target (they share one lock), then exit 4.")
+WaitLock = Annotated[float, typer.Option("--wait-lock", metavar="SECONDS", min=0,
+                                         help=WAIT_LOCK_HELP)]
 
 # -- lists ----------------------------------------------------------------------------------------
 

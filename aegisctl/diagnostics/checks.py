@@ -45,9 +45,14 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.statement_checks",
     "aegisctl.diagnostics.replication_checks",
     "aegisctl.diagnostics.vector_checks",
+    "aegisctl.diagnostics.bloat_checks",
+    "aegisctl.diagnostics.sequence_checks",
+    "aegisctl.diagnostics.maintenance_checks",
+    "aegisctl.diagnostics.disk_checks",
     "aegisctl.diagnostics.backup_checks",
     "aegisctl.diagnostics.job_checks",
     "aegisctl.diagnostics.physical_checks",
+    "aegisctl.diagnostics.partition_checks",
 ]
 
 
@@ -432,49 +437,3 @@ def run_target(loaded: LoadedConfig, target: Target, specs: list[CheckSpec],
             conn.close()
     out.elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
     return out
-
-
-def write_prometheus(report: CheckReport, path: str) -> None:
-    """The measurements for node_exporter's textfile collector, written atomically by
-    prometheus_client (a temporary file renamed into place)."""
-    from pathlib import Path
-
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-
-    destination = Path(path).expanduser()
-    if not destination.parent.is_dir():
-        raise UsageError(f"--prometheus: folder {destination.parent} does not exist")
-    if destination.is_dir():
-        raise UsageError(f"--prometheus: {destination} is a folder; give a file name ending in .prom")
-    registry = CollectorRegistry()
-    status = Gauge("aegisctl_check_status", "Check status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
-                   ["target", "check"], registry=registry)
-    value = Gauge("aegisctl_check_value", "The measured value (unit in the label)",
-                  ["target", "check", "unit"], registry=registry)
-    warning = Gauge("aegisctl_check_warning_threshold", "The warning threshold",
-                    ["target", "check"], registry=registry)
-    critical = Gauge("aegisctl_check_critical_threshold", "The critical threshold",
-                     ["target", "check"], registry=registry)
-    up = Gauge("aegisctl_target_up", "1 when the target's database answered",
-               ["target"], registry=registry)
-    overall = Gauge("aegisctl_check_overall_status", "The worst status over every check",
-                    registry=registry)
-    stamp = Gauge("aegisctl_check_last_run_timestamp_seconds", "When the checks ran",
-                  registry=registry)
-    units = {"s": "seconds", "%": "percent", "B": "bytes", "": "value"}
-    for t in report.targets:
-        up.labels(t.target).set(1 if t.reachable else 0)
-        for r in t.results:
-            status.labels(t.target, r.name).set(int(r.status))
-            if r.value is not None:
-                value.labels(t.target, r.name, units.get(r.unit, r.unit)).set(r.value)
-            if r.warning is not None:
-                warning.labels(t.target, r.name).set(r.warning)
-            if r.critical is not None:
-                critical.labels(t.target, r.name).set(r.critical)
-    overall.set(int(report.status))
-    stamp.set(report.checked_at.timestamp())
-    try:
-        write_to_textfile(str(destination), registry)
-    except OSError as exc:
-        raise UsageError(f"--prometheus: cannot write {destination}: {exc.strerror}") from None

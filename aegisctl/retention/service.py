@@ -35,6 +35,7 @@ from aegisctl.retention.archive import (
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
 from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon
 from aegisctl.retention.policy import ResolvedPolicy, resolve_policy
+from aegisctl.retention.settings import effective_policies
 
 if TYPE_CHECKING:
     import psycopg
@@ -195,7 +196,7 @@ class CleanupOptions:
 
 
 def select_policies(loaded: LoadedConfig, names: list[str] | None) -> list[str]:
-    configured = loaded.settings.cleanup.policies
+    configured = effective_policies(loaded.settings.cleanup, loaded.settings.partitions)
     if names:
         unknown = [n for n in names if n not in configured]
         if unknown:
@@ -225,7 +226,8 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     names = select_policies(loaded, options.policies)
     if not options.dry_run:
         ensure_primary(conn, "cleanup run")
-    resolved = [resolve_policy(conn, n, settings.cleanup.policies[n]) for n in names]
+    policies = effective_policies(settings.cleanup, settings.partitions)
+    resolved = [resolve_policy(conn, n, policies[n]) for n in names]
     now_row = conn.execute("SELECT now()").fetchone()
     now = options.now or (now_row[0] if now_row else dt.datetime.now(dt.UTC))
     report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)

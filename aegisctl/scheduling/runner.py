@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aegisctl import paths
-from aegisctl.errors import ConnectionFailed, LockBusy, OperationFailed
-from aegisctl.locks import Holder
+from aegisctl.errors import ConnectionFailed, ExitCode, LockBusy, OperationFailed
+from aegisctl.locks import LOCK_WAIT_ENV, Holder
 from aegisctl.scheduling import history, lock
 from aegisctl.scheduling.events import event
 from aegisctl.scheduling.history import JobRun, LocalHistory
@@ -231,6 +231,7 @@ class JobExecution:
 
     def _execute(self, run: JobRun) -> None:
         env = dict(os.environ, AEGISCTL_JOB=run.job, AEGISCTL_JOB_RUN_ID=run.id)
+        env[LOCK_WAIT_ENV] = f"{self.loaded.settings.scheduler.lock_wait:g}"
         proc = subprocess.Popen(self.child_argv(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, env=env)
@@ -275,6 +276,11 @@ class JobExecution:
             run.error = "interrupted: the scheduler was asked to stop"
         elif proc.returncode in self.job.settings.success_exit_codes:
             run.status = "succeeded"
+        elif proc.returncode == ExitCode.LOCKED:
+            # Another run held the target's lock for all of scheduler.lock_wait: this run did
+            # nothing, which is not a failure of the job. The error names the holder.
+            run.status = "skipped"
+            run.error = _error_line(tail, proc.returncode)
         else:
             run.status = "failed"
             run.error = _error_line(tail, proc.returncode)
