@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from aegisctl.backup.physical.settings import check_physical_settings
 from aegisctl.backup.settings import BackupSettings
+from aegisctl.cluster.settings import PatroniSettings, check_patroni_settings
 from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
 from aegisctl.maintenance.partition_settings import PartitionSpec, check_partition_settings
@@ -70,6 +71,8 @@ class TargetSettings:
     password_file: str | None = None
     password_env: str | None = None
     role: Literal["primary", "replica"] = "primary"
+    # A Patroni cluster: each command picks its member from /cluster (aegisctl.cluster).
+    patroni: PatroniSettings | None = None
     # `aegisctl check` on a primary: fewer streaming standbys than this is CRITICAL.
     expected_replicas: int | None = None
     # This target's own `checks:` (skip, thresholds), merged over the global `checks:` section
@@ -543,6 +546,7 @@ def _check_consistency(settings: Settings, origin: str) -> None:
             raise ConfigError(
                 f"{origin}: targets.{name}: give password_env or password_file, not both"
             )
+        check_patroni_settings(name, target.dsn, target.patroni, origin)
     if settings.schema.embedding_dim is not None:
         check_embedding_dim_range(settings.schema.embedding_dim, f"{origin}: schema.embedding_dim")
 

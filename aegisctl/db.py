@@ -158,6 +158,10 @@ def connect_params(
     conninfo, via = target.dsn, "dsn"
     if needs_for(kind, needs) != "any" and target.direct_dsn:
         conninfo, via = target.direct_dsn, "direct_dsn"
+    if target.cluster is not None and via == "dsn":  # the member this kind of work goes to
+        from aegisctl.cluster.members import member_conninfo, need_for
+
+        conninfo = member_conninfo(target.cluster, need_for(target.cluster, kind))
     if target.embedded:
         from aegisctl.local import server_for
 
@@ -283,6 +287,10 @@ def connect(
     except BaseException:
         conn.close()
         raise
+    if target.cluster is not None:  # the role, proven on the connection that does the work
+        from aegisctl.cluster.members import confirm_connection
+
+        confirm_connection(conn, target.cluster, kind)
     return conn
 
 

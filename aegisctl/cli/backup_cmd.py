@@ -125,7 +125,8 @@ def create(
     options = CreateOptions(label=label, format=dump_format.value if dump_format else None,
                             jobs=jobs, compress=compress, globals=globals_)
     with _progress(app_state) as progress:
-        result = run_create(app_state.config(), app_state.target(), options,
+        reads = app_state.config().settings.backup.source == "replica"
+        result = run_create(app_state.config(), app_state.target(reads), options,
                             wait_lock=wait_lock, verify=verify.value if verify else None,
                             upload=not no_upload, progress=progress)
     output.render(result, app_state.fmt(fmt))

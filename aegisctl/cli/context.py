@@ -72,16 +72,22 @@ class AppState:
             self._loaded = previous
             raise
 
-    def target(self) -> Target:
+    def target(self, reads: bool = False) -> Target:
+        """The chosen target. `reads`: the command only reads, so on a cluster it may use a
+        streaming replica within the lag bound (else the leader)."""
         from aegisctl.targets import resolve_target
 
-        return resolve_target(self.config(), self.target_name)
+        target = resolve_target(self.config(), self.target_name)
+        if reads and target.cluster is not None:
+            target.cluster.prefer = "replica"
+        return target
 
     def connect(self, command: str, kind: WorkKind = "query",
-                autocommit: bool = True, needs: Needs = "any") -> psycopg.Connection[Any]:
+                autocommit: bool = True, needs: Needs = "any",
+                reads: bool = False) -> psycopg.Connection[Any]:
         from aegisctl.db import connect
 
-        return connect(self.config(), self.target(), command, kind, autocommit=autocommit,
+        return connect(self.config(), self.target(reads), command, kind, autocommit=autocommit,
                        needs=needs)
 
     def require_session(self, command: str, needs: Needs = "session") -> None:

@@ -33,8 +33,8 @@ def _run(ctx: typer.Context, topic: str, fmt: FormatOption, options: DiagOptions
 
     app_state = state(ctx)
     settings = app_state.config().settings
-    target = app_state.target()
-    with app_state.connect(f"diag {topic}") as conn:
+    target = app_state.target(reads=True)
+    with app_state.connect(f"diag {topic}", reads=True) as conn:
         result = run_topic(conn, topic, target.name, settings, options)
     output.render(result, app_state.fmt(fmt))
 

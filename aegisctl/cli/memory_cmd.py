@@ -84,6 +84,9 @@ def _format(app_state: AppState, requested: MemoryFormat | None) -> MemoryFormat
     return MemoryFormat.table if sys.stdout.isatty() else MemoryFormat.jsonl
 
 
+_READ_ONLY = frozenset({"search", "similar", "show", "recent", "stats", "export"})
+
+
 @contextmanager
 def _session(ctx: typer.Context, command: str
              ) -> Iterator[tuple[AppState, Settings, psycopg.Connection[Any], int]]:
@@ -91,7 +94,9 @@ def _session(ctx: typer.Context, command: str
 
     app_state = state(ctx)
     settings = app_state.config().settings
-    with app_state.connect(f"memory {command}") as conn:
+    # Commands that only read may use a cluster's streaming replica.
+    reads = command in _READ_ONLY
+    with app_state.connect(f"memory {command}", reads=reads) as conn:
         yield app_state, settings, conn, require_schema(conn)
 
 
