@@ -456,7 +456,21 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
                                 "batch-deleting instead")
             continue
         _archive_and_drop(conn, rel, run, result, maint, archives)
-    return [leaf for leaf in parts.leaves(conn, parent)]
+    return _leaves_with_expired_rows(conn, parent, result.cutoff)
+
+
+def _leaves_with_expired_rows(conn: psycopg.Connection[Any], parent: Relation,
+                              cutoff: dt.datetime) -> list[Relation]:
+    """The leaves left to batch-delete: a partition whose lower bound is at or after the
+    cutoff cannot hold an expired row (its range says so), so it is not scanned."""
+    from aegisctl.schema.partition_bounds import partition_key, range_partitions
+
+    key = partition_key(conn, parent.oid)
+    later: set[int] = set()
+    if key is not None:
+        later = {p.relation.oid for p in range_partitions(conn, parent.oid, key)
+                 if not p.is_default and p.lower is not None and p.lower >= cutoff}
+    return [leaf for leaf in parts.leaves(conn, parent) if leaf.oid not in later]
 
 
 def _archive_and_drop(conn: psycopg.Connection[Any], rel: Relation, token: str,
