@@ -169,6 +169,51 @@ def test_scheduled_jobs_run_only_where_the_member_leads(
     assert probe["status"] == "OK" and probe["last_run_status"] == "succeeded"
 
 
+CLUSTER_CHECKS = "cluster_leader,cluster_paused,cluster_pending_restart,cluster_switchover,"\
+    "cluster_timeline,cluster_lag"
+
+
+def test_check_reports_the_cluster_per_member(
+        aegis_database: PatroniCluster, cli: Any, write_config: Callable[..., Path],
+        tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    cluster = aegis_database
+    leader, replica = cluster.leader(), cluster.replica()
+    config = str(write_config(_config(cluster)))
+    prom = tmp_path / "aegisctl.prom"
+    result = cli("--config", config, "check", "--only", CLUSTER_CHECKS, "--format", "json",
+                 "--prometheus", str(prom))
+    assert result.exit_code == 0, result.output
+    checks = {c["name"]: c for c in json.loads(result.stdout)["targets"][0]["checks"]}
+    assert checks["cluster_leader"]["status"] == "OK"
+    assert leader.name in checks["cluster_leader"]["message"]
+    lag = checks[f"cluster_lag:{replica.name}"]
+    assert lag["status"] == "OK" and lag["labels"] == {"member": replica.name}
+    assert lag["unit"] == "B" and lag["value"] is not None
+    samples = [s for f in text_string_to_metric_families(prom.read_text())
+               for s in f.samples if s.name == "aegisctl_cluster_member_lag_bytes"]
+    assert [(s.labels["member"], s.labels["target"]) for s in samples] == [
+        (replica.name, "cluster")]
+    nagios = cli("--config", config, "check", "--only", CLUSTER_CHECKS, "--format", "nagios")
+    assert nagios.exit_code == 0, nagios.output
+    perfdata = nagios.stdout.splitlines()[0].split(" | ", 1)[1]
+    assert f"'cluster_lag:{replica.name}'=" in perfdata
+
+    paused = cluster.patronictl("pause", "--wait")
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    try:
+        wait_for("the pause to show", lambda: cluster.cluster().get("pause") is True, 30)
+        result = cli("--config", config, "check", "--only", CLUSTER_CHECKS, "--format", "json")
+        assert result.exit_code == 1, result.output  # WARNING
+        checks = {c["name"]: c for c in json.loads(result.stdout)["targets"][0]["checks"]}
+        assert checks["cluster_paused"]["status"] == "WARNING"
+        assert "no automatic failover" in checks["cluster_paused"]["message"]
+    finally:
+        resumed = cluster.patronictl("resume", "--wait")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+
 def test_a_switchover_mid_cleanup_stops_it_with_exit_5_and_the_next_run_finishes(
         aegis_database: PatroniCluster, write_config: Callable[..., Path],
         clean_env: Path) -> None:
@@ -225,9 +270,20 @@ def test_commands_follow_a_kill_9_failover(
     cluster = aegis_database
     config = write_config(_config(cluster))
     before = _status(cli, config)
+    first = cli("--config", str(config), "check", "--only", "cluster_timeline")
+    assert first.exit_code == 0, first.output
     _old, new = cluster.kill_leader()
     status = _status(cli, config)
     assert status["leader"] == new.name and status["writes"]["member"] == new.name
     assert status["writes"]["timeline"] > before["writes"]["timeline"]
     result = cli("--config", str(config), "schema", "migrate")
     assert result.exit_code == 0, result.output
+    # `check` says the timeline moved since its previous run.
+    after = cli("--config", str(config), "check", "--only", "cluster_timeline", "--format",
+                "json")
+    assert after.exit_code == 1, after.output
+    (timeline,) = [c for c in json.loads(after.stdout)["targets"][0]["checks"]
+                   if c["name"] == "cluster_timeline"]
+    assert timeline["status"] == "WARNING"
+    assert (f"timeline {before['writes']['timeline']} -> {status['writes']['timeline']}"
+            in timeline["message"])

@@ -50,8 +50,10 @@ def check(
     Checks: connections, cache hit ratio, slow statements, long transactions,
     lock waits, database size, replication lag and slots, wraparound, invalid
     indexes, vector indexes and recall, backup age, restore-test age, pending
-    uploads (--list shows them). An unreachable target is CRITICAL; a check
-    that cannot be evaluated, or a configuration error, is UNKNOWN.
+    uploads, and on a Patroni cluster target its leader, pause, pending restarts,
+    scheduled switchover, timeline changes and each member's lag (--list shows them).
+    An unreachable target is CRITICAL; a check that cannot be evaluated, or a
+    configuration error, is UNKNOWN.
 
     Examples:
 
