@@ -127,7 +127,9 @@ def create(
                             upload=not no_upload, progress=progress)
     output.render(result, app_state.fmt(fmt))
     m = result.manifest
-    if result.verify_failed and result.verification:
+    if result.verification and result.verification.interrupted:
+        output.print_status(f"aegisctl: error: {result.verification.interrupted_message()}")
+    elif result.verify_failed and result.verification:
         for problem in result.verification.verification.problems:
             output.print_status(f"verify: {problem}")
         output.print_status(f"aegisctl: error: backup {m.id} did not verify")
@@ -220,7 +222,7 @@ def verify(
       aegisctl backup verify 20260101T020000Z --format json
     """
     from aegisctl.backup.verify import verify_locked
-    from aegisctl.errors import UsageError
+    from aegisctl.errors import OperationFailed, UsageError
 
     app_state = state(ctx)
     if bool(backup_id) == latest:
@@ -228,6 +230,8 @@ def verify(
     report = verify_locked(app_state.config(), app_state.target(), backup_id,
                            restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
+    if report.interrupted:
+        raise OperationFailed(report.interrupted_message())
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))
 

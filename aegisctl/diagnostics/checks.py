@@ -44,6 +44,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.backup_checks",
     "aegisctl.diagnostics.job_checks",
     "aegisctl.diagnostics.physical_checks",
+    "aegisctl.diagnostics.leftover_checks",
 ]
 
 
