@@ -363,7 +363,9 @@ def _error_line(tail: deque[str], code: int | None) -> str:
     if tail:
         return tail[-1].strip()[:1000]
     if code is not None and code < 0:
-        return f"killed by signal {-code}"
+        from aegisctl.children import exit_cause
+
+        return exit_cause(code)
     return f"exited with code {code}"
 
 
