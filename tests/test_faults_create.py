@@ -132,3 +132,21 @@ def test_pg_dump_dies_with_aegisctl(cli, aegis_db, backup_config, tmp_path) -> N
     paused.kill(signal.SIGKILL, while_stopped=lambda _c: told.append(pending_signals(dumps[0])))
     assert signal.SIGTERM in told[0], "pg_dump was not told that aegisctl died"
     assert wait_gone(dumps[0]), "pg_dump outlived aegisctl"
+
+
+def test_the_server_gone_during_create_is_one_line(cli, aegis_db, backup_config,
+                                                   tmp_path) -> None:
+    """aegisctl's session ends under it (as when the server stops) while pg_dump works: one
+    line says why, no driver noise ("error ignored in rollback"), nothing is listed."""
+    fill(aegis_db, rows=6)
+    cfg = backup_config()
+    paused = start_paused("create.pg_dump", "--config", str(cfg), "backup", "create",
+                          tmp_path=tmp_path)
+    aegis_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE application_name = 'aegisctl backup create'")
+    _out, err = paused.resume()
+    assert paused.proc.returncode == 3, err  # cannot reach the database
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["aegisctl: error: lost the connection to the database: terminating "
+                     "connection due to administrator command"], err
+    assert _names(tmp_path / "backups" / "primary") == set()

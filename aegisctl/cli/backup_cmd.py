@@ -172,6 +172,7 @@ def list_(
     """
     from aegisctl.backup.listing import human_age
     from aegisctl.backup.service import list_backups
+    from aegisctl.units import format_duration
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
@@ -190,7 +191,7 @@ def list_(
                 f"{human_age(listing.newest_good_age_seconds)} old" if listing.newest_good
                 else "there is no verified-good backup")
         output.print_status(f"aegisctl: warning: {what}; backup.max_age is "
-                            f"{human_age(listing.max_age_seconds)}")
+                            f"{format_duration(listing.max_age_seconds)}")
     if problems and listing.problems:
         for problem in listing.problems:
             output.print_status(f"aegisctl: problem: {problem}")

@@ -208,10 +208,23 @@ class Engine:
 
 
 def last_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln.strip() for ln in ((done.stderr or "") + "\n" + (done.stdout or "")).splitlines()
-             if ln.strip()]
+    """The line that says why: the last error line, a heading such as `pg_basebackup error:`
+    joined to the line that follows it (never shown alone, with nothing after it)."""
+    from aegisctl.children import exit_cause
+
+    lines: list[str] = []
+    for line in ((done.stderr or "") + "\n" + (done.stdout or "")).splitlines():
+        if not line.strip():
+            continue
+        if lines and lines[-1].endswith(":"):
+            lines[-1] = f"{lines[-1]} {line.strip()}"
+        else:
+            lines.append(line.strip())
+    lines = [ln for ln in lines if not ln.endswith(":")]  # a heading nothing followed
     errors = [ln for ln in lines if "ERROR" in ln or "FATAL" in ln or "error" in ln]
-    return (errors or lines or [f"exit {done.returncode}"])[-1][:500]
+    if done.returncode < 0:
+        return exit_cause(done.returncode)
+    return (errors or lines or [exit_cause(done.returncode)])[-1][:500]
 
 
 def server_name(target: Target) -> str:
