@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -22,13 +21,14 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
+from aegisctl.errors import ConfigError, LockBusy, MissingBinary, OperationFailed
+from aegisctl.paths import data_dir as configured_data_dir
+from aegisctl.paths import is_root, runtime_dir
 
 if TYPE_CHECKING:
     from aegisctl.output import Block
@@ -48,19 +48,8 @@ SERVER_SETTINGS = {
 }
 _SHELL_UNSAFE = set('"$`\\\n\r')
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
-
-
-def default_data_dir(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    if is_root():
-        # Never under /root: the server's own user could not reach it (see module docstring).
-        return Path("/var/lib/aegisctl/pgdata")
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")) / ".local" / "share")
-    return Path(base).expanduser() / "aegisctl" / "pgdata"
+# How long a start waits for another process starting or stopping the same server.
+START_LOCK_WAIT = 600.0
 
 
 def _package_dir() -> Path:
@@ -255,17 +244,21 @@ class EmbeddedServer:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         """Serialise init/start/stop between aegisctl processes sharing this data dir."""
+        from aegisctl.locks import Holder, hold
+
         self._make_parent()
-        lock_path = self.data_dir.parent / f".{self.data_dir.name}.lock"
-        with open(lock_path, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        path = self.data_dir.parent / f".{self.data_dir.name}.lock"
+
+        def busy(current: Holder | None) -> LockBusy:
+            who = f" ({current.describe()})" if current else ""
+            return LockBusy(f"another aegisctl is still starting or stopping the embedded "
+                            f"server in {self.data_dir}{who}", hint=f"lock file {path}")
+
+        return hold(path, Holder.me("local server start/stop"), wait_seconds=START_LOCK_WAIT,
+                    busy=busy, cannot_open_hint="the data directory's parent folder must "
+                                                "belong to the user running aegisctl")
 
     def ensure_running(self) -> LocalStatus:
         """Initialise and start the server if needed; a no-op when it already runs."""
@@ -374,7 +367,7 @@ class EmbeddedServer:
         bundled = bundled_bin_dir()
         if self.run_as is None or _reachable_by_others(bundled / "postgres") is None:
             return bundled
-        return copy_runtime(self.data_dir.parent / "runtime", self.run_as) / "bin"
+        return copy_runtime(runtime_dir(self.data_dir), self.run_as) / "bin"
 
     def _bin(self, name: str) -> str:
         return str(self._runtime_dir() / name)
@@ -489,4 +482,4 @@ def server_options(socket_dir: Path, port: int) -> str:
 
 
 def server_for(data_dir: str | None, database: str, run_as: str) -> EmbeddedServer:
-    return EmbeddedServer(Path(data_dir) if data_dir else default_data_dir(), database, run_as)
+    return EmbeddedServer(configured_data_dir(data_dir), database, run_as)

@@ -47,7 +47,7 @@ def test_units_are_hardened_and_carry_the_schedule(clean_env) -> None:
     timer = units["aegisctl-backup.timer"].splitlines()
     assert "OnCalendar=*-*-* 02:00:00 UTC" in timer
     assert "Persistent=true" in timer and "RandomizedDelaySec=300s" in timer
-    assert "OnCalendar=Sat *-*-* 03:00:00 UTC" in units["aegisctl-verify.timer"]
+    assert "OnCalendar=Sat *-*-* 04:30:00 UTC" in units["aegisctl-verify.timer"]
     assert "OnCalendar=*-*-01 05:00:00 UTC" in units["aegisctl-reindex.timer"]
     assert "SuccessExitStatus=1 2" in units["aegisctl-check.service"]
 

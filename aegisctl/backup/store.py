@@ -6,7 +6,6 @@ Layout (folders 0700, files 0600):
     <directory>/<target>/<id>.dir/            directory format
     <directory>/<target>/<id>.globals.sql     roles, with --globals (".enc" when encrypted)
     <directory>/<target>/<id>.manifest.json   the manifest, written last: no manifest, no backup
-    <directory>/<target>/.lock                one backup, prune or restore at a time
     <directory>/audit.log                     every deletion, one JSON object per line
 
 Work in progress lives under names starting with ".tmp-" and is renamed into place when
@@ -45,6 +44,7 @@ from aegisctl.backup.manifest import (
 )
 from aegisctl.backup.settings import BackupSettings
 from aegisctl.errors import OperationFailed, UsageError
+from aegisctl.paths import configured_or_default, default_backup_dir
 
 TMP_PREFIX = ".tmp-"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -53,14 +53,6 @@ _OWNED = re.compile(r"^(\d{8}T\d{6}Z(?:-\d{1,6})?)("
                     + "|".join(re.escape(s) for s in (*OWN_SUFFIXES, MANIFEST_SUFFIX)) + r")$")
 _TARGET = re.compile(r"^[A-Za-z0-9_.-]+$")
 CHUNK = 1024 * 1024
-
-
-def default_directory(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    if os.geteuid() == 0:
-        return Path("/var/backups/aegisctl")
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")) / ".local" / "share")
-    return Path(base).expanduser() / "aegisctl" / "backups"
 
 
 def fsync_dir(path: Path) -> None:
@@ -161,8 +153,7 @@ class BackupStore:
             raise UsageError(f"target name '{target}' cannot be used as a folder name")
         self.settings = settings
         self.target = target
-        self.root = Path(settings.directory).expanduser() if settings.directory \
-            else default_directory()
+        self.root = configured_or_default(settings.directory, default_backup_dir)
         self.folder = self.root / target
 
     # -- folders -------------------------------------------------------------------------
@@ -207,10 +198,6 @@ class BackupStore:
         if not path.resolve().is_relative_to(self.folder.resolve()):
             raise OperationFailed(f"{relative} resolves outside the backup folder")
         return path
-
-    @property
-    def lock_path(self) -> Path:
-        return self.folder / ".lock"
 
     @property
     def audit_path(self) -> Path:

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import FormatOption, OutputFormat, WaitLock, confirm, state
+from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 from aegisctl.errors import ExitCode
 
 app = typer.Typer(
@@ -35,9 +36,8 @@ def run_cmd(
     policy: Annotated[list[str] | None, typer.Option(
         "--policy", metavar="NAME", help="Only this policy (repeatable). Default: every "
                                          "enabled policy.")] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Count what each policy would delete; delete nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")
+    dry_run: Annotated[bool, dry_run_option("Count what each policy would delete; delete nothing.")] = False,
+    yes: Annotated[bool, yes_option("Do not ask for confirmation.")
                    ] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
@@ -95,6 +95,10 @@ def run_cmd(
                                  side_connect=side_connect if progress else None,
                                  on_phase=lambda name: phase.__setitem__(0, name))
     output.render(report, app_state.fmt(fmt))
+    if report.stopped:  # one line on stderr too: the archive folder and its free space
+        from aegisctl.errors import OperationFailed
+
+        raise OperationFailed(report.stopped)
     if report.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     if not report.ok:

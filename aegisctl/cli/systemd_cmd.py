@@ -9,6 +9,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.options import dry_run_option, yes_option
 
 app = typer.Typer(
     help="systemd timers for the schedule: one hardened oneshot service and one timer per "
@@ -100,9 +101,9 @@ def install(
     unit_dir: Annotated[Path | None, typer.Option("--unit-dir", file_okay=False,
                                                   help="Where to write (default: "
                                                        "scheduler.systemd.unit_dir).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be written; "
+    dry_run: Annotated[bool, dry_run_option("Say what would be written; "
                                           "write nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Overwrite changed units without "
+    yes: Annotated[bool, yes_option("Overwrite changed units without "
                                       "asking.")] = False,
     wal_stream: WalStreamOption = False,
     fmt: FormatOption = None,

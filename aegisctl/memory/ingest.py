@@ -515,30 +515,40 @@ class _Writer:
         inserted: dict[Kind, int] = {}
         if not rows:
             return inserted
-        names = {kind: self._stage_table(kind) for kind in {k for k, _ in rows}}
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            for kind, stage in names.items():
-                info = TABLES[kind]
-                columns = [*info.columns, "embedding", "embedding_recipe"]
-                targets = sql.SQL(", ").join(map(sql.Identifier, columns))
-                with cur.copy(sql.SQL("COPY {} (aegis_line, {}) FROM STDIN (FORMAT BINARY)")
-                              .format(stage, targets)) as copy:
-                    copy.set_types(["int4", *(_copy_type(c) for c in columns)])
-                    for number, (row_kind, row) in enumerate(rows):
-                        if row_kind != kind:
-                            continue
-                        _fill_defaults(kind, row, self.now)
-                        copy.write_row([number, *(
-                            None if row.get(c) is None
-                            else Jsonb(row[c]) if c in JSON_COLUMNS
-                            else to_vector(row[c]) if c == "embedding"
-                            else row[c]
-                            for c in columns)])
-                cur.execute(sql.SQL(
-                    "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
-                    "ORDER BY aegis_line ON CONFLICT (content_hash) DO NOTHING").format(
-                    table=sql.Identifier(info.table), cols=targets, stage=stage))
-                inserted[kind] = max(cur.rowcount, 0)
+        from aegisctl.pooler import per_transaction
+
+        if per_transaction(self.conn):
+            # Through a transaction pooler the next transaction may run on a server connection
+            # without the temporary table: it is made (if missing) in every transaction.
+            self.staged.clear()
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                names = {kind: self._stage_table(kind) for kind in {k for k, _ in rows}}
+                for kind, stage in names.items():
+                    info = TABLES[kind]
+                    columns = [*info.columns, "embedding", "embedding_recipe"]
+                    targets = sql.SQL(", ").join(map(sql.Identifier, columns))
+                    with cur.copy(sql.SQL("COPY {} (aegis_line, {}) FROM STDIN (FORMAT BINARY)")
+                                  .format(stage, targets)) as copy:
+                        copy.set_types(["int4", *(_copy_type(c) for c in columns)])
+                        for number, (row_kind, row) in enumerate(rows):
+                            if row_kind != kind:
+                                continue
+                            _fill_defaults(kind, row, self.now)
+                            copy.write_row([number, *(
+                                None if row.get(c) is None
+                                else Jsonb(row[c]) if c in JSON_COLUMNS
+                                else to_vector(row[c]) if c == "embedding"
+                                else row[c]
+                                for c in columns)])
+                    cur.execute(sql.SQL(
+                        "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
+                        "ORDER BY aegis_line ON CONFLICT (content_hash) DO NOTHING").format(
+                        table=sql.Identifier(info.table), cols=targets, stage=stage))
+                    inserted[kind] = max(cur.rowcount, 0)
+        except BaseException:
+            self.staged.clear()  # a rolled-back transaction takes its CREATE TEMP TABLE along
+            raise
         return inserted
 
     def analyze(self, result: ImportResult) -> None:

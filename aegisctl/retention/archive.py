@@ -1,8 +1,12 @@
 """Archives of deleted rows: gzip-compressed JSON lines, one row (to_jsonb of the row) a line.
 
-Each batch is appended as its own gzip member and fsynced *before* the batch's transaction
-commits, so every deleted row is in the archive; if the commit fails, the member is cut off
-again (truncate + fsync), so no row that stayed in the table is in the archive.
+Each batch is appended as its own gzip member, fsynced and read back (it decompresses and
+holds the batch's row count) *before* the batch's transaction commits, so every deleted row is
+in the archive; if the commit fails, the member is cut off again (truncate + fsync), so no row
+that stayed in the table is in the archive. A write that fails (a full disk: `os.write` then
+writes only part of the member, or nothing) cuts the member off too and raises
+`ArchiveWriteFailed`, which rolls the batch back and stops the whole run: nothing is deleted
+that is not archived. Before its final name, the whole file is read back once more.
 
 The file is written under a ".tmp-" name and renamed into place when the policy finishes (or
 stops after an interrupt). A run killed hard (SIGKILL, power loss) can leave a ".tmp-" file
@@ -20,15 +24,18 @@ dropped, still holds every row. Either way each row is archived exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import os
 import re
+import shutil
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aegisctl.backup.store import TMP_PREFIX, default_directory, fsync_dir
+from aegisctl.backup.store import TMP_PREFIX, fsync_dir
 from aegisctl.errors import OperationFailed
 
 if TYPE_CHECKING:
@@ -37,12 +44,58 @@ if TYPE_CHECKING:
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def archive_root(settings: Settings, target: str) -> Path:
-    if settings.cleanup.archive_dir:
-        return Path(settings.cleanup.archive_dir).expanduser() / target
-    backups = Path(settings.backup.directory).expanduser() if settings.backup.directory \
-        else default_directory()
-    return backups / target / "cleanup-archive"
+class ArchiveWriteFailed(OperationFailed):
+    """An archive could not be written or did not read back: the batch was not deleted and
+    the run stops (the next policy would write to the same folder)."""
+
+
+def archive_failure(folder: Path, reason: str, what: str) -> ArchiveWriteFailed:
+    """One line naming the folder and its free space, so a full disk is plain to see."""
+    from aegisctl.units import format_bytes
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{format_bytes(shutil.disk_usage(probe).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return ArchiveWriteFailed(f"cannot write the cleanup archive in {folder} ({free}): {reason}; "
+                              f"{what}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """`os.write` may write only part of the data (a filesystem filling up): loop until all
+    of it is written, so that the error of the write that cannot proceed is raised."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(28, os.strerror(28))
+        view = view[written:]
+
+
+def _drop_cache(fd: int) -> None:
+    """After an fsync the pages are clean: dropping them makes the read-back read the disk."""
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def count_rows(path: Path, start: int = 0) -> int:
+    """The lines in the gzip members from byte `start` on; raises ValueError when they do not
+    decompress to the end (a cut or corrupted member)."""
+    try:
+        with open(path, "rb") as raw:
+            _drop_cache(raw.fileno())
+            raw.seek(start)
+            lines = 0
+            with gzip.GzipFile(fileobj=raw, mode="rb") as members:
+                while block := members.read(1024 * 1024):
+                    lines += block.count(b"\n")
+            return lines
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"it does not decompress ({exc})") from None
 
 
 def safe_part(name: str) -> str:
@@ -85,6 +138,10 @@ class ArchiveWriter:
 
     def rollback(self, mark: int, rows: int) -> None:
         """The batch's transaction did not commit: its rows must not stay in the archive."""
+        self._cut(mark)
+        self.rows -= rows
+
+    def _cut(self, mark: int) -> None:
         if self.tmp.exists():
             fd = os.open(self.tmp, os.O_WRONLY)
             try:
@@ -92,28 +149,56 @@ class ArchiveWriter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self.rows -= rows
 
     def write(self, lines: list[str]) -> None:
+        """Append one batch and prove it is on disk (fsynced, decompresses, holds every row)
+        before the caller commits the batch's DELETE; on any failure the member is cut off
+        again and `ArchiveWriteFailed` says why."""
         if not lines:
             return
+        data = gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6)
+        mark = self.mark()
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            data = gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6)
+            created = not self.tmp.exists()
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                os.write(fd, data)
+                _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except OSError as exc:
-            raise OperationFailed(f"cannot write the archive {self.tmp}: {exc.strerror}; "
-                                  "the batch was not deleted") from None
+            if created:
+                fsync_dir(self.folder)
+            found = count_rows(self.tmp, mark)
+            if found != len(lines):
+                raise ValueError(f"it holds {found} of the batch's {len(lines)} rows")
+        except (OSError, ValueError) as exc:
+            reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else \
+                f"the batch did not read back: {exc}"
+            with contextlib.suppress(OSError):  # else the next run keeps it as incomplete
+                self._cut(mark)
+            raise archive_failure(self.folder, reason,
+                                  "stopped before deleting this batch (every deleted row is "
+                                  "archived)") from None
         self.rows += len(lines)
 
     def close(self) -> Path | None:
+        """Read the whole archive back and give it its final name; an archive that does not
+        read back keeps its temporary name (the next run keeps it as incomplete)."""
         if not self.tmp.exists():
             return None
+        if self.rows == 0:  # every batch was cut off again: nothing to keep
+            self.tmp.unlink(missing_ok=True)
+            return None
+        try:
+            found = count_rows(self.tmp)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise archive_failure(self.folder, f"{self.tmp.name} did not read back: {reason}",
+                                  "it keeps its temporary name") from None
+        if found != self.rows:
+            raise archive_failure(self.folder, f"{self.tmp.name} holds {found} rows, not the "
+                                  f"{self.rows} deleted", "it keeps its temporary name")
         os.replace(self.tmp, self.final)
         fsync_dir(self.folder)
         return self.final
@@ -154,10 +239,16 @@ class PartitionArchive:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            found = count_rows(self.tmp)
+            if found != rows:
+                raise ValueError(f"it holds {found} of the partition's {rows} rows")
             os.replace(self.tmp, self.final)
             fsync_dir(self.folder)
-        except OSError as exc:
-            raise OperationFailed(f"cannot write the archive {self.tmp}: {exc.strerror}; "
+        except (OSError, ValueError) as exc:
+            reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else \
+                f"the archive did not read back: {exc}"
+            self.tmp.unlink(missing_ok=True)  # written again in full by the next run
+            raise archive_failure(self.folder, reason,
                                   "the partition was not dropped") from None
         return rows
 

@@ -23,17 +23,19 @@ from aegisctl.maintenance.runner import (
     ensure_primary,
     run_locked,
 )
+from aegisctl.paths import archive_root
 from aegisctl.retention import partitions as parts
 from aegisctl.retention.archive import (
+    ArchiveWriteFailed,
     ArchiveWriter,
     PartitionArchive,
-    archive_root,
     run_id,
     upload_archive,
 )
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
 from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon
 from aegisctl.retention.policy import ResolvedPolicy, resolve_policy
+from aegisctl.retention.settings import effective_policies
 
 if TYPE_CHECKING:
     import psycopg
@@ -119,15 +121,17 @@ class CleanupReport:
     policies: list[PolicyResult] = field(default_factory=list)
     horizon: ErasureHorizon | None = None
     interrupted: bool = False
+    # Why the run stopped before its other policies (an archive that could not be written).
+    stopped: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not any(p.status == "failed" for p in self.policies)
+        return not self.stopped and not any(p.status == "failed" for p in self.policies)
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "dry_run": self.dry_run, "started_at": self.started_at,
                 "finished_at": self.finished_at, "interrupted": self.interrupted,
-                "ok": self.ok, "policies": [p.to_json() for p in self.policies],
+                "ok": self.ok, "stopped": self.stopped, "policies": [p.to_json() for p in self.policies],
                 "deleted_rows": sum(p.total_deleted for p in self.policies),
                 "erasure_horizon": self.horizon.to_json() if self.horizon else None}
 
@@ -192,7 +196,7 @@ class CleanupOptions:
 
 
 def select_policies(loaded: LoadedConfig, names: list[str] | None) -> list[str]:
-    configured = loaded.settings.cleanup.policies
+    configured = effective_policies(loaded.settings.cleanup, loaded.settings.partitions)
     if names:
         unknown = [n for n in names if n not in configured]
         if unknown:
@@ -218,7 +222,8 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     names = select_policies(loaded, options.policies)
     if not options.dry_run:
         ensure_primary(conn, "cleanup run")
-    resolved = [resolve_policy(conn, n, settings.cleanup.policies[n]) for n in names]
+    policies = effective_policies(settings.cleanup, settings.partitions)
+    resolved = [resolve_policy(conn, n, policies[n]) for n in names]
     now_row = conn.execute("SELECT now()").fetchone()
     now = options.now or (now_row[0] if now_row else dt.datetime.now(dt.UTC))
     report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)
@@ -230,7 +235,7 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
         result = PolicyResult(policy.name, policy.table.qualified, policy.column,
                               str(policy.age), cutoff=policy.cutoff(now))
         report.policies.append(result)
-        if should_stop():
+        if should_stop() or report.stopped:
             result.status = "skipped"
             continue
         try:
@@ -239,6 +244,10 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
             else:
                 _apply(loaded, target_name, conn, policy, result, pacer, maint, run,
                        on_phase or (lambda phase: None))
+        except ArchiveWriteFailed as exc:
+            # A full archive folder fails every later policy that archives too: stop here.
+            result.status, result.error = "failed", str(exc)
+            report.stopped = str(exc)
         except AegisError as exc:
             result.status, result.error = "failed", str(exc)
         except Exception as exc:
@@ -326,9 +335,9 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
     finally:
         result.deleted_rows = result.stats.deleted
         if archive is not None:
-            closed = archive.close()
-            result.archive = str(closed) if closed else None
             result.archived_rows = archive.rows + result.partition_archived_rows
+            closed = archive.close()  # raises when it does not read back: keeps its tmp name
+            result.archive = str(closed) if closed else None
     if archive is not None and settings.backup.remote is not None \
             and settings.cleanup.upload_archives:
         if result.archive:

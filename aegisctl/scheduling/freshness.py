@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aegisctl import paths
 from aegisctl.scheduling import history
 from aegisctl.scheduling.history import JobRun, LocalHistory
 from aegisctl.scheduling.jobs import Job, scheduled_jobs
@@ -184,7 +185,7 @@ def job_freshness(settings: Settings, conn: psycopg.Connection[Any] | None, targ
         report.warnings.append("the database was not reachable: only the local history file "
                                "was read")
     try:
-        directory = history.state_dir(settings)
+        directory = paths.state_dir(settings)
         for run in LocalHistory(directory).read():
             if run.target == target and run.job in runs:
                 runs[run.job].append(run)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import psycopg
 
-    from aegisctl.config import Settings
     from aegisctl.output import Block
 
 log = logging.getLogger(__name__)
@@ -125,21 +124,6 @@ def _duration(seconds: float | None) -> str:
         return f"{seconds:.1f}s"
     return f"{seconds / 60:.1f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
-
-# ---------------------------------------------------------------------------------------------
-# Where the local state lives
-
-
-def state_dir(settings: Settings, env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    if env.get("AEGISCTL_STATE_DIR"):
-        return Path(env["AEGISCTL_STATE_DIR"]).expanduser()
-    if settings.scheduler.state_dir:
-        return Path(settings.scheduler.state_dir).expanduser()
-    if os.geteuid() == 0:
-        return Path("/var/lib/aegisctl")
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")) / ".local" / "state")
-    return Path(base).expanduser() / "aegisctl"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from aegisctl import paths
 from aegisctl.errors import ConnectionFailed, UsageError
 from aegisctl.scheduling import history
 from aegisctl.scheduling.history import JobHistory, LocalHistory
@@ -46,7 +47,7 @@ def read_history(loaded: LoadedConfig, target: Target,
             else:
                 result.warnings.append(f"table {history.TABLE} is missing: run `aegisctl "
                                        "schema migrate`")
-    local = LocalHistory(history.state_dir(loaded.settings))
+    local = LocalHistory(paths.state_dir(loaded.settings))
     pending = [r for r in local.read() if r.target == target.name
                and (job is None or r.job == job) and (not failed or r.status in _FAILED)
                and (start is None or r.started_at >= start)]

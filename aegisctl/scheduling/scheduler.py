@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from aegisctl import paths
 from aegisctl.errors import AegisError, ConfigError, LockBusy
 from aegisctl.scheduling import history
 from aegisctl.scheduling.events import event
@@ -261,7 +262,7 @@ class ForegroundScheduler:
         except AegisError:
             pass
         local = [r.started_at for r in
-                 history.LocalHistory(history.state_dir(self.loaded.settings)).read()
+                 history.LocalHistory(paths.state_dir(self.loaded.settings)).read()
                  if r.job == job.name and r.target == target.name and r.status != "skipped"]
         latest = max([t for t in (latest, *local) if t is not None], default=None)
         if latest is not None and latest >= due:

@@ -70,4 +70,7 @@ class SchedulerSettings:
     kill_timeout: Duration = 10.0
     # Rows of aegis_job_runs older than this are deleted after each run of the same job.
     history_keep: Duration = 180 * 86400.0
+    # A job whose command needs the target's lock (backups, cleanup, maintenance...) waits this
+    # long for another one holding it; still busy, the run is recorded 'skipped' (not failed).
+    lock_wait: Duration = 1800.0
     systemd: SystemdSettings = field(default_factory=SystemdSettings)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
+from aegisctl.paths import is_root
 
 if TYPE_CHECKING:
     from aegisctl.config import LoadedConfig, Settings
@@ -38,10 +39,6 @@ log = logging.getLogger(__name__)
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 # Barman's own runtime dependencies besides psycopg2 (see its setup metadata).
 _ENGINE_DEPS = ["psycopg2-binary>=2.9", "python-dateutil>=2.8", "argcomplete>=3"]
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
 
 
 @dataclass
@@ -368,7 +365,7 @@ def conninfo_for(settings: Settings, target: Target, engine: Engine) -> str:
                             settings.embedded.run_as).ensure_running()
         return make_conninfo(host=status.socket_dir or "", port=str(status.port or 5432),
                              user=SUPERUSER, dbname=settings.embedded.database)
-    params = {k: str(v) for k, v in conninfo_to_dict(target.dsn).items()}
+    params = {k: str(v) for k, v in conninfo_to_dict(target.direct_dsn or target.dsn).items()}
     password = params.pop("password", None) or target.password
     if password:
         passfile = engine.home / "pgpass"

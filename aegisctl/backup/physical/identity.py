@@ -64,26 +64,19 @@ def server_name(target: Target, system_id: str) -> str:
     return f"{target_server_name(target)}-{system_id}"
 
 
-def legacy_default_home(env: dict[str, str] | None = None) -> Path:
+def legacy_default_home() -> Path:
     """Where releases before the per-target home kept Barman's home (one per user)."""
-    env = dict(os.environ) if env is None else env
-    if os.geteuid() == 0:
-        return Path("/var/lib/aegisctl/barman")
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")) / ".local" / "share")
-    return Path(base).expanduser() / "aegisctl" / "barman"
+    from aegisctl.paths import legacy_barman_home
+
+    return legacy_barman_home()
 
 
 def own_home(loaded: LoadedConfig, target: Target) -> tuple[Path, bool]:
     """(the target's Barman home, whether it was configured)."""
-    from aegisctl.backup.store import default_directory
+    from aegisctl.paths import barman_home
 
     settings = loaded.settings
-    configured = settings.backup.physical.directory
-    if configured:
-        return Path(configured).expanduser().absolute(), True
-    root = Path(settings.backup.directory).expanduser() if settings.backup.directory \
-        else default_directory()
-    return (root / target.name / "barman").absolute(), False
+    return barman_home(settings, target.name), bool(settings.backup.physical.directory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,10 +100,10 @@ def connected_system_id(loaded: LoadedConfig, target: Target) -> str:
 
 
 def _embedded_system_id(loaded: LoadedConfig) -> str:
-    from aegisctl.local import bundled_bin_dir, default_data_dir
+    from aegisctl.local import bundled_bin_dir
+    from aegisctl.paths import data_dir as configured_data_dir
 
-    embedded = loaded.settings.embedded
-    data_dir = Path(embedded.data_dir).expanduser() if embedded.data_dir else default_data_dir()
+    data_dir = configured_data_dir(loaded.settings.embedded.data_dir)
     if not (data_dir / "global" / "pg_control").exists():
         raise ConnectionFailed(f"the embedded server's data directory {data_dir} holds no "
                                "database (no global/pg_control)",

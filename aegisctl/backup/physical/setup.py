@@ -286,7 +286,7 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
     if restart and not target.embedded:
         raise UsageError(f"--restart only restarts the embedded server: restart "
                          f"'{target.name}' with its service manager when enable says so")
-    with connect(loaded, target, "backup physical enable", "ddl") as conn:
+    with connect(loaded, target, "backup physical enable", "ddl", needs="direct") as conn:
         changes = check_settings(conn, loaded)
         for change in changes:
             if change.current == change.wanted:
@@ -297,7 +297,7 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
             conn.execute("SELECT pg_reload_conf()")
     if changes and restart:
         _restart_embedded(loaded)
-    with connect(loaded, target, "backup physical enable", "ddl") as conn:
+    with connect(loaded, target, "backup physical enable", "ddl", needs="direct") as conn:
         still = check_settings(conn, loaded)
         remaining = {c.name for c in still}
         for change in changes:
@@ -387,7 +387,7 @@ def plan_disable(loaded: LoadedConfig, target: Target) -> DisablePlan:
     from aegisctl.db import connect
 
     engine = engine_for(loaded, target)
-    with connect(loaded, target, "backup physical disable") as conn:
+    with connect(loaded, target, "backup physical disable", needs="direct") as conn:
         exists = slot_state(conn, engine.slot_name)[0]
     return DisablePlan(target.name, engine.server, engine.slot_name, exists,
                        str(engine.server_config), engine.server_config.exists())
@@ -398,7 +398,7 @@ def disable_physical(loaded: LoadedConfig, target: Target, plan: DisablePlan) ->
 
     engine = engine_for(loaded, target)
     if plan.slot_exists:
-        with connect(loaded, target, "backup physical disable") as conn:
+        with connect(loaded, target, "backup physical disable", needs="direct") as conn:
             row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
                                (engine.slot_name,)).fetchone()
             if row and row[0]:
