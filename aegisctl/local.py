@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from aegisctl.errors import ConfigError, LockBusy, MissingBinary, OperationFailed
 from aegisctl.paths import data_dir as configured_data_dir
-from aegisctl.paths import is_root, runtime_dir
+from aegisctl.paths import is_root, runtime_dir, socket_dir
 
 if TYPE_CHECKING:
     from aegisctl.output import Block
@@ -436,7 +436,7 @@ class EmbeddedServer:
             raise
 
     def _socket_dir(self) -> Path:
-        preferred = self.data_dir.parent / "run"
+        preferred = socket_dir(self.data_dir)
         if len(str(preferred / f".s.PGSQL.{PORT}")) > _MAX_SOCKET_PATH:
             digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
             preferred = Path("/tmp") / f"aegisctl-{os.geteuid()}-{digest}"

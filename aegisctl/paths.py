@@ -14,6 +14,7 @@ ours lives there. Nothing here creates a folder: the modules that write decide w
      still read in place by the database whose backups it holds: backup/physical/identity.py)
     archives      <backups>/<target>/cleanup-archive   (same)
     runtime       <data dir's parent>/runtime          (same)
+    sockets       <data dir>.run (beside it)           (same)
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ def runtime_dir(data: Path) -> Path:
     """Where the embedded server's binaries are copied when its user cannot reach them in
     the Python environment."""
     return data.parent / "runtime"
+
+
+def socket_dir(data: Path) -> Path:
+    """The embedded server's Unix socket folder: one per data directory (<data>.run beside
+    it), so two servers whose data directories share a parent both start on port 5432."""
+    return data.parent / f"{data.name}.run"
 
 
 def locks_dir(state: Path) -> Path:

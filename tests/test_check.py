@@ -286,12 +286,11 @@ def test_prometheus_textfile_parses_back(cli, write_config, db_dsn, tmp_path) ->
     families = {f.name: f for f in text_string_to_metric_families(out.read_text())}
     status = {s.labels["check"]: s.value for s in families["aegisctl_check_status"].samples}
     assert status == {"connection": 0, "connections": 0, "wraparound": 0}
-    values = {s.labels["check"]: s for s in families["aegisctl_check_value"].samples}
-    assert values["connections"].labels == {"target": "primary", "check": "connections",
-                                            "unit": "percent"}
-    assert 0 < values["connections"].value <= 100
-    warn = {s.labels["check"]: s.value for s in families["aegisctl_check_warning_threshold"].samples}
-    assert warn["connections"] == 80
+    [used] = families["aegisctl_connections_used_ratio"].samples
+    assert used.labels == {"target": "primary"} and 0 < used.value <= 1
+    warn = {s.labels["check"]: s.value
+            for s in families["aegisctl_check_warning_threshold_ratio"].samples}
+    assert warn["connections"] == 0.8
     assert families["aegisctl_target_up"].samples[0].value == 1
     assert families["aegisctl_check_overall_status"].samples[0].value == 0
     assert not list(tmp_path.glob("aegisctl.prom.*"))  # the temporary file was renamed

@@ -67,8 +67,8 @@ def check(
         run_target,
         select_checks,
         target_checks,
-        write_prometheus,
     )
+    from aegisctl.diagnostics.prometheus import write_prometheus
     from aegisctl.errors import AegisError
 
     app_state = state(ctx)

@@ -33,6 +33,7 @@ def _units(ctx: typer.Context, wal_stream: bool = False):  # type: ignore[no-unt
         config_path,
         executable_path,
         render_units,
+        unit_environment,
     )
 
     loaded = state(ctx).config()
@@ -42,7 +43,14 @@ def _units(ctx: typer.Context, wal_stream: bool = False):  # type: ignore[no-unt
         settings = loaded.settings
         units.append(UnitFile(f"{UNIT_PREFIX}wal-stream.service", wal_stream_unit(
             executable_path(settings), config_path(settings, loaded.path),
-            user=settings.scheduler.systemd.user)))
+            user=settings.scheduler.systemd.user,
+            environment_file=settings.scheduler.systemd.environment_file,
+            environment=unit_environment(settings))))
+    exe = executable_path(loaded.settings)
+    if not Path(exe).is_file():
+        output.print_status(f"warning: scheduler.systemd.executable {exe} does not exist here: "
+                            "the units would fail to start (leave it unset for the aegisctl "
+                            "running this command)")
     embedded = sorted(job for job, target in job_targets(loaded).items() if target == "embedded"
                       and loaded.settings.schedule[job].enabled)
     if embedded:

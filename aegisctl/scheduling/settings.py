@@ -53,7 +53,7 @@ class SystemdSettings:
     # Secrets (AEGIS_DB_PASSWORD, AWS_*, OPENAI_API_KEY) as VAR=value lines, root-owned 0600.
     environment_file: str = "/etc/aegisctl/aegisctl.env"
     unit_dir: str = "/etc/systemd/system"  # where `systemd install` writes
-    # Extra folders the jobs may write (the backup directory and state_dir are always added).
+    # Extra folders the jobs may write (each unit already gets the ones its command writes).
     read_write_paths: list[str] = field(default_factory=list)
     nice: int = 10
     log_format: Literal["text", "json"] = "text"
