@@ -6,7 +6,6 @@ Layout (folders 0700, files 0600):
     <directory>/<target>/<id>.dir/            directory format
     <directory>/<target>/<id>.globals.sql     roles, with --globals (".enc" when encrypted)
     <directory>/<target>/<id>.manifest.json   the manifest, written last: no manifest, no backup
-    <directory>/<target>/.lock                one backup, prune or restore at a time
     <directory>/audit.log                     every deletion, one JSON object per line
 
 Work in progress lives under names starting with ".tmp-" and is renamed into place when
@@ -188,7 +187,9 @@ class BackupStore:
             raise OperationFailed(f"the backup folder {self.folder} is not a folder "
                                   "(or is a symlink)")
         try:
-            self.folder.chmod(0o700)
+            # Owner-only, except "pass through" (o+x) where `backup physical enable` set it
+            # so that Barman's user reaches its home inside this folder (files are 0600).
+            self.folder.chmod(0o700 | (self.folder.stat().st_mode & 0o001))
             probe = self.folder / f"{TMP_PREFIX}probe.{os.getpid()}"
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.close(fd)
@@ -213,10 +214,6 @@ class BackupStore:
         if not path.resolve().is_relative_to(self.folder.resolve()):
             raise OperationFailed(f"{relative} resolves outside the backup folder")
         return path
-
-    @property
-    def lock_path(self) -> Path:
-        return self.folder / ".lock"
 
     @property
     def audit_path(self) -> Path:

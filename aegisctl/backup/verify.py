@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup import crypto
 from aegisctl.backup.dump import USER_TABLES, directory_digest, vector_columns
-from aegisctl.backup.lock import target_lock
 from aegisctl.backup.manifest import BackupManifest, Verification, format_time, utcnow
 from aegisctl.backup.store import TMP_PREFIX, BackupStore, sha256_file
 from aegisctl.backup.tools import PgTools, child_conninfo, choose_pg_dump, restore_error
@@ -31,6 +30,7 @@ from aegisctl.children import die_with_parent, exit_cause
 from aegisctl.config import LoadedConfig
 from aegisctl.db import connect, connect_params
 from aegisctl.errors import ConnectionFailed, OperationFailed
+from aegisctl.locks import target_lock
 from aegisctl.targets import Target
 from aegisctl.testhooks import pause_at
 
@@ -186,7 +186,7 @@ def verify_locked(loaded: LoadedConfig, target: Target, backup_id: str | None, *
     verify writes too. A bad id or no backup is reported before waiting for the lock."""
     store = BackupStore(loaded.settings.backup, target.name)
     picked = store.load(backup_id) if backup_id is not None else store.latest()
-    with target_lock(store.lock_path, "backup verify", wait_lock):
+    with target_lock(loaded.settings, target.name, "backup verify", wait_lock):
         # Read again under the lock: a prune may have removed it, a keep changed it meanwhile.
         manifest = store.load(picked.id)
         return verify_backup(loaded, target, manifest, restore_test=restore_test, jobs=jobs)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aegisctl import paths
-from aegisctl.errors import ConnectionFailed, LockBusy, OperationFailed
+from aegisctl.errors import ConnectionFailed, ExitCode, LockBusy, OperationFailed
+from aegisctl.locks import LOCK_WAIT_ENV, Holder
 from aegisctl.scheduling import history, lock
 from aegisctl.scheduling.events import event
 from aegisctl.scheduling.history import JobRun, LocalHistory
@@ -76,8 +77,9 @@ class JobExecution:
         run = JobRun(id=str(uuid.uuid4()), job=self.job.name, target=target.name,
                      trigger=self.options.trigger, command=self.job.settings.command,
                      host=socket.gethostname(), pid=os.getpid(), started_at=_now())
-        holder = {"pid": run.pid, "host": run.host, "trigger": run.trigger,
-                  "started_at": run.started_at.isoformat(timespec="seconds"), "run_id": run.id}
+        holder = Holder(pid=os.getpid(), host=run.host, command=f"jobs run {run.job}",
+                        started_at=run.started_at.isoformat(timespec="seconds"),
+                        trigger=run.trigger, run_id=run.id)
         path = lock.lock_path(state, target.name, self.job.name)
         try:
             with lock.job_file_lock(path, self.job.name, target.name, holder):
@@ -92,7 +94,8 @@ class JobExecution:
         from aegisctl.db import connect
 
         try:
-            return connect(self.loaded, target, f"jobs run {self.job.name}")
+            # The job's advisory lock lives as long as this connection's session.
+            return connect(self.loaded, target, f"jobs run {self.job.name}", needs="session")
         except ConnectionFailed as exc:
             event(log, logging.WARNING, "job.db_unreachable",
                   f"job {self.job.name}: {exc}; its history goes to the local file",
@@ -228,6 +231,7 @@ class JobExecution:
 
     def _execute(self, run: JobRun) -> None:
         env = dict(os.environ, AEGISCTL_JOB=run.job, AEGISCTL_JOB_RUN_ID=run.id)
+        env[LOCK_WAIT_ENV] = f"{self.loaded.settings.scheduler.lock_wait:g}"
         proc = subprocess.Popen(self.child_argv(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, env=env)
@@ -272,6 +276,11 @@ class JobExecution:
             run.error = "interrupted: the scheduler was asked to stop"
         elif proc.returncode in self.job.settings.success_exit_codes:
             run.status = "succeeded"
+        elif proc.returncode == ExitCode.LOCKED:
+            # Another run held the target's lock for all of scheduler.lock_wait: this run did
+            # nothing, which is not a failure of the job. The error names the holder.
+            run.status = "skipped"
+            run.error = _error_line(tail, proc.returncode)
         else:
             run.status = "failed"
             run.error = _error_line(tail, proc.returncode)
