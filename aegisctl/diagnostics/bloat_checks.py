@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aegisctl.diagnostics.checks import CheckContext, CheckResult, grade, register_check
 from aegisctl.units import format_bytes
+
+if TYPE_CHECKING:
+    import psycopg
 
 # Tables measured with pgstattuple_approx per run, largest first (it reads pages).
 APPROX_LIMIT = 20
@@ -52,43 +56,41 @@ class Bloat:
                f"({self.ratio:.0%}) wasted ({how})"
 
 
-def _approx_available(ctx: CheckContext) -> str | None:
-    row = ctx.db.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
-                         "ON n.oid = e.extnamespace WHERE e.extname = 'pgstattuple'").fetchone()
+def _approx_schema(conn: psycopg.Connection[Any]) -> str | None:
+    row = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
+                       "ON n.oid = e.extnamespace WHERE e.extname = 'pgstattuple'").fetchone()
     return str(row[0]) if row else None
 
 
-def _measure(ctx: CheckContext, schema: str, oid: int, fillfactor: int) -> int | None:
+def _measure(conn: psycopg.Connection[Any], schema: str, oid: int, fillfactor: int
+             ) -> int | None:
     """Wasted bytes from pgstattuple_approx: the relation less the pages its live tuples
     (and their line pointers) need at its fillfactor. None when the role may not use it."""
     import psycopg
     from psycopg import sql
 
     try:
-        with ctx.db.transaction():
-            row = ctx.db.execute(sql.SQL(
-                "SELECT table_len, approx_tuple_len, approx_tuple_count FROM {}(%s::oid)").format(
+        with conn.transaction():
+            row = conn.execute(sql.SQL(
+                "SELECT table_len, approx_tuple_len, approx_tuple_count, "
+                "current_setting('block_size')::int FROM {}(%s::oid)").format(
                     sql.Identifier(schema, "pgstattuple_approx")), (oid,)).fetchone()
     except psycopg.Error:
         return None
     assert row is not None
-    length, tuple_len, tuples = int(row[0]), float(row[1]), float(row[2])
-    block = int(ctx.one("SELECT current_setting('block_size')::int")[0])
+    length, tuple_len, tuples, block = int(row[0]), float(row[1]), float(row[2]), int(row[3])
     pages = math.ceil((tuple_len + 4 * tuples) / ((block - 24) * fillfactor / 100))
     return max(0, length - pages * block)
 
 
-def bloat_of_tables(ctx: CheckContext, approx_from: int) -> list[Bloat]:
+def bloat_of_tables(conn: psycopg.Connection[Any], approx_from: int) -> list[Bloat]:
     """Every table of at least MIN_BYTES, estimated; those of `approx_from` bytes or more
     measured with pgstattuple_approx when it is available."""
     from aegisctl.diagnostics import queries
     from aegisctl.diagnostics.topics import fetch
 
-    if "table_bloat" in ctx.memo:
-        cached: list[Bloat] = ctx.memo["table_bloat"]
-        return cached
-    rows = fetch(ctx.db, queries.query("bloat", "tables").sql, {"min_bytes": MIN_BYTES})
-    schema = _approx_available(ctx)
+    rows = fetch(conn, queries.query("bloat", "tables").sql, {"min_bytes": MIN_BYTES})
+    schema = _approx_schema(conn)
     found = []
     big = sorted((r for r in rows if r["bytes"] >= approx_from), key=lambda r: -r["bytes"])
     measure = {r["oid"] for r in big[:APPROX_LIMIT]} if schema else set()
@@ -96,19 +98,18 @@ def bloat_of_tables(ctx: CheckContext, approx_from: int) -> list[Bloat]:
         item = Bloat("table", f"{row['schema']}.{row['table']}", row["table"], row["bytes"],
                      row["wasted_bytes"])
         if row["oid"] in measure and schema is not None:
-            measured = _measure(ctx, schema, row["oid"], row["fillfactor"])
+            measured = _measure(conn, schema, row["oid"], row["fillfactor"])
             if measured is not None:
                 item.wasted, item.measured = measured, True
         found.append(item)
-    ctx.memo["table_bloat"] = found
     return found
 
 
-def bloat_of_indexes(ctx: CheckContext) -> list[Bloat]:
+def bloat_of_indexes(conn: psycopg.Connection[Any]) -> list[Bloat]:
     from aegisctl.diagnostics import queries
     from aegisctl.diagnostics.topics import fetch
 
-    rows = fetch(ctx.db, queries.query("bloat", "indexes").sql, {"min_bytes": MIN_BYTES})
+    rows = fetch(conn, queries.query("bloat", "indexes").sql, {"min_bytes": MIN_BYTES})
     return [Bloat("index", f"{r['schema']}.{r['index']}", r["table"], r["bytes"],
                   r["wasted_bytes"], is_unique=r["is_unique"]) for r in rows]
 
@@ -140,11 +141,11 @@ def _judge(name: str, items: list[Bloat], warning: int, critical: int, min_ratio
                 "from the statistics or measured with pgstattuple_approx")
 def table_bloat(ctx: CheckContext) -> CheckResult:
     t = ctx.settings.table_bloat
-    return _judge("table_bloat", bloat_of_tables(ctx, t.warning), t.warning, t.critical,
+    return _judge("table_bloat", bloat_of_tables(ctx.db, t.warning), t.warning, t.critical,
                   t.min_ratio)
 
 
 @register_check("index_bloat", "wasted space in B-tree indexes, estimated from the statistics")
 def index_bloat(ctx: CheckContext) -> CheckResult:
     t = ctx.settings.index_bloat
-    return _judge("index_bloat", bloat_of_indexes(ctx), t.warning, t.critical, t.min_ratio)
+    return _judge("index_bloat", bloat_of_indexes(ctx.db), t.warning, t.critical, t.min_ratio)

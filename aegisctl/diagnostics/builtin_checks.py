@@ -98,6 +98,9 @@ def long_transactions(ctx: CheckContext) -> CheckResult:
     message = f"oldest transaction open {format_seconds(seconds)}"
     if pid and seconds > t.warning:
         message += f" ({state}) {_who(pid, user, query)}"
+        if state and state.startswith("idle in transaction"):
+            message += f"; end it: SELECT pg_terminate_backend({pid}); " \
+                       "idle_in_transaction_session_timeout ends such sessions by itself"
     return grade("long_transactions", seconds, t.warning, t.critical, unit="s", minimum=0,
                  message=message)
 
@@ -171,13 +174,17 @@ def wraparound(ctx: CheckContext) -> CheckResult:
 
 @register_check("invalid_indexes", "indexes left invalid by a failed concurrent build")
 def invalid_indexes(ctx: CheckContext) -> CheckResult:
+    from aegisctl.diagnostics.hints import invalid_index_hint
+
     rows = ctx.rows("""
-        SELECT i.indexrelid::regclass::text FROM pg_index i
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), i.indexrelid::bigint
+        FROM pg_index i
         JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE NOT (i.indisvalid AND i.indisready) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
         ORDER BY 1""")
-    names = [r[0] for r in rows]
-    message = "no invalid index" if not names else \
-        f"{len(names)} invalid: {', '.join(names[:5])}{'...' if len(names) > 5 else ''} " \
-        "(REINDEX INDEX CONCURRENTLY, or drop and recreate)"
-    return grade("invalid_indexes", len(names), 0, None, minimum=0, message=message)
+    if not rows:
+        return grade("invalid_indexes", 0, 0, None, minimum=0, message="no invalid index")
+    # A unique index over duplicate keys gets no "rebuild it" advice: the rebuild would fail.
+    shown = "; ".join(f"{name}: {invalid_index_hint(ctx.db, oid, name)}" for name, oid in rows[:3])
+    message = f"{len(rows)} invalid: {shown}{' ...' if len(rows) > 3 else ''}"
+    return grade("invalid_indexes", len(rows), 0, None, minimum=0, message=message)
