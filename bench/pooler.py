@@ -34,7 +34,12 @@ from psycopg.conninfo import make_conninfo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from search import DATA, LATENT_DIM, TOPICS, vectors
+from search import LATENT_DIM, TOPICS, vectors
+
+DATA = ("{rows} episodic memories; embeddings: {topics} topics drawn in a {latent}-dim latent "
+        "space, each memory = topic + N(0, 0.35) in latent space, projected to {dim} dims by a "
+        "fixed Gaussian matrix, + N(0, 0.02) per dimension, L2-normalised (bench/search.py's "
+        "generator); queries drawn the same way; event_type cycles through 5 types (20 % each)")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -129,8 +134,7 @@ def main() -> None:
         with psycopg.connect(status.uri, autocommit=True) as admin:
             admin.execute("CREATE DATABASE aegis_bench")
         direct = make_conninfo(status.uri, dbname="aegis_bench")
-        print(f"data: {DATA.format(rows=args.rows, topics=TOPICS, latent=LATENT_DIM, dim=args.dim)}"
-              " (event types and importance simplified)")
+        print(f"data: {DATA.format(rows=args.rows, topics=TOPICS, latent=LATENT_DIM, dim=args.dim)}")
         with psycopg.connect(direct, autocommit=True) as conn:
             init_schema(conn, SchemaSettings(embedding_dim=args.dim), wait_lock=60)
             conn.execute("DROP INDEX IF EXISTS idx_episodic_embedding")
