@@ -8,8 +8,8 @@ holding most rows; its primary key widened to (id, created_at) first, online, as
 tells a user to (unique index CONCURRENTLY, validated IS NOT NULL check, PRIMARY KEY USING
 INDEX).
 
-Phase 1, conversion: a writer thread inserts one row every 2 ms on a schedule (500 rows/s,
-autocommit, like the API's usage logger) and records each insert's latency and id; the
+Phase 1, conversion: writers (4 connections sharing 500 rows/s, each on a fixed schedule,
+autocommit, like the API's usage logger) record each insert's latency and id; the
 conversion runs as `aegisctl schema partition api_usage_events --by month --yes` (a
 subprocess, default --lock-timeout 0.1s). Reported: the writer's worst and p99 insert latency
 during the conversion (target <= 200 ms), the longest strong lock held (the bound check and
