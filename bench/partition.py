@@ -25,7 +25,8 @@ WHERE created_at < cutoff` of the same rows. Reported: both times and the ratio 
 and whether anything was rewritten (the surviving partitions keep their relfilenode; the plain
 table keeps its size and carries the deleted rows as dead tuples until VACUUM).
 
-Usage: nice python bench/partition.py [--rows 1000000] [--keep]
+Usage: nice python bench/partition.py [--rows 1000000] [--rate 500] [--writers 4]
+                                      [--skip-retention] [--keep]
 (starts its own embedded server in a temporary folder)
 """
 
@@ -322,6 +323,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500, help="writer rows/s in all")
     parser.add_argument("--writers", type=int, default=4, help="writer connections")
     parser.add_argument("--keep", action="store_true", help="keep the server's folder")
+    parser.add_argument("--skip-retention", action="store_true",
+                        help="only the conversion phase")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="aegisctl-bench-partition-"))
@@ -352,6 +355,9 @@ def main() -> None:
             results: dict[str, Any] = {"rows": args.rows}
             results["conversion"] = convert_phase(base, dsn, conn, writer)
             print(f"conversion: {results['conversion']}", file=sys.stderr)
+            if args.skip_retention:
+                print(json.dumps(results, indent=2))
+                return
             results["retention"] = retention_phase(base, dsn, conn, args.rows, start, now)
             print(f"retention: {results['retention']}", file=sys.stderr)
         print(json.dumps(results, indent=2))
