@@ -210,15 +210,19 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
                 options: CleanupOptions, *, should_stop: Callable[[], bool] = lambda: False,
                 progress: Callable[[str], None] | None = None,
                 side_connect: SideConnect | None = None,
-                on_phase: Callable[[str], None] | None = None) -> CleanupReport:
+                on_phase: Callable[[str], None] | None = None,
+                maint_conn: psycopg.Connection[Any] | None = None) -> CleanupReport:
     """`on_phase("delete" | "maintenance")` tells the caller which phase runs: batches are
     never cancelled (a stop waits for the batch), the rebuild and VACUUM after them may be.
     `progress` gets status lines (batches, throttling, the rebuild and VACUUM steps);
     with `side_connect` too, the rebuild and VACUUM also report their phase from
-    pg_stat_progress_* as `maint` does."""
+    pg_stat_progress_* as `maint` does. With `maint_conn` (when `conn` goes through a
+    transaction pooler) the rebuild, VACUUM and partition detaches run there."""
     settings = loaded.settings
     started = dt.datetime.now(dt.UTC)
-    conn.execute("SET TIME ZONE 'UTC'")
+    from aegisctl.pooler import session_set
+
+    session_set(conn, {"TimeZone": "UTC"})
     names = select_policies(loaded, options.policies)
     if not options.dry_run:
         ensure_primary(conn, "cleanup run")
@@ -228,7 +232,7 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     now = options.now or (now_row[0] if now_row else dt.datetime.now(dt.UTC))
     report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)
     pacer = Pacer(settings.cleanup, conn, should_stop, progress)
-    maint = MaintContext(conn=conn, settings=settings.maintenance, should_stop=should_stop,
+    maint = MaintContext(conn=maint_conn or conn, settings=settings.maintenance, should_stop=should_stop,
                          progress=progress, side_connect=side_connect)
     run = run_id(dt.datetime.now(dt.UTC))
     for policy in resolved:
