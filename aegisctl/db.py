@@ -143,15 +143,17 @@ class ConnectParams:
 Needs = Literal["any", "session", "direct"]
 
 
-def needs_for(kind: WorkKind, needs: Needs) -> Needs:
-    """Maintenance work (VACUUM, REINDEX CONCURRENTLY, dumps and restores) always needs a
-    session of its own."""
-    return "session" if needs == "any" and kind == "maintenance" else needs
+def needs_for(kind: WorkKind, needs: Needs | None) -> Needs:
+    """Unless the caller says otherwise, maintenance work (VACUUM, REINDEX CONCURRENTLY, dumps
+    and restores) needs a session of its own."""
+    if needs is None:
+        return "session" if kind == "maintenance" else "any"
+    return needs
 
 
 def connect_params(
     settings: Settings, target: Target, command: str, kind: WorkKind = "query",
-    data_dir: str | None = None, needs: Needs = "any",
+    data_dir: str | None = None, needs: Needs | None = None,
 ) -> ConnectParams:
     """What psycopg.connect needs; starts the embedded server when that is the target. No
     startup `options`: poolers refuse them; the settings are set once connected (`settings`)."""
@@ -228,7 +230,7 @@ def connect(
     autocommit: bool = True,
     data_dir: str | None = None,
     dbname: str | None = None,
-    needs: Needs = "any",
+    needs: Needs | None = None,
 ) -> psycopg.Connection[Any]:
     """A connection to the target (or, with `dbname`, to another database on the target's
     server, with the same credentials), retried only while the failure is transient.
@@ -240,10 +242,10 @@ def connect(
     from aegisctl import pooler
 
     settings = loaded.settings
-    needs = needs_for(kind, needs)
-    if needs != "any" and not target.embedded and not target.direct_dsn:
-        _refuse_pooled(target, command, needs)  # configured, or found earlier in the run
-    params = connect_params(settings, target, command, kind, data_dir, needs)
+    need = needs_for(kind, needs)
+    if need != "any" and not target.embedded and not target.direct_dsn:
+        _refuse_pooled(target, command, need)  # configured, or found earlier in the run
+    params = connect_params(settings, target, command, kind, data_dir, need)
     if dbname is not None:
         params.kwargs["dbname"] = dbname
     retry = settings.connection.retry
@@ -282,8 +284,8 @@ def connect(
                       session_settings(settings, kind), open_second,
                       f"target '{target.name}' ({params.via})")
         conn.autocommit = was_autocommit
-        if needs != "any" and params.via == "dsn":
-            _refuse_pooled(target, command, needs)  # found just now
+        if need != "any" and params.via == "dsn":
+            _refuse_pooled(target, command, need)  # found just now
     except BaseException:
         conn.close()
         raise

@@ -52,6 +52,24 @@ def per_transaction(conn: psycopg.Connection[Any]) -> bool:
     return isinstance(conn, AegisConnection) and conn.aegis_local is not None
 
 
+def override_settings(conn: psycopg.Connection[Any], override: dict[str, str] | None) -> None:
+    """On a per-transaction connection, settings over its own for every later transaction
+    (None: back to its own): what a session SET does on a connection of one's own."""
+    if isinstance(conn, AegisConnection) and conn.aegis_settings is not None:
+        conn.aegis_local = local_settings_statement(conn, {**conn.aegis_settings,
+                                                           **(override or {})})
+
+
+def session_set(conn: psycopg.Connection[Any], settings: dict[str, str]) -> None:
+    """`SET name = value` for the rest of the connection's life: for the session on a
+    connection of one's own, for every later transaction through a transaction pooler."""
+    if isinstance(conn, AegisConnection) and conn.aegis_settings is not None:
+        conn.aegis_settings.update(settings)
+        override_settings(conn, None)
+    else:
+        conn.execute(session_settings_statement(settings))
+
+
 def _owed(conn: psycopg.Connection[Any]) -> bytes | None:
     """The settings statement when the next statement opens a transaction (or is the first of
     an explicit one) on a per-transaction connection; None when they are in place."""
@@ -123,8 +141,10 @@ class AegisConnection(psycopg.Connection[Any]):
 
     aegis_local: bytes | None = None
     aegis_owed: bool = False
+    aegis_settings: dict[str, str] | None = None
 
     def use_per_transaction(self, settings: dict[str, str]) -> None:
+        self.aegis_settings = dict(settings)
         self.aegis_local = local_settings_statement(self, settings)
         self.prepare_threshold = None  # prepared statements live on one server connection
         self.cursor_factory = PerTransactionCursor

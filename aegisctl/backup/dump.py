@@ -66,7 +66,7 @@ FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE a.atttypid = to_regtype('vector') AND a.attnum > 0 AND NOT a.attisdropped
-  AND c.relkind IN ('r', 'p')
+  AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'  -- pg_dump leaves temp tables out
 ORDER BY 1, 2, 3
 """
 

@@ -230,7 +230,8 @@ def verify(
     if bool(backup_id) == latest:
         raise UsageError("give a backup ID or --latest (one of the two)")
     if restore_test:
-        app_state.require_session("backup verify --restore-test")
+        # a scratch database: a pooler serves only the databases it is configured for
+        app_state.require_session("backup verify --restore-test", "direct")
     report = verify_locked(app_state.config(), app_state.target(), backup_id,
                            restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
@@ -300,7 +301,7 @@ def restore(
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
-    app_state.require_session("backup restore")
+    app_state.require_session("backup restore", "direct")  # pg_restore; maybe a new database
     manifest = _pick(app_state, backup_id, latest)
     with target_lock(loaded.settings, target.name, "backup restore", wait_lock):
         plan = plan_restore(loaded, target, manifest, target_db=target_db, tables=table or [],

@@ -73,7 +73,14 @@ def run_cmd(
     def side_connect() -> Any:  # polls pg_stat_progress_* during the rebuild and VACUUM
         return app_state.connect("cleanup run progress")
 
-    with lock, app_state.connect("cleanup run", "maintenance") as conn:
+    from aegisctl.pooler import per_transaction
+
+    # The batches may go through a transaction pooler; the rebuild, VACUUM and partition
+    # detaches after them need a session: there they get a connection of their own (direct_dsn).
+    with lock, app_state.connect("cleanup run", "maintenance", needs="any") as conn, \
+            contextlib.ExitStack() as more:
+        maint_conn = more.enter_context(app_state.connect("cleanup run", "maintenance")) \
+            if per_transaction(conn) and not dry_run else None
         if not dry_run and names and not yes:
             # What will be touched, before asking (a cron job passes --yes and skips the count).
             preview = run_cleanup(loaded, target.name, conn,
@@ -87,12 +94,13 @@ def run_cmd(
             # Batches are never cancelled (a stop waits for the current one); the rebuild and
             # VACUUM after them are, since they can run long and lose nothing when cancelled.
             phase = ["delete"]
-            stop.callbacks.append(lambda: conn.cancel_safe() if phase[0] == "maintenance"
-                                  else None)
+            stop.callbacks.append(lambda: (maint_conn or conn).cancel_safe()
+                                  if phase[0] == "maintenance" else None)
             report = run_cleanup(loaded, target.name, conn,
                                  CleanupOptions(policies=names, dry_run=dry_run),
                                  should_stop=stop, progress=progress,
                                  side_connect=side_connect if progress else None,
+                                 maint_conn=maint_conn,
                                  on_phase=lambda name: phase.__setitem__(0, name))
     output.render(report, app_state.fmt(fmt))
     if report.stopped:  # one line on stderr too: the archive folder and its free space

@@ -83,7 +83,7 @@ class AppState:
         return target
 
     def connect(self, command: str, kind: WorkKind = "query",
-                autocommit: bool = True, needs: Needs = "any",
+                autocommit: bool = True, needs: Needs | None = None,
                 reads: bool = False) -> psycopg.Connection[Any]:
         from aegisctl.db import connect
 

@@ -53,6 +53,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.job_checks",
     "aegisctl.diagnostics.physical_checks",
     "aegisctl.diagnostics.partition_checks",
+    "aegisctl.diagnostics.pooler_checks",
 ]
 
 

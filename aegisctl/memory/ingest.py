@@ -480,11 +480,15 @@ class _Writer:
     def _stage_table(self, kind: Kind) -> Any:
         from psycopg import sql
 
+        from aegisctl.pooler import per_transaction
+
         name = sql.Identifier(f"aegis_import_{kind}")
         if kind not in self.staged:
             columns = [*TABLES[kind].columns, "embedding", "embedding_recipe"]
+            # Through a transaction pooler the server connection is shared: leave nothing on it.
+            on_commit = "DROP" if per_transaction(self.conn) else "DELETE ROWS"
             self.conn.execute(sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
+                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT " + on_commit + " AS "
                 "SELECT 0::int AS aegis_line, {} FROM {} WITH NO DATA").format(
                 name, sql.SQL(", ").join(map(sql.Identifier, columns)),
                 sql.Identifier(TABLES[kind].table)))

@@ -149,7 +149,16 @@ class Pacer:
 def _batch_session(conn: psycopg.Connection[Any], settings: CleanupSettings,
                    durable: bool) -> None:
     """The batches' timeouts, set once for the session (one round trip less per batch) and
-    reset by `_end_batch_session` before anything else runs on the connection."""
+    reset by `_end_batch_session` before anything else runs on the connection. Through a
+    transaction pooler they go with every batch's transaction instead."""
+    from aegisctl.pooler import override_settings, per_transaction
+
+    if per_transaction(conn):
+        override_settings(conn, {
+            "lock_timeout": f"{int(settings.lock_timeout * 1000)}ms",
+            "statement_timeout": f"{int(settings.statement_timeout * 1000)}ms",
+            "synchronous_commit": "on" if durable else "off"})
+        return
     conn.execute("SELECT set_config('lock_timeout', %s, false),"
                  "       set_config('statement_timeout', %s, false),"
                  "       set_config('synchronous_commit', %s, false)",
@@ -158,6 +167,11 @@ def _batch_session(conn: psycopg.Connection[Any], settings: CleanupSettings,
 
 
 def _end_batch_session(conn: psycopg.Connection[Any]) -> None:
+    from aegisctl.pooler import override_settings, per_transaction
+
+    if per_transaction(conn):
+        override_settings(conn, None)
+        return
     if not conn.closed and conn.info.transaction_status == 0:
         conn.execute("RESET lock_timeout; RESET statement_timeout; RESET synchronous_commit")
 

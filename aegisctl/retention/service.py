@@ -210,15 +210,19 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
                 options: CleanupOptions, *, should_stop: Callable[[], bool] = lambda: False,
                 progress: Callable[[str], None] | None = None,
                 side_connect: SideConnect | None = None,
-                on_phase: Callable[[str], None] | None = None) -> CleanupReport:
+                on_phase: Callable[[str], None] | None = None,
+                maint_conn: psycopg.Connection[Any] | None = None) -> CleanupReport:
     """`on_phase("delete" | "maintenance")` tells the caller which phase runs: batches are
     never cancelled (a stop waits for the batch), the rebuild and VACUUM after them may be.
     `progress` gets status lines (batches, throttling, the rebuild and VACUUM steps);
     with `side_connect` too, the rebuild and VACUUM also report their phase from
-    pg_stat_progress_* as `maint` does."""
+    pg_stat_progress_* as `maint` does. With `maint_conn` (when `conn` goes through a
+    transaction pooler) the rebuild, VACUUM and partition detaches run there."""
     settings = loaded.settings
     started = dt.datetime.now(dt.UTC)
-    conn.execute("SET TIME ZONE 'UTC'")
+    from aegisctl.pooler import session_set
+
+    session_set(conn, {"TimeZone": "UTC"})
     names = select_policies(loaded, options.policies)
     if not options.dry_run:
         ensure_primary(conn, "cleanup run")
@@ -228,7 +232,7 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     now = options.now or (now_row[0] if now_row else dt.datetime.now(dt.UTC))
     report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)
     pacer = Pacer(settings.cleanup, conn, should_stop, progress)
-    maint = MaintContext(conn=conn, settings=settings.maintenance, should_stop=should_stop,
+    maint = MaintContext(conn=maint_conn or conn, settings=settings.maintenance, should_stop=should_stop,
                          progress=progress, side_connect=side_connect)
     run = run_id(dt.datetime.now(dt.UTC))
     for policy in resolved:
@@ -452,7 +456,21 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
                                 "batch-deleting instead")
             continue
         _archive_and_drop(conn, rel, run, result, maint, archives)
-    return [leaf for leaf in parts.leaves(conn, parent)]
+    return _leaves_with_expired_rows(conn, parent, result.cutoff)
+
+
+def _leaves_with_expired_rows(conn: psycopg.Connection[Any], parent: Relation,
+                              cutoff: dt.datetime) -> list[Relation]:
+    """The leaves left to batch-delete: a partition whose lower bound is at or after the
+    cutoff cannot hold an expired row (its range says so), so it is not scanned."""
+    from aegisctl.schema.partition_bounds import partition_key, range_partitions
+
+    key = partition_key(conn, parent.oid)
+    later: set[int] = set()
+    if key is not None:
+        later = {p.relation.oid for p in range_partitions(conn, parent.oid, key)
+                 if not p.is_default and p.lower is not None and p.lower >= cutoff}
+    return [leaf for leaf in parts.leaves(conn, parent) if leaf.oid not in later]
 
 
 def _archive_and_drop(conn: psycopg.Connection[Any], rel: Relation, token: str,

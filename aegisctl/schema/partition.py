@@ -112,7 +112,8 @@ class ConversionResult:
 
         blocks: list[Block] = []
         if self.dry_run:
-            blocks.append(Note(f"-- schema partition {self.table}: dry run, nothing changed"))
+            blocks.append(Note(f"-- schema partition {self.table}: the plan (nothing changed "
+                               "yet)"))
         blocks.append(Table(
             ["step", Column("locks", "text"), Column("held", "text"), "status",
              Column("seconds", "number"), Column("attempts", "number")],
@@ -407,10 +408,12 @@ def _run(conn: psycopg.Connection[Any], facts: TableFacts, names: _Names,
     steps[1].status, steps[1].seconds, steps[1].attempts = "done", \
         time.perf_counter() - started, 1
     pause_point("validated")
+    _stop_between_steps(policy, "validating the bound check")
     _drop_unfinished_parent(conn, facts, names, policy)
     _timed(conn, steps[2], policy,
            _build_statements(facts, names, months, default_partition, check))
     pause_point("built")
+    _stop_between_steps(policy, "building the new parent")
     swap = _swap_statements(facts, names, upper, check)
     locked_at: list[float] = []
 
@@ -422,6 +425,14 @@ def _run(conn: psycopg.Connection[Any], facts: TableFacts, names: _Names,
             conn.execute(statement)
 
     _timed(conn, steps[3], policy, body, locked_at)
+
+
+def _stop_between_steps(policy: LockPolicy, done: str) -> None:
+    from aegisctl.schema.partition_tx import Interrupted
+
+    if policy.should_stop():
+        raise Interrupted(f"interrupted after {done}: the table is unchanged and takes writes; "
+                          "run the command again to finish")
 
 
 def _timed(conn: psycopg.Connection[Any], step: ConversionStep, policy: LockPolicy,

@@ -110,11 +110,26 @@ def _to_utc(conn: psycopg.Connection[Any], literal: str, column_type: str) -> dt
     if not (len(text) >= 2 and text[0] == "'" and text[-1] == "'"):
         return None
     value = text[1:-1].replace("''", "'")
+    quick = _parse_bound(value, column_type)
+    if quick is not None:
+        return quick
     if column_type == "timestamp with time zone":
         row = conn.execute("SELECT %s::text::timestamptz", (value,)).fetchone()
     else:  # timestamp and date bounds are read as UTC, as they were written
         row = conn.execute("SELECT (%s::text::timestamp) AT TIME ZONE 'UTC'", (value,)).fetchone()
     return row[0].astimezone(dt.UTC) if row and row[0] is not None else None
+
+
+def _parse_bound(value: str, column_type: str) -> dt.datetime | None:
+    """The server's own rendering of a bound, read without a round trip when it is plain ISO
+    (it is, for bounds aegisctl wrote); anything else (infinity, BC) is left to the server."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if column_type == "timestamp with time zone":
+        return moment.astimezone(dt.UTC) if moment.tzinfo else None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else None
 
 
 def range_partitions(conn: psycopg.Connection[Any], parent_oid: int,
