@@ -171,7 +171,9 @@ class BackupStore:
             raise OperationFailed(f"the backup folder {self.folder} is not a folder "
                                   "(or is a symlink)")
         try:
-            self.folder.chmod(0o700)
+            # Owner-only, except "pass through" (o+x) where `backup physical enable` set it
+            # so that Barman's user reaches its home inside this folder (files are 0600).
+            self.folder.chmod(0o700 | (self.folder.stat().st_mode & 0o001))
             probe = self.folder / f"{TMP_PREFIX}probe.{os.getpid()}"
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.close(fd)

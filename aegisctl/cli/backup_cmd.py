@@ -178,7 +178,11 @@ def list_(
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
     listing = list_backups(loaded, target, remote=not local_only)
-    if physical_hooks.enabled(loaded, target):
+    physical_on, physical_problem = physical_hooks.physical_state(loaded, target)
+    if physical_problem:
+        output.print_status(f"aegisctl: warning: physical backups not listed: "
+                            f"{physical_problem}")
+    if physical_on:
         from aegisctl.backup.physical.backups import physical_listing
 
         output.render(physical_hooks.WithPhysical(listing, physical_listing(loaded, target)),

@@ -20,8 +20,10 @@ def physical_backups(ctx: CheckContext) -> list[CheckResult]:
     from aegisctl.backup.physical import hooks
     from aegisctl.backup.physical.check import physical_measurements
 
-    if not hooks.enabled(ctx.loaded, ctx.target):
-        raise CheckSkipped("physical backups are not enabled for this target")
+    on, problem = hooks.physical_state(ctx.loaded, ctx.target)
+    if not on:
+        raise CheckSkipped(f"physical backups are not enabled for this database: {problem}"
+                           if problem else "physical backups are not enabled for this target")
     m = physical_measurements(ctx.loaded, ctx.target)
     if m.slot_lost:
         streaming = CheckResult("wal_streaming", Status.CRITICAL, m.lag_bytes, m.max_lag, None,
