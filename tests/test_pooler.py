@@ -3,6 +3,9 @@ off, and session work refused (or sent to direct_dsn)."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from pooler_fixtures import (
     drop_database,
     start_pgbouncer,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from aegisctl import pooler
 from aegisctl.config import load_config
@@ -180,3 +184,80 @@ def test_configured_pooler_skips_detection(config: Callable[..., Any]) -> None:
         assert pooler.per_transaction(conn)
     with pytest.raises(ConfigError, match="transaction pooler"):
         require_session(loaded, target, "schema migrate")
+
+
+def test_pool_state_is_read_from_the_admin_console(bouncer: PgBouncer) -> None:
+    from aegisctl.diagnostics.pooler_checks import read_pools
+
+    # Both server connections held by open transactions, a third client queued behind them.
+    holders = [psycopg.connect(bouncer.dsn("tx"), prepare_threshold=None) for _ in range(2)]
+    for conn in holders:
+        conn.execute("SELECT 1")
+    waiter = psycopg.connect(bouncer.dsn("tx"), autocommit=True, prepare_threshold=None)
+    queued = threading.Thread(target=lambda: waiter.execute("SELECT 1"))
+    queued.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (state := read_pools(bouncer.dsn("pgbouncer"), "tx", 5)).clients_waiting < 1:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.05)
+        time.sleep(0.2)
+        state = read_pools(bouncer.dsn("pgbouncer"), "tx", 5)
+        assert state.error is None
+        assert (state.clients_waiting, state.servers_active, state.pool_size) == (1, 2, 2)
+        assert state.max_wait_s > 0
+    finally:
+        for conn in holders:
+            conn.rollback()
+            conn.close()
+        queued.join(timeout=10)
+        waiter.close()
+    assert read_pools(bouncer.dsn("pgbouncer"), "tx", 5).clients_waiting == 0
+
+
+def test_check_reports_the_pools_in_every_format(
+        cli: Any, write_config: Callable[..., Path], bouncer: PgBouncer, tmp_path: Path) -> None:
+    config = write_config({
+        "targets": {"pooled": {"dsn": bouncer.dsn("tx"),
+                               "pgbouncer_admin_dsn": bouncer.dsn("pgbouncer")}},
+        "connection": {"retry": {"attempts": 1}},
+        "checks": {"pooler_server_used_pct": {"warning": 40, "critical": 90}}})
+    only = ["--only", "pooler_clients_waiting,pooler_max_wait,pooler_server_connections"]
+    holder = psycopg.connect(bouncer.dsn("tx"), prepare_threshold=None)
+    holder.execute("SELECT 1")  # one of the two server connections in use
+    try:
+        result = cli("--config", str(config), "check", *only, "--format", "json")
+        assert result.exit_code == 1, result.output
+        checks = {c["name"]: c for c in json.loads(result.stdout)["targets"][0]["checks"]}
+        assert checks["pooler_server_connections"]["status"] == "WARNING"
+        assert checks["pooler_server_connections"]["value"] == 50.0
+        assert "1 of 2 server connections in use" in \
+            checks["pooler_server_connections"]["message"]
+        assert (checks["pooler_clients_waiting"]["status"],
+                checks["pooler_clients_waiting"]["value"]) == ("OK", 0)
+        assert checks["pooler_max_wait"]["unit"] == "s"
+        nagios = cli("--config", str(config), "check", *only, "--format", "nagios").stdout
+        assert "pooler_server_connections=50%;40;90;0;100" in nagios
+        assert nagios.startswith("AEGISCTL WARNING")
+        prom = tmp_path / "aegisctl.prom"
+        cli("--config", str(config), "check", *only, "--prometheus", str(prom))
+        families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+        assert families["aegisctl_pgbouncer_server_connections_used_ratio"].samples[0].value \
+            == 0.5
+        assert families["aegisctl_pgbouncer_clients_waiting"].samples[0].value == 0
+        assert "aegisctl_pgbouncer_max_wait_seconds" in families
+        table = cli("--config", str(config), "check", *only).stdout
+        assert "pooler_server_connections" in table
+    finally:
+        holder.rollback()
+        holder.close()
+    # An admin console that cannot be read is UNKNOWN, never OK; its password is not shown.
+    config = write_config({
+        "targets": {"pooled": {"dsn": bouncer.dsn("tx"), "pgbouncer_admin_dsn":
+                               f"postgresql://nobody:pw@127.0.0.1:{bouncer.port}/pgbouncer"}},
+        "connection": {"retry": {"attempts": 1}}})
+    result = cli("--config", str(config), "check", *only, "--format", "json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["targets"][0]["checks"]}
+    assert {c["status"] for n, c in checks.items() if n.startswith("pooler_")} == {"UNKNOWN"}
+    assert "cannot read PgBouncer's admin console (postgresql://nobody:***@" in \
+        checks["pooler_max_wait"]["message"]

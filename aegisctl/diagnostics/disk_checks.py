@@ -60,7 +60,7 @@ def watched_paths(ctx: CheckContext) -> list[tuple[str, Path]]:
     archive = paths.archive_root(settings, ctx.target.name)
     if settings.cleanup.archive_dir or archive.exists():
         found.append(("cleanup archive", archive))
-    barman = paths.barman_home(settings)
+    barman = paths.barman_home(settings, ctx.target.name)
     if barman.exists():
         found.append(("Barman home", barman))
     return found

@@ -51,6 +51,10 @@ METRICS = {
     "cluster_switchover": "aegisctl_cluster_switchover_scheduled",
     "cluster_timeline": "aegisctl_cluster_timeline",
     "cluster_lag": "aegisctl_cluster_member_lag_bytes",
+    "retention_backlog": "aegisctl_retention_backlog_seconds",
+    "pooler_clients_waiting": "aegisctl_pgbouncer_clients_waiting",
+    "pooler_max_wait": "aegisctl_pgbouncer_max_wait_seconds",
+    "pooler_server_connections": "aegisctl_pgbouncer_server_connections_used_ratio",
 }
 _SUFFIX = {"s": "_seconds", "B": "_bytes", "%": "_ratio", "": ""}
 _NAME = re.compile(r"[^a-zA-Z0-9_]")

@@ -126,6 +126,10 @@ class ChecksSettings:
     disk_used_pct: Threshold = field(default_factory=lambda: Threshold(80, 90))
     # Tables of at least min_size never vacuumed or never analyzed.
     unmaintained_tables: MinSize = field(default_factory=MinSize)
+    # How far past its policy's max_age the oldest expired row is (rows cleanup skipped because
+    # another session held them locked, or a policy that stopped running).
+    retention_backlog: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(2 * 86400, 7 * 86400))
     # Age of the newest verified-good backup / of the newest good restore test.
     backup_age: DurationThreshold = field(
         default_factory=lambda: DurationThreshold(36 * 3600, 72 * 3600))
@@ -140,6 +144,13 @@ class ChecksSettings:
     # Rows in a DEFAULT partition (their month had no partition): more than `warning` is
     # WARNING, more than `critical` CRITICAL. `maint partitions` moves them.
     default_partition_rows: Threshold = field(default_factory=lambda: Threshold(0, 10_000))
+    # PgBouncer's pools for the target (only with targets.NAME.pgbouncer_admin_dsn): clients
+    # waiting for a server connection, the oldest one's wait, and server connections in use
+    # as a % of the pool size.
+    pooler_clients_waiting: Threshold = field(default_factory=lambda: Threshold(5, 20))
+    pooler_max_wait_seconds: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(1, 5))
+    pooler_server_used_pct: Threshold = field(default_factory=lambda: Threshold(80, 95))
     # Checks `aegisctl check` leaves out unless --only names them.
     skip: list[str] = field(default_factory=list)
     # Sessions whose application_name matches one of these LIKE patterns are not counted by
@@ -180,7 +191,7 @@ def check_thresholds(settings: ChecksSettings, origin: str) -> None:
         ratio = getattr(settings, name).min_ratio
         if not 0 <= ratio < 1:
             problems.append(f"checks.{name}.min_ratio: a share from 0 to below 1, got {ratio}")
-    for name in ("sequence_used_pct", "disk_used_pct"):
+    for name in ("sequence_used_pct", "disk_used_pct", "pooler_server_used_pct"):
         if getattr(settings, name).critical > 100:
             problems.append(f"checks.{name}: a percentage, at most 100")
     if settings.slow_query_seconds.min_calls < 1:
