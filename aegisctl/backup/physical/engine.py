@@ -226,17 +226,10 @@ class Engine:
 
 
 def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function: SIGTERM when aegisctl dies, even by SIGKILL, so no orphaned
-    streamer holds the slot. It runs in the child after the user switch (which would clear
-    the setting), where nothing can be imported any more: libc is resolved here."""
-    import ctypes
+    """SIGTERM when aegisctl dies, even by SIGKILL, so no orphaned streamer holds the slot."""
+    from aegisctl.children import die_with_parent
 
-    try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    return die_with_parent(signal.SIGTERM)
 
 
 def last_line(done: subprocess.CompletedProcess[str]) -> str:
