@@ -230,8 +230,13 @@ def _detect(conn: AegisConnection, settings: dict[str, str],
     token = secrets.token_hex(8)
     probe = "aegisctl.pooler_probe"
     conn.execute("SELECT set_config(%s, %s, false)", (probe, token))
-    with open_second() as other:
-        seen = other.execute("SELECT current_setting(%s, true)", (probe,)).fetchone()
+    try:
+        with open_second() as other:
+            seen = other.execute("SELECT current_setting(%s, true)", (probe,)).fetchone()
+    except psycopg.OperationalError as exc:  # e.g. the pooler's max_client_conn reached
+        log.info("pooler detection: no second connection (%s); assuming transaction pooling",
+                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return "transaction"  # the safe assumption: nothing relies on the session
     if seen is not None and seen[0] == token:
         return "transaction"
     mine = conn.execute("SELECT current_setting(%s, true)", (probe,)).fetchone()
