@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aegisctl import paths
-from aegisctl.children import die_with_parent
+from aegisctl.children import die_with_parent, exit_cause
 from aegisctl.errors import ConnectionFailed, ExitCode, LockBusy, OperationFailed
 from aegisctl.locks import LOCK_WAIT_ENV, Holder
 from aegisctl.scheduling import history, lock
@@ -279,6 +279,11 @@ class JobExecution:
         elif ended_by == "interrupted":
             run.status = "interrupted"
             run.error = "interrupted: the scheduler was asked to stop"
+        elif proc.returncode < 0:
+            # Killed from outside (the OOM killer, kill -9): the run could not finish, which
+            # says nothing about what it was doing.
+            run.status = "interrupted"
+            run.error = f"the command was {exit_cause(proc.returncode)}"
         elif proc.returncode in self.job.settings.success_exit_codes:
             run.status = "succeeded"
         elif proc.returncode == ExitCode.LOCKED:
@@ -382,7 +387,7 @@ def _error_line(tail: deque[str], code: int | None, summary: Any = None) -> str:
     if tail:
         return tail[-1].strip()[:1000]
     if code is not None and code < 0:
-        return f"killed by signal {-code}"
+        return exit_cause(code)
     return f"exited with code {code}"
 
 
