@@ -167,7 +167,7 @@ class SearchSettings:
     exact_below: int = 5000
     iterative_scan: Literal["strict_order", "relaxed_order", "off"] = "strict_order"
     # Hybrid fusion (aegisctl/memory/search/fusion.py), defaults chosen on bench/relevance.py.
-    rrf_k: int = 60
+    rrf_k: int = 30
     candidates: int = 40  # rows each signal contributes to hybrid fusion, whatever --limit
     semantic_weight: float = 1.0
     keyword_weight: float = 0.75

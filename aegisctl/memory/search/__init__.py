@@ -173,8 +173,6 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
         hits = apply_decay(hits, request.decay_half_life)
     if request.dedupe:
         hits = dedupe(hits, settings.search.dedupe)
-    if mode == "hybrid" and request.rerank and settings.search.rerank is not None:
-        hits = _reranked(settings, request.query, hits, explain)
         if (plain and vector is not None and len(hits) < request.limit
                 and len(semantic) >= fetch):
             semantic = semantic_search(
@@ -185,6 +183,8 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
                             if (h.similarity or 0.0) >= request.threshold]
             hits = dedupe(fuse(semantic, [], mode, settings.search, terms),
                           settings.search.dedupe)
+    if mode == "hybrid" and request.rerank and settings.search.rerank is not None:
+        hits = _reranked(settings, request.query, hits, explain)
     hits = hits[:max(request.limit * 3, 30)] if request.min_score is not None else \
         hits[:request.limit]
     annotate(conn, [h for h in hits if h.coverage is None], request.query, terms, vector,

@@ -74,7 +74,7 @@ KEYWORD_TOP = 3
 # Semantic strength: how far the best similarity stands above the SPREAD_DEPTH-th one; a flat
 # top (every memory about equally close) says the vectors do not recognise the query.
 SPREAD_DEPTH = 10
-SPREAD_FULL = 0.12
+SPREAD_FULL = 0.1
 # Agreement: a memory in the first AGREE_DEPTH of both lists gets AGREEMENT first-place votes.
 AGREE_DEPTH = 10
 AGREEMENT = 0.5
