@@ -17,11 +17,17 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from aegisctl.backup.physical.settings import check_physical_settings
 from aegisctl.backup.settings import BackupSettings
+from aegisctl.cluster.settings import PatroniSettings, check_patroni_settings
 from aegisctl.diagnostics.settings import ChecksSettings, check_thresholds
 from aegisctl.errors import ConfigError
+from aegisctl.maintenance.partition_settings import PartitionSpec, check_partition_settings
 from aegisctl.maintenance.settings import MaintenanceSettings
 from aegisctl.memory.settings import MemorySettings
-from aegisctl.retention.settings import CleanupSettings, check_cleanup_settings
+from aegisctl.retention.settings import (
+    CleanupSettings,
+    check_cleanup_settings,
+    check_partition_retention,
+)
 from aegisctl.scheduling.jobs import check_schedule
 from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
 from aegisctl.units import parse_duration, parse_size
@@ -65,6 +71,19 @@ class TargetSettings:
     password_file: str | None = None
     password_env: str | None = None
     role: Literal["primary", "replica"] = "primary"
+    # A Patroni cluster: each command picks its member from /cluster (aegisctl.cluster).
+    patroni: PatroniSettings | None = None
+    # `aegisctl check` on a primary: fewer streaming standbys than this is CRITICAL.
+    expected_replicas: int | None = None
+    # This target's own `checks:` (skip, thresholds), merged over the global `checks:` section
+    # when the config is loaded: a key set here wins, `skip` lists are added together.
+    checks: ChecksSettings | None = None
+    # The unpooled connection for session work (migrations, dumps, WAL, CONCURRENTLY, VACUUM,
+    # advisory locks) when `dsn` goes through a pooler; what sits on `dsn` (auto: found once
+    # per run); PgBouncer's admin console, read by `check`.
+    direct_dsn: str | None = None
+    pooler: Literal["auto", "none", "session", "transaction"] = "auto"
+    pgbouncer_admin_dsn: str | None = None
 
 
 @dataclass
@@ -195,6 +214,7 @@ class Settings:
     memory: MemorySettings = field(default_factory=MemorySettings)
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     cleanup: CleanupSettings = field(default_factory=CleanupSettings)
+    partitions: dict[str, PartitionSpec] = field(default_factory=dict)
 
 
 @dataclass
@@ -485,7 +505,35 @@ def _record_sources(
         sources[prefix] = f"{origin}:{line}" if line else origin
 
 
+def _merge_target_checks(data: dict[str, Any]) -> dict[str, Any]:
+    """Each target's `checks:` overlaid on the global `checks:` (so a target states only what
+    differs), before validation builds the typed settings from it."""
+    targets = data.get("targets")
+    base = data.get("checks")
+    if not isinstance(targets, dict) or not isinstance(base, dict | None):
+        return data
+    merged_targets: dict[str, Any] = {}
+    for name, spec in targets.items():
+        if isinstance(spec, dict) and isinstance(spec.get("checks"), dict):
+            spec = {**spec, "checks": _overlay(base or {}, spec["checks"])}
+        merged_targets[name] = spec
+    return {**data, "targets": merged_targets}
+
+
+def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if key == "skip" and isinstance(value, list) and isinstance(base.get(key), list):
+            out[key] = [*base[key], *(v for v in value if v not in base[key])]
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = _overlay(base[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def validate(data: dict[str, Any], origin: str, lines: dict[str, int] | None = None) -> Settings:
+    data = _merge_target_checks(data)
     settings: Settings = _Validator(origin, lines or {}).build(data, Settings, "")
     _check_consistency(settings, origin)
     return settings
@@ -496,6 +544,8 @@ def _check_consistency(settings: Settings, origin: str) -> None:
     check_schedule(settings, origin)
     check_thresholds(settings.checks, origin)
     check_cleanup_settings(settings.cleanup, origin)
+    check_partition_settings(settings.partitions, origin)
+    check_partition_retention(settings.cleanup, settings.partitions, origin)
     check_physical_settings(settings.backup.physical, origin)
     if settings.default_target and settings.default_target not in settings.targets:
         known = ", ".join(settings.targets) or "none"
@@ -504,10 +554,15 @@ def _check_consistency(settings: Settings, origin: str) -> None:
             f"(configured: {known})"
         )
     for name, target in settings.targets.items():
+        if target.checks is not None:
+            check_thresholds(target.checks, f"{origin}: targets.{name}")
+        if target.expected_replicas is not None and target.expected_replicas < 0:
+            raise ConfigError(f"{origin}: targets.{name}.expected_replicas: must be 0 or more")
         if target.password_env and target.password_file:
             raise ConfigError(
                 f"{origin}: targets.{name}: give password_env or password_file, not both"
             )
+        check_patroni_settings(name, target.dsn, target.patroni, origin)
     if settings.schema.embedding_dim is not None:
         check_embedding_dim_range(settings.schema.embedding_dim, f"{origin}: schema.embedding_dim")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.config import LoadedConfig
@@ -60,24 +60,30 @@ class ConfigValidation:
 
     path: str
     targets: list[str]
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"valid": True, "path": self.path, "targets": self.targets}
+        data: dict[str, Any] = {"valid": True, "path": self.path, "targets": self.targets}
+        if self.warnings:
+            data["warnings"] = self.warnings
+        return data
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Note
 
-        return [Note(f"{self.path}: valid")]
+        return [Note(f"{self.path}: valid"), *(Note(f"warning: {w}") for w in self.warnings)]
 
 
-def validation_result(loaded: LoadedConfig) -> ConfigValidation:
+def validation_result(loaded: LoadedConfig, warnings: list[str] | None = None
+                      ) -> ConfigValidation:
     where = str(loaded.path) if loaded.path else "(no config file: defaults)"
-    return ConfigValidation(path=where, targets=sorted(loaded.settings.targets))
+    return ConfigValidation(path=where, targets=sorted(loaded.settings.targets),
+                            warnings=list(warnings or []))
 
 
 def _redact(key: str, value: Any) -> Any:
     leaf = key.rsplit(".", 1)[-1]
-    if isinstance(value, str) and leaf == "dsn":
+    if isinstance(value, str) and leaf.endswith("dsn"):
         return redact_dsn(value)
     # password_env / password_file / api_key_env name where a secret is, not the secret.
     if any(w in leaf for w in SECRET_WORDS) and not leaf.endswith(("_env", "_file")):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from aegisctl.config import LoadedConfig, Settings, TimeoutSettings
 from aegisctl.errors import ConfigError, ConnectionFailed
-from aegisctl.targets import Target
+from aegisctl.targets import Target, redact_dsn
 
 if TYPE_CHECKING:
     import psycopg
@@ -133,33 +133,98 @@ def _ms(seconds: float) -> int:
 class ConnectParams:
     conninfo: str
     kwargs: dict[str, Any]
+    # The dsn the conninfo came from: "dsn", "direct_dsn" or "embedded".
+    via: str = "dsn"
+
+
+# What a piece of work needs from its connection: anything (a transaction pooler will do), a
+# session of its own (advisory locks, session settings, CONCURRENTLY, VACUUM, pg_dump), or an
+# unpooled server (replication: physical backups and WAL streaming).
+Needs = Literal["any", "session", "direct"]
+
+
+def needs_for(kind: WorkKind, needs: Needs | None) -> Needs:
+    """Unless the caller says otherwise, maintenance work (VACUUM, REINDEX CONCURRENTLY, dumps
+    and restores) needs a session of its own."""
+    if needs is None:
+        return "session" if kind == "maintenance" else "any"
+    return needs
 
 
 def connect_params(
     settings: Settings, target: Target, command: str, kind: WorkKind = "query",
-    data_dir: str | None = None,
+    data_dir: str | None = None, needs: Needs | None = None,
 ) -> ConnectParams:
-    """What psycopg.connect needs; starts the embedded server when that is the target."""
-    conninfo = target.dsn
+    """What psycopg.connect needs; starts the embedded server when that is the target. No
+    startup `options`: poolers refuse them; the settings are set once connected (`settings`)."""
+    conninfo, via = target.dsn, "dsn"
+    if needs_for(kind, needs) != "any" and target.direct_dsn:
+        conninfo, via = target.direct_dsn, "direct_dsn"
+    if target.cluster is not None and via == "dsn":  # the member this kind of work goes to
+        from aegisctl.cluster.members import member_conninfo, need_for
+
+        conninfo = member_conninfo(target.cluster, need_for(target.cluster, kind))
     if target.embedded:
         from aegisctl.local import server_for
 
         server = server_for(data_dir or settings.embedded.data_dir, settings.embedded.database,
                             settings.embedded.run_as)
-        conninfo = server.ensure_running().uri or ""
-    timeouts: TimeoutSettings = getattr(settings.connection.timeouts, kind)
-    options = (
-        f"-c statement_timeout={_ms(timeouts.statement_timeout)} "
-        f"-c lock_timeout={_ms(timeouts.lock_timeout)}"
-    )
+        conninfo, via = server.ensure_running().uri or "", "embedded"
     kwargs: dict[str, Any] = {
         "application_name": f"aegisctl {command}"[:63],
         "connect_timeout": max(1, int(settings.connection.connect_timeout)),
-        "options": options,
     }
     if target.password is not None:
         kwargs["password"] = target.password
-    return ConnectParams(conninfo=conninfo, kwargs=kwargs)
+    return ConnectParams(conninfo=conninfo, kwargs=kwargs, via=via)
+
+
+def session_settings(settings: Settings, kind: WorkKind) -> dict[str, str]:
+    """The settings every connection of this kind of work runs under."""
+    timeouts: TimeoutSettings = getattr(settings.connection.timeouts, kind)
+    return {"statement_timeout": str(_ms(timeouts.statement_timeout)),
+            "lock_timeout": str(_ms(timeouts.lock_timeout))}
+
+
+def session_refusal(target: Target, command: str, mode: str) -> ConfigError:
+    return ConfigError(f"target '{target.name}' goes through a {mode} pooler; set "
+                       f"targets.{target.name}.direct_dsn for {command}")
+
+
+def require_session(loaded: LoadedConfig, target: Target, command: str,
+                    needs: Needs = "session") -> None:
+    """Stop before anything is done when the work needs a session (or an unpooled server) and
+    the target offers only a pooler: exit 2, one line naming direct_dsn. Finds out what is on
+    the dsn (once per run) when the config does not say. For commands that act before they
+    connect; `connect` itself checks too."""
+    if target.embedded or target.direct_dsn or needs == "any":
+        return
+    from aegisctl import pooler
+
+    if target.pooler == "auto" and pooler.found(_pooler_key(target.dsn, target)) is None:
+        try:
+            with connect(loaded, target, command):
+                pass
+        except ConnectionFailed:
+            # Nothing is known about the dsn yet: let the command fail (or succeed) on its own
+            # terms, so its own earlier checks (a backup folder it cannot write) still speak
+            # first; its connection goes through `connect`, which refuses a pooler as well.
+            return
+    _refuse_pooled(target, command, needs)
+
+
+def _refuse_pooled(target: Target, command: str, needs: Needs) -> None:
+    from aegisctl import pooler
+
+    mode = target.pooler
+    if mode == "auto":
+        mode = pooler.found(_pooler_key(target.dsn, target)) or "none"
+    if mode == "transaction" or (needs == "direct" and mode == "session"):
+        raise session_refusal(target, command, mode)
+
+
+def _pooler_key(conninfo: str, target: Target) -> str:
+    return f"{target.name}\0{conninfo}"
 
 
 def connect(
@@ -171,37 +236,69 @@ def connect(
     autocommit: bool = True,
     data_dir: str | None = None,
     dbname: str | None = None,
+    needs: Needs | None = None,
 ) -> psycopg.Connection[Any]:
     """A connection to the target (or, with `dbname`, to another database on the target's
-    server, with the same credentials), retried only while the failure is transient."""
+    server, with the same credentials), retried only while the failure is transient.
+
+    Work that needs a session goes to `direct_dsn` when the target has one; without it, a
+    transaction pooler on `dsn` stops the command (ConfigError, exit 2)."""
     import psycopg
 
+    from aegisctl import pooler
+
     settings = loaded.settings
-    params = connect_params(settings, target, command, kind, data_dir)
+    need = needs_for(kind, needs)
+    if need != "any" and not target.embedded and not target.direct_dsn:
+        _refuse_pooled(target, command, need)  # configured, or found earlier in the run
+    params = connect_params(settings, target, command, kind, data_dir, need)
     if dbname is not None:
         params.kwargs["dbname"] = dbname
     retry = settings.connection.retry
     check_conninfo(params.conninfo, target)
+    shown = redact_dsn(params.conninfo) if params.via == "direct_dsn" else target.display_dsn
 
-    def attempt() -> psycopg.Connection[Any]:
-        return psycopg.connect(params.conninfo, autocommit=autocommit, **params.kwargs)
+    def attempt() -> pooler.AegisConnection:
+        return pooler.AegisConnection.connect(params.conninfo, autocommit=autocommit,
+                                              **params.kwargs)
 
-    log.info("connecting to target '%s' at %s for %s", target.name, target.display_dsn, command)
+    log.info("connecting to target '%s' at %s for %s", target.name, shown, command)
     try:
         conn = retry_transient(attempt, retry.attempts, retry.initial_delay, retry.max_delay,
                                f"connecting to {target.name}")
     except psycopg.Error as exc:
         if is_conninfo_error(exc):
-            raise ConfigError(f"target '{target.name}': invalid DSN ({target.display_dsn}): "
+            raise ConfigError(f"target '{target.name}': invalid DSN ({shown}): "
                               f"{_first_line(exc)}") from None
         where = f" database '{dbname}'" if dbname else ""
         raise ConnectionFailed(
-            f"cannot connect to target '{target.name}'{where} ({target.display_dsn}): "
+            f"cannot connect to target '{target.name}'{where} ({shown}): "
             f"{_first_line(exc)}"
         ) from None
     info = conn.info
     log.info("connected to %s as %s (PostgreSQL %s, backend pid %s)", info.dbname, info.user,
              info.parameter_status("server_version"), info.backend_pid)
+    configured = "none" if params.via != "dsn" else target.pooler
+
+    def open_second() -> psycopg.Connection[Any]:
+        return psycopg.connect(params.conninfo, autocommit=True, **params.kwargs)
+
+    try:
+        was_autocommit = conn.autocommit
+        conn.autocommit = True  # the settings are for the session (or per transaction)
+        pooler.settle(conn, _pooler_key(params.conninfo, target), configured,
+                      session_settings(settings, kind), open_second,
+                      f"target '{target.name}' ({params.via})")
+        conn.autocommit = was_autocommit
+        if need != "any" and params.via == "dsn":
+            _refuse_pooled(target, command, need)  # found just now
+    except BaseException:
+        conn.close()
+        raise
+    if target.cluster is not None:  # the role, proven on the connection that does the work
+        from aegisctl.cluster.members import confirm_connection
+
+        confirm_connection(conn, target.cluster, kind)
     return conn
 
 

@@ -14,6 +14,9 @@ class ExitCode(IntEnum):
     USAGE = 2
     UNREACHABLE = 3
     LOCKED = 4
+    # A cluster's leader changed under the command (or the member is no longer the leader):
+    # it stopped cleanly and wrote nothing to a non-leader.
+    ROLE_CHANGED = 5
     INTERRUPTED = 130
 
 
@@ -57,6 +60,12 @@ class RemoteUnavailable(AegisError):
 
 class LockBusy(AegisError):
     exit_code = ExitCode.LOCKED
+
+
+class RoleChanged(AegisError):
+    """The member a write went to is not (or no longer) the leader of its cluster."""
+
+    exit_code = ExitCode.ROLE_CHANGED
 
 
 class MissingBinary(OperationFailed):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -22,15 +21,14 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
+from aegisctl.errors import ConfigError, LockBusy, MissingBinary, OperationFailed
 from aegisctl.paths import data_dir as configured_data_dir
-from aegisctl.paths import is_root, runtime_dir
+from aegisctl.paths import is_root, runtime_dir, socket_dir
 
 if TYPE_CHECKING:
     from aegisctl.output import Block
@@ -50,6 +48,8 @@ SERVER_SETTINGS = {
 }
 _SHELL_UNSAFE = set('"$`\\\n\r')
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
+# How long a start waits for another process starting or stopping the same server.
+START_LOCK_WAIT = 600.0
 
 
 def _package_dir() -> Path:
@@ -244,17 +244,21 @@ class EmbeddedServer:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         """Serialise init/start/stop between aegisctl processes sharing this data dir."""
+        from aegisctl.locks import Holder, hold
+
         self._make_parent()
-        lock_path = self.data_dir.parent / f".{self.data_dir.name}.lock"
-        with open(lock_path, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        path = self.data_dir.parent / f".{self.data_dir.name}.lock"
+
+        def busy(current: Holder | None) -> LockBusy:
+            who = f" ({current.describe()})" if current else ""
+            return LockBusy(f"another aegisctl is still starting or stopping the embedded "
+                            f"server in {self.data_dir}{who}", hint=f"lock file {path}")
+
+        return hold(path, Holder.me("local server start/stop"), wait_seconds=START_LOCK_WAIT,
+                    busy=busy, cannot_open_hint="the data directory's parent folder must "
+                                                "belong to the user running aegisctl")
 
     def ensure_running(self) -> LocalStatus:
         """Initialise and start the server if needed; a no-op when it already runs."""
@@ -432,7 +436,7 @@ class EmbeddedServer:
             raise
 
     def _socket_dir(self) -> Path:
-        preferred = self.data_dir.parent / "run"
+        preferred = socket_dir(self.data_dir)
         if len(str(preferred / f".s.PGSQL.{PORT}")) > _MAX_SOCKET_PATH:
             digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
             preferred = Path("/tmp") / f"aegisctl-{os.geteuid()}-{digest}"

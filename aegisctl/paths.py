@@ -9,9 +9,12 @@ ours lives there. Nothing here creates a folder: the modules that write decide w
     data          $XDG_DATA_HOME/aegisctl/pgdata       /var/lib/aegisctl/pgdata
     state         $XDG_STATE_HOME/aegisctl             /var/lib/aegisctl
     backups       $XDG_DATA_HOME/aegisctl/backups      /var/backups/aegisctl
-    Barman home   $XDG_DATA_HOME/aegisctl/barman       /var/lib/aegisctl/barman
+    Barman home   <backups>/<target>/barman            (same)
+    (before: one Barman home per user: $XDG_DATA_HOME/aegisctl/barman, /var/lib/aegisctl/barman;
+     still read in place by the database whose backups it holds: backup/physical/identity.py)
     archives      <backups>/<target>/cleanup-archive   (same)
     runtime       <data dir's parent>/runtime          (same)
+    sockets       <data dir>.run (beside it)           (same)
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ def default_backup_dir(env: Env | None = None) -> Path:
     return _xdg(_environ(env), "XDG_DATA_HOME", ".local/share") / "backups"
 
 
-def default_barman_home(env: Env | None = None) -> Path:
+def legacy_barman_home(env: Env | None = None) -> Path:
+    """Where earlier releases kept Barman's home, one per user (see identity.py)."""
     if is_root():
         return Path("/var/lib/aegisctl/barman")
     return _xdg(_environ(env), "XDG_DATA_HOME", ".local/share") / "barman"
@@ -99,10 +103,11 @@ def backup_root(settings: Settings) -> Path:
     return configured_or_default(settings.backup.directory, default_backup_dir)
 
 
-def barman_home(settings: Settings) -> Path:
-    """Barman's home (its config, catalogue and WAL): `backup.physical.directory`."""
+def barman_home(settings: Settings, target: str) -> Path:
+    """Barman's home (its config, catalogue and WAL) for one target: `backup.physical.directory`,
+    or the `barman` folder inside the target's backup folder (it belongs to the target)."""
     return configured_or_default(settings.backup.physical.directory,
-                                 default_barman_home).absolute()
+                                 lambda: backup_root(settings) / target / "barman").absolute()
 
 
 def archive_root(settings: Settings, target: str) -> Path:
@@ -117,6 +122,12 @@ def runtime_dir(data: Path) -> Path:
     """Where the embedded server's binaries are copied when its user cannot reach them in
     the Python environment."""
     return data.parent / "runtime"
+
+
+def socket_dir(data: Path) -> Path:
+    """The embedded server's Unix socket folder: one per data directory (<data>.run beside
+    it), so two servers whose data directories share a parent both start on port 5432."""
+    return data.parent / f"{data.name}.run"
 
 
 def locks_dir(state: Path) -> Path:

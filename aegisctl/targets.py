@@ -9,9 +9,13 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aegisctl.config import LoadedConfig, TargetSettings
 from aegisctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aegisctl.cluster.members import ClusterBinding
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,13 @@ class Target:
     # The DSN as configured (may hold a password if the user wrote one in: never print it raw).
     dsn: str = ""
     password: str | None = field(default=None, repr=False)
+    # A Patroni cluster or a multi-host DSN: which member each connection goes to
+    # (aegisctl.cluster.members); None for a single server.
+    cluster: ClusterBinding | None = None
+    # Session work goes here when set (see aegisctl.pooler); `pooler` says what sits on dsn.
+    direct_dsn: str | None = None
+    pooler: str = "auto"
+    pgbouncer_admin_dsn: str | None = None
 
     @property
     def display_dsn(self) -> str:
@@ -125,6 +136,8 @@ def resolve_target(
         dsn, source = env_dsn, "env AEGISCTL_DSN"
     if dsn is None:
         raise ConfigError(f"target '{name}' has no dsn", hint=f"set targets.{name}.dsn")
+    from aegisctl.cluster.members import binding_for
+
     return Target(
         name=name,
         role=spec.role,
@@ -132,4 +145,8 @@ def resolve_target(
         dsn=dsn,
         source=source,
         password=read_password(name, spec, env),
+        cluster=binding_for(name, dsn, spec.patroni),
+        direct_dsn=spec.direct_dsn,
+        pooler=spec.pooler,
+        pgbouncer_admin_dsn=spec.pgbouncer_admin_dsn,
     )

@@ -35,6 +35,23 @@ _LEAKY_ENV = ("AEGISCTL_CONFIG", "AEGISCTL_DSN", "AEGISCTL_TARGET", "AEGISCTL_DA
               "PGSERVICEFILE", "PGPASSFILE")
 
 
+# The suite is hermetic: no AEGISCTL_* variable of the developer's shell (AEGISCTL_DATA_DIR
+# exported for daily work, say) reaches any test, session fixtures included.
+for _name in [n for n in os.environ if n.startswith("AEGISCTL_")
+              and not n.startswith("AEGISCTL_TEST")]:
+    del os.environ[_name]
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Each test has its own state folder (job locks, job history): as root the default is
+    /var/lib/aegisctl, shared by every test and every other run on the machine. Tests that
+    configure scheduler.state_dir use this same folder, tmp_path / "state"."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("AEGISCTL_STATE_DIR", str(state))
+    return state
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[NoopExecutor]:
     """The session's PostgreSQL as a pytest-postgresql no-process executor."""

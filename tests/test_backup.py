@@ -27,7 +27,7 @@ from backup_fixtures import (  # noqa: F401  (fixtures)
 )
 from conftest import dsn_of
 
-from aegisctl.backup.lock import target_lock
+from aegisctl.locks import lock_file_at as target_lock
 from aegisctl.resources import migrations_dir
 
 
@@ -170,7 +170,7 @@ def test_corrupted_backup_fails_verify(cli, aegis_db, backup_config, tmp_path) -
 
 def test_concurrent_runs_are_locked(cli, aegis_db, backup_config, tmp_path) -> None:
     cfg = backup_config()
-    lock = tmp_path / "backups" / "primary" / ".lock"
+    lock = tmp_path / "state" / "locks" / "primary.lock"
     with target_lock(lock, "test"):
         result = cli("--config", str(cfg), "backup", "create")
         assert result.exit_code == 4

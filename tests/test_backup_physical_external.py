@@ -69,7 +69,8 @@ def test_external_target_over_tcp_with_a_password(
     error = [ln for ln in enabled.stderr.splitlines() if ln.startswith("aegisctl: error:")]
     assert len(error) == 1 and hba_fix in error[0] and "pg_hba.conf" in error[0]
     assert env.password not in enabled.output  # never printed
-    barman_conf = (env.base / "barman" / "barman.d" / "ext.conf").read_text()
+    barman_conf = (env.base / "barman" / "barman.d" / f"{report['server']}.conf").read_text()
+    assert report["server"] == f"ext-{report['system_id']}"
     assert env.password not in barman_conf and "passfile" in barman_conf
 
     streamer_log = tmp_path / "stream.log"

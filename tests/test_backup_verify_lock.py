@@ -14,8 +14,8 @@ from typing import Any
 
 from backup_fixtures import backup_config, fill  # noqa: F401  (fixtures)
 
-from aegisctl.backup.lock import target_lock
 from aegisctl.errors import LockBusy
+from aegisctl.locks import lock_file_at as target_lock
 
 
 def _create(cli: Any, cfg: Path) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def test_verify_exits_4_while_another_run_holds_the_lock(cli, aegis_db, backup_c
     fill(aegis_db, rows=4)
     cfg = backup_config()
     backup = _create(cli, cfg)
-    lock = tmp_path / "backups" / "primary" / ".lock"
+    lock = tmp_path / "state" / "locks" / "primary.lock"
     with target_lock(lock, "backup prune"):
         busy = cli("--config", str(cfg), "backup", "verify", backup["id"])
         assert busy.exit_code == 4, busy.output
@@ -72,7 +72,7 @@ def test_prune_cannot_run_while_verify_reads(aegis_db, backup_config, cli, tmp_p
     fill(aegis_db, rows=20)
     cfg = backup_config()
     backup = _create(cli, cfg)
-    lock = tmp_path / "backups" / "primary" / ".lock"
+    lock = tmp_path / "state" / "locks" / "primary.lock"
     proc = subprocess.Popen([sys.executable, "-m", "aegisctl", "--config", str(cfg), "backup",
                              "verify", backup["id"], "--restore-test", "--wait-lock", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

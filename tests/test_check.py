@@ -68,7 +68,7 @@ def test_healthy_database_is_ok_and_json_shape_is_stable(cli, write_config, aegi
     assert checks["cache_hit_ratio"]["message"].startswith("warming up")  # an idle new database
     skipped = {s["name"]: s["reason"] for s in target["skipped"]}
     assert "allocated" in skipped["database_size"]
-    assert "no replica" in skipped["replication_lag"]
+    assert "no standby" in skipped["replication_lag"]
     assert "backups" in skipped["backup_age"]
     assert "vector_recall" in skipped
 
@@ -141,11 +141,25 @@ def test_missing_pg_stat_statements_is_unknown(cli, write_config, db_dsn) -> Non
 
 def test_slow_statement_from_pg_stat_statements(cli, write_config, aegis_dsn) -> None:
     exec_(aegis_dsn, "SELECT pg_sleep(1.1)")
-    config = config_for(write_config, aegis_dsn, slow_query_seconds={"warning": 1, "critical": 2})
+    config = config_for(write_config, aegis_dsn, slow_query_seconds={"warning": 1, "critical": 2,
+                                                                      "min_calls": 1})
     code, report = run_check(cli, config, "--only", "slow_statements")
     check = checks_of(report)["slow_statements"]
     assert (code, check["status"]) == (1, "WARNING")
     assert "pg_sleep" in check["message"] and check["value"] >= 1.0
+    # The next run judges only what happened since this one: the alert clears by itself.
+    code, report = run_check(cli, config, "--only", "slow_statements")
+    check = checks_of(report)["slow_statements"]
+    assert (code, check["status"]) == (0, "OK"), check
+    assert "since the previous check" in check["message"]
+    # Below the minimum number of calls in the window, a slow statement is not judged.
+    exec_(aegis_dsn, "SELECT pg_sleep(1.1)")
+    few = config_for(write_config, aegis_dsn, slow_query_seconds={"warning": 1, "critical": 2,
+                                                                   "min_calls": 2})
+    assert run_check(cli, few, "--only", "slow_statements")[0] == 0
+    exec_(aegis_dsn, "SELECT pg_sleep(1.1)", "SELECT pg_sleep(1.1)")
+    code, report = run_check(cli, few, "--only", "slow_statements")
+    assert (code, checks_of(report)["slow_statements"]["status"]) == (1, "WARNING")
 
 
 def test_database_size_against_allocation(cli, write_config, db_dsn) -> None:
@@ -173,7 +187,8 @@ def test_vector_index_checks_and_recall_floor(cli, write_config, db_dsn) -> None
     assert checks["vector_indexes_invalid"]["status"] == "OK"
     assert checks["vector_indexes_unused"]["status"] == "WARNING"
     assert "public.mem_e" in checks["vector_indexes_unused"]["message"]
-    assert checks["vector_recall"]["status"] == "OK" and 0.5 <= checks["vector_recall"]["value"] <= 1
+    assert checks["vector_recall"]["status"] == "OK", checks["vector_recall"]["message"]
+    assert 0.5 <= checks["vector_recall"]["value"] <= 1
     # A floor no approximate index can meet (recall above 1) is refused by the config...
     bad = config_for(write_config, db_dsn, vector_recall={"warning": 1.5, "critical": 0.9})
     result = cli("--config", str(bad), "check", "-f", "json")
@@ -187,8 +202,11 @@ def test_vector_index_checks_and_recall_floor(cli, write_config, db_dsn) -> None
     # Tables over max_rows are not measured (the exact side of each query is a full scan).
     small = config_for(write_config, db_dsn, vector_recall={"sample": 5, "max_rows": 1000})
     code, report = run_check(cli, small, "--only", "vector_recall")
-    [skip] = report["targets"][0]["skipped"]
-    assert skip["name"] == "vector_recall" and "public.mem_e" in skip["reason"] and code == 0
+    check = checks_of(report)["vector_recall"]
+    assert check["status"] == "UNKNOWN" and "public.mem_e" in check["message"] and code == 3
+    code, report = run_check(cli, small)
+    skipped = {s["name"]: s["reason"] for s in report["targets"][0]["skipped"]}
+    assert "public.mem_e" in skipped["vector_recall"]
     # A failed concurrent build leaves the ANN index invalid (simulated in the catalog).
     exec_(db_dsn, "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'mem_e'::regclass")
     code, report = run_check(cli, ok, "--only", "vector_indexes_invalid")
@@ -225,8 +243,9 @@ def test_backup_age_restore_test_age_and_pending_uploads(cli, write_config, aegi
     assert checks["backup_age"]["status"] == "OK" and checks["backup_age"]["value"] < 120
     assert checks["restore_test_age"]["status"] == "CRITICAL"
     assert "restore-test" in checks["restore_test_age"]["message"]
-    assert "backup.remote" in {s["name"]: s["reason"] for s in report["targets"][0]["skipped"]
-                               }["backup_pending_uploads"]
+    # Asked for by name and not applicable: UNKNOWN with the reason, never silently left out.
+    assert checks["backup_pending_uploads"]["status"] == "UNKNOWN"
+    assert "backup.remote" in checks["backup_pending_uploads"]["message"]
     assert code == 2
     tested = cli("--config", str(config), "backup", "create", "--verify", "restore-test")
     assert tested.exit_code == 0, tested.output
@@ -267,12 +286,11 @@ def test_prometheus_textfile_parses_back(cli, write_config, db_dsn, tmp_path) ->
     families = {f.name: f for f in text_string_to_metric_families(out.read_text())}
     status = {s.labels["check"]: s.value for s in families["aegisctl_check_status"].samples}
     assert status == {"connection": 0, "connections": 0, "wraparound": 0}
-    values = {s.labels["check"]: s for s in families["aegisctl_check_value"].samples}
-    assert values["connections"].labels == {"target": "primary", "check": "connections",
-                                            "unit": "percent"}
-    assert 0 < values["connections"].value <= 100
-    warn = {s.labels["check"]: s.value for s in families["aegisctl_check_warning_threshold"].samples}
-    assert warn["connections"] == 80
+    [used] = families["aegisctl_connections_used_ratio"].samples
+    assert used.labels == {"target": "primary"} and 0 < used.value <= 1
+    warn = {s.labels["check"]: s.value
+            for s in families["aegisctl_check_warning_threshold_ratio"].samples}
+    assert warn["connections"] == 0.8
     assert families["aegisctl_target_up"].samples[0].value == 1
     assert families["aegisctl_check_overall_status"].samples[0].value == 0
     assert not list(tmp_path.glob("aegisctl.prom.*"))  # the temporary file was renamed

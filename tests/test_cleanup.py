@@ -226,10 +226,10 @@ def test_unknown_policy_name_is_a_usage_error(cli, aegis_dsn, write_config, tmp_
 
 
 def test_cleanup_waits_for_the_backup_lock(cli, aegis_dsn, write_config, tmp_path) -> None:
-    from aegisctl.backup.lock import target_lock
+    from aegisctl.locks import lock_file_at as target_lock
 
     path = _config(write_config, aegis_dsn, tmp_path, {"metrics": METRICS})
-    lock = tmp_path / "backups" / "primary" / ".lock"
+    lock = tmp_path / "state" / "locks" / "primary.lock"
     with target_lock(lock, "backup create"):
         result = cli("--config", str(path), "cleanup", "run", "--yes")
         assert result.exit_code == 4

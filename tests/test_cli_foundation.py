@@ -249,7 +249,7 @@ def test_keyboard_interrupt_exits_130(monkeypatch, cli, db_config) -> None:
 def test_typer_exit_codes_are_documented() -> None:
     from aegisctl.errors import ExitCode
 
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 130]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 130]
     assert typer.Exit  # the CLI's only way out
 
 

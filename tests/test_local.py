@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from aegisctl import paths
 from aegisctl.config import load_config
 from aegisctl.db import connect
 from aegisctl.errors import ConfigError
@@ -87,6 +88,25 @@ def test_socket_dir_private(spare_dir: Path) -> None:
     assert os.stat(status.socket_dir).st_mode & 0o077 == 0
 
 
+def test_two_servers_with_sibling_data_dirs_both_start(spare_dir: Path) -> None:
+    """Data directories that share a parent folder get a socket folder each: the second server
+    does not meet the first one's .s.PGSQL.5432.lock."""
+    import psycopg
+
+    first = EmbeddedServer(spare_dir / "pgdata")
+    second = EmbeddedServer(spare_dir / "pgdata-sibling")
+    try:
+        first.ensure_running()
+        status = second.ensure_running()
+        assert status.running and status.socket_dir != first.status().socket_dir
+        for server in (first, second):
+            with psycopg.connect(server.uri(), autocommit=True) as conn:
+                row = conn.execute("SHOW data_directory").fetchone()
+                assert row is not None and Path(row[0]) == server.data_dir
+    finally:
+        second.stop()
+
+
 def test_connect_retries_while_server_restarts(clean_env, spare_dir: Path, write_config) -> None:
     """Connection refused while the server restarts is transient: retried, then succeeds."""
     server = EmbeddedServer(spare_dir / "pgdata")
@@ -100,7 +120,7 @@ def test_connect_retries_while_server_restarts(clean_env, spare_dir: Path, write
     assert target.embedded
 
     # Point at the stopped server's socket directly (embedded targets would start it).
-    socket_dir = spare_dir / "run"
+    socket_dir = paths.socket_dir(spare_dir / "pgdata")
     target.embedded = False
     target.dsn = f"postgresql://postgres@/aegis?host={socket_dir}"
     restarter = threading.Timer(1.0, server.ensure_running)

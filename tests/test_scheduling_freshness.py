@@ -61,9 +61,9 @@ def test_reads_the_local_file_when_the_database_is_down(tmp_path: Path) -> None:
         "schedule": {"backup": {"command": "backup create", "at": "02:00"},
                      "elsewhere": {"command": "health", "every": "5m", "target": "other"},
                      "off": {"command": "health", "every": "5m", "enabled": False}},
-        "scheduler": {"state_dir": str(tmp_path)},
+        "scheduler": {"state_dir": str(tmp_path / "state")},
     }, "test")
-    local = LocalHistory(tmp_path)
+    local = LocalHistory(tmp_path / "state")
     local.append(run("backup", "succeeded", 30))
     report = job_freshness(settings, None, "primary", now=NOW)
     assert [j.job for j in report.jobs] == ["backup"]  # only this target's enabled jobs

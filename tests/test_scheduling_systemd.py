@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,8 +24,16 @@ needs_systemd = pytest.mark.skipif(SYSTEMD_ANALYZE is None,
 AEGISCTL = str(Path(sys.executable).parent / "aegisctl")
 
 
-def test_repo_units_match_config_example(clean_env) -> None:
+def _example() -> Any:
+    """config.example.yaml as the repo's systemd/ was rendered from it: for an aegisctl
+    installed at /usr/local/bin (the example leaves the executable to the running one)."""
     loaded = load_config(str(EXAMPLE))
+    loaded.settings.scheduler.systemd.executable = "/usr/local/bin/aegisctl"
+    return loaded
+
+
+def test_repo_units_match_config_example(clean_env) -> None:
+    loaded = _example()
     rendered = {u.name: u.content for u in render_units(loaded.settings, loaded.path)}
     on_disk = {p.name: p.read_text() for p in (ROOT / "systemd").glob("aegisctl-*")}
     assert set(rendered) == set(on_disk), (
@@ -35,7 +44,7 @@ def test_repo_units_match_config_example(clean_env) -> None:
 
 
 def test_units_are_hardened_and_carry_the_schedule(clean_env) -> None:
-    loaded = load_config(str(EXAMPLE))
+    loaded = _example()
     units = {u.name: u.content for u in render_units(loaded.settings, loaded.path)}
     service = units["aegisctl-backup.service"]
     for line in ("Type=oneshot", "User=aegisctl", "EnvironmentFile=-/etc/aegisctl/aegisctl.env",
@@ -47,7 +56,7 @@ def test_units_are_hardened_and_carry_the_schedule(clean_env) -> None:
     timer = units["aegisctl-backup.timer"].splitlines()
     assert "OnCalendar=*-*-* 02:00:00 UTC" in timer
     assert "Persistent=true" in timer and "RandomizedDelaySec=300s" in timer
-    assert "OnCalendar=Sat *-*-* 03:00:00 UTC" in units["aegisctl-verify.timer"]
+    assert "OnCalendar=Sat *-*-* 04:30:00 UTC" in units["aegisctl-verify.timer"]
     assert "OnCalendar=*-*-01 05:00:00 UTC" in units["aegisctl-reindex.timer"]
     assert "SuccessExitStatus=1 2" in units["aegisctl-check.service"]
 

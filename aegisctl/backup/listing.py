@@ -191,8 +191,11 @@ def _merge_remote(rows: dict[str, ListedBackup], group: RemoteBackup,
     row.problems += remote_problems
     if group.state == OK:
         row.uploaded = "uploaded"
-    elif row.state == OK:
-        row.state = group.state
+    else:
+        # A partial remote copy (an upload killed midway) says nothing about the local files:
+        # the row's state stays what they are, and the upload is pending.
+        row.problems.append(f"remote: the copy is incomplete ({group.state}); "
+                            "`backup upload --pending` sends it again")
         if row.uploaded == "no":
             row.uploaded = "pending"
 

@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aegisctl.backup.lock import target_lock
 from aegisctl.backup.manifest import BackupManifest, format_time, utcnow
 from aegisctl.backup.retention import BackupFacts, plan_retention
 from aegisctl.backup.settings import RetentionSettings
 from aegisctl.backup.store import MANIFEST_UNREADABLE, NO_MANIFEST, OK, BackupStore
 from aegisctl.config import LoadedConfig
 from aegisctl.errors import AegisError
+from aegisctl.locks import target_lock
 from aegisctl.targets import Target
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ def plan_prune(loaded: LoadedConfig, target: Target, *, remote: bool = False,
     """What the policy would delete and keep, and why. Deletes nothing."""
     store = BackupStore(loaded.settings.backup, target.name)
     store.ensure()
-    with target_lock(store.lock_path, "backup prune", wait_lock):
+    with target_lock(loaded.settings, target.name, "backup prune", wait_lock):
         return _plan(loaded, target, store, remote, now or utcnow())[0]
 
 
@@ -230,7 +230,7 @@ def apply_prune(loaded: LoadedConfig, target: Target, confirmed: PrunePlan, *,
     store = BackupStore(loaded.settings.backup, target.name)
     store.ensure()
     remote = confirmed.where == "remote"
-    with target_lock(store.lock_path, "backup prune", wait_lock):
+    with target_lock(loaded.settings, target.name, "backup prune", wait_lock):
         fresh, handle = _plan(loaded, target, store, remote, now)
         result = PruneResult(fresh, dry_run=False)
         fresh.delete = {i: why for i, why in fresh.delete.items() if i in confirmed.delete}

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup.dump import CreateOptions, Progress, create_backup
 from aegisctl.backup.listing import BackupListing, human_size, list_backups
-from aegisctl.backup.lock import target_lock
 from aegisctl.backup.manifest import BackupManifest, format_time, utcnow
 from aegisctl.backup.prune import PrunePlan, PruneResult, apply_prune, plan_prune, prune
 from aegisctl.backup.store import BackupStore
 from aegisctl.backup.verify import VerifyReport, verify_backup
 from aegisctl.config import LoadedConfig
 from aegisctl.errors import AegisError, OperationFailed
+from aegisctl.locks import target_lock
 from aegisctl.targets import Target
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def run_create(loaded: LoadedConfig, target: Target, options: CreateOptions, *,
     store = _store(loaded, target)
     store.ensure()
     settings = loaded.settings.backup
-    with target_lock(store.lock_path, "backup create", wait_lock):
+    with target_lock(loaded.settings, target.name, "backup create", wait_lock):
         leftovers = [p.name for p in store.stale_temporaries()]
         manifest = create_backup(loaded, target, options, now=now, progress=progress)
         result = CreateResult(manifest, removed_temporaries=leftovers)
@@ -201,7 +201,7 @@ def upload(loaded: LoadedConfig, target: Target, backup_id: str | None, *,
     from aegisctl.backup.remote import open_remote
 
     store = _store(loaded, target)
-    with target_lock(store.lock_path, "backup upload", wait_lock):
+    with target_lock(loaded.settings, target.name, "backup upload", wait_lock):
         if backup_id is None:
             open_remote(loaded.settings.backup.remote, target.name)  # config errors: exit 2
             return _upload_pending(loaded, target, progress)
@@ -241,7 +241,7 @@ def download(loaded: LoadedConfig, target: Target, backup_id: str, *,
         raise UsageError(f"'{backup_id}' is not a backup id (like 20260101T020000Z)")
     store = _store(loaded, target)
     store.ensure()
-    with target_lock(store.lock_path, "backup download", wait_lock):
+    with target_lock(loaded.settings, target.name, "backup download", wait_lock):
         manifest = download_backup(
             store, open_remote(loaded.settings.backup.remote, target.name), backup_id)
     return BackupMessage(f"downloaded backup {manifest.id} ({human_size(manifest.size)})",
@@ -249,9 +249,10 @@ def download(loaded: LoadedConfig, target: Target, backup_id: str, *,
 
 
 def set_pinned(loaded: LoadedConfig, target: Target, backup_id: str,
-               pinned: bool) -> BackupMessage:
+               pinned: bool, *, wait_lock: float = 0.0) -> BackupMessage:
     store = _store(loaded, target)
-    with target_lock(store.lock_path, "backup keep" if pinned else "backup unkeep"):
+    with target_lock(loaded.settings, target.name, "backup keep" if pinned else "backup unkeep",
+                     wait_lock):
         manifest = store.load(backup_id)
         manifest.pinned = pinned
         manifest.pinned_at = format_time(utcnow()) if pinned else None

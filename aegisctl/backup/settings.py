@@ -77,6 +77,9 @@ class BackupSettings:
     max_age: Duration = 36 * 3600.0
     # JSON lines, one per deleted backup (local or remote). None -> <directory>/audit.log.
     audit_log: str | None = None
+    # On a cluster target (Patroni or a multi-host DSN): where logical backups are dumped
+    # from. replica: a streaming replica within patroni.max_lag, else the leader.
+    source: Literal["leader", "replica"] = "leader"
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     remote: RemoteSettings | None = None
     encryption: EncryptionSettings | None = None

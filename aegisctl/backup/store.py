@@ -6,7 +6,6 @@ Layout (folders 0700, files 0600):
     <directory>/<target>/<id>.dir/            directory format
     <directory>/<target>/<id>.globals.sql     roles, with --globals (".enc" when encrypted)
     <directory>/<target>/<id>.manifest.json   the manifest, written last: no manifest, no backup
-    <directory>/<target>/.lock                one backup, prune or restore at a time
     <directory>/audit.log                     every deletion, one JSON object per line
 
 Work in progress lives under names starting with ".tmp-" and is renamed into place when
@@ -53,6 +52,8 @@ _ID = BACKUP_ID
 _OWNED = re.compile(r"^(\d{8}T\d{6}Z(?:-\d{1,6})?)("
                     + "|".join(re.escape(s) for s in (*OWN_SUFFIXES, MANIFEST_SUFFIX)) + r")$")
 _TARGET = re.compile(r"^[A-Za-z0-9_.-]+$")
+_STAGED_MANIFEST = re.compile(r"^" + re.escape(TMP_PREFIX) + r"(\d{8}T\d{6}Z(?:-\d{1,6})?)"
+                              + re.escape(MANIFEST_SUFFIX) + r"$")
 CHUNK = 1024 * 1024
 
 
@@ -114,10 +115,24 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def free_space(folder: Path) -> str:
+    """The free space of the filesystem holding `folder`, for a disk-full message."""
+    from aegisctl.units import format_bytes
+
+    try:
+        return format_bytes(shutil.disk_usage(folder).free)
+    except OSError:
+        return "unknown"
+
+
 def os_error(what: str, path: Path, exc: OSError) -> OperationFailed:
     """One line for a filesystem failure (permission, read-only, full disk...)."""
+    import errno
+
     reason = exc.strerror or type(exc).__name__
     hint = None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += f" ({free_space(path.parent)} free)"
     if isinstance(exc, PermissionError):
         hint = "check the owner and mode of the backup folder (aegisctl needs to own it)"
     return OperationFailed(f"{what} {path}: {reason}", hint=hint)
@@ -172,7 +187,9 @@ class BackupStore:
             raise OperationFailed(f"the backup folder {self.folder} is not a folder "
                                   "(or is a symlink)")
         try:
-            self.folder.chmod(0o700)
+            # Owner-only, except "pass through" (o+x) where `backup physical enable` set it
+            # so that Barman's user reaches its home inside this folder (files are 0600).
+            self.folder.chmod(0o700 | (self.folder.stat().st_mode & 0o001))
             probe = self.folder / f"{TMP_PREFIX}probe.{os.getpid()}"
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.close(fd)
@@ -199,10 +216,6 @@ class BackupStore:
         return path
 
     @property
-    def lock_path(self) -> Path:
-        return self.folder / ".lock"
-
-    @property
     def audit_path(self) -> Path:
         if self.settings.audit_log:
             return Path(self.settings.audit_log).expanduser()
@@ -227,6 +240,25 @@ class BackupStore:
             write_atomic(path, data)
         except OSError as exc:
             raise os_error("cannot write the manifest", path, exc) from None
+
+    def staged_manifest_path(self, backup_id: str) -> Path:
+        return self.folder / f"{TMP_PREFIX}{backup_id}{MANIFEST_SUFFIX}"
+
+    def stage_manifest(self, manifest: BackupManifest) -> Path:
+        """A new backup's manifest, complete and fsynced under its temporary name (the caller
+        renames it into place after the backup's files): its path."""
+        data = json.dumps(manifest.to_dict(), indent=2, sort_keys=False).encode() + b"\n"
+        path = self.staged_manifest_path(manifest.id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise os_error("cannot write the manifest", path, exc) from None
+        return path
 
     def load(self, backup_id: str) -> BackupManifest:
         if not _ID.match(backup_id):
@@ -343,9 +375,16 @@ class BackupStore:
             yield from self.folder.glob(f"{TMP_PREFIX}*")
 
     def remove_stale_temporaries(self) -> list[str]:
-        """Only call while holding the lock: then every temporary is a killed run's leftover."""
+        """Only call while holding the lock: then every temporary is a killed run's leftover.
+        A create killed between renaming its files and its manifest (see dump.create_backup)
+        leaves files under final names beside a staged manifest: they go too."""
         removed = []
         for path in list(self.stale_temporaries()):
+            staged = _STAGED_MANIFEST.match(path.name)
+            if staged and not self.manifest_path(staged.group(1)).exists():
+                for name in self.owned_names(staged.group(1)):
+                    remove_path(self.folder / name)
+                    removed.append(name)
             remove_path(path)
             removed.append(path.name)
         return removed

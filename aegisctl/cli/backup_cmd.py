@@ -14,7 +14,8 @@ import typer
 from aegisctl import output
 from aegisctl.backup.physical import hooks as physical_hooks
 from aegisctl.cli import physical_cmd
-from aegisctl.cli.context import AppState, FormatOption, WaitLock, confirm, state
+from aegisctl.cli.context import AppState, FormatOption, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -114,20 +115,25 @@ def create(
       aegisctl backup create --physical --incremental
     """
     if physical or incremental:
-        return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt)
+        return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt,
+                                            wait_lock=wait_lock)
     from aegisctl.backup.dump import CreateOptions
     from aegisctl.backup.service import run_create
 
     app_state = state(ctx)
+    app_state.require_session("backup create")  # pg_dump holds a session and a snapshot
     options = CreateOptions(label=label, format=dump_format.value if dump_format else None,
                             jobs=jobs, compress=compress, globals=globals_)
     with _progress(app_state) as progress:
-        result = run_create(app_state.config(), app_state.target(), options,
+        reads = app_state.config().settings.backup.source == "replica"
+        result = run_create(app_state.config(), app_state.target(reads), options,
                             wait_lock=wait_lock, verify=verify.value if verify else None,
                             upload=not no_upload, progress=progress)
     output.render(result, app_state.fmt(fmt))
     m = result.manifest
-    if result.verify_failed and result.verification:
+    if result.verification and result.verification.interrupted:
+        output.print_status(f"aegisctl: error: {result.verification.interrupted_message()}")
+    elif result.verify_failed and result.verification:
         for problem in result.verification.verification.problems:
             output.print_status(f"verify: {problem}")
         output.print_status(f"aegisctl: error: backup {m.id} did not verify")
@@ -170,11 +176,16 @@ def list_(
     """
     from aegisctl.backup.listing import human_age
     from aegisctl.backup.service import list_backups
+    from aegisctl.units import format_duration
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
     listing = list_backups(loaded, target, remote=not local_only)
-    if physical_hooks.enabled(loaded, target):
+    physical_on, physical_problem = physical_hooks.physical_state(loaded, target)
+    if physical_problem:
+        output.print_status(f"aegisctl: warning: physical backups not listed: "
+                            f"{physical_problem}")
+    if physical_on:
         from aegisctl.backup.physical.backups import physical_listing
 
         output.render(physical_hooks.WithPhysical(listing, physical_listing(loaded, target)),
@@ -188,7 +199,7 @@ def list_(
                 f"{human_age(listing.newest_good_age_seconds)} old" if listing.newest_good
                 else "there is no verified-good backup")
         output.print_status(f"aegisctl: warning: {what}; backup.max_age is "
-                            f"{human_age(listing.max_age_seconds)}")
+                            f"{format_duration(listing.max_age_seconds)}")
     if problems and listing.problems:
         for problem in listing.problems:
             output.print_status(f"aegisctl: problem: {problem}")
@@ -220,14 +231,19 @@ def verify(
       aegisctl backup verify 20260101T020000Z --format json
     """
     from aegisctl.backup.verify import verify_locked
-    from aegisctl.errors import UsageError
+    from aegisctl.errors import OperationFailed, UsageError
 
     app_state = state(ctx)
     if bool(backup_id) == latest:
         raise UsageError("give a backup ID or --latest (one of the two)")
+    if restore_test:
+        # a scratch database: a pooler serves only the databases it is configured for
+        app_state.require_session("backup verify --restore-test", "direct")
     report = verify_locked(app_state.config(), app_state.target(), backup_id,
                            restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
+    if report.interrupted:
+        raise OperationFailed(report.interrupted_message())
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))
 
@@ -251,9 +267,9 @@ def restore(
                                         "that holds data.")] = False,
     no_owner: Annotated[bool, typer.Option("--no-owner", help="Do not restore ownership and "
                                            "privileges (other server, other roles).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the backup, show the plan, "
+    dry_run: Annotated[bool, dry_run_option("Check the backup, show the plan, "
                                           "change nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (needed when not on a "
+    yes: Annotated[bool, yes_option("Do not ask (needed when not on a "
                                       "terminal).")] = False,
     into_system_database: Annotated[bool, typer.Option(
         "--into-system-database", help="Allow restoring into a template database "
@@ -287,16 +303,16 @@ def restore(
         return physical_cmd.restore_physical(ctx, physical=physical, backup_id=backup_id,
                                              latest=latest,
                                              to_time=to_time, to_lsn=to_lsn,
-                                             target_dir=target_dir, dry_run=dry_run, fmt=fmt)
-    from aegisctl.backup.lock import target_lock
+                                             target_dir=target_dir, dry_run=dry_run, fmt=fmt,
+                                             wait_lock=wait_lock)
     from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
-    from aegisctl.backup.store import BackupStore
+    from aegisctl.locks import target_lock
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
+    app_state.require_session("backup restore", "direct")  # pg_restore; maybe a new database
     manifest = _pick(app_state, backup_id, latest)
-    store = BackupStore(loaded.settings.backup, target.name)
-    with target_lock(store.lock_path, "backup restore", wait_lock):
+    with target_lock(loaded.settings, target.name, "backup restore", wait_lock):
         plan = plan_restore(loaded, target, manifest, target_db=target_db, tables=table or [],
                             clean=clean, jobs=jobs, allow_system_db=into_system_database)
         for line in plan.describe():
@@ -316,11 +332,11 @@ def restore(
 @app.command()
 def prune(
     ctx: typer.Context,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be deleted and "
+    dry_run: Annotated[bool, dry_run_option("Show what would be deleted and "
                                           "why; delete nothing.")] = False,
     remote: Annotated[bool, typer.Option("--remote", help="Apply backup.remote.retention to "
                                          "the remote copies instead.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (needed when not on a "
+    yes: Annotated[bool, yes_option("Do not ask (needed when not on a "
                                       "terminal, e.g. under a timer).")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
@@ -435,7 +451,7 @@ def download(
 
 @app.command()
 def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="ID")],
-         fmt: FormatOption = None) -> None:
+         wait_lock: WaitLock = 0.0, fmt: FormatOption = None) -> None:
     """Pin a backup: retention (local and remote) never deletes it.
 
     Example:
@@ -445,14 +461,15 @@ def keep(ctx: typer.Context, backup_id: Annotated[str, typer.Argument(metavar="I
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    result = set_pinned(app_state.config(), app_state.target(), backup_id, True)
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, True,
+                        wait_lock=wait_lock)
     output.render(result, app_state.fmt(fmt))
 
 
 @app.command()
 def unkeep(ctx: typer.Context,
            backup_id: Annotated[str, typer.Argument(metavar="ID")],
-           fmt: FormatOption = None) -> None:
+           wait_lock: WaitLock = 0.0, fmt: FormatOption = None) -> None:
     """Unpin a backup: retention applies to it again.
 
     Example:
@@ -462,7 +479,8 @@ def unkeep(ctx: typer.Context,
     from aegisctl.backup.service import set_pinned
 
     app_state = state(ctx)
-    result = set_pinned(app_state.config(), app_state.target(), backup_id, False)
+    result = set_pinned(app_state.config(), app_state.target(), backup_id, False,
+                        wait_lock=wait_lock)
     output.render(result, app_state.fmt(fmt))
 
 

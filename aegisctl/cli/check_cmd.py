@@ -66,8 +66,9 @@ def check(
         registered_checks,
         run_target,
         select_checks,
-        write_prometheus,
+        target_checks,
     )
+    from aegisctl.diagnostics.prometheus import write_prometheus
     from aegisctl.errors import AegisError
 
     app_state = state(ctx)
@@ -83,15 +84,19 @@ def check(
         from aegisctl.targets import resolve_target
 
         loaded = app_state.config()
-        specs = select_checks(_names(only), _names(skip), loaded.settings.checks.skip)
         if all_targets and loaded.settings.targets:
             targets = [resolve_target(loaded, name) for name in loaded.settings.targets]
         else:
             targets = [app_state.target()]
+        # Each target has its own checks.skip (targets.NAME.checks), checked before any runs.
+        plans = [(target, select_checks(_names(only), _names(skip),
+                                        target_checks(loaded, target.name).skip))
+                 for target in targets]
         report = CheckReport([
             run_target(loaded, target, specs,
-                       lambda t=target: connect(loaded, t, "check", "query"))  # type: ignore[misc]
-            for target in targets])
+                       lambda t=target: connect(loaded, t, "check", "query"),  # type: ignore[misc]
+                       requested=_names(only))
+            for target, specs in plans])
         if prometheus:
             write_prometheus(report, prometheus)
     except AegisError as exc:

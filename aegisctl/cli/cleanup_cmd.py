@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import FormatOption, OutputFormat, WaitLock, confirm, state
+from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 from aegisctl.errors import ExitCode
 
 app = typer.Typer(
@@ -35,9 +36,8 @@ def run_cmd(
     policy: Annotated[list[str] | None, typer.Option(
         "--policy", metavar="NAME", help="Only this policy (repeatable). Default: every "
                                          "enabled policy.")] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Count what each policy would delete; delete nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")
+    dry_run: Annotated[bool, dry_run_option("Count what each policy would delete; delete nothing.")] = False,
+    yes: Annotated[bool, yes_option("Do not ask for confirmation.")
                    ] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
@@ -73,7 +73,14 @@ def run_cmd(
     def side_connect() -> Any:  # polls pg_stat_progress_* during the rebuild and VACUUM
         return app_state.connect("cleanup run progress")
 
-    with lock, app_state.connect("cleanup run", "maintenance") as conn:
+    from aegisctl.pooler import per_transaction
+
+    # The batches may go through a transaction pooler; the rebuild, VACUUM and partition
+    # detaches after them need a session: there they get a connection of their own (direct_dsn).
+    with lock, app_state.connect("cleanup run", "maintenance", needs="any") as conn, \
+            contextlib.ExitStack() as more:
+        maint_conn = more.enter_context(app_state.connect("cleanup run", "maintenance")) \
+            if per_transaction(conn) and not dry_run else None
         if not dry_run and names and not yes:
             # What will be touched, before asking (a cron job passes --yes and skips the count).
             preview = run_cleanup(loaded, target.name, conn,
@@ -87,18 +94,19 @@ def run_cmd(
             # Batches are never cancelled (a stop waits for the current one); the rebuild and
             # VACUUM after them are, since they can run long and lose nothing when cancelled.
             phase = ["delete"]
-            stop.callbacks.append(lambda: conn.cancel_safe() if phase[0] == "maintenance"
-                                  else None)
+            stop.callbacks.append(lambda: (maint_conn or conn).cancel_safe()
+                                  if phase[0] == "maintenance" else None)
             report = run_cleanup(loaded, target.name, conn,
                                  CleanupOptions(policies=names, dry_run=dry_run),
                                  should_stop=stop, progress=progress,
                                  side_connect=side_connect if progress else None,
+                                 maint_conn=maint_conn,
                                  on_phase=lambda name: phase.__setitem__(0, name))
     output.render(report, app_state.fmt(fmt))
-    if report.stopped:  # one line on stderr too: the archive folder and its free space
+    if report.stopped or report.upload_error:  # one line on stderr too
         from aegisctl.errors import OperationFailed
 
-        raise OperationFailed(report.stopped)
+        raise OperationFailed(report.stopped or report.upload_error or "")
     if report.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     if not report.ok:

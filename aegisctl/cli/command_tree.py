@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from aegisctl.config import Settings
 
 
-def check_command(argv: list[str]) -> None:
-    """Raises ValueError saying what is wrong with `argv` as an aegisctl command line."""
+def _resolve(argv: list[str]) -> tuple[Any, Any, list[str], list[str]]:
+    """(command, its context, its path, the remaining words) for an argv; ValueError when no
+    command is named."""
     from aegisctl.cli.main import app
 
     command: Any = typer.main.get_command(app)
@@ -35,6 +36,20 @@ def check_command(argv: list[str]) -> None:
         rest = rest[1:]
         command = sub
         ctx = typer.Context(command, info_name=name, parent=ctx)
+    return command, ctx, path, rest
+
+
+def takes_target_lock(argv: list[str]) -> bool:
+    """Whether the command takes the per-target lock: it has the shared --wait-lock option."""
+    from aegisctl.cli.options import WAIT_LOCK_HELP
+
+    command = _resolve(argv)[0]
+    return any(getattr(p, "help", None) == WAIT_LOCK_HELP for p in command.params)
+
+
+def check_command(argv: list[str]) -> None:
+    """Raises ValueError saying what is wrong with `argv` as an aegisctl command line."""
+    command, ctx, path, rest = _resolve(argv)
     if "--help" in rest or "-h" in rest:
         raise ValueError("--help does nothing useful in a schedule")
     try:
@@ -55,3 +70,12 @@ def check_schedule_commands(settings: Settings, origin: str) -> None:
             check_command(split_command(job.command))
         except ValueError as exc:
             raise ConfigError(f"{origin}: schedule.{name}.command {job.command!r}: {exc}") from None
+
+
+def schedule_warnings(settings: Settings) -> list[str]:
+    """What a valid schedule still does wrong: jobs sharing a target's lock that fire at the
+    same moment (the later one waits up to scheduler.lock_wait, then is skipped)."""
+    from aegisctl.scheduling.jobs import lock_collisions, scheduled_jobs
+
+    return lock_collisions(settings, [j for j in scheduled_jobs(settings)
+                                      if takes_target_lock(j.argv)])

@@ -50,7 +50,7 @@ def validate(
 
       aegisctl config validate && systemctl restart aegisctl-backup.timer
     """
-    from aegisctl.cli.command_tree import check_schedule_commands
+    from aegisctl.cli.command_tree import check_schedule_commands, schedule_warnings
     from aegisctl.config import load_config
     from aegisctl.config_view import validation_result
 
@@ -58,4 +58,5 @@ def validate(
     loaded = load_config(str(path) if path else app_state.config_path)
     check_schedule_commands(loaded.settings, str(loaded.path) if loaded.path
                             else "(no config file: defaults)")  # against the installed commands
-    output.render(validation_result(loaded), app_state.fmt(fmt))
+    output.render(validation_result(loaded, schedule_warnings(loaded.settings)),
+                  app_state.fmt(fmt))

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from aegisctl.config import LoadedConfig
-    from aegisctl.db import WorkKind
+    from aegisctl.db import Needs, WorkKind
     from aegisctl.targets import Target
 
 
@@ -32,13 +32,6 @@ FormatOption = Annotated[
     OutputFormat | None,
     typer.Option("--format", "-f", help="Output format: table for people, json for scripts."),
 ]
-
-# Backups, verify, prune, restore, cleanup and maintenance of a target share one job lock.
-WaitLock = Annotated[float, typer.Option(
-    "--wait-lock", metavar="SECONDS", min=0,
-    help="Wait this long for another backup, verify, prune, restore, cleanup or maintenance "
-         "run of the target (they share one lock), then exit 4.")]
-
 
 @dataclass
 class AppState:
@@ -79,16 +72,30 @@ class AppState:
             self._loaded = previous
             raise
 
-    def target(self) -> Target:
+    def target(self, reads: bool = False) -> Target:
+        """The chosen target. `reads`: the command only reads, so on a cluster it may use a
+        streaming replica within the lag bound (else the leader)."""
         from aegisctl.targets import resolve_target
 
-        return resolve_target(self.config(), self.target_name)
+        target = resolve_target(self.config(), self.target_name)
+        if reads and target.cluster is not None:
+            target.cluster.prefer = "replica"
+        return target
 
     def connect(self, command: str, kind: WorkKind = "query",
-                autocommit: bool = True) -> psycopg.Connection[Any]:
+                autocommit: bool = True, needs: Needs | None = None,
+                reads: bool = False) -> psycopg.Connection[Any]:
         from aegisctl.db import connect
 
-        return connect(self.config(), self.target(), command, kind, autocommit=autocommit)
+        return connect(self.config(), self.target(reads), command, kind, autocommit=autocommit,
+                       needs=needs)
+
+    def require_session(self, command: str, needs: Needs = "session") -> None:
+        """Stop at once (exit 2, one line) when `command` needs a session or an unpooled
+        server and the target's dsn is a pooler without direct_dsn."""
+        from aegisctl.db import require_session
+
+        require_session(self.config(), self.target(), command, needs)
 
 
 def state(ctx: typer.Context) -> AppState:
@@ -115,6 +122,13 @@ def setup_logging(app_state: AppState) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # psycopg warns "error ignored in rollback" after the very error it is about (a server
+    # that stopped under a transaction), which aegisctl reports once, in one line: the
+    # driver's own warnings only with --debug.
+    driver = logging.getLogger("psycopg")
+    driver.handlers[:] = [handler]
+    driver.setLevel(logging.DEBUG if app_state.debug else logging.ERROR)
+    driver.propagate = False
 
 
 def confirm(question: str, yes: bool) -> None:

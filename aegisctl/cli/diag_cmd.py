@@ -8,6 +8,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, state
+from aegisctl.cli.options import limit_option
 
 if TYPE_CHECKING:
     from aegisctl.diagnostics.topics import DiagOptions
@@ -24,8 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-LimitOption = Annotated[int, typer.Option("--limit", "-n", help="Rows per list (largest first).",
-                                          min=1)]
+LimitOption = Annotated[int, limit_option("Rows per list (largest first).")]
 
 
 def _run(ctx: typer.Context, topic: str, fmt: FormatOption, options: DiagOptions) -> None:
@@ -33,8 +33,8 @@ def _run(ctx: typer.Context, topic: str, fmt: FormatOption, options: DiagOptions
 
     app_state = state(ctx)
     settings = app_state.config().settings
-    target = app_state.target()
-    with app_state.connect(f"diag {topic}") as conn:
+    target = app_state.target(reads=True)
+    with app_state.connect(f"diag {topic}", reads=True) as conn:
         result = run_topic(conn, topic, target.name, settings, options)
     output.render(result, app_state.fmt(fmt))
 

@@ -11,6 +11,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import AppState, FormatOption, state
+from aegisctl.cli.options import limit_option
 
 app = typer.Typer(
     help="Run scheduled jobs by name and read their history.\n\n"
@@ -59,9 +60,10 @@ def run_job(
     subprocess, record the outcome. This is what the systemd units and cron lines call.
 
     Exits with the command's own exit code (1 when it timed out); 4 when the job is already
-    running for its target
-    (the start is skipped and recorded as such). SIGTERM or Ctrl-C interrupts the command
-    (SIGINT to its process group) and records the run as interrupted.
+    running for its target, or when another run held the target's lock for all of
+    scheduler.lock_wait (the start is skipped and recorded as such, with the holder). SIGTERM
+    or Ctrl-C interrupts the command (SIGINT to its process group) and records the run as
+    interrupted.
 
     Examples:
 
@@ -90,7 +92,7 @@ def run_job(
     finally:
         signal.signal(signal.SIGTERM, previous)
     output.render(run, app_state.fmt(fmt))
-    if run.status == "failed" and run.exit_code and run.exit_code > 0:
+    if run.status in ("failed", "skipped") and run.exit_code and run.exit_code > 0:
         raise typer.Exit(run.exit_code)  # the command's own code: 3 unreachable, 4 locked...
     if run.status != "succeeded":
         raise typer.Exit(1)  # timed out, or killed by a signal
@@ -99,13 +101,12 @@ def run_job(
 @app.command("history")
 def history_(
     ctx: typer.Context,
-    job: Annotated[str | None, typer.Option("--job", "-j", help="Only this job.")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only this job.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Only failed, interrupted, timed out "
                                          "or abandoned runs.")] = False,
     since: Annotated[str | None, typer.Option("--since", help="Only runs started within this "
                                               "long, e.g. 7d.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100000,
-                                       help="At most this many runs, newest first.")] = 50,
+    limit: Annotated[int, limit_option("At most this many runs, newest first.", max=100000)] = 50,
     fmt: FormatOption = None,
 ) -> None:
     """Show recorded job runs of the target, newest first: trigger, status, exit code,

@@ -49,6 +49,7 @@ LAZY_GROUPS: dict[str, str] = {
     "check": "aegisctl.cli.check_cmd",
     "maint": "aegisctl.cli.maint_cmd",
     "cleanup": "aegisctl.cli.cleanup_cmd",
+    "cluster": "aegisctl.cli.cluster_cmd",
 }
 
 

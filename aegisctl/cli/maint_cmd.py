@@ -1,4 +1,4 @@
-"""aegisctl maint: vacuum, analyze, reindex, vector-index, status."""
+"""aegisctl maint: vacuum, analyze, reindex, vector-index, partitions, status."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import AppState, FormatOption, OutputFormat, WaitLock, confirm, state
+from aegisctl.cli.context import AppState, FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the statements; run nothing.")]
+DryRun = Annotated[bool, dry_run_option("Print the statements; run nothing.")]
 Tables = Annotated[list[str] | None, typer.Option(
     "--table", metavar="TABLE", help="A table (NAME or SCHEMA.NAME); repeatable. Default: all.")]
 
@@ -79,7 +80,7 @@ def vacuum_cmd(
         "--full", help="Rewrite the tables to return space to the OS (locks each table "
                        "exclusively while it is rewritten; asks first).")] = False,
     dry_run: DryRun = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm VACUUM FULL.")] = False,
+    yes: Annotated[bool, yes_option("Confirm VACUUM FULL.")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
@@ -241,3 +242,47 @@ def status_cmd(ctx: typer.Context, fmt: FormatOption = None) -> None:
     with app_state.connect("maint status") as conn:
         result = table_status(conn)
     output.render(result, app_state.fmt(fmt))
+
+
+@app.command("partitions")
+def partitions_cmd(
+    ctx: typer.Context,
+    table: Tables = None,
+    lock_timeout: Annotated[float, typer.Option(
+        "--lock-timeout", metavar="SECONDS", min=0.01, help="How long creating a partition may "
+        "wait for its locks before it rolls back and retries.")] = 0.1,
+    dry_run: DryRun = False,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """Keep monthly partitions created ahead and report every partitioned table.
+
+    For each table in the `partitions:` section: rows in the DEFAULT partition (landed there
+    because their month had no partition) are moved into a new partition for their month,
+    then months are created up to partitions.<table>.premake beyond the current one. Every
+    table partitioned by range on a date/time column is listed with its range, gaps, size,
+    partitions ahead and DEFAULT rows. Creating a partition locks the parent for
+    milliseconds, waiting at most --lock-timeout and retrying. Exits 1 when a table has a
+    problem (rows that cannot be moved, a configured table not partitioned yet). Meant to
+    run daily from the schedule (e.g. `partitions: {command: maint partitions, at: "01:00"}`).
+
+    Examples:
+
+      aegisctl maint partitions
+
+      aegisctl maint partitions --dry-run --format json
+    """
+    from aegisctl.maintenance.partitions import run_partitions
+    from aegisctl.schema.partition_tx import LockPolicy
+
+    app_state = state(ctx)
+    loaded = app_state.config()
+    with _maint(app_state, "partitions", dry_run, wait_lock) as mctx:
+        policy = LockPolicy(lock_timeout=lock_timeout,
+                            attempts=max(mctx.settings.lock_attempts, 20),
+                            max_delay=mctx.settings.lock_max_delay, should_stop=mctx.should_stop)
+        report = run_partitions(mctx.conn, loaded.settings.partitions, policy, dry_run=dry_run,
+                                only=table)
+    output.render(report, app_state.fmt(fmt))
+    if not report.ok:
+        raise typer.Exit(int(ExitCode.FAILED))

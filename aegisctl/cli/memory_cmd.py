@@ -15,15 +15,30 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import AppState, OutputFormat, state
+from aegisctl.cli.options import (
+    CategoryOpt,
+    Importance,
+    KindChoice,
+    KindOpt,
+    MinImportanceOpt,
+    SinceOpt,
+    TagOpt,
+    TypeOpt,
+    UntilOpt,
+    WaitLock,
+    dry_run_option,
+    limit_option,
+    memory_filters,
+    yes_option,
+)
+from aegisctl.cli.options import kinds as option_kinds
 from aegisctl.errors import UsageError
 
 if TYPE_CHECKING:
     import psycopg
 
     from aegisctl.config import Settings
-    from aegisctl.memory.filters import Filters
     from aegisctl.memory.providers import EmbeddingProvider
-    from aegisctl.memory.refs import Kind
 
 app = typer.Typer(
     help=(
@@ -43,23 +58,10 @@ class MemoryFormat(StrEnum):
     jsonl = "jsonl"
 
 
-class KindChoice(StrEnum):
-    episodic = "episodic"
-    semantic = "semantic"
-    all = "all"
-
-
 class ModeChoice(StrEnum):
     semantic = "semantic"
     keyword = "keyword"
     hybrid = "hybrid"
-
-
-class Importance(StrEnum):
-    low = "low"
-    medium = "medium"
-    high = "high"
-    critical = "critical"
 
 
 FormatOpt = Annotated[
@@ -67,21 +69,8 @@ FormatOpt = Annotated[
     typer.Option("--format", "-f", help="table, json or jsonl (default: table on a terminal, "
                  "JSON lines when stdout is piped)."),
 ]
-KindOpt = Annotated[KindChoice, typer.Option("--kind", "-k", help="Which memory table(s).")]
-TypeOpt = Annotated[list[str] | None, typer.Option(
-    "--type", help="Episodic event type (repeatable: any of them).")]
-TagOpt = Annotated[list[str] | None, typer.Option(
-    "--tag", help="Tag the memory must carry (repeatable: all of them).")]
-MinImportanceOpt = Annotated[Importance | None, typer.Option(
-    "--min-importance", help="Episodic importance at least this.")]
-CategoryOpt = Annotated[list[str] | None, typer.Option(
-    "--category", help="Semantic category (repeatable: any of them).")]
-SinceOpt = Annotated[str | None, typer.Option(
-    "--since", help="Newer than a duration ago (7d, 12h) or a date (2025-01-31).")]
-UntilOpt = Annotated[str | None, typer.Option(
-    "--until", help="Older than a duration ago or a date.")]
-LimitOpt = Annotated[int | None, typer.Option(
-    "--limit", "-n", min=1, max=1000, help="How many results (default: search.limit).")]
+LimitOpt = Annotated[int | None, limit_option("How many results (default: search.limit).",
+                                              max=1000)]
 ExplainOpt = Annotated[bool, typer.Option(
     "--explain", help="Say which path each search took, the query plans, and the time spent "
     "embedding vs searching.")]
@@ -95,23 +84,7 @@ def _format(app_state: AppState, requested: MemoryFormat | None) -> MemoryFormat
     return MemoryFormat.table if sys.stdout.isatty() else MemoryFormat.jsonl
 
 
-def _filters(kind: KindChoice, types: list[str] | None, tags: list[str] | None,
-             min_importance: Importance | None, categories: list[str] | None,
-             since: str | None, until: str | None) -> Filters:
-    from aegisctl.memory.filters import Filters, parse_when
-
-    return Filters(
-        kind=_kinds(kind)[0] if kind is not KindChoice.all else None,
-        event_types=list(types or []), tags=list(tags or []),
-        min_importance=min_importance.value if min_importance else None,
-        categories=list(categories or []),
-        since=parse_when(since) if since else None,
-        until=parse_when(until) if until else None,
-    )
-
-
-def _kinds(kind: KindChoice) -> list[Kind]:
-    return [k for k in ("episodic", "semantic") if kind.value in (k, "all")]
+_READ_ONLY = frozenset({"search", "similar", "show", "recent", "stats", "export"})
 
 
 @contextmanager
@@ -121,7 +94,9 @@ def _session(ctx: typer.Context, command: str
 
     app_state = state(ctx)
     settings = app_state.config().settings
-    with app_state.connect(f"memory {command}") as conn:
+    # Commands that only read may use a cluster's streaming replica.
+    reads = command in _READ_ONLY
+    with app_state.connect(f"memory {command}", reads=reads) as conn:
         yield app_state, settings, conn, require_schema(conn)
 
 
@@ -222,7 +197,7 @@ def search_cmd(
             half_life = parse_duration(decay)
         except ValueError as exc:
             raise UsageError(f"--decay: {exc}") from None
-    filters = _filters(kind, types, tags, min_importance, categories, since, until)
+    filters = memory_filters(kind, types, tags, min_importance, categories, since, until)
     with _session(ctx, "search") as (app_state, settings, conn, dim):
         chosen = _format(app_state, fmt)
         # Keyword mode embeds the query only for --min-score (relevance includes similarity).
@@ -317,7 +292,7 @@ def similar_cmd(
     from aegisctl.memory.views import HitList
 
     ref = parse_ref(memory_id)
-    filters = _filters(kind, types, tags, None, None, since, until)
+    filters = memory_filters(kind, types, tags, None, None, since, until)
     with _session(ctx, "similar") as (app_state, settings, conn, dim):
         _, hits, plan = similar(conn, settings, ref, dim, filters,
                                 limit or settings.search.limit, explain)
@@ -374,7 +349,7 @@ def recent_cmd(
     from aegisctl.memory.browse import iter_memories
     from aegisctl.memory.views import MemoryList
 
-    filters = _filters(kind, types, tags, min_importance, categories, since, until)
+    filters = memory_filters(kind, types, tags, min_importance, categories, since, until)
     with _session(ctx, "recent") as (app_state, settings, conn, _dim):
         records = list(iter_memories(conn, filters, newest_first=True,
                                      limit=limit or settings.search.limit))
@@ -610,7 +585,7 @@ def export_cmd(
     app_state = state(ctx)
     chosen = fmt or (ExportFormat.json if app_state.format is OutputFormat.json
                      else ExportFormat.jsonl)
-    filters = _filters(kind, types, tags, min_importance, categories, since, until)
+    filters = memory_filters(kind, types, tags, min_importance, categories, since, until)
     with _session(ctx, "export") as (_, _s, conn, _dim):
         if out is None:
             export_memories(conn, filters, embeddings, None, chosen.value)
@@ -634,11 +609,11 @@ def reembed_cmd(
     kind: KindOpt = KindChoice.all,
     restart: Annotated[bool, typer.Option(
         "--restart", help="Ignore the checkpoint of an interrupted full re-embed.")] = False,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Say how many memories would be embedded, and with which model; "
+    dry_run: Annotated[bool, dry_run_option("Say how many memories would be embedded, and with which model; "
         "change nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before re-embedding "
+    yes: Annotated[bool, yes_option("Do not ask before re-embedding "
                                       "every memory.")] = False,
+    wait_lock: WaitLock = 0.0,
     fmt: FormatOpt = None,
 ) -> None:
     """Compute embeddings in batches with the configured provider: every memory (after a
@@ -657,9 +632,10 @@ def reembed_cmd(
       aegisctl memory reembed --yes
     """
     from aegisctl.cli.context import confirm
+    from aegisctl.locks import target_lock
     from aegisctl.memory.reembed import ReembedPlan, count_todo, reembed
 
-    kinds = _kinds(kind)
+    kinds = option_kinds(kind)
     with _session(ctx, "reembed") as (app_state, settings, conn, dim):
         provider = _require_provider(settings, dim)
         todo = count_todo(conn, kinds, missing, stale)
@@ -669,7 +645,9 @@ def reembed_cmd(
         if not missing and not stale:
             confirm(f"Re-embed all {todo} memories with {provider.model}? Every stored vector "
                     "is replaced", yes)
-        with _progress(app_state) as progress:
+        target = app_state.target()
+        with target_lock(settings, target.name, "memory reembed", wait_lock), \
+                _progress(app_state) as progress:
             done = [0]
 
             def advance(n: int) -> None:

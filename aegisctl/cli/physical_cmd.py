@@ -14,7 +14,9 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 from aegisctl.errors import ExitCode
+from aegisctl.locks import target_lock
 
 physical_app = typer.Typer(
     help=(
@@ -42,6 +44,9 @@ def enable(
     restart: Annotated[bool, typer.Option(
         "--restart", help="Restart the embedded server when a setting needs it (wal_level, "
         "max_wal_senders): every session is disconnected.")] = False,
+    yes: Annotated[bool, yes_option("Do not ask before --restart disconnects every session.")
+                   ] = False,
+    wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
     """Prepare the target for physical backups and point-in-time recovery: set wal_level,
@@ -54,13 +59,19 @@ def enable(
 
       aegisctl backup physical enable
 
-      aegisctl backup physical enable --restart --format json
+      aegisctl backup physical enable --restart --yes --format json
     """
     from aegisctl.backup.physical.setup import enable_physical
 
     app_state = state(ctx)
+    app_state.require_session("backup physical enable", "direct")  # ALTER SYSTEM, slots
+    loaded, target = app_state.config(), app_state.target()
+    if restart and target.embedded:  # other servers are refused by the core (exit 2)
+        confirm(f"Restart the embedded server of '{target.name}' if a setting needs it? Every "
+                "session is disconnected", yes)
     output.print_status("enabling physical backups (installing Barman on first use)")
-    result = enable_physical(app_state.config(), app_state.target(), restart=restart)
+    with target_lock(loaded.settings, target.name, "backup physical enable", wait_lock):
+        result = enable_physical(loaded, target, restart=restart)
     output.render(result, app_state.fmt(fmt))
     if not result.ok:
         output.print_status(f"aegisctl: error: {result.blocking()[0]}")
@@ -93,8 +104,9 @@ def status(ctx: typer.Context, fmt: FormatOption = None) -> None:
 @physical_app.command("disable")
 def disable(
     ctx: typer.Context,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    dry_run: Annotated[bool, dry_run_option("Say what would change.")] = False,
+    yes: Annotated[bool, yes_option("Do not ask.")] = False,
+    wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
     """Stop physical backups: drop the replication slot (the server stops keeping WAL for
@@ -111,6 +123,7 @@ def disable(
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
+    app_state.require_session("backup physical disable", "direct")
     plan = plan_disable(loaded, target)
     if dry_run:
         output.render(plan, app_state.fmt(fmt))
@@ -118,7 +131,9 @@ def disable(
     for line in plan.describe():
         output.print_status(line)
     confirm(f"Disable physical backups of '{target.name}'?", yes)
-    output.render(disable_physical(loaded, target, plan), app_state.fmt(fmt))
+    with target_lock(loaded.settings, target.name, "backup physical disable", wait_lock):
+        result = disable_physical(loaded, target, plan)
+    output.render(result, app_state.fmt(fmt))
 
 
 @physical_app.command("list")
@@ -161,6 +176,7 @@ def stream(
     from aegisctl.backup.physical.wal import stream_wal
 
     app_state = state(ctx)
+    app_state.require_session("backup wal stream", "direct")  # a replication connection
     summary = stream_wal(app_state.config(), app_state.target(),
                          on_event=output.print_status, max_runtime=max_runtime)
     output.render(summary, app_state.fmt(fmt))
@@ -198,6 +214,7 @@ def drill(
     to_time: Annotated[str | None, typer.Option(
         "--to-time", metavar="TS", help="Recover to this moment (ISO 8601; UTC when no "
         "offset).")] = None,
+    wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
     """Prove a physical backup restores: recover it (to --to-time) into a temporary directory,
@@ -219,22 +236,28 @@ def drill(
         raise UsageError("backup drill needs --physical (logical backups: "
                          "aegisctl backup verify --latest --restore-test)")
     app_state = state(ctx)
+    app_state.require_session("backup drill", "direct")
     output.print_status("drill: restoring into a temporary directory")
-    report = run_drill(app_state.config(), app_state.target(), backup_id=backup_id,
-                       to_time=parse_time(to_time) if to_time else None)
+    loaded, target = app_state.config(), app_state.target()
+    # A prune must not delete the backup the drill restores.
+    with target_lock(loaded.settings, target.name, "backup drill --physical", wait_lock):
+        report = run_drill(loaded, target, backup_id=backup_id,
+                           to_time=parse_time(to_time) if to_time else None)
     output.render(report, app_state.fmt(fmt))
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))
 
 
 def create_physical(ctx: typer.Context, *, incremental: bool, parent: str | None,
-                    fmt: FormatOption) -> None:
+                    fmt: FormatOption, wait_lock: float = 0.0) -> None:
     """Body of `backup create --physical [--incremental [--parent ID]]`."""
     from aegisctl.backup.physical.backups import create_physical as core_create
 
     app_state = state(ctx)
-    result = core_create(app_state.config(), app_state.target(), incremental=incremental,
-                         parent=parent)
+    app_state.require_session("backup create --physical", "direct")  # replication
+    loaded, target = app_state.config(), app_state.target()
+    with target_lock(loaded.settings, target.name, "backup create --physical", wait_lock):
+        result = core_create(loaded, target, incremental=incremental, parent=parent)
     output.render(result, app_state.fmt(fmt))
     if result.verify_problem:
         raise typer.Exit(int(ExitCode.FAILED))
@@ -243,7 +266,7 @@ def create_physical(ctx: typer.Context, *, incremental: bool, parent: str | None
 def restore_physical(ctx: typer.Context, *, physical: bool, backup_id: str | None,
                      latest: bool,
                      to_time: str | None, to_lsn: str | None, target_dir: Path | None,
-                     dry_run: bool, fmt: FormatOption) -> None:
+                     dry_run: bool, fmt: FormatOption, wait_lock: float = 0.0) -> None:
     """Body of `backup restore --physical (ID | --latest) [--to-time | --to-lsn]
     --target-dir DIR`. It never writes into a non-empty directory, so it needs no --yes."""
     from aegisctl.backup.physical.restore import parse_time, plan_restore, run_restore
@@ -266,7 +289,9 @@ def restore_physical(ctx: typer.Context, *, physical: bool, backup_id: str | Non
     if dry_run:
         output.print_status("dry run: nothing was restored")
         return
-    output.render(run_restore(loaded, target, plan), app_state.fmt(fmt))
+    with target_lock(loaded.settings, target.name, "backup restore --physical", wait_lock):
+        result = run_restore(loaded, target, plan)
+    output.render(result, app_state.fmt(fmt))
 
 
 def register(backup_app: typer.Typer) -> None:
@@ -278,9 +303,10 @@ def register(backup_app: typer.Typer) -> None:
 @physical_app.command("prune")
 def prune(
     ctx: typer.Context,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be deleted and "
+    dry_run: Annotated[bool, dry_run_option("Show what would be deleted and "
                                           "why; delete nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    yes: Annotated[bool, yes_option("Do not ask.")] = False,
+    wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
     """Delete physical backups backup.retention no longer needs, by whole chains: a chain is
@@ -304,4 +330,6 @@ def prune(
     for backup_id, why in sorted(plan.delete.items()):
         output.print_status(f"delete {backup_id}: {why}")
     confirm(f"Delete {len(plan.delete)} physical backup(s)?", yes)
-    output.render(prune_physical(loaded, target, dry_run=False), app_state.fmt(fmt))
+    with target_lock(loaded.settings, target.name, "backup physical prune", wait_lock):
+        result = prune_physical(loaded, target, dry_run=False)
+    output.render(result, app_state.fmt(fmt))

@@ -8,6 +8,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, state
+from aegisctl.cli.options import dry_run_option
 
 app = typer.Typer(
     help=(
@@ -29,7 +30,7 @@ def _group() -> None:
 @app.command()
 def apply(
     ctx: typer.Context,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the statements; change "
+    dry_run: Annotated[bool, dry_run_option("Print the statements; change "
                                           "nothing.")] = False,
     fmt: FormatOption = None,
 ) -> None:

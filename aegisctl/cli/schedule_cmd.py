@@ -23,7 +23,7 @@ app = typer.Typer(
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    count: Annotated[int, typer.Option("--next", "-n", min=1, max=50,
+    count: Annotated[int, typer.Option("--next", min=1, max=50,
                                        help="How many next runs to show per job.")] = 1,
     fmt: FormatOption = None,
 ) -> None:
@@ -48,7 +48,7 @@ def list_(
 @app.command("run")
 def run(
     ctx: typer.Context,
-    only: Annotated[list[str] | None, typer.Option("--job", "-j", help="Run only these jobs "
+    only: Annotated[list[str] | None, typer.Option("--job", help="Run only these jobs "
                                                    "(repeatable).")] = None,
 ) -> None:
     """Run the schedule in the foreground, for containers and hosts without systemd.

@@ -1,13 +1,16 @@
-"""aegisctl schema: init, status, migrate, verify."""
+"""aegisctl schema: init, status, migrate, verify, partition."""
 
 from __future__ import annotations
 
+import contextlib
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import FormatOption, OutputFormat, state
+from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
 
 app = typer.Typer(
     help=(
@@ -70,10 +73,33 @@ def init(
     app_state = state(ctx)
     settings = app_state.config().settings
     out = app_state.fmt(fmt)
-    with app_state.connect("schema init", "ddl") as conn:
+    with app_state.connect("schema init", "ddl", needs="session") as conn:
         result = _run_migration(ctx, out, lambda: init_schema(
             conn, settings.schema, embedding_dim=embedding_dim, wait_lock=wait_lock))
+        _partition_new_tables(conn, settings.partitions)
     output.render(result, out)
+
+
+def _partition_new_tables(conn: Any, specs: dict[str, Any]) -> None:
+    """Configured `partitions:` tables the migrations just created (empty) become partitioned
+    from the start."""
+    from aegisctl.errors import AegisError
+    from aegisctl.schema.partition import partition_new_table
+
+    for entry, spec in specs.items():
+        name = f"{spec.schema}.{spec.table_name(entry)}"
+        exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+        if not exists or exists[0] is None:
+            continue
+        try:
+            done = partition_new_table(conn, name, spec.column, premake=spec.premake,
+                                       default_partition=spec.default_partition)
+        except AegisError as exc:
+            output.print_status(f"{name}: not partitioned: {exc}")
+            continue
+        if done is not None:
+            output.print_status(f"{name}: partitioned by month on {spec.column} "
+                                f"({len(done.partitions)} months ahead)")
 
 
 @app.command()
@@ -82,7 +108,7 @@ def migrate(
     to: Annotated[int | None, typer.Option("--to", metavar="VERSION",
                                            help="Stop after this version (never goes down).")
                   ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be applied; "
+    dry_run: Annotated[bool, dry_run_option("List what would be applied; "
                                           "change nothing.")] = False,
     wait_lock: WaitLockOption = None,
     backup: Annotated[bool, typer.Option(
@@ -108,6 +134,7 @@ def migrate(
 
     app_state = state(ctx)
     settings = app_state.config().settings
+    app_state.require_session("schema migrate")  # the migrations' advisory lock
     if backup and not dry_run:
         with app_state.connect("schema migrate") as conn:
             pending = schema_status(conn).having("pending")
@@ -120,7 +147,7 @@ def migrate(
                                        label="before-migration")
         output.print_status(f"verified backup {taken.id} taken before migrating")
     out = app_state.fmt(fmt)
-    with app_state.connect("schema migrate", "ddl") as conn:
+    with app_state.connect("schema migrate", "ddl", needs="session") as conn:
         result = _run_migration(ctx, out, lambda: run_migrate(
             conn, settings.schema, to=to, dry_run=dry_run, wait_lock=wait_lock))
     output.render(result, out)
@@ -168,3 +195,99 @@ def verify(ctx: typer.Context, fmt: FormatOption = None) -> None:
     if not report.ok:
         raise OperationFailed(f"{len(report.differences)} difference(s) between the database "
                               "and its migrations")
+
+
+class PartitionInterval(StrEnum):
+    month = "month"
+
+
+@app.command("partition")
+def partition(
+    ctx: typer.Context,
+    table: Annotated[str, typer.Argument(metavar="TABLE", help="NAME or SCHEMA.NAME.")],
+    by: Annotated[PartitionInterval, typer.Option(
+        "--by", help="One partition per calendar month (UTC).")] = PartitionInterval.month,
+    column: Annotated[str | None, typer.Option(
+        "--column", help="The timestamptz/timestamp/date column to partition by (default: the "
+        "table's entry in `partitions:`, else created_at).")] = None,
+    premake: Annotated[int | None, typer.Option(
+        "--premake", min=1, max=120, help="Months created ahead beyond the current one "
+        "(default: partitions.<table>.premake, else 3).")] = None,
+    default_partition: Annotated[bool | None, typer.Option(
+        "--default-partition/--no-default-partition",
+        help="Add a DEFAULT partition for rows no month partition holds (default: yes).")
+    ] = None,
+    lock_timeout: Annotated[float, typer.Option(
+        "--lock-timeout", metavar="SECONDS", min=0.01, help="How long each short transaction "
+        "may wait for its locks before it rolls back and retries (a writer never waits on us "
+        "longer than this plus the milliseconds a step holds its lock).")] = 0.1,
+    dry_run: Annotated[bool, dry_run_option("Show the plan, its locks and statements; change "
+                                            "nothing.")] = False,
+    yes: Annotated[bool, yes_option()] = False,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """Turn TABLE into a table range-partitioned by month, online: writes go on and no row is
+    lost.
+
+    The table becomes the first partition as it is (nothing is copied): a NOT VALID check
+    bounds its rows, is validated without blocking writes, a new partitioned parent is built
+    beside it with the same columns, defaults, indexes (HNSW included), constraints, owner,
+    grants and comments and the months ahead, then one short transaction swaps the names
+    and attaches the old table. Each step says which lock it takes and for how long; each
+    waits at most --lock-timeout for its locks and retries. Refused, with the fix: a primary
+    key or unique index without the column, foreign keys pointing at the table, NULLs in the
+    column. Interrupted (even kill -9), run it again: it finishes.
+
+    Examples:
+
+      aegisctl schema partition api_usage_events --by month --dry-run
+
+      aegisctl schema partition api_usage_events --by month --column created_at --yes
+    """
+    from aegisctl.cli.interrupt import graceful_stop
+    from aegisctl.maintenance.joblock import job_lock
+    from aegisctl.maintenance.runner import ensure_primary
+    from aegisctl.schema.partition import convert_table
+    from aegisctl.schema.partition_tx import LockPolicy
+
+    del by  # month is the only interval
+    app_state = state(ctx)
+    loaded = app_state.config()
+    spec = _partition_spec(loaded.settings.partitions, table)
+    chosen_column = column or (spec.column if spec else "created_at")
+    chosen_premake = premake or (spec.premake if spec else 3)
+    with_default = default_partition if default_partition is not None else (
+        spec.default_partition if spec else True)
+    out = app_state.fmt(fmt)
+    maint = loaded.settings.maintenance
+    lock = contextlib.nullcontext() if dry_run else job_lock(
+        loaded, app_state.target(), "schema partition", wait_lock)
+    with lock, graceful_stop("step") as stop, \
+            app_state.connect("schema partition", "maintenance") as conn:
+        policy = LockPolicy(lock_timeout=lock_timeout, attempts=max(maint.lock_attempts, 20),
+                            max_delay=maint.lock_max_delay, should_stop=stop)
+        plan = convert_table(conn, table, chosen_column, premake=chosen_premake,
+                             default_partition=with_default, dry_run=True, policy=policy)
+        if dry_run or plan.status != "planned":
+            if not dry_run:
+                plan = convert_table(conn, table, chosen_column, premake=chosen_premake,
+                                     default_partition=with_default, policy=policy)
+            output.render(plan, out)
+            return
+        ensure_primary(conn, "schema partition")
+        if out is not OutputFormat.json:
+            output.render(plan, "table")
+        confirm(f"Partition {plan.table} by month on {chosen_column}?", yes)
+        result = convert_table(conn, table, chosen_column, premake=chosen_premake,
+                               default_partition=with_default, policy=policy)
+    output.render(result, out)
+
+
+def _partition_spec(specs: dict[str, Any], table: str) -> Any:
+    """The `partitions:` entry naming this table (by entry name, table or schema.table)."""
+    for entry, spec in specs.items():
+        name = spec.table_name(entry)
+        if table in (entry, name, f"{spec.schema}.{name}"):
+            return spec
+    return None

@@ -9,6 +9,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
+from aegisctl.cli.options import dry_run_option, yes_option
 
 app = typer.Typer(
     help="systemd timers for the schedule: one hardened oneshot service and one timer per "
@@ -32,6 +33,7 @@ def _units(ctx: typer.Context, wal_stream: bool = False):  # type: ignore[no-unt
         config_path,
         executable_path,
         render_units,
+        unit_environment,
     )
 
     loaded = state(ctx).config()
@@ -41,7 +43,14 @@ def _units(ctx: typer.Context, wal_stream: bool = False):  # type: ignore[no-unt
         settings = loaded.settings
         units.append(UnitFile(f"{UNIT_PREFIX}wal-stream.service", wal_stream_unit(
             executable_path(settings), config_path(settings, loaded.path),
-            user=settings.scheduler.systemd.user)))
+            user=settings.scheduler.systemd.user,
+            environment_file=settings.scheduler.systemd.environment_file,
+            environment=unit_environment(settings))))
+    exe = executable_path(loaded.settings)
+    if not Path(exe).is_file():
+        output.print_status(f"warning: scheduler.systemd.executable {exe} does not exist here: "
+                            "the units would fail to start (leave it unset for the aegisctl "
+                            "running this command)")
     embedded = sorted(job for job, target in job_targets(loaded).items() if target == "embedded"
                       and loaded.settings.schedule[job].enabled)
     if embedded:
@@ -100,9 +109,9 @@ def install(
     unit_dir: Annotated[Path | None, typer.Option("--unit-dir", file_okay=False,
                                                   help="Where to write (default: "
                                                        "scheduler.systemd.unit_dir).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be written; "
+    dry_run: Annotated[bool, dry_run_option("Say what would be written; "
                                           "write nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Overwrite changed units without "
+    yes: Annotated[bool, yes_option("Overwrite changed units without "
                                       "asking.")] = False,
     wal_stream: WalStreamOption = False,
     fmt: FormatOption = None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +42,20 @@ if TYPE_CHECKING:
 # Modules whose import registers checks. Add yours here (one line).
 CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.builtin_checks",
+    "aegisctl.diagnostics.statement_checks",
+    "aegisctl.diagnostics.replication_checks",
+    "aegisctl.diagnostics.vector_checks",
+    "aegisctl.diagnostics.bloat_checks",
+    "aegisctl.diagnostics.sequence_checks",
+    "aegisctl.diagnostics.maintenance_checks",
+    "aegisctl.diagnostics.disk_checks",
     "aegisctl.diagnostics.backup_checks",
     "aegisctl.diagnostics.job_checks",
     "aegisctl.diagnostics.physical_checks",
+    "aegisctl.diagnostics.partition_checks",
+    "aegisctl.diagnostics.pooler_checks",
+    "aegisctl.diagnostics.retention_checks",
+    "aegisctl.diagnostics.leftover_checks",
 ]
 
 
@@ -72,6 +84,8 @@ class CheckResult:
     message: str = ""
     minimum: float | None = None
     maximum: float | None = None
+    # The thresholds are floors (a ratio, recall): perfdata writes them as `warn:` ranges.
+    lower_is_worse: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status.name, "value": self.value,
@@ -96,7 +110,8 @@ def grade(name: str, value: float | None, warning: float | None, critical: float
     else:
         status = (Status.CRITICAL if critical is not None and value > critical else
                   Status.WARNING if warning is not None and value > warning else Status.OK)
-    return CheckResult(name, status, value, warning, critical, unit, message, minimum, maximum)
+    return CheckResult(name, status, value, warning, critical, unit, message, minimum, maximum,
+                       lower_is_worse)
 
 
 @dataclass
@@ -109,7 +124,9 @@ class CheckContext:
 
     @property
     def settings(self) -> ChecksSettings:
-        return self.loaded.settings.checks
+        """The thresholds for this target: its own `targets.NAME.checks` (merged over the
+        global `checks:` when the config was loaded), else the global ones."""
+        return target_checks(self.loaded, self.target.name)
 
     @property
     def db(self) -> psycopg.Connection[Any]:
@@ -176,6 +193,13 @@ class CheckList:
                 for c in self.to_json()["checks"]]
         return [Table([Column("check", "id"), Column("database", "id"),
                        Column("measures", "text")], list(rows), title="checks")]
+
+
+def target_checks(loaded: LoadedConfig, target_name: str) -> ChecksSettings:
+    spec = loaded.settings.targets.get(target_name)
+    if spec is not None and spec.checks is not None:
+        return spec.checks
+    return loaded.settings.checks
 
 
 def select_checks(only: list[str], skip: list[str], config_skip: list[str]
@@ -261,7 +285,8 @@ class CheckReport:
         return blocks
 
     def to_nagios(self) -> str:
-        """Monitoring Plugins output: a status line with perfdata, then one line per check."""
+        """Monitoring Plugins output: a status line with perfdata, then one line per check
+        (and per skipped check). Text from data is folded onto one line and loses its `|`."""
         several = len(self.targets) > 1
         problems = []
         perf = []
@@ -271,8 +296,11 @@ class CheckReport:
                 label = f"{t.target}/{r.name}" if several else r.name
                 if r.status is not Status.OK:
                     problems.append(f"{label}: {r.message or r.status.name}")
-                lines.append(f"{r.status.name} {label}: {r.message}".rstrip())
+                lines.append(nagios_text(f"{r.status.name} {label}: {r.message}").rstrip())
                 perf.append(perfdata(label, r))
+            for name, reason in t.skipped:
+                label = f"{t.target}/{name}" if several else name
+                lines.append(nagios_text(f"SKIPPED {label}: {reason}"))
         counts = {s: sum(1 for t in self.targets for r in t.results if r.status is s)
                   for s in Status}
         summary = ", ".join(f"{counts[s]} {s.name.lower()}" for s in
@@ -280,9 +308,8 @@ class CheckReport:
         head = f"AEGISCTL {self.status.name} - "
         head += f"{summary}: " + "; ".join(problems) if problems else \
             f"{counts[Status.OK]} checks ok"
-        text = " ".join(head.split("|"))  # a | would start the perfdata
-        first = f"{text} | {' '.join(p for p in perf if p)}"
-        return "\n".join([first, *(" ".join(line.split("|")) for line in lines)])
+        first = f"{nagios_text(head)} | {' '.join(p for p in perf if p)}"
+        return "\n".join([first, *lines])
 
 
 def show(value: float | None, unit: str) -> str | None:
@@ -303,18 +330,41 @@ def show(value: float | None, unit: str) -> str | None:
     return f"{value:g}"
 
 
+_LINE_BREAKS = re.compile(r"[\t\n\v\f\r\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def nagios_text(text: str) -> str:
+    """One line of plugin output: line breaks (a newline in an object name would start a new
+    output line) become a space, and `|` (it starts the perfdata) a `/`. Other control
+    characters are left to `output.inert`, which shows them as visible escapes."""
+    return _LINE_BREAKS.sub(" ", text).replace("|", "/")
+
+
 def _perf_number(value: float | None) -> str:
+    """A plain decimal: the plugin guidelines' grammar has no exponent (3.024e+06)."""
     if value is None:
         return ""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def _perf_range(threshold: float | None, lower_is_worse: bool) -> str:
+    """A threshold as a Monitoring Plugins range: `10` alerts outside 0..10 (above 10);
+    a floor alerts below it, written `0.95:`."""
+    if threshold is None:
+        return ""
+    return f"{_perf_number(threshold)}:" if lower_is_worse else _perf_number(threshold)
 
 
 def perfdata(label: str, result: CheckResult) -> str:
-    """label=value[UOM];warn;crit;min;max (Monitoring Plugins guidelines)."""
-    quoted = "'" + label.replace("'", "_").replace("=", "_") + "'" \
-        if any(c in label for c in " '=/") else label
+    """'label'=value[UOM];warn;crit;min;max (Monitoring Plugins guidelines)."""
+    clean = nagios_text(label).replace("'", "_").replace("=", "_")
+    quoted = f"'{clean}'" if any(c in clean for c in " /:") else clean
     value = "U" if result.value is None else _perf_number(result.value) + result.unit
-    fields = [_perf_number(result.warning), _perf_number(result.critical),
+    fields = [_perf_range(result.warning, result.lower_is_worse),
+              _perf_range(result.critical, result.lower_is_worse),
               _perf_number(result.minimum), _perf_number(result.maximum)]
     while fields and not fields[-1]:
         fields.pop()
@@ -322,8 +372,11 @@ def perfdata(label: str, result: CheckResult) -> str:
 
 
 def run_target(loaded: LoadedConfig, target: Target, specs: list[CheckSpec],
-               connect: Callable[[], psycopg.Connection[Any]]) -> TargetChecks:
-    """Every selected check against one target; a failed check is UNKNOWN, never fatal."""
+               connect: Callable[[], psycopg.Connection[Any]],
+               requested: Iterable[str] = ()) -> TargetChecks:
+    """Every selected check against one target; a failed check is UNKNOWN, never fatal.
+    A check named in `requested` (--only) that does not apply or cannot run is UNKNOWN with
+    the reason, not silently skipped: whoever asked for it is watching for its answer."""
     import psycopg
 
     from aegisctl.diagnostics.topics import describe_error
@@ -353,17 +406,26 @@ def run_target(loaded: LoadedConfig, target: Target, specs: list[CheckSpec],
         out.results.append(CheckResult("connection", Status.UNKNOWN, None, None, None, "s",
                                        describe_error(exc)))
     ctx = CheckContext(loaded, target, conn, out.role)
+    wanted = set(requested)
+
+    def skip(name: str, reason: str) -> None:
+        if name in wanted:
+            out.results.append(CheckResult(name, Status.UNKNOWN, None, None, None, "",
+                                           f"could not run: {reason}"))
+        else:
+            out.skipped.append((name, reason))
+
     try:
         for spec in specs:
             if spec.needs_db and conn is None:
-                out.skipped.append((spec.name, "the database is unreachable"))
+                skip(spec.name, "the database is unreachable")
                 continue
             try:
                 produced = spec.fn(ctx)
                 items = [produced] if isinstance(produced, CheckResult) else list(produced)
                 out.results.extend(items)
             except CheckSkipped as exc:
-                out.skipped.append((spec.name, str(exc)))
+                skip(spec.name, str(exc))
             except psycopg.Error as exc:
                 if conn is not None and not conn.closed and \
                         conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
@@ -378,49 +440,3 @@ def run_target(loaded: LoadedConfig, target: Target, specs: list[CheckSpec],
             conn.close()
     out.elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
     return out
-
-
-def write_prometheus(report: CheckReport, path: str) -> None:
-    """The measurements for node_exporter's textfile collector, written atomically by
-    prometheus_client (a temporary file renamed into place)."""
-    from pathlib import Path
-
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-
-    destination = Path(path).expanduser()
-    if not destination.parent.is_dir():
-        raise UsageError(f"--prometheus: folder {destination.parent} does not exist")
-    if destination.is_dir():
-        raise UsageError(f"--prometheus: {destination} is a folder; give a file name ending in .prom")
-    registry = CollectorRegistry()
-    status = Gauge("aegisctl_check_status", "Check status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
-                   ["target", "check"], registry=registry)
-    value = Gauge("aegisctl_check_value", "The measured value (unit in the label)",
-                  ["target", "check", "unit"], registry=registry)
-    warning = Gauge("aegisctl_check_warning_threshold", "The warning threshold",
-                    ["target", "check"], registry=registry)
-    critical = Gauge("aegisctl_check_critical_threshold", "The critical threshold",
-                     ["target", "check"], registry=registry)
-    up = Gauge("aegisctl_target_up", "1 when the target's database answered",
-               ["target"], registry=registry)
-    overall = Gauge("aegisctl_check_overall_status", "The worst status over every check",
-                    registry=registry)
-    stamp = Gauge("aegisctl_check_last_run_timestamp_seconds", "When the checks ran",
-                  registry=registry)
-    units = {"s": "seconds", "%": "percent", "B": "bytes", "": "value"}
-    for t in report.targets:
-        up.labels(t.target).set(1 if t.reachable else 0)
-        for r in t.results:
-            status.labels(t.target, r.name).set(int(r.status))
-            if r.value is not None:
-                value.labels(t.target, r.name, units.get(r.unit, r.unit)).set(r.value)
-            if r.warning is not None:
-                warning.labels(t.target, r.name).set(r.warning)
-            if r.critical is not None:
-                critical.labels(t.target, r.name).set(r.critical)
-    overall.set(int(report.status))
-    stamp.set(report.checked_at.timestamp())
-    try:
-        write_to_textfile(str(destination), registry)
-    except OSError as exc:
-        raise UsageError(f"--prometheus: cannot write {destination}: {exc.strerror}") from None

@@ -36,6 +36,15 @@ class SizeThreshold:
 
 
 @dataclass
+class SlowQueryThreshold:
+    warning: Duration = 5.0
+    critical: Duration = 30.0
+    # slow_statements judges each statement's mean time over the calls since the previous
+    # check run, and only statements called at least this often in that window.
+    min_calls: int = 5
+
+
+@dataclass
 class CacheHitThreshold:
     warning: float = 0.95
     critical: float = 0.90
@@ -64,10 +73,26 @@ class RecallThreshold:
 
 
 @dataclass
+class BloatThreshold:
+    """Wasted bytes of the worst relation; a relation counts only when its wasted share is
+    also above `min_ratio` (bytes and ratio both)."""
+
+    warning: Size = 64 * 1024**2
+    critical: Size = 1024**3
+    min_ratio: float = 0.2
+
+
+@dataclass
+class MinSize:
+    # Tables smaller than this are left out.
+    min_size: Size = 10 * 1024**2
+
+
+@dataclass
 class ChecksSettings:
     connections_pct: Threshold = field(default_factory=lambda: Threshold(80, 90))
     cache_hit_ratio: CacheHitThreshold = field(default_factory=CacheHitThreshold)
-    slow_query_seconds: DurationThreshold = field(default_factory=lambda: DurationThreshold(5, 30))
+    slow_query_seconds: SlowQueryThreshold = field(default_factory=SlowQueryThreshold)
     database_size_pct: DatabaseSizeThreshold = field(default_factory=DatabaseSizeThreshold)
     replication_lag_seconds: DurationThreshold = field(
         default_factory=lambda: DurationThreshold(60, 300))
@@ -80,10 +105,28 @@ class ChecksSettings:
     # age(datfrozenxid) in transactions; PostgreSQL stops accepting writes near 2^31.
     wraparound_age: Threshold = field(
         default_factory=lambda: Threshold(1_000_000_000, 1_500_000_000))
+    # How far a WAL receiver's (pg_receivewal, Barman) flushed position is behind the primary.
+    # Without --synchronous a receiver flushes at each 16MB segment: stay above that.
+    wal_receiver_lag_bytes: SizeThreshold = field(
+        default_factory=lambda: SizeThreshold(64 * 1024**2, 1024**3))
     # WAL retained by replication slots nobody is reading.
     slot_retained_wal: SizeThreshold = field(
         default_factory=lambda: SizeThreshold(1024**3, 10 * 1024**3))
     vector_recall: RecallThreshold = field(default_factory=RecallThreshold)
+    # Table and (B-tree) index bloat.
+    table_bloat: BloatThreshold = field(default_factory=BloatThreshold)
+    index_bloat: BloatThreshold = field(default_factory=lambda: BloatThreshold(min_ratio=0.3))
+    # Every sequence's last value as a % of what its type (and its column's type) can hold.
+    sequence_used_pct: Threshold = field(default_factory=lambda: Threshold(75, 90))
+    # Filesystems aegisctl writes to or can see: data directory, WAL, backups, archives,
+    # Barman home (% of the space in use, as df counts it).
+    disk_used_pct: Threshold = field(default_factory=lambda: Threshold(80, 90))
+    # Tables of at least min_size never vacuumed or never analyzed.
+    unmaintained_tables: MinSize = field(default_factory=MinSize)
+    # How far past its policy's max_age the oldest expired row is (rows cleanup skipped because
+    # another session held them locked, or a policy that stopped running).
+    retention_backlog: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(2 * 86400, 7 * 86400))
     # Age of the newest verified-good backup / of the newest good restore test.
     backup_age: DurationThreshold = field(
         default_factory=lambda: DurationThreshold(36 * 3600, 72 * 3600))
@@ -92,6 +135,19 @@ class ChecksSettings:
     # Local backups still waiting to be uploaded (only when backup.remote is configured):
     # more than 0 is WARNING, more than 2 CRITICAL.
     backup_pending_uploads: Threshold = field(default_factory=lambda: Threshold(0, 2))
+    # Months created ahead of a partitioned table (beyond the current month): fewer than
+    # `warning` is WARNING, fewer than `critical` CRITICAL (inserts soon land in DEFAULT).
+    partitions_ahead: Threshold = field(default_factory=lambda: Threshold(2, 1))
+    # Rows in a DEFAULT partition (their month had no partition): more than `warning` is
+    # WARNING, more than `critical` CRITICAL. `maint partitions` moves them.
+    default_partition_rows: Threshold = field(default_factory=lambda: Threshold(0, 10_000))
+    # PgBouncer's pools for the target (only with targets.NAME.pgbouncer_admin_dsn): clients
+    # waiting for a server connection, the oldest one's wait, and server connections in use
+    # as a % of the pool size.
+    pooler_clients_waiting: Threshold = field(default_factory=lambda: Threshold(5, 20))
+    pooler_max_wait_seconds: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(1, 5))
+    pooler_server_used_pct: Threshold = field(default_factory=lambda: Threshold(80, 95))
     # Checks `aegisctl check` leaves out unless --only names them.
     skip: list[str] = field(default_factory=list)
     # Sessions whose application_name matches one of these LIKE patterns are not counted by
@@ -100,6 +156,7 @@ class ChecksSettings:
 
 
 _LOWER_IS_WORSE = {"cache_hit_ratio", "vector_recall"}
+_FEWER_IS_WORSE = {"partitions_ahead"}
 
 
 def check_thresholds(settings: ChecksSettings, origin: str) -> None:
@@ -112,6 +169,10 @@ def check_thresholds(settings: ChecksSettings, origin: str) -> None:
         warning, critical = value.warning, value.critical
         if warning < 0 or critical < 0:
             problems.append(f"checks.{f.name}: thresholds cannot be negative")
+        elif f.name in _FEWER_IS_WORSE:
+            if critical > warning:
+                problems.append(f"checks.{f.name}: critical ({critical}) must be at or below "
+                                f"warning ({warning}): fewer is worse")
         elif f.name in _LOWER_IS_WORSE:
             if critical > warning:
                 problems.append(f"checks.{f.name}: critical ({critical}) must be at or below "
@@ -123,6 +184,15 @@ def check_thresholds(settings: ChecksSettings, origin: str) -> None:
                             f"warning ({warning})")
     if settings.database_size_pct.allocated is not None and settings.database_size_pct.allocated <= 0:
         problems.append("checks.database_size_pct.allocated: must be a positive size like 100GB")
+    for name in ("table_bloat", "index_bloat"):
+        ratio = getattr(settings, name).min_ratio
+        if not 0 <= ratio < 1:
+            problems.append(f"checks.{name}.min_ratio: a share from 0 to below 1, got {ratio}")
+    for name in ("sequence_used_pct", "disk_used_pct", "pooler_server_used_pct"):
+        if getattr(settings, name).critical > 100:
+            problems.append(f"checks.{name}: a percentage, at most 100")
+    if settings.slow_query_seconds.min_calls < 1:
+        problems.append("checks.slow_query_seconds.min_calls: must be at least 1")
     if settings.vector_recall.sample < 0:
         problems.append("checks.vector_recall.sample: must be 0 (off) or more")
     if settings.vector_recall.max_rows < 0:

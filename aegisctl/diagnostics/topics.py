@@ -122,7 +122,7 @@ def record_blocks(section: Section, title: str) -> list[Block]:
 VIEWS: dict[tuple[str, str], list[str]] = {
     ("activity", "long_running"): ["pid", "user", "running_seconds", "wait_event", "query"],
     ("activity", "idle_in_transaction"): ["pid", "user", "transaction_seconds", "idle_seconds",
-                                          "last_query"],
+                                          "last_query", "hint"],
     ("activity", "waiting"): ["pid", "user", "waiting_seconds", "blocked_by", "query"],
     ("size", "tables"): ["schema", "table", "total_bytes", "heap_bytes", "index_bytes",
                          "toast_bytes"],
@@ -130,7 +130,7 @@ VIEWS: dict[tuple[str, str], list[str]] = {
     ("indexes", "usage"): ["table", "index", "scans", "size_bytes"],
     ("indexes", "unused"): ["table", "index", "size_bytes", "table_seq_scans"],
     ("indexes", "duplicate"): ["table", "index", "covered_by", "size_bytes"],
-    ("indexes", "invalid"): ["table", "index", "size_bytes", "valid", "ready"],
+    ("indexes", "invalid"): ["table", "index", "size_bytes", "valid", "ready", "hint"],
     ("slow", "by_mean"): ["calls", "mean_ms", "max_ms", "query"],
     ("slow", "by_total"): ["calls", "total_ms", "total_pct", "query"],
     ("vacuum", "tables"): ["table", "dead_tuples", "dead_ratio", "last_autovacuum"],
@@ -304,6 +304,9 @@ def _activity(conn: psycopg.Connection[Any], result: DiagResult, settings: Setti
     result.section("long_running").empty = f"no statement running for {format_seconds(seconds)} or more"
     result.section("idle_in_transaction").empty = "no session idle in a transaction"
     result.section("waiting").empty = "no session waiting for a lock"
+    from aegisctl.diagnostics import hints
+
+    hints.idle_in_transaction(conn, result)
 
 
 def _locks(conn: psycopg.Connection[Any], result: DiagResult, settings: Settings,
@@ -348,6 +351,9 @@ def _indexes(conn: psycopg.Connection[Any], result: DiagResult, settings: Settin
     result.section("unused").empty = "no unused index"
     result.section("duplicate").empty = "no duplicate index"
     result.section("invalid").empty = "no invalid index"
+    from aegisctl.diagnostics import hints
+
+    hints.invalid_indexes(conn, result)
     result.notes.append("scan counts are since the last statistics reset and per server: an index "
                         "unused here may serve queries on a replica")
 
@@ -392,6 +398,9 @@ def _vacuum(conn: psycopg.Connection[Any], result: DiagResult, settings: Setting
             options: DiagOptions) -> None:
     run_file(conn, result, "vacuum", {"limit": options.limit})
     result.section("tables").empty = "no user tables"
+    from aegisctl.diagnostics import hints
+
+    hints.vacuum(conn, result, settings)
 
 
 def _replication(conn: psycopg.Connection[Any], result: DiagResult, settings: Settings,

@@ -136,7 +136,10 @@ def measure_recall(conn: psycopg.Connection[Any], schema: str, index: dict[str, 
     total, found, used = 0, 0, 0
     with conn.transaction():
         # HNSW at aegisctl's own search.ef_search; IVFFlat at the server's ivfflat.probes.
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+        # No parallel workers: they would report scans this session cannot count as its own.
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true), "
+                     "set_config('max_parallel_workers_per_gather', '0', true)", (str(ef_search),))
+        before = _own_scans(conn, index)
         conn.execute("SELECT setseed(%s)", (rng.random() * 2 - 1,))
         vectors = [r[0] for r in conn.execute(template("vectors", "recall_sample").format(
             key=key, table=table), (sample,)).fetchall()]
@@ -149,14 +152,29 @@ def measure_recall(conn: psycopg.Connection[Any], schema: str, index: dict[str, 
                      "set_config('enable_indexscan', 'off', true), "
                      "set_config('enable_bitmapscan', 'off', true)")
         exact = _search_all(conn, search, vectors)
+        after = _own_scans(conn, index)
+    own = {"own_index_scans": after[0] - before[0], "own_seq_scans": after[1] - before[1]}
     for got, truth in zip(approx, exact, strict=True):
         if truth:
             total += len(truth)
             found += len(got & truth)
             used += 1
     if not used:
-        return {"recall": None, "recall_queries": 0, "recall_note": "no stored vectors to query with"}
-    return {"recall": round(found / total, 4), "recall_queries": used}
+        return {"recall": None, "recall_queries": 0, **own,
+                "recall_note": "no stored vectors to query with"}
+    return {"recall": round(found / total, 4), "recall_queries": used, **own}
+
+
+def _own_scans(conn: psycopg.Connection[Any], index: dict[str, Any]) -> tuple[int, int]:
+    """This session's not-yet-reported index scans of `index` and sequential scans of its
+    table (pg_stat_xact_*): the difference around the recall queries is what they added to
+    the cumulative statistics, which `check` must not mistake for the application's use."""
+    row = conn.execute(
+        "SELECT pg_stat_get_xact_numscans(format('%%I.%%I', %s::text, %s::text)::regclass), "
+        "pg_stat_get_xact_numscans(format('%%I.%%I', %s::text, %s::text)::regclass)",
+        (index["schema"], index["index"], index["schema"], index["table"])).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def maintenance_work_mem(conn: psycopg.Connection[Any]) -> int:

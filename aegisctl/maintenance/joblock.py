@@ -1,21 +1,16 @@
-"""The per-target job lock: maintenance and cleanup take the same flock as backup create,
-prune and restore (the backup store's lock file), so none of them overlap."""
+"""The per-target job lock for maintenance and cleanup: the same lock (aegisctl.locks) as
+backup create, prune and restore, so none of them overlap."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 from aegisctl.config import LoadedConfig
 from aegisctl.targets import Target
 
 
-@contextlib.contextmanager
 def job_lock(loaded: LoadedConfig, target: Target, what: str,
-             wait_seconds: float = 0.0) -> Iterator[None]:
-    from aegisctl.backup.lock import target_lock
-    from aegisctl.backup.store import BackupStore
+             wait_seconds: float = 0.0) -> AbstractContextManager[None]:
+    from aegisctl.locks import target_lock
 
-    store = BackupStore(loaded.settings.backup, target.name)
-    with target_lock(store.lock_path, what, wait_seconds):
-        yield
+    return target_lock(loaded.settings, target.name, what, wait_seconds)

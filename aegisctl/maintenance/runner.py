@@ -65,6 +65,8 @@ class Step:
     seconds: float | None = None
     detail: str = ""
     attempts: int = 0
+    # The SQLSTATE of the error that ended the step (not in the JSON: detail says it in words).
+    sqlstate: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"statement": self.statement, "target": self.target, "status": self.status,
@@ -169,6 +171,7 @@ def _run_locked(ctx: MaintContext, statement: sql.Composed | sql.SQL, step: Step
                 return False
             if getattr(exc, "sqlstate", None) != LOCK_NOT_AVAILABLE or attempt >= len(delays):
                 step.status = "failed"
+                step.sqlstate = getattr(exc, "sqlstate", None)
                 step.seconds = time.perf_counter() - started
                 if getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE:
                     step.detail = (f"gave up after {step.attempts} attempts: the table stayed "
@@ -182,14 +185,14 @@ def _run_locked(ctx: MaintContext, statement: sql.Composed | sql.SQL, step: Step
             if ctx.progress:
                 ctx.progress(f"{step.target}: lock busy (attempt {attempt + 1}/{tries}); "
                              f"retrying in {delays[attempt]:.1f}s")
-            if _sleep_unless_stopped(ctx, delays[attempt]):
+            if sleep_unless_stopped(ctx, delays[attempt]):
                 step.status = "skipped"
                 step.detail = "interrupted while waiting for the lock"
                 return False
     raise AssertionError("unreachable")
 
 
-def _sleep_unless_stopped(ctx: MaintContext, seconds: float) -> bool:
+def sleep_unless_stopped(ctx: MaintContext, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if ctx.should_stop():

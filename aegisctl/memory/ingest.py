@@ -480,11 +480,15 @@ class _Writer:
     def _stage_table(self, kind: Kind) -> Any:
         from psycopg import sql
 
+        from aegisctl.pooler import per_transaction
+
         name = sql.Identifier(f"aegis_import_{kind}")
         if kind not in self.staged:
             columns = [*TABLES[kind].columns, "embedding", "embedding_recipe"]
+            # Through a transaction pooler the server connection is shared: leave nothing on it.
+            on_commit = "DROP" if per_transaction(self.conn) else "DELETE ROWS"
             self.conn.execute(sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
+                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT " + on_commit + " AS "
                 "SELECT 0::int AS aegis_line, {} FROM {} WITH NO DATA").format(
                 name, sql.SQL(", ").join(map(sql.Identifier, columns)),
                 sql.Identifier(TABLES[kind].table)))
@@ -515,30 +519,40 @@ class _Writer:
         inserted: dict[Kind, int] = {}
         if not rows:
             return inserted
-        names = {kind: self._stage_table(kind) for kind in {k for k, _ in rows}}
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            for kind, stage in names.items():
-                info = TABLES[kind]
-                columns = [*info.columns, "embedding", "embedding_recipe"]
-                targets = sql.SQL(", ").join(map(sql.Identifier, columns))
-                with cur.copy(sql.SQL("COPY {} (aegis_line, {}) FROM STDIN (FORMAT BINARY)")
-                              .format(stage, targets)) as copy:
-                    copy.set_types(["int4", *(_copy_type(c) for c in columns)])
-                    for number, (row_kind, row) in enumerate(rows):
-                        if row_kind != kind:
-                            continue
-                        _fill_defaults(kind, row, self.now)
-                        copy.write_row([number, *(
-                            None if row.get(c) is None
-                            else Jsonb(row[c]) if c in JSON_COLUMNS
-                            else to_vector(row[c]) if c == "embedding"
-                            else row[c]
-                            for c in columns)])
-                cur.execute(sql.SQL(
-                    "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
-                    "ORDER BY aegis_line ON CONFLICT (content_hash) DO NOTHING").format(
-                    table=sql.Identifier(info.table), cols=targets, stage=stage))
-                inserted[kind] = max(cur.rowcount, 0)
+        from aegisctl.pooler import per_transaction
+
+        if per_transaction(self.conn):
+            # Through a transaction pooler the next transaction may run on a server connection
+            # without the temporary table: it is made (if missing) in every transaction.
+            self.staged.clear()
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                names = {kind: self._stage_table(kind) for kind in {k for k, _ in rows}}
+                for kind, stage in names.items():
+                    info = TABLES[kind]
+                    columns = [*info.columns, "embedding", "embedding_recipe"]
+                    targets = sql.SQL(", ").join(map(sql.Identifier, columns))
+                    with cur.copy(sql.SQL("COPY {} (aegis_line, {}) FROM STDIN (FORMAT BINARY)")
+                                  .format(stage, targets)) as copy:
+                        copy.set_types(["int4", *(_copy_type(c) for c in columns)])
+                        for number, (row_kind, row) in enumerate(rows):
+                            if row_kind != kind:
+                                continue
+                            _fill_defaults(kind, row, self.now)
+                            copy.write_row([number, *(
+                                None if row.get(c) is None
+                                else Jsonb(row[c]) if c in JSON_COLUMNS
+                                else to_vector(row[c]) if c == "embedding"
+                                else row[c]
+                                for c in columns)])
+                    cur.execute(sql.SQL(
+                        "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
+                        "ORDER BY aegis_line ON CONFLICT (content_hash) DO NOTHING").format(
+                        table=sql.Identifier(info.table), cols=targets, stage=stage))
+                    inserted[kind] = max(cur.rowcount, 0)
+        except BaseException:
+            self.staged.clear()  # a rolled-back transaction takes its CREATE TEMP TABLE along
+            raise
         return inserted
 
     def analyze(self, result: ImportResult) -> None:

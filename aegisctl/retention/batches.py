@@ -13,7 +13,10 @@ A row the application updates meanwhile is re-checked by PostgreSQL against the 
 exemption conditions (or skipped, when chosen by ctid). A policy with keep_referenced_by locks
 its rows FOR UPDATE SKIP LOCKED before deleting them: a row a new foreign key is being pointed
 at is then left for the next run instead of slipping past the NOT EXISTS check (that costs a
-second write per row, so other policies do without).
+second write per row, so other policies do without). Other policies switch to the same SKIP
+LOCKED form for the rest of the table as soon as one batch runs out of lock_timeout: a row
+another session holds (SELECT ... FOR UPDATE in an idle transaction) is skipped, counted and
+left for a later run instead of stopping the policy at that row forever.
 
 Batches without an archive commit with synchronous_commit off: a crash can undo the last few
 batches, which the next run simply deletes again; with an archive every commit is durable, so
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from aegisctl.errors import OperationFailed
 from aegisctl.maintenance.catalog import Relation
 from aegisctl.retention.settings import CleanupSettings
+from aegisctl.testhooks import pause_at
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRYABLE = {"55P03", "57014", "40P01", "40001"}  # lock / statement timeout, deadlock, serial.
+LOCK_NOT_AVAILABLE = "55P03"
 MAX_RETRIES = 6
 # Below this expired share of a table, batches walk the age index; above it, heap page ranges.
 INDEX_SHARE = 0.1
@@ -66,6 +71,10 @@ class BatchStats:
     max_lag_seconds: float = 0.0
     interrupted: bool = False
     batch_seconds: list[float] = field(default_factory=list)
+    # Expired rows left behind because another session held them locked (SKIP LOCKED), and
+    # who held locks on the table when that was noticed.
+    skipped_locked: int = 0
+    lock_holders: str = ""
 
 
 @dataclass
@@ -102,19 +111,22 @@ class Pacer:
 
     def lag(self) -> tuple[int, float]:
         """(bytes, seconds) of the worst matching standby's replay lag; (0, 0) without one."""
+        # A row whose positions are all hidden is a standby this role may not see (it needs
+        # pg_monitor); a row that sends WAL but never replays it is a WAL receiver (Barman's
+        # pg_receivewal), not a standby: it has no replay lag to wait for.
         row = self.conn.execute(
-            "SELECT count(*), count(replay_lsn),"
+            "SELECT count(*) FILTER (WHERE state IS NULL AND sent_lsn IS NULL),"
             "       COALESCE(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint,"
             "       COALESCE(max(extract(epoch FROM replay_lag)), 0)::float8"
             "  FROM pg_stat_replication"
             " WHERE %(name)s::text IS NULL OR application_name = %(name)s",
             {"name": self.settings.replica}).fetchone()
         assert row is not None
-        if row[0] and not row[1] and self.lag_visible:
+        if row[0] and self.lag_visible:
             self.lag_visible = False
             log.warning("standbys are attached but their replay position is not visible to "
                         "this role (grant pg_monitor): replication lag cannot throttle cleanup")
-        lag_bytes, lag_seconds = int(row[2]), float(row[3])
+        lag_bytes, lag_seconds = int(row[1]), float(row[2])
         if lag_bytes == 0:
             lag_seconds = 0.0  # replay_lag keeps its last value for a while after catching up
         return lag_bytes, lag_seconds
@@ -149,7 +161,16 @@ class Pacer:
 def _batch_session(conn: psycopg.Connection[Any], settings: CleanupSettings,
                    durable: bool) -> None:
     """The batches' timeouts, set once for the session (one round trip less per batch) and
-    reset by `_end_batch_session` before anything else runs on the connection."""
+    reset by `_end_batch_session` before anything else runs on the connection. Through a
+    transaction pooler they go with every batch's transaction instead."""
+    from aegisctl.pooler import override_settings, per_transaction
+
+    if per_transaction(conn):
+        override_settings(conn, {
+            "lock_timeout": f"{int(settings.lock_timeout * 1000)}ms",
+            "statement_timeout": f"{int(settings.statement_timeout * 1000)}ms",
+            "synchronous_commit": "on" if durable else "off"})
+        return
     conn.execute("SELECT set_config('lock_timeout', %s, false),"
                  "       set_config('statement_timeout', %s, false),"
                  "       set_config('synchronous_commit', %s, false)",
@@ -158,6 +179,11 @@ def _batch_session(conn: psycopg.Connection[Any], settings: CleanupSettings,
 
 
 def _end_batch_session(conn: psycopg.Connection[Any]) -> None:
+    from aegisctl.pooler import override_settings, per_transaction
+
+    if per_transaction(conn):
+        override_settings(conn, None)
+        return
     if not conn.closed and conn.info.transaction_status == 0:
         conn.execute("RESET lock_timeout; RESET statement_timeout; RESET synchronous_commit")
 
@@ -201,7 +227,7 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
     from psycopg import sql
 
     use_index = choose_index(conn, policy, relation, cutoff)
-    lock = sql.SQL(" FOR UPDATE SKIP LOCKED") if policy.referenced_by else sql.SQL("")
+    skip_locked = bool(policy.referenced_by)
     where, params = policy.condition("t", cutoff)
     col = sql.Identifier("t", policy.column)
     returning = _returning(archive, policy.column)
@@ -222,6 +248,7 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
     try:
         while not pacer.should_stop():
             n = pacer.size
+            lock = sql.SQL(" FOR UPDATE SKIP LOCKED") if skip_locked else sql.SQL("")
             if use_index:
                 bound = sql.SQL(" AND {} >= %(position)s").format(col) if position is not None \
                     else sql.SQL("")
@@ -240,7 +267,7 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
                 pages = max(1, min(int(n / max(density, 0.05)), int(20 * n / rows_per_page) + 1))
                 in_range = sql.SQL("t.ctid >= %(lo)s::tid AND t.ctid < %(hi)s::tid AND {where}"
                                    ).format(where=where)
-                if policy.referenced_by:
+                if skip_locked:
                     statement = sql.SQL(
                         "DELETE FROM ONLY {rel} AS t WHERE t.ctid = ANY(ARRAY(SELECT t.ctid FROM"
                         " ONLY {rel} AS t WHERE {in_range}{lock})) {returning}").format(
@@ -260,11 +287,19 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
                     if archive is not None and rows:
                         archive.write([r[1] for r in rows])
                         archived = len(rows)
+                        pause_at("cleanup.batch-archived")  # archived, not yet committed
             except BaseException as exc:
                 if archive is not None and archived:
                     archive.rollback(mark, archived)  # the commit failed: forget the batch
                 if not isinstance(exc, Exception):
                     raise
+                if getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE and not skip_locked:
+                    # A row lock held by another session: from now on skip locked rows.
+                    skip_locked = True
+                    stats.retries += 1
+                    log.info("%s: a row is locked by another session; skipping locked rows",
+                             relation.qualified)
+                    continue
                 if getattr(exc, "sqlstate", None) in RETRYABLE and retries < MAX_RETRIES:
                     retries += 1
                     stats.retries += 1
@@ -294,7 +329,26 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
     finally:
         _end_batch_session(conn)
     stats.interrupted = stats.interrupted or pacer.should_stop()
+    if skip_locked and not stats.interrupted:
+        left = count_expired(conn, policy, relation, cutoff)
+        if left:
+            stats.skipped_locked += left
+            stats.lock_holders = stats.lock_holders or row_lock_holders(conn, relation)
     return "index" if use_index else "pages"
+
+
+def row_lock_holders(conn: psycopg.Connection[Any], relation: Relation) -> str:
+    """Sessions that hold row locks in the table (their RowShare or stronger table lock shows
+    them; row locks themselves are not listed anywhere), described for the report."""
+    rows = conn.execute(
+        "SELECT a.pid, a.state, now() - coalesce(a.xact_start, a.query_start),"
+        "       left(a.query, 160)"
+        "  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.relation = %s AND l.granted AND l.pid <> pg_backend_pid()"
+        "   AND l.mode IN ('RowShareLock', 'RowExclusiveLock')"
+        " GROUP BY 1, 2, 3, 4 ORDER BY 3 DESC NULLS LAST LIMIT 3", (relation.oid,)).fetchall()
+    return "; ".join(f"pid {pid} ({state}, for {age.total_seconds():.0f}s): "
+                     f"{' '.join((query or '').split())[:160]}" for pid, state, age, query in rows)
 
 
 def count_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relation: Relation,

@@ -56,6 +56,15 @@ def _literal(text: str) -> str | None:
     return None
 
 
+def _quick_timestamptz(literal: str) -> dt.datetime | None:
+    """A bound with its offset, read without a round trip (the server casts the rest)."""
+    try:
+        moment = dt.datetime.fromisoformat(literal)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def partitions(conn: psycopg.Connection[Any], parent: Relation) -> list[Partition]:
     """Direct partitions with their upper bounds (compared in UTC, as the cutoff is)."""
     rows = conn.execute(
@@ -72,6 +81,8 @@ def partitions(conn: psycopg.Connection[Any], parent: Relation) -> list[Partitio
         if match:
             literal = _literal(match.group(2))
             if literal is not None:
+                upper = _quick_timestamptz(literal)
+            if literal is not None and upper is None:
                 value = conn.execute("SELECT %s::text::timestamptz", (literal,)).fetchone()
                 upper = value[0] if value else None
         result.append(Partition(Relation(int(r[0]), str(r[1]), str(r[2]), str(r[3]),

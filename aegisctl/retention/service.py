@@ -30,11 +30,12 @@ from aegisctl.retention.archive import (
     ArchiveWriter,
     PartitionArchive,
     run_id,
-    upload_archive,
+    upload_pending_archives,
 )
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
 from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon
 from aegisctl.retention.policy import ResolvedPolicy, resolve_policy
+from aegisctl.retention.settings import effective_policies
 
 if TYPE_CHECKING:
     import psycopg
@@ -100,6 +101,7 @@ class PolicyResult:
             "partitions_dropped": self.partitions_dropped,
             "partition_rows": self.partition_rows, "batches": s.batches,
             "longest_batch_seconds": round(s.longest_batch, 4), "retries": s.retries,
+            "skipped_locked_rows": s.skipped_locked, "lock_holders": s.lock_holders or None,
             "throttled": s.throttled, "throttle_seconds": round(s.throttle_seconds, 2),
             "max_replica_lag_bytes": s.max_lag_bytes,
             "max_replica_lag_seconds": round(s.max_lag_seconds, 3),
@@ -122,15 +124,20 @@ class CleanupReport:
     interrupted: bool = False
     # Why the run stopped before its other policies (an archive that could not be written).
     stopped: str | None = None
+    uploaded_archives: list[str] = field(default_factory=list)  # keys uploaded by this run
+    upload_error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.stopped and not any(p.status == "failed" for p in self.policies)
+        return not self.stopped and not self.upload_error \
+            and not any(p.status == "failed" for p in self.policies)
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "dry_run": self.dry_run, "started_at": self.started_at,
                 "finished_at": self.finished_at, "interrupted": self.interrupted,
-                "ok": self.ok, "stopped": self.stopped, "policies": [p.to_json() for p in self.policies],
+                "ok": self.ok, "stopped": self.stopped,
+                "uploaded_archives": self.uploaded_archives, "upload_error": self.upload_error,
+                "policies": [p.to_json() for p in self.policies],
                 "deleted_rows": sum(p.total_deleted for p in self.policies),
                 "erasure_horizon": self.horizon.to_json() if self.horizon else None}
 
@@ -171,6 +178,11 @@ class CleanupReport:
                     if a.written else (f"partition {a.partition}: its archive {a.archive} was "
                                        "completed by an interrupted run; not written again")
                 lines.append(what + (f" (uploaded: {a.uploaded})" if a.uploaded else ""))
+            if p.stats.skipped_locked:
+                lines.append(f"skipped {p.stats.skipped_locked} expired row(s) locked by "
+                             f"another session (left for the next run)"
+                             + (f"; holders: {p.stats.lock_holders}" if p.stats.lock_holders
+                                else ""))
             if p.stats.throttled:
                 lines.append(f"throttled {p.stats.throttled} time(s) for standby lag "
                              f"({p.stats.throttle_seconds:.1f}s waiting)")
@@ -179,6 +191,11 @@ class CleanupReport:
             if p.error:
                 lines.append(f"failed: {p.error}")
             blocks += [Note(f"{p.name}: {line}") for line in lines]
+        if self.uploaded_archives:
+            blocks.append(Note(f"uploaded {len(self.uploaded_archives)} cleanup archive(s) to "
+                               "the backup remote"))
+        if self.upload_error:
+            blocks.append(Note(f"{self.upload_error}; kept locally, the next run uploads it"))
         if self.interrupted:
             blocks.append(Note("interrupted: every committed batch stays deleted, nothing is "
                                "half-done; run it again to finish"))
@@ -195,7 +212,7 @@ class CleanupOptions:
 
 
 def select_policies(loaded: LoadedConfig, names: list[str] | None) -> list[str]:
-    configured = loaded.settings.cleanup.policies
+    configured = effective_policies(loaded.settings.cleanup, loaded.settings.partitions)
     if names:
         unknown = [n for n in names if n not in configured]
         if unknown:
@@ -209,24 +226,29 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
                 options: CleanupOptions, *, should_stop: Callable[[], bool] = lambda: False,
                 progress: Callable[[str], None] | None = None,
                 side_connect: SideConnect | None = None,
-                on_phase: Callable[[str], None] | None = None) -> CleanupReport:
+                on_phase: Callable[[str], None] | None = None,
+                maint_conn: psycopg.Connection[Any] | None = None) -> CleanupReport:
     """`on_phase("delete" | "maintenance")` tells the caller which phase runs: batches are
     never cancelled (a stop waits for the batch), the rebuild and VACUUM after them may be.
     `progress` gets status lines (batches, throttling, the rebuild and VACUUM steps);
     with `side_connect` too, the rebuild and VACUUM also report their phase from
-    pg_stat_progress_* as `maint` does."""
+    pg_stat_progress_* as `maint` does. With `maint_conn` (when `conn` goes through a
+    transaction pooler) the rebuild, VACUUM and partition detaches run there."""
     settings = loaded.settings
     started = dt.datetime.now(dt.UTC)
-    conn.execute("SET TIME ZONE 'UTC'")
+    from aegisctl.pooler import session_set
+
+    session_set(conn, {"TimeZone": "UTC"})
     names = select_policies(loaded, options.policies)
     if not options.dry_run:
         ensure_primary(conn, "cleanup run")
-    resolved = [resolve_policy(conn, n, settings.cleanup.policies[n]) for n in names]
+    policies = effective_policies(settings.cleanup, settings.partitions)
+    resolved = [resolve_policy(conn, n, policies[n]) for n in names]
     now_row = conn.execute("SELECT now()").fetchone()
     now = options.now or (now_row[0] if now_row else dt.datetime.now(dt.UTC))
     report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)
     pacer = Pacer(settings.cleanup, conn, should_stop, progress)
-    maint = MaintContext(conn=conn, settings=settings.maintenance, should_stop=should_stop,
+    maint = MaintContext(conn=maint_conn or conn, settings=settings.maintenance, should_stop=should_stop,
                          progress=progress, side_connect=side_connect)
     run = run_id(dt.datetime.now(dt.UTC))
     for policy in resolved:
@@ -255,9 +277,25 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
             if conn.info.transaction_status != 0:  # not idle: leave the failed transaction
                 conn.rollback()
     report.interrupted = should_stop()
+    if not options.dry_run and settings.backup.remote is not None \
+            and settings.cleanup.upload_archives:
+        _upload_archives(loaded, target_name, report)
     report.horizon = erasure_horizon(settings.backup, target_name, now)
     report.finished_at = dt.datetime.now(dt.UTC)
     return report
+
+
+def _upload_archives(loaded: LoadedConfig, target_name: str, report: CleanupReport) -> None:
+    """Every archive not yet uploaded goes now: this run's, and those that runs killed,
+    stopped or cut off from the server left behind."""
+    uploads = upload_pending_archives(loaded.settings, target_name)
+    report.uploaded_archives = list(uploads.uploaded.values())
+    report.upload_error = uploads.error
+    for p in report.policies:
+        if p.archive:
+            p.uploaded = uploads.uploaded.get(p.archive)
+        for done in p.partition_archives:
+            done.uploaded = uploads.uploaded.get(done.archive)
 
 
 def _method(policy: ResolvedPolicy) -> str:
@@ -336,14 +374,6 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
             result.archived_rows = archive.rows + result.partition_archived_rows
             closed = archive.close()  # raises when it does not read back: keeps its tmp name
             result.archive = str(closed) if closed else None
-    if archive is not None and settings.backup.remote is not None \
-            and settings.cleanup.upload_archives:
-        if result.archive:
-            result.uploaded = upload_archive(settings, target_name, Path(str(result.archive)),
-                                             policy.name)
-        for done in result.partition_archives:  # again for one an interrupted run left
-            done.uploaded = upload_archive(settings, target_name, Path(done.archive),
-                                           policy.name)
     if pacer.should_stop():
         result.status = "interrupted"
         result.notes.append("stopped after a committed batch; rebuild and vacuum skipped")
@@ -431,7 +461,7 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
     for partition in parts.partitions(conn, parent):
         if referenced or maint.should_stop():
             break
-        whole, _rows = _droppable(conn, policy, partition, result.cutoff)
+        whole, rows = _droppable(conn, policy, partition, result.cutoff)
         if not whole:
             continue
         rel = partition.relation
@@ -449,20 +479,39 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
             result.notes.append(f"{rel.qualified}: could not detach ({detach.detail}); "
                                 "batch-deleting instead")
             continue
-        _archive_and_drop(conn, rel, run, result, maint, archives)
-    return [leaf for leaf in parts.leaves(conn, parent)]
+        # Counted just before the DETACH: without an archive (which counts what it writes)
+        # that figure is reported rather than scanning the partition a second time.
+        _archive_and_drop(conn, rel, run, result, maint, archives,
+                          rows=None if archives is not None else rows)
+    return _leaves_with_expired_rows(conn, parent, result.cutoff)
+
+
+def _leaves_with_expired_rows(conn: psycopg.Connection[Any], parent: Relation,
+                              cutoff: dt.datetime) -> list[Relation]:
+    """The leaves left to batch-delete: a partition whose lower bound is at or after the
+    cutoff cannot hold an expired row (its range says so), so it is not scanned."""
+    from aegisctl.schema.partition_bounds import partition_key, range_partitions
+
+    key = partition_key(conn, parent.oid)
+    later: set[int] = set()
+    if key is not None:
+        later = {p.relation.oid for p in range_partitions(conn, parent.oid, key)
+                 if not p.is_default and p.lower is not None and p.lower >= cutoff}
+    return [leaf for leaf in parts.leaves(conn, parent) if leaf.oid not in later]
 
 
 def _archive_and_drop(conn: psycopg.Connection[Any], rel: Relation, token: str,
                       result: PolicyResult, maint: MaintContext,
-                      archives: PartitionArchives | None) -> None:
+                      archives: PartitionArchives | None, rows: int | None = None) -> None:
     """Archive a detached partition (unless an interrupted run already completed its archive:
-    `token` names the run that detached it, and so the file), then drop it."""
+    `token` names the run that detached it, and so the file), then drop it. `rows`: its row
+    count when the caller has just counted it."""
     from psycopg import sql
 
     started = time.perf_counter()
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel.ident())).fetchone()
-    rows = int(row[0]) if row else 0
+    if rows is None:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel.ident())).fetchone()
+        rows = int(row[0]) if row else 0
     if archives is not None:
         target = PartitionArchive(archives.root, archives.policy, rel.name, token)
         written = not target.complete

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from aegisctl.errors import ConfigError
+from aegisctl.maintenance.partition_settings import PartitionSpec
 from aegisctl.units import parse_age
 
 Duration = Annotated[float, "duration"]
@@ -94,3 +95,36 @@ def check_cleanup_settings(cleanup: CleanupSettings, origin: str) -> None:
                 raise ConfigError(f"{where}.keep.{column}: list at least one value")
             if column == policy.column:
                 raise ConfigError(f"{where}.keep.{column}: cannot exempt on the age column")
+
+
+def effective_policies(cleanup: CleanupSettings,
+                       partitions: dict[str, PartitionSpec]) -> dict[str, PolicySettings]:
+    """cleanup.policies, plus one policy per `partitions:` entry with a retention whose table
+    no cleanup policy covers (named after the entry): months are retired by `cleanup run`."""
+    policies = dict(cleanup.policies)
+    covered = {(p.schema, p.table) for p in policies.values()}
+    for entry, spec in partitions.items():
+        table = spec.table_name(entry)
+        if spec.retention is None or (spec.schema, table) in covered:
+            continue
+        name = entry if entry not in policies else f"partitions.{entry}"
+        policies[name] = PolicySettings(table=table, column=spec.column,
+                                        max_age=spec.retention, schema=spec.schema)
+    return policies
+
+
+def check_partition_retention(cleanup: CleanupSettings, partitions: dict[str, PartitionSpec],
+                              origin: str) -> None:
+    """One table, one retention: a partitions entry and a cleanup policy may both name it only
+    with the same age."""
+    for entry, spec in partitions.items():
+        if spec.retention is None:
+            continue
+        for name, policy in cleanup.policies.items():
+            same = (policy.schema, policy.table) == (spec.schema, spec.table_name(entry))
+            if same and (parse_age(policy.max_age).months, parse_age(policy.max_age).seconds) \
+                    != (parse_age(spec.retention).months, parse_age(spec.retention).seconds):
+                raise ConfigError(
+                    f"{origin}: partitions.{entry}.retention ({spec.retention}) and "
+                    f"cleanup.policies.{name}.max_age ({policy.max_age}) disagree about "
+                    f"{policy.table}: keep one of them, or make them equal")

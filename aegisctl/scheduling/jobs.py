@@ -9,6 +9,7 @@ command tree by `aegisctl.cli.command_tree`, which `config validate`, `schedule`
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shlex
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from aegisctl.scheduling.calendar import (
     parse_cron,
     parse_every,
 )
+from aegisctl.units import format_duration
 
 if TYPE_CHECKING:
     from aegisctl.config import Settings
@@ -35,6 +37,7 @@ DESTRUCTIVE: tuple[tuple[tuple[str, ...], str | None], ...] = (
     (("cleanup", "run"), None),
     (("maint", "vacuum"), "--full"),
     (("memory", "reembed"), None),
+    (("schema", "partition"), None),
 )
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
@@ -147,8 +150,9 @@ def check_schedule(settings: Settings, origin: str) -> None:
             raise ConfigError(f"{origin}: schedule.{name}.target: unknown target "
                               f"'{job.target}' (targets: {known})")
     sched = settings.scheduler
-    if sched.stop_timeout < 0 or sched.kill_timeout < 0:
-        raise ConfigError(f"{origin}: scheduler: stop_timeout and kill_timeout cannot be negative")
+    if sched.stop_timeout < 0 or sched.kill_timeout < 0 or sched.lock_wait < 0:
+        raise ConfigError(f"{origin}: scheduler: stop_timeout, kill_timeout and lock_wait "
+                          "cannot be negative")
     for key in ("user", "group"):
         if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", getattr(sched.systemd, key)):
             raise ConfigError(f"{origin}: scheduler.systemd.{key}: not a valid user/group name")
@@ -158,3 +162,37 @@ def check_schedule(settings: Settings, origin: str) -> None:
                                   or re.search(r"[\s\"'%$\\;]", value)):
             raise ConfigError(f"{origin}: scheduler.systemd.{key}: must be an absolute path "
                               "without spaces or quotes")
+
+
+# How far ahead collisions are looked for, and at most how many runs per job.
+_COLLISION_DAYS = 400
+_COLLISION_RUNS = 5000
+
+
+def lock_collisions(settings: Settings, jobs: list[Job],
+                    now: dt.datetime | None = None) -> list[str]:
+    """One warning per pair of `jobs` (all taking the target lock) on the same target that
+    fire at the same minute within the coming year."""
+    start = now or dt.datetime.now(dt.UTC)
+    horizon = start + dt.timedelta(days=_COLLISION_DAYS)
+    minutes: dict[str, dict[dt.datetime, dt.datetime]] = {}
+    for job in jobs:
+        runs = [r for r in job.calendar.next_runs(start, _COLLISION_RUNS) if r <= horizon]
+        minutes[job.name] = {r.replace(second=0, microsecond=0): r for r in runs}
+    warnings = []
+    for i, first in enumerate(jobs):
+        for second in jobs[i + 1:]:
+            target = first.settings.target or settings.default_target or "default"
+            if target != (second.settings.target or settings.default_target or "default"):
+                continue
+            common = sorted(set(minutes[first.name]) & set(minutes[second.name]))
+            if not common:
+                continue
+            moment = minutes[first.name][common[0]].isoformat(timespec="minutes")
+            warnings.append(
+                f"schedule: jobs {first.name} ({first.when}) and {second.name} "
+                f"({second.when}) share the lock of their target and fire together (next at "
+                f"{moment}): one waits up to scheduler.lock_wait "
+                f"({format_duration(settings.scheduler.lock_wait)}), then is skipped; move "
+                "one of them")
+    return warnings

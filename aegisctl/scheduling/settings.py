@@ -53,7 +53,7 @@ class SystemdSettings:
     # Secrets (AEGIS_DB_PASSWORD, AWS_*, OPENAI_API_KEY) as VAR=value lines, root-owned 0600.
     environment_file: str = "/etc/aegisctl/aegisctl.env"
     unit_dir: str = "/etc/systemd/system"  # where `systemd install` writes
-    # Extra folders the jobs may write (the backup directory and state_dir are always added).
+    # Extra folders the jobs may write (each unit already gets the ones its command writes).
     read_write_paths: list[str] = field(default_factory=list)
     nice: int = 10
     log_format: Literal["text", "json"] = "text"
@@ -70,4 +70,7 @@ class SchedulerSettings:
     kill_timeout: Duration = 10.0
     # Rows of aegis_job_runs older than this are deleted after each run of the same job.
     history_keep: Duration = 180 * 86400.0
+    # A job whose command needs the target's lock (backups, cleanup, maintenance...) waits this
+    # long for another one holding it; still busy, the run is recorded 'skipped' (not failed).
+    lock_wait: Duration = 1800.0
     systemd: SystemdSettings = field(default_factory=SystemdSettings)

@@ -2,10 +2,11 @@
 `aegisctl jobs run JOB --trigger timer`, and a timer with its calendar.
 
 Hardening: a dedicated user, secrets from an EnvironmentFile (read by systemd as root, so it can
-stay root-only), NoNewPrivileges, ProtectSystem=strict with ReadWritePaths= for the backup and
-state folders only, PrivateTmp, no capabilities. KillMode=mixed: on stop, SIGTERM goes to the
-runner alone, which interrupts the command (SIGINT to its process group), records the run as
-interrupted and exits; whatever is left is killed after TimeoutStopSec.
+stay root-only), NoNewPrivileges, ProtectSystem=strict with ReadWritePaths= for exactly the
+folders the job's command writes (job_writes), PrivateTmp, no capabilities. KillMode=mixed: on
+stop, SIGTERM goes to the runner alone, which interrupts the command (SIGINT to its process
+group), records the run as interrupted and exits; whatever is left is killed after
+TimeoutStopSec.
 """
 
 from __future__ import annotations
@@ -107,25 +108,76 @@ def config_path(settings: Settings, loaded_path: Path | None) -> str:
     return _plain_path(str(loaded_path.resolve()), "config_path")
 
 
-def read_write_paths(settings: Settings, jobs: list[Job]) -> list[str]:
-    state = settings.scheduler.state_dir or DEFAULT_STATE_DIR
-    paths = [state]
-    if any(j.argv[0] == "backup" for j in jobs):
-        if not settings.backup.directory:
-            raise ConfigError("set backup.directory: the units run as a dedicated user and "
-                              "must be told which folder to make writable for backups")
-        paths.append(settings.backup.directory)
+def _required(value: str | None, key: str, what: str) -> str:
+    if not value:
+        raise ConfigError(f"set {key}: the units run as a dedicated user and must be told "
+                          f"which folder to make writable for {what}")
+    return value
+
+
+def _is_physical(argv: list[str]) -> bool:
+    return (len(argv) > 1 and argv[1] in ("physical", "wal", "drill")) \
+        or "--physical" in argv or "--incremental" in argv
+
+
+def job_writes(settings: Settings, job: Job) -> list[str]:
+    """The folders a job's command writes, so its unit can make exactly those writable: the
+    state folder (job history and the target's lock) always; the backup folder (and audit log)
+    for logical backups; Barman's home for physical ones; the archive folder for cleanup; the
+    embedded server's folder when the job runs against it; scheduler.systemd.read_write_paths."""
+    argv = job.argv
+    paths = [settings.scheduler.state_dir or DEFAULT_STATE_DIR]
+    if argv[0] == "backup" and _is_physical(argv):
+        paths.append(_required(settings.backup.physical.directory,
+                               "backup.physical.directory", "physical backups"))
+    elif argv[0] == "backup":
+        paths.append(_required(settings.backup.directory, "backup.directory", "backups"))
         if settings.backup.audit_log:
             paths.append(str(Path(settings.backup.audit_log).parent))
-    paths += settings.scheduler.systemd.read_write_paths
+    if argv[0] == "cleanup":
+        archives = any(policy.archive for policy in settings.cleanup.policies.values())
+        if archives or settings.cleanup.archive_dir:
+            paths.append(settings.cleanup.archive_dir or _required(
+                settings.backup.directory, "cleanup.archive_dir (or backup.directory)",
+                "cleanup's archives"))
+    if _runs_embedded(settings, job):
+        from aegisctl.paths import data_dir
+
+        # The data directory's parent holds the server's start lock, sockets and runtime.
+        paths.append(str(data_dir(settings.embedded.data_dir).absolute().parent))
+    return paths + list(settings.scheduler.systemd.read_write_paths)
+
+
+def _runs_embedded(settings: Settings, job: Job) -> bool:
+    name = job.settings.target or settings.default_target
+    if name is not None:
+        return name == "embedded" and "embedded" not in settings.targets
+    return not settings.targets
+
+
+def read_write_paths(settings: Settings, jobs: list[Job]) -> list[str]:
+    """Every folder any of `jobs` writes (what `systemd install` creates), each once."""
     unique: list[str] = []
-    for path in paths:
-        if not path.startswith("/") or re.search(r"[\s\"'%$\\;]", path) or _UNSAFE.search(path):
-            raise ConfigError(f"the units need plain absolute paths (no spaces, quotes, % or $), "
-                              f"got {path!r}")
-        if path not in unique:
-            unique.append(path)
+    for job in jobs:
+        for path in job_writes(settings, job):
+            if not path.startswith("/") or re.search(r"[\s\"'%$\\;]", path) \
+                    or _UNSAFE.search(path):
+                raise ConfigError(f"the units need plain absolute paths (no spaces, quotes, % "
+                                  f"or $), got {path!r}")
+            if path not in unique:
+                unique.append(path)
     return unique
+
+
+def unit_environment(settings: Settings) -> list[str]:
+    """The Environment= lines every unit gets: the state folder, and the embedded server's
+    data directory in use (--data-dir, AEGISCTL_DATA_DIR or embedded.data_dir)."""
+    lines = [f"Environment=AEGISCTL_STATE_DIR={settings.scheduler.state_dir or DEFAULT_STATE_DIR}"]
+    if settings.embedded.data_dir:
+        lines.append("Environment=AEGISCTL_DATA_DIR="
+                     + _plain_path(str(Path(settings.embedded.data_dir).expanduser().absolute()),
+                                   "embedded.data_dir"))
+    return lines
 
 
 def render_units(settings: Settings, loaded_path: Path | None = None) -> list[UnitFile]:
@@ -134,14 +186,15 @@ def render_units(settings: Settings, loaded_path: Path | None = None) -> list[Un
         raise ConfigError("the schedule is empty: add jobs under schedule: in the config")
     sd = settings.scheduler.systemd
     exe, config = executable_path(settings), config_path(settings, loaded_path)
-    rw = read_write_paths(settings, jobs)
-    protect_home = "read-only" if any(p.startswith(("/home", "/root", "/run/user"))
-                                      for p in rw) else "yes"
-    state = settings.scheduler.state_dir or DEFAULT_STATE_DIR
+    read_write_paths(settings, jobs)  # every path checked once, before any unit is rendered
+    environment = unit_environment(settings)
     header = (f"# Rendered by `aegisctl systemd render` from the schedule in {config}.\n"
               "# Edit the schedule there and render again; do not edit this file.\n")
     units: list[UnitFile] = []
     for job in sorted(jobs, key=lambda j: j.name):
+        rw = read_write_paths(settings, [job])
+        protect_home = "read-only" if any(p.startswith(("/home", "/root", "/run/user"))
+                                          for p in rw) else "yes"
         interval = job.calendar.interval()
         what = _text(job.settings.description or job.settings.command)
         success = [c for c in job.settings.success_exit_codes if c != 0]
@@ -154,7 +207,7 @@ def render_units(settings: Settings, loaded_path: Path | None = None) -> list[Un
             "[Service]", "Type=oneshot",
             f"User={sd.user}", f"Group={sd.group}",
             f"EnvironmentFile=-{sd.environment_file}",
-            f"Environment=AEGISCTL_STATE_DIR={state}",
+            *environment,
             f"ExecStart={exe} --config {config} --log-format {sd.log_format} "
             f"jobs run {job.name} --trigger timer",
         ]
@@ -246,12 +299,13 @@ def install_commands(settings: Settings, result: UnitsResult) -> list[str]:
     ]
     for path in read_write_paths(settings, jobs):
         commands.append(f"install -d -o {sd.user} -g {sd.group} -m 0700 {path}")
-    commands.append(f"install -m 0600 -o root -g root /dev/null {sd.environment_file}  "
-                    "# if missing; then put AEGIS_DB_PASSWORD=... etc. in it")
+    # Every line is safe to paste twice: an existing secrets file is never emptied.
+    commands.append(f"test -e {sd.environment_file} || install -D -m 0600 -o root -g root "
+                    f"/dev/null {sd.environment_file}  # then put AEGIS_DB_PASSWORD=... in it")
     for name in result.stale:
         if name.endswith(".timer"):
             commands.append(f"systemctl disable --now {name}")
-    commands += [f"rm {Path(result.directory or '.') / n}" for n in result.stale]
+    commands += [f"rm -f {Path(result.directory or '.') / n}" for n in result.stale]
     timers = [u.name for u in result.units if u.name.endswith(".timer")]
     commands += ["systemctl daemon-reload", "systemctl enable --now " + " ".join(timers),
                  "systemctl list-timers 'aegisctl-*'"]

@@ -194,6 +194,9 @@ def verify_schema(conn: psycopg.Connection[Any], extensions: list[str],
             owner = key.split(".", 1)[0] if kind != "index" else _index_table(definition)
             if owner in tables:
                 report.differences.append(Difference(kind, key, "unexpected", actual=definition))
+    from aegisctl.schema.verify_partitions import drop_partitioning_differences
+
+    report.differences = drop_partitioning_differences(conn, schema, report.differences)
     return report
 
 

@@ -59,7 +59,7 @@ ORDER BY 1, 2, 3, 4;
 -- name: invalid
 SELECT n.nspname AS schema, i.indrelid::regclass::text AS "table", c.relname AS index,
        pg_relation_size(i.indexrelid) AS size_bytes, i.indisvalid AS valid, i.indisready AS ready,
-       pg_get_indexdef(i.indexrelid) AS definition
+       pg_get_indexdef(i.indexrelid) AS definition, i.indexrelid::bigint AS oid
 FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -267,7 +267,7 @@ def _server_summaries(loaded: LoadedConfig, target: Target) -> _Summaries:
 
     from aegisctl.db import connect
 
-    with connect(loaded, target, "backup create --physical") as conn:
+    with connect(loaded, target, "backup create --physical", needs="direct") as conn:
         row = conn.execute(
             "SELECT current_setting('summarize_wal')::bool, "
             "(SELECT setting::float * 60 FROM pg_settings WHERE name = 'wal_summary_keep_time')"
@@ -328,7 +328,7 @@ def _days(seconds: float) -> str:
 def _require_streaming(loaded: LoadedConfig, target: Target, engine: Engine) -> None:
     from aegisctl.db import connect
 
-    with connect(loaded, target, "backup create --physical") as conn:
+    with connect(loaded, target, "backup create --physical", needs="direct") as conn:
         row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
                            (engine.slot_name,)).fetchone()
     if row is None:

@@ -19,16 +19,15 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aegisctl.children import die_with_parent
 from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
-from aegisctl.paths import barman_home, is_root
+from aegisctl.paths import is_root
 
 if TYPE_CHECKING:
     from aegisctl.config import LoadedConfig, Settings
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 # Barman's own runtime dependencies besides psycopg2 (see its setup metadata).
 _ENGINE_DEPS = ["psycopg2-binary>=2.9", "python-dateutil>=2.8", "argcomplete>=3"]
@@ -53,6 +51,11 @@ class Engine:
     version: str
     slot_name: str
     bin_dir: Path  # PostgreSQL client binaries (pg_basebackup, pg_receivewal, ...)
+    system_id: str | None = None  # the database system whose backups these are
+    legacy: bool = False  # a home and server name an earlier release set up (used in place)
+    # The target's backup folder when the home is the default inside it: as root, Barman's
+    # user must be able to enter the folders from there down to the home.
+    enter_from: Path | None = None
 
     @property
     def config_file(self) -> Path:
@@ -134,7 +137,21 @@ class Engine:
         for created in missing:
             if created == self.home or self.home in created.parents:
                 self.chown(created)
+        self._let_enter()
         return path
+
+    def _let_enter(self) -> None:
+        """As root, the default home sits in the target's backup folder (0700, root's): let
+        Barman's and the restored servers' user enter (o+x: pass through, not list; the
+        backups there are 0600) the folders from the backup root down to the home."""
+        if self.enter_from is None or (self.ids() is None and self.server_ids() is None):
+            return
+        root = self.enter_from
+        folders = [p for p in reversed(self.home.parents) if p == root or root in p.parents]
+        for folder in folders:
+            info = folder.stat()
+            if info.st_uid == os.geteuid() and not info.st_mode & 0o001:
+                folder.chmod((info.st_mode & 0o7777) | 0o001)
 
     # -- running Barman -------------------------------------------------------------------
 
@@ -163,6 +180,7 @@ class Engine:
                 env=self.env(), cwd=self.home,
                 user=ids[0] if ids else None, group=ids[1] if ids else None,
                 extra_groups=[] if ids else None, timeout=timeout,
+                preexec_fn=die_with_parent(),
             )
         except subprocess.TimeoutExpired:
             raise OperationFailed(f"cannot {what}: Barman did not finish in {timeout:.0f} s") \
@@ -203,42 +221,35 @@ class Engine:
                 stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 user=ids[0] if ids else None, group=ids[1] if ids else None,
                 extra_groups=[] if ids else None, start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),  # no orphaned streamer holds the slot
             )
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function: SIGTERM when aegisctl dies, even by SIGKILL, so no orphaned
-    streamer holds the slot. It runs in the child after the user switch (which would clear
-    the setting), where nothing can be imported any more: libc is resolved here."""
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-
 def last_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln.strip() for ln in ((done.stderr or "") + "\n" + (done.stdout or "")).splitlines()
-             if ln.strip()]
+    """The line that says why: the last error line, a heading such as `pg_basebackup error:`
+    joined to the line that follows it (never shown alone, with nothing after it)."""
+    from aegisctl.children import exit_cause
+
+    lines: list[str] = []
+    for line in ((done.stderr or "") + "\n" + (done.stdout or "")).splitlines():
+        if not line.strip():
+            continue
+        if lines and lines[-1].endswith(":"):
+            lines[-1] = f"{lines[-1]} {line.strip()}"
+        else:
+            lines.append(line.strip())
+    lines = [ln for ln in lines if not ln.endswith(":")]  # a heading nothing followed
     errors = [ln for ln in lines if "ERROR" in ln or "FATAL" in ln or "error" in ln]
-    return (errors or lines or [f"exit {done.returncode}"])[-1][:500]
+    if done.returncode < 0:
+        return exit_cause(done.returncode)
+    return (errors or lines or [exit_cause(done.returncode)])[-1][:500]
 
 
-def server_name(target: Target) -> str:
-    name = target.name.lower()
-    if not _SERVER_NAME.match(name) or name in ("barman", "all"):
-        raise ConfigError(
-            f"target name '{target.name}' cannot name a Barman server",
-            hint="use lower-case letters, digits, - and _ (not 'all' or 'barman')",
-        )
-    return name
-
-
-def engine_for(loaded: LoadedConfig, target: Target) -> Engine:
+def engine_for(loaded: LoadedConfig, target: Target, *,
+               system_id: str | None = None) -> Engine:
+    """The Barman home and server of this target's database system (see identity.py): raises
+    ConfigError in one line when the home holds another database system's backups."""
+    from aegisctl.backup.physical.identity import own_home, place
     from aegisctl.local import server_for
 
     settings = loaded.settings
@@ -248,13 +259,19 @@ def engine_for(loaded: LoadedConfig, target: Target) -> Engine:
             f"backup.physical.slot_name '{physical.slot_name}' is not a valid slot name",
             hint="lower-case letters, digits and _ (at most 63)",
         )
-    home = barman_home(settings)
+    placement = place(loaded, target, system_id=system_id)
+    default_home, configured = own_home(loaded, target)
     run_as = (physical.run_as or settings.embedded.run_as) if is_root() else None
     server = server_for(settings.embedded.data_dir, settings.embedded.database,
                         settings.embedded.run_as)
-    return Engine(home=home, server=server_name(target), run_as=run_as,
+    enter_from = None
+    if not configured and placement.home == default_home:
+        enter_from = default_home.parent.parent  # the backup root
+    return Engine(home=placement.home, server=placement.server, run_as=run_as,
                   barman_path=physical.barman_path, version=physical.barman_version,
-                  slot_name=physical.slot_name, bin_dir=server._runtime_dir())
+                  slot_name=physical.slot_name, bin_dir=server._runtime_dir(),
+                  system_id=placement.system_id, legacy=placement.legacy,
+                  enter_from=enter_from)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +364,7 @@ def conninfo_for(settings: Settings, target: Target, engine: Engine) -> str:
                             settings.embedded.run_as).ensure_running()
         return make_conninfo(host=status.socket_dir or "", port=str(status.port or 5432),
                              user=SUPERUSER, dbname=settings.embedded.database)
-    params = {k: str(v) for k, v in conninfo_to_dict(target.dsn).items()}
+    params = {k: str(v) for k, v in conninfo_to_dict(target.direct_dsn or target.dsn).items()}
     password = params.pop("password", None) or target.password
     if password:
         passfile = engine.home / "pgpass"

@@ -389,7 +389,7 @@ def run_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | None = N
     physical = loaded.settings.backup.physical
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
-    with connect(loaded, target, "backup drill") as conn:
+    with connect(loaded, target, "backup drill", needs="direct") as conn:
         database, superuser = conn.execute(
             "SELECT current_database(), (SELECT rolname FROM pg_roles WHERE oid = 10)"
         ).fetchone()  # type: ignore[misc]

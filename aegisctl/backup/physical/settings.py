@@ -16,7 +16,7 @@ Size = Annotated[int, "size"]
 @dataclass
 class PhysicalSettings:
     # Barman's home, configuration, logs and the private environment aegisctl installs it in.
-    # None -> /var/lib/aegisctl/barman as root, else $XDG_DATA_HOME/aegisctl/barman.
+    # None -> <backup.directory>/<target>/barman (see physical/identity.py).
     directory: str | None = None
     # An existing `barman` executable to use instead of the private one aegisctl installs.
     barman_path: str | None = None

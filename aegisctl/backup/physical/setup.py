@@ -65,6 +65,8 @@ class PhysicalStatus:
     # first: Barman's check only points at its log for some of them).
     problems: list[str] = field(default_factory=list)
     embedded: bool = True
+    system_id: str | None = None  # the database system whose backups these are
+    legacy: bool = False  # the home and server name of an earlier release, used in place
 
     def restart_advice(self) -> str:
         if self.embedded:
@@ -99,6 +101,7 @@ class PhysicalStatus:
     def to_json(self) -> dict[str, Any]:
         return {
             "target": self.target, "server": self.server, "directory": self.directory,
+            "system_id": self.system_id, "legacy_home": self.legacy,
             "barman": self.barman, "configured": self.configured, "slot": self.slot,
             "slot_exists": self.slot_exists, "slot_active": self.slot_active,
             "slot_retained_bytes": self.slot_retained_bytes,
@@ -115,7 +118,9 @@ class PhysicalStatus:
 
         blocks: list[Block] = [Fields([
             ("target", f"{self.target} (Barman server '{self.server}')"),
-            ("directory", self.directory),
+            ("directory", self.directory + (" (set up by an earlier release, used in place)"
+                                             if self.legacy else "")),
+            ("database system", self.system_id or "unknown"),
             ("barman", self.barman or "not installed"),
             ("configured", self.configured),
             ("slot", f"{self.slot}: " + ("absent" if not self.slot_exists else
@@ -244,7 +249,8 @@ def _status(loaded: LoadedConfig, target: Target, engine: Engine,
     result = PhysicalStatus(
         target=target.name, server=engine.server, directory=str(engine.home),
         barman=None, configured=engine.server_config.exists(), slot=engine.slot_name,
-        slot_exists=False, embedded=target.embedded)
+        slot_exists=False, embedded=target.embedded, system_id=engine.system_id,
+        legacy=engine.legacy)
     if engine.installed():
         result.barman = f"{barman_version(engine)} ({engine.executable()})"
     if conn is not None:
@@ -280,7 +286,7 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
     if restart and not target.embedded:
         raise UsageError(f"--restart only restarts the embedded server: restart "
                          f"'{target.name}' with its service manager when enable says so")
-    with connect(loaded, target, "backup physical enable", "ddl") as conn:
+    with connect(loaded, target, "backup physical enable", "ddl", needs="direct") as conn:
         changes = check_settings(conn, loaded)
         for change in changes:
             if change.current == change.wanted:
@@ -291,7 +297,7 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
             conn.execute("SELECT pg_reload_conf()")
     if changes and restart:
         _restart_embedded(loaded)
-    with connect(loaded, target, "backup physical enable", "ddl") as conn:
+    with connect(loaded, target, "backup physical enable", "ddl", needs="direct") as conn:
         still = check_settings(conn, loaded)
         remaining = {c.name for c in still}
         for change in changes:
@@ -381,7 +387,7 @@ def plan_disable(loaded: LoadedConfig, target: Target) -> DisablePlan:
     from aegisctl.db import connect
 
     engine = engine_for(loaded, target)
-    with connect(loaded, target, "backup physical disable") as conn:
+    with connect(loaded, target, "backup physical disable", needs="direct") as conn:
         exists = slot_state(conn, engine.slot_name)[0]
     return DisablePlan(target.name, engine.server, engine.slot_name, exists,
                        str(engine.server_config), engine.server_config.exists())
@@ -392,7 +398,7 @@ def disable_physical(loaded: LoadedConfig, target: Target, plan: DisablePlan) ->
 
     engine = engine_for(loaded, target)
     if plan.slot_exists:
-        with connect(loaded, target, "backup physical disable") as conn:
+        with connect(loaded, target, "backup physical disable", needs="direct") as conn:
             row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
                                (engine.slot_name,)).fetchone()
             if row and row[0]:

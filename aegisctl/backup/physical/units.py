@@ -6,9 +6,11 @@ import shlex
 
 
 def wal_stream_unit(aegisctl: str, config_path: str | None, target: str | None = None,
-                    user: str | None = None) -> str:
+                    user: str | None = None, environment_file: str | None = None,
+                    environment: list[str] | None = None) -> str:
     """aegisctl-wal-stream[@target].service: restarted when it stops, stopped with SIGTERM
-    (aegisctl stops the receiver and archives what it has)."""
+    (aegisctl stops the receiver and archives what it has). Its secrets (a target's
+    password_env) come from the same EnvironmentFile as the jobs'."""
     argv = [aegisctl]
     if config_path:
         argv += ["--config", config_path]
@@ -32,5 +34,8 @@ def wal_stream_unit(aegisctl: str, config_path: str | None, target: str | None =
     ]
     if user:
         lines.append(f"User={user}")
+    if environment_file:
+        lines.append(f"EnvironmentFile=-{environment_file}")
+    lines += list(environment or [])
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)

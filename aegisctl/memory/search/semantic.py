@@ -164,6 +164,8 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
     from psycopg import sql
     from psycopg.rows import dict_row
 
+    from aegisctl.pooler import execute_with_settings, per_transaction
+
     if isinstance(vector, str):  # pgvector's text form, e.g. a stored embedding::text
         vector = query_vector(conn, [float(x) for x in vector.strip("[] ").split(",")])
     version = pgvector_version(conn)
@@ -202,18 +204,28 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
         if query_text is not None:
             params["text"] = query_text
         info_path = PathInfo(kind=kind, signal="semantic", path=path, estimated_rows=estimated)
-        if list(local) == ["hnsw.ef_search"] and conn.autocommit and not with_plan:
+        if list(local) == ["hnsw.ef_search"] and conn.autocommit and not with_plan \
+                and not per_transaction(conn):
             # Unfiltered: ef_search is the only setting, so it is set for the session (once
             # per connection and value) and the query runs alone — one round trip, like the
-            # bare ORDER BY ... LIMIT.
+            # bare ORDER BY ... LIMIT. Through a transaction pooler a session SET would
+            # land on a shared server connection: there it goes with the query below.
             state = session_state(conn)
             if state.get("ef_search") != ef_search:
                 conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search)))
                 state["ef_search"] = ef_search
             local = {}
-        if not local and not with_plan:
+        if local and not with_plan and conn.autocommit and per_transaction(conn):
+            # Through a transaction pooler: the search's settings join the connection's own
+            # in one set_config ahead of the query, in the query's implicit transaction (one
+            # round trip, two statements; no BEGIN/COMMIT).
+            with conn.cursor(row_factory=dict_row, binary=True) as cur:
+                rows = execute_with_settings(cur, local, query, params).fetchall()
+            local = {}
+        elif not local and not with_plan:
             with conn.cursor(row_factory=dict_row, binary=True) as cur:
                 rows = cur.execute(query, params).fetchall()
+        if not local and not with_plan:
             info_path.rows = len(rows)
             explain.paths.append(info_path)
             hits.extend(_semantic_hit(kind, r, query_text) for r in rows)

@@ -1,0 +1,1 @@
+"""High availability: Patroni clusters and multi-host targets (member choice, role guard)."""

@@ -1,0 +1,159 @@
+"""`aegisctl check`: pgvector's ANN indexes (HNSW, IVFFlat): invalid, unused, recall.
+
+The recall check queries each index itself. Its scans land in the same cumulative statistics
+the "unused" check reads, so a snapshot (`vector_scans`) keeps a tally of aegisctl's own scans
+per index and the "unused" check subtracts it: an index only the recall sample ever used is
+still unused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aegisctl.diagnostics.checks import (
+    CheckContext,
+    CheckResult,
+    CheckSkipped,
+    grade,
+    register_check,
+)
+from aegisctl.diagnostics.snapshots import load_snapshot, save_snapshot
+
+SNAPSHOT = "vector_scans"
+# An ANN index on a table this small is not expected to be used yet.
+UNUSED_MIN_ROWS = 1000
+
+
+def _vector_indexes(ctx: CheckContext) -> list[dict[str, Any]]:
+    if "vector_indexes" not in ctx.memo:
+        from aegisctl.diagnostics.vectors import vector_inventory
+
+        ctx.memo["vector_columns"], ctx.memo["vector_indexes"] = vector_inventory(
+            ctx.db, ctx.loaded.settings, counts=False)
+    indexes: list[dict[str, Any]] = ctx.memo["vector_indexes"]
+    return [i for i in indexes if i["method"] in ("hnsw", "ivfflat")]
+
+
+def _column(ctx: CheckContext, index: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in ctx.memo["vector_columns"]
+                 if (c["schema"], c["table"]) == (index["schema"], index["table"])), None)
+
+
+def _key(index: dict[str, Any]) -> str:
+    return f"{index['schema']}.{index['index']}"
+
+
+@register_check("vector_indexes_invalid", "HNSW/IVFFlat indexes that are invalid")
+def vector_indexes_invalid(ctx: CheckContext) -> CheckResult:
+    indexes = _vector_indexes(ctx)
+    if not indexes:
+        raise CheckSkipped("no HNSW or IVFFlat index")
+    bad = [i for i in indexes if not i["valid"]]
+    if not bad:
+        return grade("vector_indexes_invalid", 0, 0, None, minimum=0,
+                     message=f"{len(indexes)} vector index(es), all valid")
+    parts = []
+    for index in bad:
+        # A failed `maint vector-index` can leave the old or the half-built index behind
+        # while a valid twin serves the searches: say so, not "searches scan the table".
+        twins = [i["index"] for i in indexes if i["valid"] and i is not index and
+                 (i["schema"], i["table"], i["column"], i["opclass"]) ==
+                 (index["schema"], index["table"], index["column"], index["opclass"])]
+        if twins:
+            parts.append(f"{_key(index)} (left by an interrupted rebuild; {twins[0]} serves the "
+                         f"searches: DROP INDEX CONCURRENTLY {_key(index)})")
+        else:
+            parts.append(f"{_key(index)} (searches on {index['table']}.{index['column']} scan "
+                         "the table: aegisctl maint vector-index, or REINDEX INDEX CONCURRENTLY)")
+    return grade("vector_indexes_invalid", len(bad), 0, None, minimum=0,
+                 message="invalid: " + "; ".join(parts))
+
+
+def _own_tally(ctx: CheckContext) -> dict[str, dict[str, int]]:
+    """Per index: aegisctl's own index scans and table sequential scans so far, reset when
+    the counters went down (statistics reset) since they were last seen."""
+    if "vector_own" not in ctx.memo:
+        saved = load_snapshot(ctx, SNAPSHOT) or {}
+        tally: dict[str, dict[str, int]] = {}
+        for index in _vector_indexes(ctx):
+            column = _column(ctx, index) or {}
+            scans, seq = int(index["scans"] or 0), int(column.get("table_seq_scans") or 0)
+            entry = saved.get(_key(index))
+            if not isinstance(entry, dict) or scans < int(entry.get("seen_idx", 0)) \
+                    or seq < int(entry.get("seen_seq", 0)):
+                entry = {"own_idx": 0, "own_seq": 0}
+            tally[_key(index)] = {"own_idx": min(scans, int(entry.get("own_idx", 0))),
+                                  "own_seq": min(seq, int(entry.get("own_seq", 0))),
+                                  "seen_idx": scans, "seen_seq": seq}
+        ctx.memo["vector_own"] = tally
+    own: dict[str, dict[str, int]] = ctx.memo["vector_own"]
+    return own
+
+
+@register_check("vector_indexes_unused", "HNSW/IVFFlat indexes never scanned while their table "
+                "is scanned sequentially (aegisctl's own recall queries not counted)")
+def vector_indexes_unused(ctx: CheckContext) -> CheckResult:
+    indexes = _vector_indexes(ctx)
+    if not indexes:
+        raise CheckSkipped("no HNSW or IVFFlat index")
+    own = _own_tally(ctx)
+    unused = []
+    for index in indexes:
+        column = _column(ctx, index)
+        if column is None or not index["valid"] or (column["rows"] or 0) < UNUSED_MIN_ROWS:
+            continue
+        mine = own[_key(index)]
+        index_scans = int(index["scans"] or 0) - mine["own_idx"]
+        seq_scans = int(column["table_seq_scans"] or 0) - mine["own_seq"]
+        if index_scans == 0 and seq_scans > 0:
+            unused.append(_key(index))
+    message = "every vector index on a table of some size has been used" if not unused else \
+        f"never used while the table is scanned: {', '.join(unused)} (operator vs operator " \
+        "class? see `aegisctl diag vectors`)"
+    return grade("vector_indexes_unused", len(unused), 0, None, minimum=0, message=message)
+
+
+@register_check("vector_recall", "lowest recall@10 of the ANN indexes (sampled stored vectors)")
+def vector_recall(ctx: CheckContext) -> CheckResult:
+    from aegisctl.diagnostics.advice import vector_schema
+    from aegisctl.diagnostics.vectors import RECALL_K, measure_recall
+
+    t = ctx.settings.vector_recall
+    if t.sample == 0:
+        raise CheckSkipped("checks.vector_recall.sample is 0")
+    indexes = [i for i in _vector_indexes(ctx) if i["valid"]]
+    schema = vector_schema(ctx.db)
+    own = _own_tally(ctx)
+    measured = []
+    too_big = []
+    try:
+        for index in indexes:
+            column = _column(ctx, index)
+            if column is None or (column["rows"] or 0) <= RECALL_K:
+                continue
+            if column["rows"] > t.max_rows:
+                too_big.append(_key(index))
+                continue
+            assert schema is not None
+            found = measure_recall(ctx.db, schema, index, t.sample,
+                                   ctx.loaded.settings.search.ef_search)
+            mine = own[_key(index)]
+            for kind in ("idx", "seq"):
+                added = int(found.get(f"own_{'index' if kind == 'idx' else 'seq'}_scans", 0))
+                mine[f"own_{kind}"] += added
+                mine[f"seen_{kind}"] += added
+            if found.get("recall") is not None:
+                measured.append((found["recall"], _key(index)))
+    finally:
+        save_snapshot(ctx, SNAPSHOT, own)
+    unmeasured = f"; not measured (over checks.vector_recall.max_rows = {t.max_rows} rows): " \
+        f"{', '.join(too_big)}" if too_big else ""
+    if not measured:
+        raise CheckSkipped(f"no valid ANN index on a table with {RECALL_K + 1} to {t.max_rows} "
+                           f"rows{unmeasured}")
+    recall, name = min(measured)
+    return grade("vector_recall", recall, t.warning, t.critical, lower_is_worse=True,
+                 minimum=0, maximum=1,
+                 message=f"lowest recall@{RECALL_K}: {recall:.2f} on {name} ({len(measured)} "
+                         f"index(es), {t.sample} queries each, ef_search "
+                         f"{ctx.loaded.settings.search.ef_search}){unmeasured}")
