@@ -202,8 +202,14 @@ def require_session(loaded: LoadedConfig, target: Target, command: str,
     from aegisctl import pooler
 
     if target.pooler == "auto" and pooler.found(_pooler_key(target.dsn, target)) is None:
-        with connect(loaded, target, command):
-            pass
+        try:
+            with connect(loaded, target, command):
+                pass
+        except ConnectionFailed:
+            # Nothing is known about the dsn yet: let the command fail (or succeed) on its own
+            # terms, so its own earlier checks (a backup folder it cannot write) still speak
+            # first; its connection goes through `connect`, which refuses a pooler as well.
+            return
     _refuse_pooled(target, command, needs)
 
 

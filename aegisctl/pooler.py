@@ -120,6 +120,25 @@ class PerTransactionCursor(psycopg.Cursor[Any]):
                 yield copy
 
 
+def execute_with_settings(cur: psycopg.Cursor[Any], settings: dict[str, str], query: Any,
+                          params: Any = None) -> psycopg.Cursor[Any]:
+    """On a per-transaction connection, `query` with `settings` (SET LOCAL) on top of the
+    connection's own, all in one set_config pipelined ahead of it: no extra round trip and no
+    extra statement. Elsewhere, the settings in a transaction of their own with the query."""
+    conn = cur.connection
+    if not isinstance(conn, AegisConnection) or conn.aegis_settings is None \
+            or conn.info.transaction_status != TransactionStatus.IDLE:
+        with conn.transaction():
+            psycopg.Cursor(conn).execute(local_settings_statement(conn, settings))
+            psycopg.Cursor.execute(cur, query, params)
+        return cur
+    combined = local_settings_statement(conn, {**conn.aegis_settings, **settings})
+    with conn.pipeline():
+        psycopg.Cursor(conn).execute(combined)
+        psycopg.Cursor.execute(cur, query, params)  # past the cursor's own settings
+    return cur
+
+
 class PerTransactionServerCursor(psycopg.ServerCursor[Any]):
     def execute(self, query: Any, params: Any = None, **kwargs: Any
                 ) -> PerTransactionServerCursor:
@@ -211,8 +230,13 @@ def _detect(conn: AegisConnection, settings: dict[str, str],
     token = secrets.token_hex(8)
     probe = "aegisctl.pooler_probe"
     conn.execute("SELECT set_config(%s, %s, false)", (probe, token))
-    with open_second() as other:
-        seen = other.execute("SELECT current_setting(%s, true)", (probe,)).fetchone()
+    try:
+        with open_second() as other:
+            seen = other.execute("SELECT current_setting(%s, true)", (probe,)).fetchone()
+    except psycopg.OperationalError as exc:  # e.g. the pooler's max_client_conn reached
+        log.info("pooler detection: no second connection (%s); assuming transaction pooling",
+                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return "transaction"  # the safe assumption: nothing relies on the session
     if seen is not None and seen[0] == token:
         return "transaction"
     mine = conn.execute("SELECT current_setting(%s, true)", (probe,)).fetchone()

@@ -45,6 +45,7 @@ def test_conversion_keeps_rows_indexes_grants_sequence_and_comment(cli, aegis_db
     widen_pk(aegis_db)
     aegis_db.execute("CREATE ROLE usage_reader_t1")
     aegis_db.execute("GRANT SELECT, INSERT ON api_usage_events TO usage_reader_t1")
+    aegis_db.execute("GRANT UPDATE (tokens_used) ON api_usage_events TO usage_reader_t1")
     aegis_db.execute("COMMENT ON TABLE api_usage_events IS 'billing history'")
     cfg = partition_config(tmp_path / "aegisctl.yaml", dsn_of(aegis_db))
     try:
@@ -83,6 +84,9 @@ def test_conversion_keeps_rows_indexes_grants_sequence_and_comment(cli, aegis_db
         assert fks == [("FOREIGN KEY (api_key_id) REFERENCES api_keys(id) ON DELETE SET NULL",)]
         assert aegis_db.execute("SELECT has_table_privilege('usage_reader_t1',"
                                 " 'api_usage_events', 'INSERT')").fetchone() == (True,)
+        assert aegis_db.execute("SELECT has_column_privilege('usage_reader_t1',"
+                                " 'api_usage_events', 'tokens_used', 'UPDATE')").fetchone() == \
+            (True,)
         assert aegis_db.execute("SELECT obj_description('api_usage_events'::regclass,"
                                 " 'pg_class')").fetchone() == ("billing history",)
         owner = aegis_db.execute("SELECT pg_get_serial_sequence('api_usage_events', 'id')"

@@ -188,3 +188,30 @@ def test_partitions_config_is_validated(cli, write_config, entry, message) -> No
     result = cli("--config", str(cfg), "config", "show")
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize("column_type", ["date", "timestamp"])
+def test_date_and_timestamp_columns_get_utc_month_bounds(cli, aegis_db, tmp_path,
+                                                         column_type) -> None:
+    aegis_db.autocommit = True
+    aegis_db.execute(f"CREATE TABLE daily (id bigserial, day {column_type} NOT NULL,"
+                     " PRIMARY KEY (id, day))")
+    aegis_db.execute("INSERT INTO daily (day) SELECT (now() - i * interval '1 day')::"
+                     f"{column_type} FROM generate_series(0, 90) i")
+    result = convert_table(aegis_db, "daily", "day", premake=2, default_partition=False)
+    assert result.status == "converted" and result.default_partition is None
+    bounds = partition_bounds(aegis_db, "daily")
+    upper = result.legacy_upper
+    assert upper is not None
+    literal = f"{upper:%Y-%m-%d}" if column_type == "date" else f"{upper:%Y-%m-%d} 00:00:00"
+    assert bounds["daily_legacy"] == f"FOR VALUES FROM (MINVALUE) TO ('{literal}')"
+    cfg = partition_config(tmp_path / "aegisctl.yaml", dsn_of(aegis_db), partitions={
+        "daily": {"column": "day", "premake": 5, "default_partition": False}})
+    run = cli("--config", str(cfg), "maint", "partitions", "--table", "daily", "--format",
+              "json")
+    assert run.exit_code == 0, run.output
+    (daily,) = json.loads(run.stdout)["tables"]
+    assert daily["future_partitions"] >= 5 and daily["gaps"] == []
+    aegis_db.execute(f"INSERT INTO daily (day) VALUES ((now() + interval '100 days')::"
+                     f"{column_type})")
+    assert aegis_db.execute("SELECT count(*) FROM daily").fetchone() == (92,)

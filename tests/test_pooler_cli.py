@@ -58,7 +58,8 @@ POOLED = [
     ("diag activity",), ("diag locks",), ("diag size",), ("diag cache",), ("diag indexes",),
     ("diag slow",), ("diag vacuum",), ("diag replication",), ("diag vectors",),
     ("diag explain-search",), ("diag settings",), ("maint status",),
-    ("jobs history",), ("backup list",),
+    ("jobs history",), ("backup list",), ("roles apply", "--dry-run"),
+    ("check", "--only", "connections,wraparound,long_transactions"),
 ]
 
 

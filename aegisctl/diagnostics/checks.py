@@ -54,6 +54,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.physical_checks",
     "aegisctl.diagnostics.partition_checks",
     "aegisctl.diagnostics.pooler_checks",
+    "aegisctl.diagnostics.retention_checks",
 ]
 
 

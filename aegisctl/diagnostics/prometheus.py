@@ -47,6 +47,7 @@ METRICS = {
     "backup_pending_uploads": "aegisctl_backup_pending_uploads",
     "backup_remote_copies": "aegisctl_backup_remote_copies_bad",
     "backup_remote_verify_age": "aegisctl_backup_remote_verify_age_seconds",
+    "retention_backlog": "aegisctl_retention_backlog_seconds",
     "pooler_clients_waiting": "aegisctl_pgbouncer_clients_waiting",
     "pooler_max_wait": "aegisctl_pgbouncer_max_wait_seconds",
     "pooler_server_connections": "aegisctl_pgbouncer_server_connections_used_ratio",

@@ -66,20 +66,30 @@ def replication_lag(ctx: CheckContext) -> CheckResult:
 
 def _standby_lag(ctx: CheckContext) -> CheckResult:
     t = ctx.settings.replication_lag_seconds
-    streaming, lag, paused = ctx.one("""
+    # With WAL waiting to be replayed and no transaction replayed since the standby started,
+    # pg_last_xact_replay_timestamp() is NULL: replay has then been stuck at most since the
+    # start, which is the lag reported (never 0: that hid a paused standby).
+    streaming, lag, paused, pending = ctx.one("""
         SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),
                CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-                    ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END::float8,
-               pg_is_wal_replay_paused()""")
+                    ELSE extract(epoch FROM now() - coalesce(pg_last_xact_replay_timestamp(),
+                                                             pg_postmaster_start_time())) END::float8,
+               pg_is_wal_replay_paused(),
+               coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint""")
     if not streaming:
         return CheckResult("replication_lag", Status.CRITICAL,
                            round(lag, 1) if lag is not None else None, t.warning, t.critical,
                            "s", "standby is not streaming from its primary (no WAL receiver)")
     message = f"replay is {format_seconds(round(lag or 0, 1))} behind the primary"
+    if pending:
+        message += f" ({format_bytes(pending)} received, not yet replayed)"
+    result = grade("replication_lag", round(lag or 0, 1), t.warning, t.critical, unit="s",
+                   minimum=0, message=message)
     if paused:
-        message += " (replay is paused: SELECT pg_wal_replay_resume())"
-    return grade("replication_lag", round(lag or 0, 1), t.warning, t.critical, unit="s",
-                 minimum=0, message=message)
+        result.message += "; replay is paused: SELECT pg_wal_replay_resume()"
+        if pending and result.status is Status.OK:
+            result.status = Status.WARNING  # WAL is waiting behind a pause: not "OK"
+    return result
 
 
 @register_check("replica_count", "streaming standbys of a primary against the target's "

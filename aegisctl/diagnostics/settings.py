@@ -123,6 +123,10 @@ class ChecksSettings:
     disk_used_pct: Threshold = field(default_factory=lambda: Threshold(80, 90))
     # Tables of at least min_size never vacuumed or never analyzed.
     unmaintained_tables: MinSize = field(default_factory=MinSize)
+    # How far past its policy's max_age the oldest expired row is (rows cleanup skipped because
+    # another session held them locked, or a policy that stopped running).
+    retention_backlog: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(2 * 86400, 7 * 86400))
     # Age of the newest verified-good backup / of the newest good restore test.
     backup_age: DurationThreshold = field(
         default_factory=lambda: DurationThreshold(36 * 3600, 72 * 3600))

@@ -13,7 +13,10 @@ A row the application updates meanwhile is re-checked by PostgreSQL against the 
 exemption conditions (or skipped, when chosen by ctid). A policy with keep_referenced_by locks
 its rows FOR UPDATE SKIP LOCKED before deleting them: a row a new foreign key is being pointed
 at is then left for the next run instead of slipping past the NOT EXISTS check (that costs a
-second write per row, so other policies do without).
+second write per row, so other policies do without). Other policies switch to the same SKIP
+LOCKED form for the rest of the table as soon as one batch runs out of lock_timeout: a row
+another session holds (SELECT ... FOR UPDATE in an idle transaction) is skipped, counted and
+left for a later run instead of stopping the policy at that row forever.
 
 Batches without an archive commit with synchronous_commit off: a crash can undo the last few
 batches, which the next run simply deletes again; with an archive every commit is durable, so
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRYABLE = {"55P03", "57014", "40P01", "40001"}  # lock / statement timeout, deadlock, serial.
+LOCK_NOT_AVAILABLE = "55P03"
 MAX_RETRIES = 6
 # Below this expired share of a table, batches walk the age index; above it, heap page ranges.
 INDEX_SHARE = 0.1
@@ -66,6 +70,10 @@ class BatchStats:
     max_lag_seconds: float = 0.0
     interrupted: bool = False
     batch_seconds: list[float] = field(default_factory=list)
+    # Expired rows left behind because another session held them locked (SKIP LOCKED), and
+    # who held locks on the table when that was noticed.
+    skipped_locked: int = 0
+    lock_holders: str = ""
 
 
 @dataclass
@@ -215,7 +223,7 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
     from psycopg import sql
 
     use_index = choose_index(conn, policy, relation, cutoff)
-    lock = sql.SQL(" FOR UPDATE SKIP LOCKED") if policy.referenced_by else sql.SQL("")
+    skip_locked = bool(policy.referenced_by)
     where, params = policy.condition("t", cutoff)
     col = sql.Identifier("t", policy.column)
     returning = _returning(archive, policy.column)
@@ -236,6 +244,7 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
     try:
         while not pacer.should_stop():
             n = pacer.size
+            lock = sql.SQL(" FOR UPDATE SKIP LOCKED") if skip_locked else sql.SQL("")
             if use_index:
                 bound = sql.SQL(" AND {} >= %(position)s").format(col) if position is not None \
                     else sql.SQL("")
@@ -254,7 +263,7 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
                 pages = max(1, min(int(n / max(density, 0.05)), int(20 * n / rows_per_page) + 1))
                 in_range = sql.SQL("t.ctid >= %(lo)s::tid AND t.ctid < %(hi)s::tid AND {where}"
                                    ).format(where=where)
-                if policy.referenced_by:
+                if skip_locked:
                     statement = sql.SQL(
                         "DELETE FROM ONLY {rel} AS t WHERE t.ctid = ANY(ARRAY(SELECT t.ctid FROM"
                         " ONLY {rel} AS t WHERE {in_range}{lock})) {returning}").format(
@@ -279,6 +288,13 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
                     archive.rollback(mark, archived)  # the commit failed: forget the batch
                 if not isinstance(exc, Exception):
                     raise
+                if getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE and not skip_locked:
+                    # A row lock held by another session: from now on skip locked rows.
+                    skip_locked = True
+                    stats.retries += 1
+                    log.info("%s: a row is locked by another session; skipping locked rows",
+                             relation.qualified)
+                    continue
                 if getattr(exc, "sqlstate", None) in RETRYABLE and retries < MAX_RETRIES:
                     retries += 1
                     stats.retries += 1
@@ -308,7 +324,26 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
     finally:
         _end_batch_session(conn)
     stats.interrupted = stats.interrupted or pacer.should_stop()
+    if skip_locked and not stats.interrupted:
+        left = count_expired(conn, policy, relation, cutoff)
+        if left:
+            stats.skipped_locked += left
+            stats.lock_holders = stats.lock_holders or row_lock_holders(conn, relation)
     return "index" if use_index else "pages"
+
+
+def row_lock_holders(conn: psycopg.Connection[Any], relation: Relation) -> str:
+    """Sessions that hold row locks in the table (their RowShare or stronger table lock shows
+    them; row locks themselves are not listed anywhere), described for the report."""
+    rows = conn.execute(
+        "SELECT a.pid, a.state, now() - coalesce(a.xact_start, a.query_start),"
+        "       left(a.query, 160)"
+        "  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.relation = %s AND l.granted AND l.pid <> pg_backend_pid()"
+        "   AND l.mode IN ('RowShareLock', 'RowExclusiveLock')"
+        " GROUP BY 1, 2, 3, 4 ORDER BY 3 DESC NULLS LAST LIMIT 3", (relation.oid,)).fetchall()
+    return "; ".join(f"pid {pid} ({state}, for {age.total_seconds():.0f}s): "
+                     f"{' '.join((query or '').split())[:160]}" for pid, state, age, query in rows)
 
 
 def count_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relation: Relation,

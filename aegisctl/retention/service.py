@@ -101,6 +101,7 @@ class PolicyResult:
             "partitions_dropped": self.partitions_dropped,
             "partition_rows": self.partition_rows, "batches": s.batches,
             "longest_batch_seconds": round(s.longest_batch, 4), "retries": s.retries,
+            "skipped_locked_rows": s.skipped_locked, "lock_holders": s.lock_holders or None,
             "throttled": s.throttled, "throttle_seconds": round(s.throttle_seconds, 2),
             "max_replica_lag_bytes": s.max_lag_bytes,
             "max_replica_lag_seconds": round(s.max_lag_seconds, 3),
@@ -172,6 +173,11 @@ class CleanupReport:
                     if a.written else (f"partition {a.partition}: its archive {a.archive} was "
                                        "completed by an interrupted run; not written again")
                 lines.append(what + (f" (uploaded: {a.uploaded})" if a.uploaded else ""))
+            if p.stats.skipped_locked:
+                lines.append(f"skipped {p.stats.skipped_locked} expired row(s) locked by "
+                             f"another session (left for the next run)"
+                             + (f"; holders: {p.stats.lock_holders}" if p.stats.lock_holders
+                                else ""))
             if p.stats.throttled:
                 lines.append(f"throttled {p.stats.throttled} time(s) for standby lag "
                              f"({p.stats.throttle_seconds:.1f}s waiting)")

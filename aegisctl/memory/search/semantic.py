@@ -164,7 +164,7 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
     from psycopg import sql
     from psycopg.rows import dict_row
 
-    from aegisctl.pooler import per_transaction
+    from aegisctl.pooler import execute_with_settings, per_transaction
 
     if isinstance(vector, str):  # pgvector's text form, e.g. a stored embedding::text
         vector = query_vector(conn, [float(x) for x in vector.strip("[] ").split(",")])
@@ -215,9 +215,17 @@ def semantic_search(conn: psycopg.Connection[Any], settings: Settings, kinds: Se
                 conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search)))
                 state["ef_search"] = ef_search
             local = {}
-        if not local and not with_plan:
+        if local and not with_plan and conn.autocommit and per_transaction(conn):
+            # Through a transaction pooler: the search's settings join the connection's own
+            # in one set_config ahead of the query, in the query's implicit transaction (one
+            # round trip, two statements; no BEGIN/COMMIT).
+            with conn.cursor(row_factory=dict_row, binary=True) as cur:
+                rows = execute_with_settings(cur, local, query, params).fetchall()
+            local = {}
+        elif not local and not with_plan:
             with conn.cursor(row_factory=dict_row, binary=True) as cur:
                 rows = cur.execute(query, params).fetchall()
+        if not local and not with_plan:
             info_path.rows = len(rows)
             explain.paths.append(info_path)
             hits.extend(_semantic_hit(kind, r, query_text) for r in rows)
