@@ -402,7 +402,9 @@ class _Validator:
                 parse = parse_duration if DURATION in meta else parse_size
                 try:
                     return parse(value)
-                except (ValueError, TypeError):
+                except (ValueError, TypeError) as exc:
+                    if "too long" in str(exc):  # well-formed, but beyond what dates can hold
+                        raise self.fail(path, str(exc)) from None
                     raise self.expected(path, tp, value) from None
             return self.convert(value, base, path)
         if origin in (Union, types.UnionType):

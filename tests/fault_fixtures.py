@@ -63,7 +63,7 @@ class SmallFs:
         self._filler = self.path / f".filler-{uuid.uuid4().hex}"
         with open(self._filler, "wb") as handle:
             block = os.urandom(4096)
-            while self.free() > leave + 4096:
+            while self.free() > leave:
                 try:
                     handle.write(block)
                     handle.flush()
@@ -160,9 +160,20 @@ class Paused:
         self.marker.unlink(missing_ok=True)
         return self.proc.communicate(timeout=timeout)
 
-    def kill(self, signum: int = signal.SIGKILL) -> tuple[str, str]:
-        """Send aegisctl itself a signal; its output once it has ended."""
+    def kill(self, signum: int = signal.SIGKILL,
+             while_stopped: Callable[[list[tuple[int, str]]], None] | None = None
+             ) -> tuple[str, str]:
+        """Send aegisctl itself a signal; its output once it has ended. A child the pause
+        hook stopped is continued (the stop is the hook's, not part of the fault), after
+        `while_stopped(children)` has looked at them."""
+        children = children_of(self.proc.pid)
         self.proc.send_signal(signum)
+        self.proc.wait(timeout=120)
+        if while_stopped is not None:
+            while_stopped(children)
+        for pid, _name in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
         out, err = self.proc.communicate(timeout=120)
         self.marker.unlink(missing_ok=True)
         return out, err
@@ -211,6 +222,16 @@ def children_of(pid: int) -> list[tuple[int, str]]:
                 found.append((int(entry.name), name))
                 parents.add(int(entry.name))
                 changed = True
+    return found
+
+
+def pending_signals(pid: int) -> set[int]:
+    """The signals waiting for `pid` (a stopped process keeps them until it is continued)."""
+    found: set[int] = set()
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            mask = int(line.split()[1], 16)
+            found |= {n + 1 for n in range(64) if mask >> n & 1}
     return found
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from backup_fixtures are parameters here)
 """Fault suite, cleanup: a full archive folder never costs a row (issue 18, defect 1).
 
 The archive folder is on a real small filesystem (tests/fault_fixtures.py): a batch is deleted
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import yaml
+from backup_fixtures import s3_bucket, s3_endpoint  # noqa: F401  (fixtures)
 from conftest import dsn_of
-from fault_fixtures import SmallFs, aegisctl_env, run_aegisctl
+from fault_fixtures import SmallFs, aegisctl_env, run_aegisctl, start_paused
 
 POLICY = {"table": "container_metrics", "column": "timestamp", "max_age": "30d",
           "archive": True}
@@ -93,3 +96,72 @@ def test_a_full_archive_folder_stops_the_run_and_loses_no_row(aegis_db, tmp_path
     assert _ids(conn) == before - expired
     archived = _archived_ids(archive_dir)
     assert sorted(archived) == sorted(expired)
+
+
+def test_archives_of_interrupted_runs_reach_the_remote(aegis_db, tmp_path, s3_endpoint,
+                                                       s3_bucket) -> None:
+    """A run killed mid-batch leaves an archive (kept as incomplete by the next run) that
+    never reached S3 before; every later run uploads every archive not yet uploaded, and
+    `check` flags them until then (issue 18, defect 5)."""
+    import boto3
+
+    conn = aegis_db
+    _fill(conn, expired=3000, fresh=100)
+    config = tmp_path / "aegisctl.yaml"
+    config.write_text(yaml.safe_dump({
+        "targets": {"primary": {"dsn": dsn_of(conn)}},
+        "connection": {"retry": {"attempts": 1}},
+        "backup": {"directory": str(tmp_path / "backups"),
+                   "remote": {"endpoint_url": s3_endpoint, "bucket": s3_bucket,
+                              "region": "us-east-1"}},
+        "cleanup": {"archive_dir": str(tmp_path / "archive"), "batch_size": 500,
+                    "min_batch_size": 500, "vacuum": False, "policies": {"metrics": POLICY}}}))
+    args = ("--config", str(config))
+    paused = start_paused("cleanup.batch-archived", *args, "cleanup", "run", "--yes",
+                          tmp_path=tmp_path)
+    paused.kill(signal.SIGKILL)  # its first batch archived, not committed
+    pending = run_aegisctl(*args, "check", "--only", "cleanup_archives_pending")
+    assert pending.returncode == 1, pending.stdout  # WARNING: one archive not uploaded
+    assert "1 cleanup archive(s) not yet uploaded" in pending.stdout
+
+    done = run_aegisctl(*args, "cleanup", "run", "--yes", "-f", "json")
+    assert done.returncode == 0, done.stderr
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    local = sorted(p.name for p in (tmp_path / "archive").rglob("*.jsonl.gz"))
+    assert len(local) == 2 and any(".incomplete." in name for name in local)
+    assert keys == sorted(f"primary/cleanup-archive/metrics/{name}" for name in local)
+    assert sorted(json.loads(done.stdout)["uploaded_archives"]) == keys
+    assert run_aegisctl(*args, "check", "--only", "cleanup_archives_pending").returncode == 0
+    again = run_aegisctl(*args, "cleanup", "run", "--yes", "-f", "json")
+    assert json.loads(again.stdout)["uploaded_archives"] == []  # each archive uploaded once
+
+
+def test_the_server_gone_mid_batch_is_one_line_and_the_archive_stays_exact(
+        aegis_db, tmp_path) -> None:
+    """The session is terminated (as a server shutdown does) after a batch was archived, before
+    it committed: the batch is cut off the archive again, one line says what happened (no
+    driver noise such as "error ignored in rollback"), and the archive holds exactly the rows
+    that are gone."""
+    conn = aegis_db
+    _fill(conn, expired=3000, fresh=100)
+    before = _ids(conn)
+    config = tmp_path / "aegisctl.yaml"
+    config.write_text(yaml.safe_dump({
+        "targets": {"primary": {"dsn": dsn_of(conn)}},
+        "connection": {"retry": {"attempts": 1}},
+        "backup": {"directory": str(tmp_path / "backups")},
+        "cleanup": {"archive_dir": str(tmp_path / "archive"), "batch_size": 500,
+                    "min_batch_size": 500, "vacuum": False, "policies": {"metrics": POLICY}}}))
+    paused = start_paused("cleanup.batch-archived", "--config", str(config), "cleanup", "run",
+                          "--yes", tmp_path=tmp_path)
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                 " WHERE application_name LIKE 'aegisctl cleanup%'")
+    _out, err = paused.resume()
+    assert paused.proc.returncode != 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("aegisctl: error: "), err
+    assert "terminating connection due to administrator command" in lines[0]
+    assert "None" not in lines[0]
+    deleted = before - _ids(conn)
+    assert sorted(_archived_ids(tmp_path / "archive")) == sorted(deleted)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -23,16 +22,19 @@ from aegisctl.backup.store import (
     CHUNK,
     TMP_PREFIX,
     BackupStore,
+    free_space,
     fsync_dir,
     fsync_tree,
     remove_path,
     sha256_file,
 )
 from aegisctl.backup.tools import PgTools, child_conninfo, choose_pg_dump
+from aegisctl.children import die_with_parent, exit_cause
 from aegisctl.config import LoadedConfig
 from aegisctl.db import connect, connect_params, server_version
 from aegisctl.errors import ConfigError, OperationFailed
 from aegisctl.targets import Target
+from aegisctl.testhooks import pause_at
 
 if TYPE_CHECKING:
     import psycopg
@@ -112,7 +114,8 @@ class _Run:
         try:
             # umask 077: whatever pg_dump creates is 0600 (files) / 0700 (folders).
             self.proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=self.errors,
-                                         stdin=subprocess.DEVNULL, umask=0o077)
+                                         stdin=subprocess.DEVNULL, umask=0o077,
+                                         preexec_fn=die_with_parent())
         except OSError as exc:
             self.errors.close()
             raise OperationFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
@@ -124,11 +127,8 @@ class _Run:
                  if ln.strip()]
         self.errors.close()
         if code != 0:
-            if code < 0:
-                cause = f"killed by signal {signal.Signals(-code).name}"
-            else:
-                cause = lines[-1] if lines else f"exit code {code}"
-            raise OperationFailed(f"{what} failed: {cause}")
+            raise OperationFailed(f"{what} failed: "
+                                  f"{exit_cause(code, lines[-1] if lines else None)}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -163,13 +163,6 @@ def _dump_data(run: _Run, dest: Path, key: crypto.BackupKey | None,
                 progress("dumping", _size(dest))
 
 
-def _place(tmp: Path, final: Path, folder: Path) -> None:
-    """Make a finished temporary file or folder durable, then give it its final name."""
-    fsync_tree(tmp)
-    os.replace(tmp, final)
-    fsync_dir(folder)
-
-
 def _size(path: Path) -> int:
     try:
         if path.is_dir():
@@ -179,10 +172,14 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _files_of(store: BackupStore, final: Path) -> list[BackupFile]:
-    paths = sorted(p for p in final.rglob("*") if p.is_file()) if final.is_dir() else [final]
-    return [BackupFile(str(p.relative_to(store.folder)), p.stat().st_size, sha256_file(p))
-            for p in paths]
+def _files_of(store: BackupStore, staged: Path, final: Path) -> list[BackupFile]:
+    """The manifest's entries for the files at `staged`, named as they will be at `final`."""
+    if staged.is_dir():
+        paths = sorted(p for p in staged.rglob("*") if p.is_file())
+        return [BackupFile(str((final / p.relative_to(staged)).relative_to(store.folder)),
+                           p.stat().st_size, sha256_file(p)) for p in paths]
+    return [BackupFile(str(final.relative_to(store.folder)), staged.stat().st_size,
+                       sha256_file(staged))]
 
 
 def directory_digest(files: list[BackupFile]) -> str:
@@ -240,55 +237,81 @@ def create_backup(
             argv += ["-f", str(tmp)]
         run = _Run(argv, env, subprocess.PIPE if key else None)
         try:
+            pause_at("create.pg_dump", child=run.proc.pid)
             # Counted while pg_dump runs (an encrypted dump waits on its pipe meanwhile).
             counts = table_counts(conn, settings.exact_count_limit)
             _dump_data(run, tmp, key, progress)
             run.finish(f"pg_dump ({tools.pg_dump})")
             vectors = vector_columns(conn)
             version = schema_version(conn)
-            if progress:
-                progress("syncing", _size(tmp))
-            _place(tmp, final, store.folder)
-        except BaseException:
+        except BaseException as exc:
             run.kill()
             remove_path(tmp)
+            if isinstance(exc, OperationFailed) and "No space left on device" in exc.message:
+                raise OperationFailed(f"{exc.message} ({free_space(store.folder)} free in "
+                                      f"{store.folder})") from None
             raise
         conn.rollback()
 
+    # Nothing gets its final name before the manifest is complete on disk: a full disk or a
+    # kill up to the renames leaves only ".tmp-" names, which the next create sweeps.
+    staged: list[tuple[Path, Path]] = [(tmp, final)]
     try:
         if progress:
-            progress("checksumming", _size(final))
-        files = _files_of(store, final)
-        globals_file = _dump_globals(store, tools, conninfo, env, backup_id, key) \
-            if options.globals else None
+            progress("syncing", _size(tmp))
+        fsync_tree(tmp)
+        if progress:
+            progress("checksumming", _size(tmp))
+        files = _files_of(store, tmp, final)
+        globals_file = None
+        if options.globals:
+            globals_file, globals_tmp = _dump_globals(store, tools, conninfo, env, backup_id,
+                                                      key)
+            staged.append((globals_tmp, store.folder / globals_file.path))
+        finished = now()
+        manifest = BackupManifest(
+            id=backup_id, target=target.name, database=database, format=fmt,
+            started_at=format_time(started), finished_at=format_time(finished),
+            duration_seconds=round((finished - started).total_seconds(), 3),
+            server_version=human, server_version_num=num,
+            pg_dump_version=tools.version, pg_dump_path=tools.pg_dump,
+            pg_dump_source=tools.source,
+            compress=compress.removeprefix("--compress="),
+            jobs=jobs if fmt == "directory" else 1,
+            files=files, size=sum(f.size for f in files),
+            sha256=files[0].sha256 if fmt == "custom" else directory_digest(files),
+            label=options.label, schema_version=version, vector_columns=vectors,
+            tables=counts, globals_file=globals_file,
+            encryption={"algorithm": crypto.ALGORITHM, "key_id": key.key_id,
+                        "chunk_size": crypto.CHUNK_SIZE} if key else None,
+            aegisctl_version=__version__,
+        )
+        if settings.remote is not None:
+            manifest.remote.status = "pending"
+            manifest.remote.bucket = settings.remote.bucket
+        staged_manifest = store.stage_manifest(manifest)
+        pause_at("create.before-rename")
+        for source, dest in staged:
+            os.replace(source, dest)
+        fsync_dir(store.folder)
+        pause_at("create.before-manifest")
+        os.replace(staged_manifest, store.manifest_path(backup_id))  # last: no manifest,
+        fsync_dir(store.folder)                                        # no backup
     except BaseException:
-        remove_path(final)
+        for source, _dest in staged:
+            remove_path(source)
+        store.staged_manifest_path(backup_id).unlink(missing_ok=True)
+        if not store.manifest_path(backup_id).exists():
+            for _source, dest in staged:
+                remove_path(dest)  # renamed before the manifest could follow
         raise
-    finished = now()
-    manifest = BackupManifest(
-        id=backup_id, target=target.name, database=database, format=fmt,
-        started_at=format_time(started), finished_at=format_time(finished),
-        duration_seconds=round((finished - started).total_seconds(), 3),
-        server_version=human, server_version_num=num,
-        pg_dump_version=tools.version, pg_dump_path=tools.pg_dump, pg_dump_source=tools.source,
-        compress=compress.removeprefix("--compress="), jobs=jobs if fmt == "directory" else 1,
-        files=files, size=sum(f.size for f in files),
-        sha256=files[0].sha256 if fmt == "custom" else directory_digest(files),
-        label=options.label, schema_version=version, vector_columns=vectors, tables=counts,
-        globals_file=globals_file,
-        encryption={"algorithm": crypto.ALGORITHM, "key_id": key.key_id,
-                    "chunk_size": crypto.CHUNK_SIZE} if key else None,
-        aegisctl_version=__version__,
-    )
-    if settings.remote is not None:
-        manifest.remote.status = "pending"
-        manifest.remote.bucket = settings.remote.bucket
-    store.save(manifest)
     return manifest
 
 
 def _dump_globals(store: BackupStore, tools: PgTools, conninfo: str, env: dict[str, str],
-                  backup_id: str, key: crypto.BackupKey | None) -> BackupFile:
+                  backup_id: str, key: crypto.BackupKey | None) -> tuple[BackupFile, Path]:
+    """The roles, written and fsynced under a temporary name (renamed with the rest of the
+    backup once the manifest exists): (its entry, named as it will be, and the temporary)."""
     final = store.folder / f"{backup_id}.globals.sql{'.enc' if key else ''}"
     tmp = store.folder / f"{TMP_PREFIX}{final.name}"
     argv = [tools.sibling("pg_dumpall"), "--globals-only", "-d", conninfo]
@@ -303,9 +326,9 @@ def _dump_globals(store: BackupStore, tools: PgTools, conninfo: str, env: dict[s
             if key:
                 writer.close()
         run.finish("pg_dumpall --globals-only")
-        _place(tmp, final, store.folder)
+        fsync_tree(tmp)
     except BaseException:
         run.kill()
         remove_path(tmp)
         raise
-    return BackupFile(final.name, final.stat().st_size, sha256_file(final))
+    return BackupFile(final.name, tmp.stat().st_size, sha256_file(tmp)), tmp

@@ -215,12 +215,17 @@ def _merge_remote(rows: dict[str, ListedBackup], group: RemoteBackup,
     if group.state == OK:
         # A copy `verify --remote` found damaged looks whole to a listing: still pending.
         row.uploaded = "pending" if row.remote_problem else "uploaded"
-    elif row.state == OK:
-        row.state = group.state
+    else:
+        # A partial remote copy (an upload killed midway) says nothing about the local files:
+        # the row's state stays what they are, and the upload is pending.
+        row.problems.append(f"remote: the copy is incomplete ({group.state}); "
+                            "`backup upload --pending` sends it again")
         if row.uploaded == "no":
             row.uploaded = "pending"
-    if group.state != OK and row.uploaded == "unknown":
-        row.uploaded = "missing"  # the manifest says uploaded; the copy is not whole
+        elif row.uploaded == "unknown":  # the manifest says uploaded; the copy is not whole
+            row.uploaded = "missing"
+            row.remote_problem = (f"remote copy missing: incomplete ({group.state}); "
+                                  "aegisctl backup upload --pending sends it again")
 
 
 EntrySource = Callable[[LoadedConfig, Target, bool, dt.datetime],

@@ -48,7 +48,7 @@ class TableCount:
 
 @dataclass
 class Verification:
-    status: str  # ok | failed
+    status: str  # ok | failed (interrupted: only in `interrupted_check`)
     level: str  # checksum | list | restore-test
     at: str
     problems: list[str] = field(default_factory=list)
@@ -104,6 +104,9 @@ class BackupManifest:
     verification: Verification | None = None
     # The last restore test, kept when a later quick verify replaces `verification`.
     restore_test: Verification | None = None
+    # The last check that could not run to completion (killed, connection lost): it says
+    # nothing about the backup, so `verification` stays as it was.
+    interrupted_check: Verification | None = None
     remote: RemoteState = field(default_factory=RemoteState)
     # The store's own checksum of each uploaded file, as HEAD reported it right after the
     # upload ("sha256:<base64>", or "etag:<etag>" from a store without checksums).
@@ -152,6 +155,8 @@ class BackupManifest:
             values["verification"] = Verification(**data["verification"])
         if data.get("restore_test"):
             values["restore_test"] = Verification(**data["restore_test"])
+        if data.get("interrupted_check"):
+            values["interrupted_check"] = Verification(**data["interrupted_check"])
         values["remote"] = RemoteState(**(data.get("remote") or {}))
         if data.get("remote_check"):
             values["remote_check"] = RemoteCheck(**data["remote_check"])
@@ -278,10 +283,12 @@ def load_manifest(raw: bytes | str, *, expected_id: str | None = None) -> Backup
     except (TypeError, KeyError, ValueError) as exc:
         raise ManifestError(f"malformed ({type(exc).__name__}: {exc})") from None
     for name, record in (("verification", manifest.verification),
-                         ("restore_test", manifest.restore_test)):
+                         ("restore_test", manifest.restore_test),
+                         ("interrupted_check", manifest.interrupted_check)):
         if record is None:
             continue
-        if record.status not in ("ok", "failed") or record.level not in (
+        statuses = ("interrupted",) if name == "interrupted_check" else ("ok", "failed")
+        if record.status not in statuses or record.level not in (
                 "checksum", "list", "restore-test"):
             raise ManifestError(f"{name} has an unknown status or level")
         try:

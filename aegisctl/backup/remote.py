@@ -40,6 +40,7 @@ from aegisctl.backup.manifest import (
 from aegisctl.backup.settings import RemoteSettings
 from aegisctl.backup.store import CHUNK, TMP_PREFIX, BackupStore, fsync_dir, sha256_file
 from aegisctl.errors import ConfigError, OperationFailed, RemoteUnavailable, UsageError
+from aegisctl.testhooks import pause_at
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
@@ -276,6 +277,7 @@ def upload_backup(store: BackupStore, manifest: BackupManifest, remote: Remote,
         if remote.settings.object_lock_days > 0:
             manifest.remote.object_lock_until = format_time(
                 utcnow() + dt.timedelta(days=remote.settings.object_lock_days))
+        pause_at("upload.before-manifest")
         body = json.dumps(manifest.to_dict(), indent=2).encode()
         extra = _extra_args(remote.settings, "")
         extra.pop("Metadata")

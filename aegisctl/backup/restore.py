@@ -29,6 +29,7 @@ from aegisctl.backup.manifest import BackupManifest
 from aegisctl.backup.store import BackupStore
 from aegisctl.backup.tools import child_conninfo, restore_error
 from aegisctl.backup.verify import check_files, readable_archive, restore_list, tools_for
+from aegisctl.children import die_with_parent
 from aegisctl.config import LoadedConfig
 from aegisctl.db import connect, connect_params
 from aegisctl.errors import OperationFailed, UsageError
@@ -278,7 +279,8 @@ def _restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
         for name in plan.tables:
             schema, table = _split(name)
             argv += ["-n", schema, "-t", table]
-        done = subprocess.run([*argv, str(archive)], env=env, capture_output=True, text=True)
+        done = subprocess.run([*argv, str(archive)], env=env, capture_output=True, text=True,
+                              preexec_fn=die_with_parent())
     if done.returncode != 0:
         raise OperationFailed(
             f"pg_restore failed: {restore_error(done.stderr, done.returncode)}"
@@ -325,9 +327,9 @@ def _replace_rows(psql: str, pg_restore: str, conninfo: str, env: dict[str, str]
     with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err:
         loader = subprocess.Popen([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo],
                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=psql_err, env=env)
+                                  stderr=psql_err, env=env, preexec_fn=die_with_parent())
         source = subprocess.Popen([*argv, archive], stdout=subprocess.PIPE, stderr=restore_err,
-                                  env=env)
+                                  env=env, preexec_fn=die_with_parent())
         assert loader.stdin is not None and source.stdout is not None
         try:
             with contextlib.suppress(BrokenPipeError):

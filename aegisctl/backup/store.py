@@ -52,6 +52,8 @@ _ID = BACKUP_ID
 _OWNED = re.compile(r"^(\d{8}T\d{6}Z(?:-\d{1,6})?)("
                     + "|".join(re.escape(s) for s in (*OWN_SUFFIXES, MANIFEST_SUFFIX)) + r")$")
 _TARGET = re.compile(r"^[A-Za-z0-9_.-]+$")
+_STAGED_MANIFEST = re.compile(r"^" + re.escape(TMP_PREFIX) + r"(\d{8}T\d{6}Z(?:-\d{1,6})?)"
+                              + re.escape(MANIFEST_SUFFIX) + r"$")
 CHUNK = 1024 * 1024
 
 
@@ -113,10 +115,24 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def free_space(folder: Path) -> str:
+    """The free space of the filesystem holding `folder`, for a disk-full message."""
+    from aegisctl.units import format_bytes
+
+    try:
+        return format_bytes(shutil.disk_usage(folder).free)
+    except OSError:
+        return "unknown"
+
+
 def os_error(what: str, path: Path, exc: OSError) -> OperationFailed:
     """One line for a filesystem failure (permission, read-only, full disk...)."""
+    import errno
+
     reason = exc.strerror or type(exc).__name__
     hint = None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += f" ({free_space(path.parent)} free)"
     if isinstance(exc, PermissionError):
         hint = "check the owner and mode of the backup folder (aegisctl needs to own it)"
     return OperationFailed(f"{what} {path}: {reason}", hint=hint)
@@ -224,6 +240,25 @@ class BackupStore:
             write_atomic(path, data)
         except OSError as exc:
             raise os_error("cannot write the manifest", path, exc) from None
+
+    def staged_manifest_path(self, backup_id: str) -> Path:
+        return self.folder / f"{TMP_PREFIX}{backup_id}{MANIFEST_SUFFIX}"
+
+    def stage_manifest(self, manifest: BackupManifest) -> Path:
+        """A new backup's manifest, complete and fsynced under its temporary name (the caller
+        renames it into place after the backup's files): its path."""
+        data = json.dumps(manifest.to_dict(), indent=2, sort_keys=False).encode() + b"\n"
+        path = self.staged_manifest_path(manifest.id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise os_error("cannot write the manifest", path, exc) from None
+        return path
 
     def load(self, backup_id: str) -> BackupManifest:
         if not _ID.match(backup_id):
@@ -340,9 +375,16 @@ class BackupStore:
             yield from self.folder.glob(f"{TMP_PREFIX}*")
 
     def remove_stale_temporaries(self) -> list[str]:
-        """Only call while holding the lock: then every temporary is a killed run's leftover."""
+        """Only call while holding the lock: then every temporary is a killed run's leftover.
+        A create killed between renaming its files and its manifest (see dump.create_backup)
+        leaves files under final names beside a staged manifest: they go too."""
         removed = []
         for path in list(self.stale_temporaries()):
+            staged = _STAGED_MANIFEST.match(path.name)
+            if staged and not self.manifest_path(staged.group(1)).exists():
+                for name in self.owned_names(staged.group(1)):
+                    remove_path(self.folder / name)
+                    removed.append(name)
             remove_path(path)
             removed.append(path.name)
         return removed

@@ -114,6 +114,10 @@ def restore_error(stderr: str, exit_code: int) -> str:
     """The server's reason from pg_restore's (or psql's) stderr: the first ERROR line, its
     DETAIL, and the archive object it happened on, e.g. `TABLE episodic_memory: relation
     "episodic_memory" already exists`."""
+    from aegisctl.children import exit_cause
+
+    if exit_code < 0:  # whatever it printed before, the signal is why it stopped
+        return exit_cause(exit_code)
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     obj = None
     for index, line in enumerate(lines):
@@ -133,4 +137,4 @@ def restore_error(stderr: str, exit_code: int) -> str:
     errors = [ln for ln in lines if "error:" in ln]
     if errors:
         return errors[0].split("error:", 1)[1].strip()
-    return lines[-1] if lines else f"exit code {exit_code}"
+    return exit_cause(exit_code, lines[-1] if lines else None)

@@ -1,12 +1,20 @@
 """`backup verify`: checksums, `pg_restore --list`, and optionally a full restore test into a
 scratch database (always dropped afterwards) with row counts, index validity, embedding
-dimensions and a nearest-neighbour query checked."""
+dimensions and a nearest-neighbour query checked.
+
+A check that could not run to completion (pg_restore killed by a signal, the connection lost,
+the server gone, the scratch side out of disk space) says nothing about the backup: it is
+recorded as `interrupted` (the manifest's `interrupted_check`), the backup keeps its previous
+verification, and the caller reports the cause. Only a check that ran to its end can fail a
+backup (and so let prune delete it)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,16 +26,20 @@ from aegisctl.backup.dump import USER_TABLES, directory_digest, vector_columns
 from aegisctl.backup.manifest import BackupManifest, Verification, format_time, utcnow
 from aegisctl.backup.store import TMP_PREFIX, BackupStore, sha256_file
 from aegisctl.backup.tools import PgTools, child_conninfo, choose_pg_dump, restore_error
+from aegisctl.children import die_with_parent, exit_cause
 from aegisctl.config import LoadedConfig
 from aegisctl.db import connect, connect_params
-from aegisctl.errors import OperationFailed
+from aegisctl.errors import ConnectionFailed, OperationFailed
 from aegisctl.locks import target_lock
 from aegisctl.targets import Target
+from aegisctl.testhooks import pause_at
 
 if TYPE_CHECKING:
     import psycopg
 
     from aegisctl.output import Block
+
+log = logging.getLogger(__name__)
 
 
 def tools_for(loaded: LoadedConfig, manifest: BackupManifest) -> PgTools:
@@ -78,25 +90,70 @@ def readable_archive(store: BackupStore, manifest: BackupManifest,
         plain.unlink(missing_ok=True)
 
 
+class CheckInterrupted(OperationFailed):
+    """The check could not run to completion; the cause is not the backup's."""
+
+
+# What pg_restore (or the server under it) says when the test, not the backup, broke off.
+_LOST_CONNECTION = ("server closed the connection unexpectedly",
+                    "terminating connection due to administrator command",
+                    "terminating connection because of crash of another server process",
+                    "the database system is shutting down", "the database system is in recovery",
+                    "could not send data to server", "could not receive data from server",
+                    "no connection to the server", "SSL connection has been closed unexpectedly",
+                    "connection to server", "Connection refused")
+_DISK_FULL = ("No space left on device", "could not extend file", "Disk quota exceeded")
+
+
+def interruption(what: str, stderr: str, code: int) -> str | None:
+    """Why `what` (a child that touched the server) could not finish, when the reason is not
+    the backup's: a signal, a lost connection, the scratch side's disk; None otherwise."""
+    if code < 0:
+        return f"{what} was {exit_cause(code)}"
+    if any(marker in stderr for marker in _DISK_FULL):
+        return f"{what} ran out of disk space on the server: {restore_error(stderr, code)}"
+    if any(marker in stderr for marker in _LOST_CONNECTION):
+        return f"{what} lost its connection to the server: {restore_error(stderr, code)}"
+    return None
+
+
 def restore_list(tools: PgTools, archive: Path) -> list[str]:
     done = subprocess.run([tools.sibling("pg_restore"), "--list", str(archive)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, preexec_fn=die_with_parent())
     if done.returncode != 0:
+        if done.returncode < 0:
+            raise CheckInterrupted(f"pg_restore --list was {exit_cause(done.returncode)}")
         lines = done.stderr.strip().splitlines()
-        raise OperationFailed(f"pg_restore --list cannot read the archive: "
-                              f"{lines[-1] if lines else done.returncode}")
+        raise OperationFailed("pg_restore --list cannot read the archive: "
+                              + exit_cause(done.returncode, lines[-1] if lines else None))
     return [ln for ln in done.stdout.splitlines() if ln and not ln.startswith(";")]
 
 
 @dataclass
 class VerifyReport:
     manifest: BackupManifest
-    verification: Verification
+    verification: Verification  # status ok | failed | interrupted
     scratch_database: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.verification.status == "ok"
+
+    @property
+    def interrupted(self) -> str | None:
+        """The cause, when the check could not run to completion (nothing was recorded
+        against the backup)."""
+        v = self.verification
+        return "; ".join(v.problems) if v.status == "interrupted" else None
+
+    def interrupted_message(self) -> str:
+        """One line for the user: what broke off and what the backup still counts as."""
+        m = self.manifest
+        kept = f"{m.verification.status} ({m.verification.level}, {m.verification.at})" \
+            if m.verification else "unverified"
+        return (f"the {self.verification.level} check of backup {m.id} could not run to "
+                f"completion: {self.interrupted}; the backup keeps its previous verification: "
+                f"{kept}")
 
     def to_json(self) -> dict[str, Any]:
         v = self.verification
@@ -109,6 +166,11 @@ class VerifyReport:
 
         v = self.verification
         blocks: list[Block] = [Note(f"ok      {check}") for check in v.checks]
+        if v.status == "interrupted":
+            blocks += [Note(f"INTERRUPTED {problem}") for problem in v.problems]
+            blocks.append(Note(f"backup {self.manifest.id}: check interrupted ({v.level}); "
+                               f"still {self.manifest.verified}"))
+            return blocks
         blocks += [Note(f"PROBLEM {problem}") for problem in v.problems]
         blocks.append(Note(f"backup {self.manifest.id}: {v.status} ({v.level})"))
         return blocks
@@ -167,15 +229,28 @@ def verify_backup(loaded: LoadedConfig, target: Target, manifest: BackupManifest
                     if restored is not None:
                         checks.append(f"restored into scratch database {scratch} (dropped)")
                         checks += restored
+        except CheckInterrupted as exc:
+            return _interrupted(store, manifest, level, exc.message, checks, scratch)
         except OperationFailed as exc:
             problems.append(exc.message)
     verification = Verification(status="failed" if problems else "ok", level=level,
                                 at=format_time(utcnow()), problems=problems, checks=checks)
     manifest.verification = verification
+    manifest.interrupted_check = None  # superseded by a check that ran to its end
     if level == "restore-test":
         manifest.restore_test = verification
     store.save(manifest)
     return VerifyReport(manifest, verification, scratch)
+
+
+def _interrupted(store: BackupStore, manifest: BackupManifest, level: str, cause: str,
+                 checks: list[str], scratch: str | None) -> VerifyReport:
+    """Record the attempt beside the backup's verification, which stays as it was."""
+    attempt = Verification(status="interrupted", level=level, at=format_time(utcnow()),
+                           problems=[cause], checks=checks)
+    manifest.interrupted_check = attempt
+    store.save(manifest)
+    return VerifyReport(manifest, attempt, scratch)
 
 
 def _missing_data_entries(manifest: BackupManifest, entries: list[str]) -> list[str]:
@@ -185,37 +260,127 @@ def _missing_data_entries(manifest: BackupManifest, entries: list[str]) -> list[
     return [f"no TABLE DATA entry for {name}" for name in missing]
 
 
+SCRATCH_PREFIX = "aegis_verify_"
+SCRATCH_COMMENT = "aegisctl restore-test scratch database"
+
+
+def scratch_comment(target: str, backup_id: str) -> str:
+    """What marks a scratch database as ours (with its name prefix): safe to drop."""
+    return (f"{SCRATCH_COMMENT} (target {target}, backup {backup_id}, host "
+            f"{socket.gethostname()}, pid {os.getpid()}); dropped by the next backup verify")
+
+
+def leftover_scratch(conn: psycopg.Connection[Any], target: str | None = None
+                     ) -> list[tuple[str, str]]:
+    """(name, comment) of scratch databases a restore test left behind (a server restart, a
+    kill): named with our prefix *and* carrying our comment (of `target`, when given)."""
+    marker = f"{SCRATCH_COMMENT} (target {target}," if target else f"{SCRATCH_COMMENT} ("
+    rows = conn.execute(
+        "SELECT d.datname, shobj_description(d.oid, 'pg_database') FROM pg_database d"
+        " WHERE starts_with(d.datname, %s)"
+        "   AND starts_with(shobj_description(d.oid, 'pg_database'), %s)"
+        " ORDER BY 1", (SCRATCH_PREFIX, marker)).fetchall()
+    return [(str(name), str(comment)) for name, comment in rows]
+
+
+def drop_leftover_scratch(conn: psycopg.Connection[Any], target: str) -> list[str]:
+    """Drop the scratch databases earlier restore tests of `target` left behind; one still in
+    use (a restore test running elsewhere) is left alone. The names dropped."""
+    import psycopg
+    from psycopg import sql
+
+    dropped = []
+    for name, _comment in leftover_scratch(conn, target):
+        try:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        except psycopg.errors.ObjectInUse:
+            continue
+        log.warning("dropped scratch database %s, left behind by an interrupted restore test",
+                    name)
+        dropped.append(name)
+    return dropped
+
+
 def _restore_test(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
                   tools: PgTools, archive: Path, jobs: int
                   ) -> tuple[str, list[str] | None, list[str]]:
     """(scratch database, checks passed after a successful restore (None: the restore
-    failed), problems)."""
+    failed), problems). Raises CheckInterrupted when the test could not run to its end."""
+    import psycopg
     from psycopg import sql
 
-    scratch = f"aegis_verify_{manifest.id.lower().replace('-', '_')}_{secrets.token_hex(3)}"
+    scratch = f"{SCRATCH_PREFIX}{manifest.id.lower().replace('-', '_')}_{secrets.token_hex(3)}"
     admin = connect(loaded, target, "backup verify", "maintenance")
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
-            sql.Identifier(scratch)))
+    with _quiet_when_lost(admin):
+        drop_leftover_scratch(admin, target.name)
         try:
+            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
+                sql.Identifier(scratch)))
+            admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(scratch), sql.Literal(scratch_comment(target.name, manifest.id))))
             params = connect_params(loaded.settings, target, "backup verify", "maintenance")
             conninfo, env = child_conninfo(params.conninfo, target.password, "backup verify",
                                            dbname=scratch)
             argv = [tools.sibling("pg_restore"), "-d", conninfo, "--exit-on-error",
                     "--no-owner", "--no-privileges"]
             argv += [f"--jobs={jobs}"] if jobs > 1 else ["--single-transaction"]
-            done = subprocess.run([*argv, str(archive)], env=env, capture_output=True,
-                                  text=True)
-            if done.returncode != 0:
-                reason = restore_error(done.stderr, done.returncode)
+            proc = subprocess.Popen([*argv, str(archive)], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                    preexec_fn=die_with_parent())
+            pause_at("verify.pg_restore", child=proc.pid)
+            _, stderr = proc.communicate()
+            if proc.returncode != 0:
+                cause = interruption("pg_restore", stderr, proc.returncode)
+                if cause:
+                    raise CheckInterrupted(cause)
+                reason = restore_error(stderr, proc.returncode)
                 return scratch, None, [f"restore test failed: {reason}"]
-            with connect(loaded, target, "backup verify", "maintenance",
-                         dbname=scratch) as conn:
-                passed: list[str] = []
-                return scratch, passed, _compare(conn, manifest, passed)
+            try:
+                with connect(loaded, target, "backup verify", "maintenance",
+                             dbname=scratch) as conn:
+                    pause_at("verify.check-restored")
+                    passed: list[str] = []
+                    return scratch, passed, _compare(conn, manifest, passed)
+            except ConnectionFailed as exc:
+                raise CheckInterrupted(f"the restored database could not be reached: "
+                                       f"{exc.message}") from None
+            except psycopg.OperationalError as exc:
+                raise CheckInterrupted(f"lost the connection to the server while checking "
+                                       f"the restored database: {_first_line(exc)}") from None
+        except psycopg.OperationalError as exc:
+            raise CheckInterrupted(f"lost the connection to the server: {_first_line(exc)}"
+                                   ) from None
         finally:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(scratch)))
+            _drop_scratch(admin, scratch)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _drop_scratch(admin: psycopg.Connection[Any], scratch: str) -> None:
+    """Drop the scratch database; when the server went away it stays, marked by its name and
+    comment, and the next verify drops it (`check` reports it until then)."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(scratch)))
+    except psycopg.Error as exc:
+        log.warning("could not drop the scratch database %s (%s); the next backup verify "
+                    "drops it", scratch, _first_line(exc))
+
+
+@contextlib.contextmanager
+def _quiet_when_lost(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Close a connection without psycopg's rollback noise when the server has gone."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 def _compare(conn: psycopg.Connection[Any], manifest: BackupManifest,

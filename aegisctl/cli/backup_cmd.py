@@ -131,7 +131,9 @@ def create(
                             upload=not no_upload, progress=progress)
     output.render(result, app_state.fmt(fmt))
     m = result.manifest
-    if result.verify_failed and result.verification:
+    if result.verification and result.verification.interrupted:
+        output.print_status(f"aegisctl: error: {result.verification.interrupted_message()}")
+    elif result.verify_failed and result.verification:
         for problem in result.verification.verification.problems:
             output.print_status(f"verify: {problem}")
         output.print_status(f"aegisctl: error: backup {m.id} did not verify")
@@ -174,6 +176,7 @@ def list_(
     """
     from aegisctl.backup.listing import human_age
     from aegisctl.backup.service import list_backups
+    from aegisctl.units import format_duration
 
     app_state = state(ctx)
     loaded, target = app_state.config(), app_state.target()
@@ -196,7 +199,7 @@ def list_(
                 f"{human_age(listing.newest_good_age_seconds)} old" if listing.newest_good
                 else "there is no verified-good backup")
         output.print_status(f"aegisctl: warning: {what}; backup.max_age is "
-                            f"{human_age(listing.max_age_seconds)}")
+                            f"{format_duration(listing.max_age_seconds)}")
     if problems and listing.problems:
         for problem in listing.problems:
             output.print_status(f"aegisctl: problem: {problem}")
@@ -241,7 +244,7 @@ def verify(
       aegisctl backup verify --remote --all --deep
     """
     from aegisctl.backup.verify import verify_locked
-    from aegisctl.errors import UsageError
+    from aegisctl.errors import OperationFailed, UsageError
 
     app_state = state(ctx)
     if remote or deep or every:
@@ -256,6 +259,8 @@ def verify(
     report = verify_locked(app_state.config(), app_state.target(), backup_id,
                            restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
+    if report.interrupted:
+        raise OperationFailed(report.interrupted_message())
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))
 

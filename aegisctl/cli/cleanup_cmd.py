@@ -103,10 +103,10 @@ def run_cmd(
                                  maint_conn=maint_conn,
                                  on_phase=lambda name: phase.__setitem__(0, name))
     output.render(report, app_state.fmt(fmt))
-    if report.stopped:  # one line on stderr too: the archive folder and its free space
+    if report.stopped or report.upload_error:  # one line on stderr too
         from aegisctl.errors import OperationFailed
 
-        raise OperationFailed(report.stopped)
+        raise OperationFailed(report.stopped or report.upload_error or "")
     if report.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     if not report.ok:

@@ -122,6 +122,13 @@ def setup_logging(app_state: AppState) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # psycopg warns "error ignored in rollback" after the very error it is about (a server
+    # that stopped under a transaction), which aegisctl reports once, in one line: the
+    # driver's own warnings only with --debug.
+    driver = logging.getLogger("psycopg")
+    driver.handlers[:] = [handler]
+    driver.setLevel(logging.DEBUG if app_state.debug else logging.ERROR)
+    driver.propagate = False
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -55,6 +55,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.partition_checks",
     "aegisctl.diagnostics.pooler_checks",
     "aegisctl.diagnostics.retention_checks",
+    "aegisctl.diagnostics.leftover_checks",
 ]
 
 

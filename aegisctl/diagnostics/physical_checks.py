@@ -32,12 +32,15 @@ def physical_backups(ctx: CheckContext) -> list[CheckResult]:
         streaming = CheckResult("wal_streaming", Status.CRITICAL, None, m.max_lag, None, "B",
                                 "WAL streaming is down (aegisctl backup wal stream)")
     else:
+        behind = f"{m.lag_bytes} bytes behind" if m.lag_bytes is not None else \
+            "its lag unknown"
         streaming = grade("wal_streaming", m.lag_bytes, m.max_lag, None, unit="B",
-                          message=f"streaming, {m.lag_bytes} bytes behind", minimum=0)
+                          message=f"streaming, {behind}", minimum=0)
     return [
         streaming,
         grade("wal_slot_retained", m.slot_retained_bytes, m.max_slot_retained, None, unit="B",
-              message=f"the slot holds {m.slot_retained_bytes} bytes of WAL", minimum=0),
+              message=f"the slot holds {m.slot_retained_bytes} bytes of WAL"
+              if m.slot_retained_bytes is not None else "no WAL slot to measure", minimum=0),
         _age("physical_backup_age", m.last_backup_age_seconds, m.max_backup_age,
              "newest physical backup", critical_when_missing=True),
         _age("physical_drill_age", m.last_drill_age_seconds, m.max_drill_age,

@@ -32,6 +32,7 @@ import re
 import shutil
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -255,6 +256,50 @@ class PartitionArchive:
 
 def run_id(now: dt.datetime) -> str:
     return now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+UPLOADED_SUFFIX = ".uploaded"
+
+
+def pending_archives(settings: Settings, target: str) -> list[Path]:
+    """Every local archive of the target not yet uploaded (a killed run's temporary too: the
+    next run keeps it as incomplete and uploads it), oldest first."""
+    from aegisctl.paths import archive_root
+
+    root = archive_root(settings, target)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("*/*.jsonl.gz")
+             if p.is_file() and not p.with_name(p.name + UPLOADED_SUFFIX).exists()]
+    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+@dataclass
+class ArchiveUploads:
+    uploaded: dict[str, str] = field(default_factory=dict)  # local path -> key
+    error: str | None = None
+
+
+def upload_pending_archives(settings: Settings, target: str) -> ArchiveUploads:
+    """Upload every finished archive not yet uploaded (this run's, and those of interrupted or
+    failed runs), marking each with a `<file>.uploaded` file beside it; stops at the first
+    failure (the store is likely unreachable), which the next run retries."""
+    from aegisctl.backup.store import write_atomic
+    from aegisctl.errors import AegisError
+
+    result = ArchiveUploads()
+    for path in pending_archives(settings, target):
+        if path.name.startswith(TMP_PREFIX):
+            continue  # a killed run's, still being written for all we know: the next run's
+        try:
+            key = upload_archive(settings, target, path, path.parent.name)
+        except AegisError as exc:
+            result.error = f"uploading cleanup archive {path.name}: {exc}"
+            break
+        write_atomic(path.with_name(path.name + UPLOADED_SUFFIX),
+                     f"{key}\n".encode())
+        result.uploaded[str(path)] = key
+    return result
 
 
 def upload_archive(settings: Settings, target: str, path: Path, policy: str) -> str:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from aegisctl.errors import OperationFailed
 from aegisctl.maintenance.catalog import Relation
 from aegisctl.retention.settings import CleanupSettings
+from aegisctl.testhooks import pause_at
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -110,19 +111,22 @@ class Pacer:
 
     def lag(self) -> tuple[int, float]:
         """(bytes, seconds) of the worst matching standby's replay lag; (0, 0) without one."""
+        # A row whose positions are all hidden is a standby this role may not see (it needs
+        # pg_monitor); a row that sends WAL but never replays it is a WAL receiver (Barman's
+        # pg_receivewal), not a standby: it has no replay lag to wait for.
         row = self.conn.execute(
-            "SELECT count(*), count(replay_lsn),"
+            "SELECT count(*) FILTER (WHERE state IS NULL AND sent_lsn IS NULL),"
             "       COALESCE(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint,"
             "       COALESCE(max(extract(epoch FROM replay_lag)), 0)::float8"
             "  FROM pg_stat_replication"
             " WHERE %(name)s::text IS NULL OR application_name = %(name)s",
             {"name": self.settings.replica}).fetchone()
         assert row is not None
-        if row[0] and not row[1] and self.lag_visible:
+        if row[0] and self.lag_visible:
             self.lag_visible = False
             log.warning("standbys are attached but their replay position is not visible to "
                         "this role (grant pg_monitor): replication lag cannot throttle cleanup")
-        lag_bytes, lag_seconds = int(row[2]), float(row[3])
+        lag_bytes, lag_seconds = int(row[1]), float(row[2])
         if lag_bytes == 0:
             lag_seconds = 0.0  # replay_lag keeps its last value for a while after catching up
         return lag_bytes, lag_seconds
@@ -283,6 +287,7 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
                     if archive is not None and rows:
                         archive.write([r[1] for r in rows])
                         archived = len(rows)
+                        pause_at("cleanup.batch-archived")  # archived, not yet committed
             except BaseException as exc:
                 if archive is not None and archived:
                     archive.rollback(mark, archived)  # the commit failed: forget the batch

@@ -30,7 +30,7 @@ from aegisctl.retention.archive import (
     ArchiveWriter,
     PartitionArchive,
     run_id,
-    upload_archive,
+    upload_pending_archives,
 )
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
 from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon
@@ -124,15 +124,20 @@ class CleanupReport:
     interrupted: bool = False
     # Why the run stopped before its other policies (an archive that could not be written).
     stopped: str | None = None
+    uploaded_archives: list[str] = field(default_factory=list)  # keys uploaded by this run
+    upload_error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.stopped and not any(p.status == "failed" for p in self.policies)
+        return not self.stopped and not self.upload_error \
+            and not any(p.status == "failed" for p in self.policies)
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "dry_run": self.dry_run, "started_at": self.started_at,
                 "finished_at": self.finished_at, "interrupted": self.interrupted,
-                "ok": self.ok, "stopped": self.stopped, "policies": [p.to_json() for p in self.policies],
+                "ok": self.ok, "stopped": self.stopped,
+                "uploaded_archives": self.uploaded_archives, "upload_error": self.upload_error,
+                "policies": [p.to_json() for p in self.policies],
                 "deleted_rows": sum(p.total_deleted for p in self.policies),
                 "erasure_horizon": self.horizon.to_json() if self.horizon else None}
 
@@ -186,6 +191,11 @@ class CleanupReport:
             if p.error:
                 lines.append(f"failed: {p.error}")
             blocks += [Note(f"{p.name}: {line}") for line in lines]
+        if self.uploaded_archives:
+            blocks.append(Note(f"uploaded {len(self.uploaded_archives)} cleanup archive(s) to "
+                               "the backup remote"))
+        if self.upload_error:
+            blocks.append(Note(f"{self.upload_error}; kept locally, the next run uploads it"))
         if self.interrupted:
             blocks.append(Note("interrupted: every committed batch stays deleted, nothing is "
                                "half-done; run it again to finish"))
@@ -267,9 +277,25 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
             if conn.info.transaction_status != 0:  # not idle: leave the failed transaction
                 conn.rollback()
     report.interrupted = should_stop()
+    if not options.dry_run and settings.backup.remote is not None \
+            and settings.cleanup.upload_archives:
+        _upload_archives(loaded, target_name, report)
     report.horizon = erasure_horizon(settings.backup, target_name, now)
     report.finished_at = dt.datetime.now(dt.UTC)
     return report
+
+
+def _upload_archives(loaded: LoadedConfig, target_name: str, report: CleanupReport) -> None:
+    """Every archive not yet uploaded goes now: this run's, and those that runs killed,
+    stopped or cut off from the server left behind."""
+    uploads = upload_pending_archives(loaded.settings, target_name)
+    report.uploaded_archives = list(uploads.uploaded.values())
+    report.upload_error = uploads.error
+    for p in report.policies:
+        if p.archive:
+            p.uploaded = uploads.uploaded.get(p.archive)
+        for done in p.partition_archives:
+            done.uploaded = uploads.uploaded.get(done.archive)
 
 
 def _method(policy: ResolvedPolicy) -> str:
@@ -348,14 +374,6 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
             result.archived_rows = archive.rows + result.partition_archived_rows
             closed = archive.close()  # raises when it does not read back: keeps its tmp name
             result.archive = str(closed) if closed else None
-    if archive is not None and settings.backup.remote is not None \
-            and settings.cleanup.upload_archives:
-        if result.archive:
-            result.uploaded = upload_archive(settings, target_name, Path(str(result.archive)),
-                                             policy.name)
-        for done in result.partition_archives:  # again for one an interrupted run left
-            done.uploaded = upload_archive(settings, target_name, Path(done.archive),
-                                           policy.name)
     if pacer.should_stop():
         result.status = "interrupted"
         result.notes.append("stopped after a committed batch; rebuild and vacuum skipped")
@@ -443,7 +461,7 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
     for partition in parts.partitions(conn, parent):
         if referenced or maint.should_stop():
             break
-        whole, _rows = _droppable(conn, policy, partition, result.cutoff)
+        whole, rows = _droppable(conn, policy, partition, result.cutoff)
         if not whole:
             continue
         rel = partition.relation
@@ -461,7 +479,10 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
             result.notes.append(f"{rel.qualified}: could not detach ({detach.detail}); "
                                 "batch-deleting instead")
             continue
-        _archive_and_drop(conn, rel, run, result, maint, archives)
+        # Counted just before the DETACH: without an archive (which counts what it writes)
+        # that figure is reported rather than scanning the partition a second time.
+        _archive_and_drop(conn, rel, run, result, maint, archives,
+                          rows=None if archives is not None else rows)
     return _leaves_with_expired_rows(conn, parent, result.cutoff)
 
 
@@ -481,14 +502,16 @@ def _leaves_with_expired_rows(conn: psycopg.Connection[Any], parent: Relation,
 
 def _archive_and_drop(conn: psycopg.Connection[Any], rel: Relation, token: str,
                       result: PolicyResult, maint: MaintContext,
-                      archives: PartitionArchives | None) -> None:
+                      archives: PartitionArchives | None, rows: int | None = None) -> None:
     """Archive a detached partition (unless an interrupted run already completed its archive:
-    `token` names the run that detached it, and so the file), then drop it."""
+    `token` names the run that detached it, and so the file), then drop it. `rows`: its row
+    count when the caller has just counted it."""
     from psycopg import sql
 
     started = time.perf_counter()
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel.ident())).fetchone()
-    rows = int(row[0]) if row else 0
+    if rows is None:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel.ident())).fetchone()
+        rows = int(row[0]) if row else 0
     if archives is not None:
         target = PartitionArchive(archives.root, archives.policy, rel.name, token)
         written = not target.complete

@@ -19,14 +19,13 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aegisctl.children import die_with_parent
 from aegisctl.errors import ConfigError, MissingBinary, OperationFailed
 from aegisctl.paths import is_root
 
@@ -181,6 +180,7 @@ class Engine:
                 env=self.env(), cwd=self.home,
                 user=ids[0] if ids else None, group=ids[1] if ids else None,
                 extra_groups=[] if ids else None, timeout=timeout,
+                preexec_fn=die_with_parent(),
             )
         except subprocess.TimeoutExpired:
             raise OperationFailed(f"cannot {what}: Barman did not finish in {timeout:.0f} s") \
@@ -221,29 +221,28 @@ class Engine:
                 stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 user=ids[0] if ids else None, group=ids[1] if ids else None,
                 extra_groups=[] if ids else None, start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),  # no orphaned streamer holds the slot
             )
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function: SIGTERM when aegisctl dies, even by SIGKILL, so no orphaned
-    streamer holds the slot. It runs in the child after the user switch (which would clear
-    the setting), where nothing can be imported any more: libc is resolved here."""
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-
 def last_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln.strip() for ln in ((done.stderr or "") + "\n" + (done.stdout or "")).splitlines()
-             if ln.strip()]
+    """The line that says why: the last error line, a heading such as `pg_basebackup error:`
+    joined to the line that follows it (never shown alone, with nothing after it)."""
+    from aegisctl.children import exit_cause
+
+    lines: list[str] = []
+    for line in ((done.stderr or "") + "\n" + (done.stdout or "")).splitlines():
+        if not line.strip():
+            continue
+        if lines and lines[-1].endswith(":"):
+            lines[-1] = f"{lines[-1]} {line.strip()}"
+        else:
+            lines.append(line.strip())
+    lines = [ln for ln in lines if not ln.endswith(":")]  # a heading nothing followed
     errors = [ln for ln in lines if "ERROR" in ln or "FATAL" in ln or "error" in ln]
-    return (errors or lines or [f"exit {done.returncode}"])[-1][:500]
+    if done.returncode < 0:
+        return exit_cause(done.returncode)
+    return (errors or lines or [exit_cause(done.returncode)])[-1][:500]
 
 
 def engine_for(loaded: LoadedConfig, target: Target, *,
