@@ -51,6 +51,8 @@ METRICS = {
     "cluster_switchover": "aegisctl_cluster_switchover_scheduled",
     "cluster_timeline": "aegisctl_cluster_timeline",
     "cluster_lag": "aegisctl_cluster_member_lag_bytes",
+    "backup_remote_copies": "aegisctl_backup_remote_copies_bad",
+    "backup_remote_verify_age": "aegisctl_backup_remote_verify_age_seconds",
     "retention_backlog": "aegisctl_retention_backlog_seconds",
     "pooler_clients_waiting": "aegisctl_pgbouncer_clients_waiting",
     "pooler_max_wait": "aegisctl_pgbouncer_max_wait_seconds",
