@@ -40,9 +40,6 @@ def run_cmd(
     dry_run: Annotated[bool, dry_run_option("Count what each policy would delete; delete nothing.")] = False,
     yes: Annotated[bool, yes_option("Do not ask for confirmation.")
                    ] = False,
-    allow_emptying: Annotated[bool, typer.Option(
-        "--allow-emptying", help="Let a policy delete every row of its table (refused "
-        "otherwise: usually a wrong max_age or column).")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
@@ -101,8 +98,7 @@ def run_cmd(
             stop.callbacks.append(lambda: (maint_conn or conn).cancel_safe()
                                   if phase[0] == "maintenance" else None)
             report = run_cleanup(loaded, target.name, conn,
-                                 CleanupOptions(policies=names, dry_run=dry_run,
-                                                allow_emptying=allow_emptying),
+                                 CleanupOptions(policies=names, dry_run=dry_run),
                                  should_stop=stop, progress=progress,
                                  side_connect=side_connect if progress else None,
                                  maint_conn=maint_conn,

@@ -67,7 +67,7 @@ class PolicyResult:
     max_age: str
     cutoff: dt.datetime | None = None
     method: str = ""  # batches by index | batches by page range | partitions + batches
-    status: str = "planned"  # dry-run | done | interrupted | failed | skipped | refused
+    status: str = "planned"  # dry-run | done | interrupted | failed | skipped
     expired_rows: int | None = None  # dry run: what would go
     deleted_rows: int = 0
     partitions_dropped: list[str] = field(default_factory=list)
@@ -130,7 +130,7 @@ class CleanupReport:
     @property
     def ok(self) -> bool:
         return not self.stopped and not self.upload_error \
-            and not any(p.status in ("failed", "refused") for p in self.policies)
+            and not any(p.status == "failed" for p in self.policies)
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "dry_run": self.dry_run, "started_at": self.started_at,
@@ -189,7 +189,7 @@ class CleanupReport:
             if p.reindexed:
                 lines.append(f"rebuilt concurrently before vacuuming: {', '.join(p.reindexed)}")
             if p.error:
-                lines.append(f"{'refused' if p.status == 'refused' else 'failed'}: {p.error}")
+                lines.append(f"failed: {p.error}")
             blocks += [Note(f"{p.name}: {line}") for line in lines]
         if self.uploaded_archives:
             blocks.append(Note(f"uploaded {len(self.uploaded_archives)} cleanup archive(s) to "
@@ -209,29 +209,7 @@ class CleanupOptions:
     policies: list[str] | None = None
     dry_run: bool = False
     now: dt.datetime | None = None  # default: the server's clock
-    # A policy that would delete every row of its table runs only with this (--allow-emptying):
-    # that is more often a wrong max_age or column than an intent.
-    allow_emptying: bool = False
 
-
-def would_empty(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
-                cutoff: dt.datetime) -> bool:
-    """Whether the policy would delete every row of a non-empty table: no row is newer than
-    the cutoff and none is exempt (two cheap probes, each stopping at the first row)."""
-    from psycopg import sql
-
-    rel, col = policy.table.ident(), sql.Identifier(policy.column)
-    if conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} AS t)").format(rel)
-                    ).fetchone() == (True,):
-        return False
-    newer = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE t.{} >= %s"
-                                 " OR t.{} IS NULL)").format(rel, col, col), (cutoff,)).fetchone()
-    if newer == (True,):
-        return False
-    where, params = policy.condition("t", cutoff)
-    kept = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE NOT ({}))").format(
-        rel, where), params).fetchone()
-    return kept != (True,)
 
 def select_policies(loaded: LoadedConfig, names: list[str] | None) -> list[str]:
     configured = effective_policies(loaded.settings.cleanup, loaded.settings.partitions)
@@ -281,19 +259,6 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
             result.status = "skipped"
             continue
         try:
-            assert result.cutoff is not None
-            if would_empty(conn, policy, result.cutoff):
-                warning = (f"policy {policy.name} would delete every row of "
-                           f"{policy.table.qualified} (none is newer than {policy.age} or "
-                           "exempt): check max_age and column")
-                if options.dry_run or options.allow_emptying:
-                    result.notes.append("warning: " + warning
-                                        + ("" if options.allow_emptying else
-                                           "; a real run needs --allow-emptying"))
-                else:
-                    result.status = "refused"
-                    result.error = warning + "; pass --allow-emptying if that is intended"
-                    continue
             if options.dry_run:
                 _dry_run(conn, policy, result)
             else:
