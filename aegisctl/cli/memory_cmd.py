@@ -26,6 +26,7 @@ from aegisctl.cli.options import (
     TypeOpt,
     UntilOpt,
     WaitLock,
+    asks,
     dry_run_option,
     limit_option,
     memory_filters,
@@ -609,6 +610,7 @@ def export_cmd(
 
 
 @app.command("reembed")
+@asks(lambda p: not (p.get("missing") or p.get("stale") or p.get("dry_run")))
 def reembed_cmd(
     ctx: typer.Context,
     missing: Annotated[bool, typer.Option(
