@@ -10,7 +10,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
-from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
+from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ def cleanup() -> None:
 
 
 @app.command("run")
+@asks(unless_dry_run)
 def run_cmd(
     ctx: typer.Context,
     policy: Annotated[list[str] | None, typer.Option(

@@ -75,8 +75,7 @@ def run_job(
 
       aegisctl --config /etc/aegisctl/config.yaml jobs run prune --trigger cron
     """
-    from aegisctl.cli.command_tree import check_command
-    from aegisctl.errors import ConfigError
+    from aegisctl.cli.command_tree import check_schedule_commands
     from aegisctl.scheduling.jobs import find_job
     from aegisctl.scheduling.runner import JobExecution, RunOptions
 
@@ -84,10 +83,7 @@ def run_job(
     unattended_logging(app_state)
     loaded = app_state.config()
     job = find_job(loaded.settings, job_name)
-    try:
-        check_command(job.argv)
-    except ValueError as exc:
-        raise ConfigError(f"schedule.{job.name}.command {job.settings.command!r}: {exc}") from None
+    check_schedule_commands(loaded.settings, str(loaded.path or "config"), only=job.name)
     options = RunOptions(trigger=trigger.value, log_format=app_state.log_format.value,
                          child_globals=child_globals(app_state))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
