@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from backup_fixtures import backup_config, fill  # noqa: F401  (fixtures)
 from conftest import dsn_of
 from fault_fixtures import aegisctl_env, children_of, run_aegisctl, start_paused, wait_gone
+
+from aegisctl.local import EmbeddedServer
 
 
 def _manifest(tmp_path: Path, backup_id: str) -> dict[str, Any]:
@@ -126,3 +132,56 @@ def test_pg_restore_dies_with_aegisctl(cli, aegis_db, backup_config, tmp_path) -
     assert done.returncode == 0, done.stderr
     assert _scratch_databases(aegis_db) == []
     assert cli("--config", str(cfg), "check", "--only", "scratch_databases").exit_code == 0
+
+
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedServer]:
+    """A server of this test's own, to stop and start again under a restore test."""
+    base = Path(tempfile.mkdtemp(prefix="aegisctl-restart-"))
+    base.chmod(0o755)
+    server = EmbeddedServer(base / "pgdata", database="aegis")
+    try:
+        server.ensure_running()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_server_stopped_during_the_restore_test(cli, own_server, write_config,
+                                                  tmp_path) -> None:
+    """The issue's case: the server goes away under `verify --restore-test`. The test is
+    interrupted (the backup keeps its verification), the scratch database that could not be
+    dropped is reported by `check` once the server is back, and the next verify drops it."""
+    with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 500) i")
+    cfg = write_config({"targets": {"primary": {"dsn": own_server.uri()}},
+                        "connection": {"retry": {"attempts": 1}},
+                        "backup": {"directory": str(tmp_path / "backups")}})
+    created = cli("--config", str(cfg), "backup", "create", "--verify", "restore-test",
+                  "--format", "json")
+    assert created.exit_code == 0, created.output
+    backup_id = json.loads(created.stdout)["id"]
+    before = _manifest(tmp_path, backup_id)["verification"]
+
+    paused = start_paused("verify.pg_restore", "--config", str(cfg), "backup", "verify",
+                          "--latest", "--restore-test", tmp_path=tmp_path)
+    own_server.stop()
+    _out, err = paused.resume()
+    assert paused.proc.returncode == 1, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("aegisctl: error:")]
+    assert len(lines) == 1 and "pg_restore lost its connection to the server" in lines[0], err
+    assert "keeps its previous verification: ok (restore-test" in lines[0]
+    assert "error ignored" not in err and "None" not in err
+    assert _manifest(tmp_path, backup_id)["verification"] == before
+
+    own_server.ensure_running()
+    with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+        assert len(_scratch_databases(conn)) == 1  # it could not be dropped: still marked
+    checked = cli("--config", str(cfg), "check", "--only", "scratch_databases")
+    assert checked.exit_code == 1, checked.output
+    again = cli("--config", str(cfg), "backup", "verify", "--latest", "--restore-test")
+    assert again.exit_code == 0, again.output
+    with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+        assert _scratch_databases(conn) == []
