@@ -222,7 +222,9 @@ def verify(
     """Check a backup: sha256 of every file, decryption, `pg_restore --list`, and with
     --restore-test a full restore. The result is recorded in the manifest. Exits 1 on any
     problem, 4 when another run holds the target's backup lock (a prune could delete the
-    backup while it is read).
+    backup while it is read). A check that could not run to completion (pg_restore killed,
+    the server gone) is "interrupted": the backup keeps its previous verification, exit 1
+    naming the cause.
 
     Examples:
 
