@@ -20,7 +20,14 @@ import psycopg
 import pytest
 from backup_fixtures import backup_config, fill  # noqa: F401  (fixtures)
 from conftest import dsn_of
-from fault_fixtures import aegisctl_env, children_of, run_aegisctl, start_paused, wait_gone
+from fault_fixtures import (
+    aegisctl_env,
+    children_of,
+    run_aegisctl,
+    small_filesystem,
+    start_paused,
+    wait_gone,
+)
 
 from aegisctl.local import EmbeddedServer
 
@@ -185,3 +192,49 @@ def test_a_server_stopped_during_the_restore_test(cli, own_server, write_config,
     assert again.exit_code == 0, again.output
     with psycopg.connect(own_server.uri(), autocommit=True) as conn:
         assert _scratch_databases(conn) == []
+
+
+def test_the_scratch_side_running_out_of_disk_is_an_interruption(
+        cli, own_server, write_config, tmp_path) -> None:
+    """The server's disk fills while the restore test builds an index (its temporary files go
+    to a small tmpfs, as `temp_tablespaces` says): the test could not run to its end, the
+    backup is not condemned."""
+    # Where the server's own user can reach it (pytest's folders are 0700).
+    small = small_filesystem(own_server.data_dir.parent, size=256 * 1024)
+    fs = small.__enter__()
+    try:
+        if fs.kind == "rlimit":
+            pytest.skip("the server's disk cannot be bounded without a small filesystem")
+        ids = own_server._service_uid()
+        if ids:
+            os.chown(fs.path, *ids)
+        with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            conn.execute("INSERT INTO notes SELECT i, md5(i::text) || md5((i * 7)::text)"
+                         " FROM generate_series(1, 60000) i")
+            conn.execute("CREATE INDEX notes_body ON notes (body)")
+        cfg = write_config({"targets": {"primary": {"dsn": own_server.uri()}},
+                            "connection": {"retry": {"attempts": 1}},
+                            "backup": {"directory": str(tmp_path / "backups")}})
+        created = cli("--config", str(cfg), "backup", "create", "--verify", "restore-test",
+                      "--format", "json")
+        assert created.exit_code == 0, created.output
+        backup_id = json.loads(created.stdout)["id"]
+        before = _manifest(tmp_path, backup_id)["verification"]
+        with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+            conn.execute(f"CREATE TABLESPACE small LOCATION '{fs.path}'")
+            conn.execute("ALTER SYSTEM SET temp_tablespaces = 'small'")
+            conn.execute("ALTER SYSTEM SET maintenance_work_mem = '1MB'")
+            conn.execute("SELECT pg_reload_conf()")
+        done = cli("--config", str(cfg), "backup", "verify", backup_id, "--restore-test")
+        assert done.exit_code == 1, done.output
+        assert "pg_restore ran out of disk space on the server" in done.stderr, done.stderr
+        assert "No space left on device" in done.stderr
+        assert _manifest(tmp_path, backup_id)["verification"] == before
+        with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+            assert _scratch_databases(conn) == []
+            conn.execute("ALTER SYSTEM RESET temp_tablespaces")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("DROP TABLESPACE small")
+    finally:
+        small.__exit__(None, None, None)
