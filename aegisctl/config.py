@@ -164,6 +164,19 @@ class EmbeddingSettings:
 
 
 @dataclass
+class RerankSettings:
+    """An optional cross-encoder behind `POST {base_url}/rerank` (query + documents -> scores),
+    applied to hybrid's fused top `top_n`."""
+
+    base_url: str
+    model: str
+    top_n: int = 20
+    api_key_env: str | None = None
+    timeout: Duration = 10.0
+    retries: int = 1
+
+
+@dataclass
 class SearchSettings:
     ef_search: int = 100
     # semantic | keyword | hybrid; unset -> hybrid with a provider, keyword without one.
@@ -173,12 +186,15 @@ class SearchSettings:
     exact_below: int = 5000
     iterative_scan: Literal["strict_order", "relaxed_order", "off"] = "strict_order"
     # Hybrid fusion (aegisctl/memory/search/fusion.py), defaults chosen on bench/relevance.py.
-    rrf_k: int = 60
+    rrf_k: int = 30
     candidates: int = 40  # rows each signal contributes to hybrid fusion, whatever --limit
     semantic_weight: float = 1.0
     keyword_weight: float = 0.75
     exact_term_boost: float = 1.0  # first-place votes for holding the query's identifiers
     dedupe: float = 0.8  # word-trigram overlap that folds a near-identical hit; 0 = off
+    # Query-adaptive fusion: each signal's weight follows how strong it is for this query.
+    adaptive: bool = True
+    rerank: RerankSettings | None = None
 
 
 @dataclass
@@ -402,7 +418,9 @@ class _Validator:
                 parse = parse_duration if DURATION in meta else parse_size
                 try:
                     return parse(value)
-                except (ValueError, TypeError):
+                except (ValueError, TypeError) as exc:
+                    if "too long" in str(exc):  # well-formed, but beyond what dates can hold
+                        raise self.fail(path, str(exc)) from None
                     raise self.expected(path, tp, value) from None
             return self.convert(value, base, path)
         if origin in (Union, types.UnionType):
@@ -575,6 +593,20 @@ def _check_memory_settings(settings: Settings, origin: str) -> None:
         raise ConfigError(f"{origin}: search.candidates: at most 1000")
     if search.ef_search > 1000:
         raise ConfigError(f"{origin}: search.ef_search: pgvector allows at most 1000")
+    if search.rerank is not None:
+        _check_rerank(search.rerank, origin)
+
+
+def _check_rerank(rerank: RerankSettings, origin: str) -> None:
+    if not rerank.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{origin}: search.rerank.base_url: an http(s) URL, got "
+                          f"'{rerank.base_url}'")
+    if not 1 <= rerank.top_n <= 1000:
+        raise ConfigError(f"{origin}: search.rerank.top_n: between 1 and 1000, got "
+                          f"{rerank.top_n}")
+    if rerank.retries < 0 or rerank.timeout <= 0:
+        raise ConfigError(f"{origin}: search.rerank: retries must be at least 0 and timeout "
+                          "positive")
 
 
 # ---------------------------------------------------------------------------------------------

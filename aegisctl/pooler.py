@@ -90,8 +90,9 @@ class PerTransactionCursor(psycopg.Cursor[Any]):
             super().execute(query, params, **kwargs)
             return self
         # One pipeline: the settings and the statement travel together and share the
-        # statement's transaction (implicit in autocommit, or the one just begun).
-        with self.connection.pipeline():
+        # statement's transaction (implicit in autocommit, or the one just begun). Inside the
+        # caller's own pipeline they are simply queued: its sync ends the transaction.
+        with _pipeline(self.connection):
             psycopg.Cursor(self.connection).execute(owed)
             super().execute(query, params, **kwargs)
         return self
@@ -100,7 +101,7 @@ class PerTransactionCursor(psycopg.Cursor[Any]):
         owed = _owed(self.connection)
         if owed is None:
             return super().executemany(query, params_seq, **kwargs)
-        with self.connection.pipeline():
+        with _pipeline(self.connection):
             psycopg.Cursor(self.connection).execute(owed)
             super().executemany(query, params_seq, **kwargs)
         return None
@@ -152,6 +153,15 @@ class PerTransactionServerCursor(psycopg.ServerCursor[Any]):
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield None
+
+
+def _pipeline(conn: psycopg.Connection[Any]) -> Any:
+    """A pipeline block, unless the connection is in one already."""
+    from psycopg.pq import PipelineStatus
+
+    if conn.info.pipeline_status != PipelineStatus.OFF:
+        return _nothing()
+    return conn.pipeline()
 
 
 class AegisConnection(psycopg.Connection[Any]):

@@ -18,6 +18,10 @@ _DURATION_UNITS = {
     "mo": 30 * 86400,
     "y": 365 * 86400,
 }
+# The longest duration or age accepted anywhere: 1000 years back from now is still a date
+# Python and PostgreSQL can compute; 2100y or 99999999999999999999y would overflow them.
+MAX_YEARS = 1000
+MAX_DURATION = MAX_YEARS * 365 * 86400.0
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d|w|mo|y)?\s*$")
 
 _SIZE_UNITS = {
@@ -42,12 +46,17 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
-    match = _DURATION_RE.match(value)
-    if not match:
-        raise ValueError(f"{value!r} is not a duration: use a number with s, m, h, d, w, mo or y")
-    number, unit = match.groups()
-    return float(number) * _DURATION_UNITS[unit or "s"]
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration: use a number with s, m, h, d, w, mo "
+                             "or y")
+        number, unit = match.groups()
+        seconds = float(number) * _DURATION_UNITS[unit or "s"]
+    if not seconds <= MAX_DURATION:  # also catches inf and nan
+        raise ValueError(f"{value!r} is too long: the maximum is {MAX_YEARS}y")
+    return seconds
 
 
 def parse_size(value: str | int) -> int:
@@ -116,6 +125,9 @@ def parse_age(value: str | int) -> CalendarAge:
     number, unit = int(match.group(1)), match.group(2)
     if number <= 0:
         raise ValueError(f"{value!r}: an age must be greater than zero")
+    if number * (_DURATION_UNITS[unit] if unit not in ("mo", "y") else
+                 (30 * 86400 if unit == "mo" else 365 * 86400)) > MAX_DURATION:
+        raise ValueError(f"{value!r} is too long: the maximum is {MAX_YEARS}y")
     text = f"{number}{unit}"
     if unit == "mo":
         return CalendarAge(months=number, text=text)

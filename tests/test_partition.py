@@ -270,3 +270,31 @@ def test_schema_init_creates_a_configured_table_partitioned(cli, empty_db, tmp_p
     assert again.exit_code == 0, again.output
     verify = cli("--config", str(cfg), "schema", "verify")
     assert verify.exit_code == 0, verify.output
+
+
+def test_a_busy_table_is_waited_for_briefly_and_retried(aegis_db) -> None:
+    from aegisctl.errors import OperationFailed
+
+    rows = fill_usage(aegis_db, months=2)
+    widen_pk(aegis_db)
+    with psycopg.connect(dsn_of(aegis_db)) as blocker:
+        # An open transaction that wrote to the table: ACCESS EXCLUSIVE must wait for it.
+        blocker.execute("INSERT INTO api_usage_events (customer_id, endpoint, method,"
+                        " status_code) VALUES ('b', '/b', 'GET', 200)")
+        with pytest.raises(OperationFailed, match="gave up after 3 attempts, the lock stayed "
+                                                  "busy"):
+            convert_table(aegis_db, TABLE, "created_at",
+                          policy=LockPolicy(lock_timeout=0.05, attempts=3, max_delay=0.1))
+        assert relkind(aegis_db, TABLE) == "r"
+        assert not aegis_db.execute("SELECT 1 FROM pg_constraint WHERE conname LIKE"
+                                    " 'aegisctl%%'").fetchall()
+        release = threading.Timer(0.5, blocker.commit)
+        release.start()
+        try:
+            result = convert_table(aegis_db, TABLE, "created_at",
+                                   policy=LockPolicy(lock_timeout=0.05, attempts=100,
+                                                     max_delay=0.1))
+        finally:
+            release.join()
+    assert result.status == "converted" and result.steps[0].attempts > 1
+    assert aegis_db.execute("SELECT count(*) FROM api_usage_events").fetchone() == (rows + 1,)

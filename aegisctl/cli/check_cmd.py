@@ -48,10 +48,14 @@ def check(
     The exit code is the worst status (the Monitoring Plugins convention).
 
     Checks: connections, cache hit ratio, slow statements, long transactions,
-    lock waits, database size, replication lag and slots, wraparound, invalid
-    indexes, vector indexes and recall, backup age, restore-test age, pending
-    uploads (--list shows them). An unreachable target is CRITICAL; a check
-    that cannot be evaluated, or a configuration error, is UNKNOWN.
+    lock waits, database size, replication lag, standby count and WAL
+    receivers, slots, wraparound, invalid indexes, table and index bloat,
+    sequences, disk space, tables never vacuumed or analyzed, vector indexes
+    and recall, backup age, restore-test age, pending uploads (--list shows
+    them). An unreachable target is CRITICAL; a check that cannot be
+    evaluated, a check named by --only that does not apply, or a
+    configuration error, is UNKNOWN. Each target may have its own checks and
+    thresholds (targets.NAME.checks).
 
     Examples:
 

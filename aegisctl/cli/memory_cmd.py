@@ -163,11 +163,15 @@ def search_cmd(
     decay: Annotated[str | None, typer.Option(
         "--decay", metavar="HALF_LIFE", help="Rank by relevance x recency x importance: a "
         "memory HALF_LIFE old (e.g. 7d) counts half.")] = None,
+    no_rerank: Annotated[bool, typer.Option(
+        "--no-rerank", help="Skip the configured rerank model (search.rerank) for this "
+        "search.")] = False,
     explain: ExplainOpt = False,
     fmt: FormatOpt = None,
 ) -> None:
-    """Search memories by meaning (embeddings), by keywords (full-text), or both (hybrid,
-    reciprocal rank fusion).
+    """Search memories by meaning (embeddings), by keywords (full-text), or both (hybrid:
+    reciprocal rank fusion whose weights follow how strong each signal is for the query, then
+    the optional rerank model of search.rerank).
 
     Examples:
 
@@ -203,7 +207,7 @@ def search_cmd(
             query=query, filters=filters, limit=limit or settings.search.limit,
             mode=mode.value if mode else None, threshold=threshold, min_score=min_score,
             decay_half_life=half_life, explain=explain, dedupe=not no_dedupe,
-            highlight=highlight or chosen is MemoryFormat.table)
+            highlight=highlight or chosen is MemoryFormat.table, rerank=not no_rerank)
         result = search(conn, settings, request, provider, dim)
     view = HitList(result.hits, {"query": query, "mode": result.mode},
                    result.explain if explain else None)
@@ -211,6 +215,55 @@ def search_cmd(
     if explain and chosen is MemoryFormat.jsonl:
         for line in explain_lines(result.explain):
             output.print_status(line)
+
+
+class EvalMode(StrEnum):
+    keyword = "keyword"
+    semantic = "semantic"
+    hybrid = "hybrid"
+    hybrid_rerank = "hybrid+rerank"
+
+
+@app.command("eval")
+def eval_cmd(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(
+        help="JSON lines: {\"question\": ..., \"relevant\": [memory ids]} and/or "
+        "\"sources\": [semantic memory sources]; optional \"kind\".")],
+    modes: Annotated[list[EvalMode] | None, typer.Option(
+        "--mode", "-m", help="Repeatable (default: every mode available here: keyword; "
+        "semantic and hybrid with an embedding provider; hybrid+rerank with search.rerank).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=10,
+                                   help="The k of success@k (MRR and nDCG are @10).")] = 5,
+    fmt: FormatOpt = None,
+) -> None:
+    """Measure search quality on your own memory: run a labelled question file against the
+    database and print success@k, MRR@10 and nDCG@10 per search mode, so a model, recipe or
+    setting change can be checked before and after. Reads only.
+
+    Examples:
+
+      aegisctl memory eval questions.jsonl
+
+      aegisctl memory eval questions.jsonl --mode semantic --mode hybrid -k 3
+
+      aegisctl memory eval questions.jsonl --format json > before.json
+
+    A line of the file:
+
+      {"question": "how do we retry failed charges", "relevant": ["episodic:12"]}
+    """
+    from aegisctl.memory.evaluate import load_questions, run_eval
+
+    questions = load_questions(file)
+    with _session(ctx, "eval") as (app_state, settings, conn, dim):
+        chosen = _format(app_state, fmt)
+        needs_vectors = modes is None or any(m is not EvalMode.keyword for m in modes)
+        provider = _provider(settings, dim) if needs_vectors else None
+        result = run_eval(conn, settings, provider, dim, questions, str(file),
+                          [m.value for m in modes] if modes else None, k)
+    _show(result, MemoryFormat.table if chosen is MemoryFormat.table else MemoryFormat.json)
 
 
 @app.command("similar")

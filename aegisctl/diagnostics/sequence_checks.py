@@ -24,17 +24,25 @@ WITH columns AS (
     FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid
     JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
     WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
+), used AS (
+    -- The narrowest column a sequence feeds is the one that runs out first.
+    SELECT seq, (array_agg(format_type(atttypid, NULL) ORDER BY CASE atttypid
+                   WHEN 'int2'::regtype THEN 1 WHEN 'int4'::regtype THEN 2 ELSE 3 END))[1]
+                   AS column_type,
+           string_agg(DISTINCT attrelid::regclass::text || '.' || quote_ident(attname), ', ')
+                   AS used_by
+    FROM columns GROUP BY seq
 )
-SELECT s.schemaname, s.sequencename, s.data_type::text, s.last_value::numeric,
-       s.min_value::numeric, s.max_value::numeric, s.increment_by::numeric, s.cycle,
-       min(format_type(c.atttypid, NULL)),
-       string_agg(DISTINCT c.attrelid::regclass::text || '.' || quote_ident(c.attname), ', ')
-FROM pg_sequences s
-JOIN pg_class sc ON sc.relname = s.sequencename
-JOIN pg_namespace n ON n.oid = sc.relnamespace AND n.nspname = s.schemaname
-LEFT JOIN columns c ON c.seq = sc.oid
-WHERE s.schemaname NOT IN ('pg_catalog', 'information_schema')
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+SELECT n.nspname, c.relname, format_type(s.seqtypid, NULL),
+       CASE WHEN has_sequence_privilege(c.oid, 'SELECT,USAGE')
+            THEN pg_sequence_last_value(c.oid)::numeric END,
+       s.seqmin::numeric, s.seqmax::numeric, s.seqincrement::numeric, s.seqcycle,
+       u.column_type, u.used_by
+FROM pg_sequence s
+JOIN pg_class c ON c.oid = s.seqrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN used u ON u.seq = c.oid
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 
 

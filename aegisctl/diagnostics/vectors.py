@@ -112,12 +112,6 @@ def _counts(conn: psycopg.Connection[Any], schema: str, column: dict[str, Any]) 
     return counts
 
 
-def _search_all(conn: psycopg.Connection[Any], search: Any, vectors: list[str]) -> list[set[str]]:
-    with conn.pipeline():
-        cursors = [conn.cursor().execute(search, (vector,)) for vector in vectors]
-    return [{row[0] for row in cursor.fetchall()} for cursor in cursors]
-
-
 def measure_recall(conn: psycopg.Connection[Any], schema: str, index: dict[str, Any],
                    sample: int, ef_search: int, seed: int | None = None) -> dict[str, Any]:
     """Approximate (index) vs exact top-10 for `sample` stored vectors used as queries."""
@@ -134,26 +128,37 @@ def measure_recall(conn: psycopg.Connection[Any], schema: str, index: dict[str, 
         table=table, key=key, op=operator, type=key_type, k=sql.Literal(RECALL_K))
     rng = random.Random(seed)
     total, found, used = 0, 0, 0
+    scans = sql.SQL(_OWN_SCANS)
+    names = (index["schema"], index["index"], index["schema"], index["table"])
     with conn.transaction():
-        # HNSW at aegisctl's own search.ef_search; IVFFlat at the server's ivfflat.probes.
-        # No parallel workers: they would report scans this session cannot count as its own.
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true), "
-                     "set_config('max_parallel_workers_per_gather', '0', true)", (str(ef_search),))
-        before = _own_scans(conn, index)
-        conn.execute("SELECT setseed(%s)", (rng.random() * 2 - 1,))
-        vectors = [r[0] for r in conn.execute(template("vectors", "recall_sample").format(
-            key=key, table=table), (sample,)).fetchall()]
-        # All approximate searches, then all exact ones, pipelined: two settings changes and
-        # no round trip per query.
-        conn.execute("SELECT set_config('enable_seqscan', 'off', true), "
-                     "set_config('enable_indexscan', 'on', true)")
-        approx = _search_all(conn, search, vectors)
-        conn.execute("SELECT set_config('enable_seqscan', 'on', true), "
-                     "set_config('enable_indexscan', 'off', true), "
-                     "set_config('enable_bitmapscan', 'off', true)")
-        exact = _search_all(conn, search, vectors)
-        after = _own_scans(conn, index)
-    own = {"own_index_scans": after[0] - before[0], "own_seq_scans": after[1] - before[1]}
+        # Two round trips per index, everything else pipelined. HNSW at aegisctl's own
+        # search.ef_search; IVFFlat at the server's ivfflat.probes. No parallel workers: they
+        # would report scans this session cannot count as its own.
+        with conn.pipeline():
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true), "
+                         "set_config('max_parallel_workers_per_gather', '0', true), "
+                         "setseed(%s)", (str(ef_search), rng.random() * 2 - 1))
+            first = conn.cursor().execute(scans, names)
+            sampled = conn.cursor().execute(template("vectors", "recall_sample").format(
+                key=key, table=table), (sample,))
+        before = first.fetchone()
+        vectors = [r[0] for r in sampled.fetchall()]
+        # All approximate searches, then all exact ones.
+        with conn.pipeline():
+            conn.execute("SELECT set_config('enable_seqscan', 'off', true), "
+                         "set_config('enable_indexscan', 'on', true)")
+            approx_cursors = [conn.cursor().execute(search, (v,)) for v in vectors]
+            conn.execute("SELECT set_config('enable_seqscan', 'on', true), "
+                         "set_config('enable_indexscan', 'off', true), "
+                         "set_config('enable_bitmapscan', 'off', true)")
+            exact_cursors = [conn.cursor().execute(search, (v,)) for v in vectors]
+            last = conn.cursor().execute(scans, names)
+        approx = [{row[0] for row in c.fetchall()} for c in approx_cursors]
+        exact = [{row[0] for row in c.fetchall()} for c in exact_cursors]
+        after = last.fetchone()
+    assert before is not None and after is not None
+    own = {"own_index_scans": int(after[0]) - int(before[0]),
+           "own_seq_scans": int(after[1]) - int(before[1])}
     for got, truth in zip(approx, exact, strict=True):
         if truth:
             total += len(truth)
@@ -165,16 +170,11 @@ def measure_recall(conn: psycopg.Connection[Any], schema: str, index: dict[str, 
     return {"recall": round(found / total, 4), "recall_queries": used, **own}
 
 
-def _own_scans(conn: psycopg.Connection[Any], index: dict[str, Any]) -> tuple[int, int]:
-    """This session's not-yet-reported index scans of `index` and sequential scans of its
-    table (pg_stat_xact_*): the difference around the recall queries is what they added to
-    the cumulative statistics, which `check` must not mistake for the application's use."""
-    row = conn.execute(
-        "SELECT pg_stat_get_xact_numscans(format('%%I.%%I', %s::text, %s::text)::regclass), "
-        "pg_stat_get_xact_numscans(format('%%I.%%I', %s::text, %s::text)::regclass)",
-        (index["schema"], index["index"], index["schema"], index["table"])).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+# This session's not-yet-reported index scans of the index and sequential scans of its table
+# (pg_stat_get_xact_*): the difference around the recall queries is what they added to the
+# cumulative statistics, which `check` must not mistake for the application's use.
+_OWN_SCANS = ("SELECT pg_stat_get_xact_numscans(format('%%I.%%I', %s::text, %s::text)::regclass), "
+              "pg_stat_get_xact_numscans(format('%%I.%%I', %s::text, %s::text)::regclass)")
 
 
 def maintenance_work_mem(conn: psycopg.Connection[Any]) -> int:

@@ -46,6 +46,8 @@ class TableStatus:
     hnsw_indexes: int
     recommendation: str = "nothing to do"
     reasons: list[str] = field(default_factory=list)
+    # None, or where autovacuum is switched off: "table" (autovacuum_enabled=false) | "server"
+    autovacuum_disabled: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -64,6 +66,7 @@ class TableStatus:
                 "table_bytes": self.table_bytes, "index_bytes": self.index_bytes,
                 "estimated_bloat_bytes": self.bloat_bytes,
                 "invalid_indexes": self.invalid_indexes, "hnsw_indexes": self.hnsw_indexes,
+                "autovacuum_disabled": self.autovacuum_disabled,
                 "recommendation": self.recommendation, "reasons": self.reasons}
 
 
@@ -132,9 +135,15 @@ def recommend(t: TableStatus) -> None:
                              "concurrently before vacuuming (vacuuming HNSW is slow)")
         actions.append(f"maint vacuum --analyze --table {t.qualified}")
         t.reasons.append(f"{t.dead_rows} dead rows ({100 * t.dead_fraction:.0f}%): "
-                         "autovacuum is behind")
-    elif t.live_rows and (t.last_analyze is None or
-                          t.modified_since_analyze >= ANALYZE_FRACTION * max(t.live_rows, 1)):
+                         + _why_not_vacuumed(t))
+    elif t.last_analyze is None and (t.live_rows or t.table_bytes > 0):
+        # Never analyzed: the activity statistics may not count its rows yet (a bulk load,
+        # a statistics reset), but a table with pages has something to analyze.
+        actions.append(f"maint analyze --table {t.qualified}")
+        t.reasons.append("never analyzed: the planner guesses its row count and value "
+                         "distribution" + ("" if t.autovacuum_disabled is None else
+                                           f" ({_why_not_vacuumed(t)})"))
+    elif t.live_rows and t.modified_since_analyze >= ANALYZE_FRACTION * max(t.live_rows, 1):
         actions.append(f"maint analyze --table {t.qualified}")
         t.reasons.append("never analyzed" if t.last_analyze is None else
                          f"{t.modified_since_analyze} rows changed since the last analyze: "
@@ -147,6 +156,15 @@ def recommend(t: TableStatus) -> None:
                          "locks the table while it rewrites it: plan a quiet moment")
     if actions:
         t.recommendation = "; ".join(dict.fromkeys(actions))
+
+
+def _why_not_vacuumed(t: TableStatus) -> str:
+    if t.autovacuum_disabled == "table":
+        return ("autovacuum is disabled for this table (autovacuum_enabled=false): vacuum it "
+                "on a schedule, or re-enable it (ALTER TABLE ... RESET (autovacuum_enabled))")
+    if t.autovacuum_disabled == "server":
+        return "autovacuum is off on the server (autovacuum = off): vacuum on a schedule"
+    return "autovacuum is behind"
 
 
 def table_status(conn: psycopg.Connection[Any]) -> MaintStatus:
@@ -167,7 +185,8 @@ def table_status(conn: psycopg.Connection[Any]) -> MaintStatus:
             bloat_bytes=estimate_bloat(int(r["relpages"]), float(r["reltuples"]),
                                        None if r["row_width"] is None else float(r["row_width"]),
                                        int(r["fillfactor"]), int(r["block_size"])),
-            invalid_indexes=int(r["invalid_indexes"]), hnsw_indexes=int(r["hnsw_indexes"]))
+            invalid_indexes=int(r["invalid_indexes"]), hnsw_indexes=int(r["hnsw_indexes"]),
+            autovacuum_disabled=r["autovacuum_disabled"])
         recommend(t)
         tables.append(t)
     return MaintStatus(tables)

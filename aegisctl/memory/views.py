@@ -104,6 +104,14 @@ def explain_lines(explain: Explain) -> list[str]:
         lines.append(f"provider: {explain.provider} ({explain.model})")
     lines.append(f"time: embedding {explain.embed_ms:.1f} ms, searching "
                  f"{explain.search_ms:.1f} ms")
+    if explain.fusion:
+        fusion = explain.fusion
+        lines.append(f"fusion: semantic weight {fusion['semantic_weight']:.2f} (strength "
+                     f"{fusion['semantic_strength']:.2f}), keyword weight "
+                     f"{fusion['keyword_weight']:.2f} (strength "
+                     f"{fusion['keyword_strength']:.2f}): {fusion['reason']}")
+    if explain.rerank_ms:
+        lines.append(f"rerank: {explain.rerank_ms:.1f} ms")
     for path in explain.paths:
         lines.append(f"{path.kind} {path.signal}: {path.path} -> {path.rows} rows")
         lines.extend(f"    {line}" for line in path.plan)

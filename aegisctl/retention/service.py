@@ -461,7 +461,7 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
     for partition in parts.partitions(conn, parent):
         if referenced or maint.should_stop():
             break
-        whole, _rows = _droppable(conn, policy, partition, result.cutoff)
+        whole, rows = _droppable(conn, policy, partition, result.cutoff)
         if not whole:
             continue
         rel = partition.relation
@@ -479,7 +479,10 @@ def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
             result.notes.append(f"{rel.qualified}: could not detach ({detach.detail}); "
                                 "batch-deleting instead")
             continue
-        _archive_and_drop(conn, rel, run, result, maint, archives)
+        # Counted just before the DETACH: without an archive (which counts what it writes)
+        # that figure is reported rather than scanning the partition a second time.
+        _archive_and_drop(conn, rel, run, result, maint, archives,
+                          rows=None if archives is not None else rows)
     return _leaves_with_expired_rows(conn, parent, result.cutoff)
 
 
@@ -499,14 +502,16 @@ def _leaves_with_expired_rows(conn: psycopg.Connection[Any], parent: Relation,
 
 def _archive_and_drop(conn: psycopg.Connection[Any], rel: Relation, token: str,
                       result: PolicyResult, maint: MaintContext,
-                      archives: PartitionArchives | None) -> None:
+                      archives: PartitionArchives | None, rows: int | None = None) -> None:
     """Archive a detached partition (unless an interrupted run already completed its archive:
-    `token` names the run that detached it, and so the file), then drop it."""
+    `token` names the run that detached it, and so the file), then drop it. `rows`: its row
+    count when the caller has just counted it."""
     from psycopg import sql
 
     started = time.perf_counter()
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel.ident())).fetchone()
-    rows = int(row[0]) if row else 0
+    if rows is None:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel.ident())).fetchone()
+        rows = int(row[0]) if row else 0
     if archives is not None:
         target = PartitionArchive(archives.root, archives.policy, rel.name, token)
         written = not target.complete

@@ -149,6 +149,7 @@ class JobExecution:
             return False
         try:
             history.mark_abandoned(conn, run.job, run.target, run.id)
+            history.mark_dead_runners(conn, run.target, run.host)
             moved = local.flush_to(conn, target.name)
         except Exception as exc:
             if not type(exc).__module__.startswith("psycopg"):
@@ -233,10 +234,12 @@ class JobExecution:
     def _execute(self, run: JobRun) -> None:
         env = dict(os.environ, AEGISCTL_JOB=run.job, AEGISCTL_JOB_RUN_ID=run.id)
         env[LOCK_WAIT_ENV] = f"{self.loaded.settings.scheduler.lock_wait:g}"
+        # The command dies with its runner, kill -9 included (SIGINT: it stops as after
+        # Ctrl-C, cleaning up); the next run on the target records the orphaned run.
         proc = subprocess.Popen(self.child_argv(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, env=env,
-                                preexec_fn=die_with_parent())
+                                preexec_fn=die_with_parent(signal.SIGINT))
         self._proc = proc
         stdout: list[bytes] = []
         tail: deque[str] = deque(maxlen=20)
@@ -290,7 +293,7 @@ class JobExecution:
             run.error = _error_line(tail, proc.returncode)
         else:
             run.status = "failed"
-            run.error = _error_line(tail, proc.returncode)
+            run.error = _error_line(tail, proc.returncode, run.summary)
 
     def _stop_child(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGINT to the child's process group, as Ctrl-C would (long commands stop after
@@ -369,18 +372,49 @@ def _summary(data: bytes) -> Any:
         return {"stdout_tail": data[-2000:].decode("utf-8", "replace")}
 
 
-def _error_line(tail: deque[str], code: int | None) -> str:
+def _error_line(tail: deque[str], code: int | None, summary: Any = None) -> str:
+    """Why the command failed: its last error line, else what its JSON result says failed (a
+    maint step's detail, a policy's error), else the exit code."""
     for line in reversed(tail):
         record = _json_object(line)  # the child logs JSON (--log-format json)
         if record is not None and record.get("level") == "error":
             return str(record.get("message", line))[:1000]
         if "error:" in line:
             return line.strip().removeprefix("aegisctl: error: ")[:1000]
+    reason = _failure_in(summary)
+    if reason:
+        return f"{reason} (exit {code})"[:1000]
     if tail:
         return tail[-1].strip()[:1000]
     if code is not None and code < 0:
         return exit_cause(code)
     return f"exited with code {code}"
+
+
+def _failure_in(summary: Any, depth: int = 0) -> str:
+    """The first failure a command's JSON result names: an object with status 'failed' (or
+    ok false) and a detail, error or problem, depth-first; "" when none."""
+    if depth > 6:
+        return ""
+    if isinstance(summary, dict):
+        failed = summary.get("status") == "failed" or summary.get("ok") is False
+        why = summary.get("detail") or summary.get("error")
+        problems = summary.get("problems")
+        if failed and isinstance(why, str) and why:
+            name = summary.get("target") or summary.get("policy") or summary.get("name")
+            return f"{name}: {why}" if isinstance(name, str) and name else why
+        if failed and isinstance(problems, list) and problems:
+            return str(problems[0])
+        for value in summary.values():
+            found = _failure_in(value, depth + 1)
+            if found:
+                return found
+    elif isinstance(summary, list):
+        for item in summary:
+            found = _failure_in(item, depth + 1)
+            if found:
+                return found
+    return ""
 
 
 def _now() -> dt.datetime:

@@ -24,7 +24,16 @@ SELECT n.nspname AS schema,
           JOIN pg_class ic ON ic.oid = i.indexrelid
           JOIN pg_am am ON am.oid = ic.relam
          WHERE i.indrelid = c.oid AND am.amname = 'hnsw') AS hnsw_indexes,
-       current_setting('block_size')::int AS block_size
+       current_setting('block_size')::int AS block_size,
+       -- Why autovacuum does not run on this table, if it never does: the table's own
+       -- autovacuum_enabled=false, or autovacuum off for the whole server.
+       CASE WHEN EXISTS (SELECT 1 FROM unnest(c.reloptions) o
+                          WHERE lower(o) IN ('autovacuum_enabled=false', 'autovacuum_enabled=off',
+                                             'autovacuum_enabled=0', 'autovacuum_enabled=no',
+                                             'autovacuum_enabled=f', 'autovacuum_enabled=n'))
+            THEN 'table'
+            WHEN current_setting('autovacuum') = 'off' THEN 'server'
+       END AS autovacuum_disabled
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid

@@ -46,7 +46,14 @@ from typing import TYPE_CHECKING, Any
 from aegisctl.config import Settings
 from aegisctl.errors import UsageError
 from aegisctl.memory.filters import Filters
-from aegisctl.memory.search.fusion import apply_decay, exact_terms, fuse, importance_weight
+from aegisctl.memory.search.fusion import (
+    Weights,
+    adaptive_weights,
+    apply_decay,
+    exact_terms,
+    fuse,
+    importance_weight,
+)
 from aegisctl.memory.search.hits import (
     Explain,
     Hit,
@@ -57,7 +64,7 @@ from aegisctl.memory.search.hits import (
     dedupe,
     spans,
 )
-from aegisctl.memory.search.keyword import keyword_search, query_lexemes
+from aegisctl.memory.search.keyword import TermStats, keyword_search, query_lexemes
 from aegisctl.memory.search.pg import pgvector_version, query_vector
 from aegisctl.memory.search.semantic import estimate_rows, semantic_search
 
@@ -68,7 +75,8 @@ if TYPE_CHECKING:
     from aegisctl.memory.providers import EmbeddingProvider
 
 __all__ = [
-    "Explain", "Hit", "Mode", "PathInfo", "SearchRequest", "SearchResult", "apply_decay",
+    "Explain", "Hit", "Mode", "PathInfo", "SearchRequest", "SearchResult", "TermStats",
+    "Weights", "adaptive_weights", "apply_decay",
     "coverage", "dedupe", "estimate_rows", "exact_terms", "fuse", "importance_weight",
     "keyword_search", "pgvector_version", "query_lexemes", "query_vector", "resolve_mode",
     "search", "semantic_search",
@@ -88,6 +96,7 @@ class SearchRequest:
     dedupe: bool = True
     highlight: bool = True  # mark matched terms (a table shows them; an agent may not need them)
     vector: Sequence[float] | None = None  # the query's embedding, when the caller has it
+    rerank: bool = True  # hybrid: use search.rerank when one is configured
 
 
 @dataclass
@@ -150,11 +159,16 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
             highlight=request.highlight)
         if request.threshold is not None:
             semantic = [h for h in semantic if (h.similarity or 0.0) >= request.threshold]
+    stats = TermStats()
     if mode != "semantic":
         keyword = keyword_search(conn, kinds, request.filters, request.query, fetch, explain,
-                                 request.explain, vector, dim)
+                                 request.explain, vector, dim, stats=stats)
     terms = exact_terms(request.query)
-    hits = fuse(semantic, keyword, mode, settings.search, terms)
+    weights = None
+    if mode == "hybrid":
+        weights = adaptive_weights(semantic, keyword, stats, settings.search)
+        explain.fusion = weights.to_json()
+    hits = fuse(semantic, keyword, mode, settings.search, terms, weights)
     if request.decay_half_life is not None:
         hits = apply_decay(hits, request.decay_half_life)
     if request.dedupe:
@@ -169,6 +183,8 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
                             if (h.similarity or 0.0) >= request.threshold]
             hits = dedupe(fuse(semantic, [], mode, settings.search, terms),
                           settings.search.dedupe)
+    if mode == "hybrid" and request.rerank and settings.search.rerank is not None:
+        hits = _reranked(settings, request.query, hits, explain)
     hits = hits[:max(request.limit * 3, 30)] if request.min_score is not None else \
         hits[:request.limit]
     annotate(conn, [h for h in hits if h.coverage is None], request.query, terms, vector,
@@ -181,3 +197,15 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
     explain.search_ms = round((time.perf_counter() - started) * 1000, 2)
     return SearchResult(query=request.query, mode=mode, hits=hits[:request.limit],
                         explain=explain)
+
+
+def _reranked(settings: Settings, query: str, hits: list[Hit], explain: Explain) -> list[Hit]:
+    """The fused top N reordered by the configured rerank model (its time in explain)."""
+    from aegisctl.memory.search.rerank import make_reranker, rerank
+
+    reranker = make_reranker(settings.search.rerank)
+    assert reranker is not None
+    started = time.perf_counter()
+    hits = rerank(reranker, query, hits)
+    explain.rerank_ms = round((time.perf_counter() - started) * 1000, 2)
+    return hits

@@ -6,12 +6,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aegisctl.config import SearchSettings
 from aegisctl.errors import UsageError
 from aegisctl.memory.refs import IMPORTANCE_WEIGHT
 from aegisctl.memory.search.hits import Hit, Mode, contains_term
+
+if TYPE_CHECKING:
+    from aegisctl.memory.search.keyword import TermStats
 
 # Identifiers a user copies from docs or logs: snake_case, CONSTANTS, name(), .command, x86_64.
 _TOKEN = re.compile(r"\.?[A-Za-z_][A-Za-z0-9_.$]*(?:\(\))?|\b\d+[A-Za-z_][A-Za-z0-9_]*")
@@ -37,17 +41,70 @@ def exact_terms(query: str) -> list[str]:
     return found
 
 
-def _searchable(hit: Hit) -> str:
+def searchable(hit: Hit) -> str:
     """The text a memory is embedded and indexed from (aegisctl.memory.recipe)."""
     from aegisctl.memory.recipe import embed_text
 
     return embed_text(hit.kind, hit.record)
 
 
+@dataclass
+class Weights:
+    """Each signal's weight in hybrid fusion for one query, and what decided it."""
+
+    semantic: float
+    keyword: float
+    keyword_strength: float = 1.0  # 0..1
+    semantic_strength: float = 1.0  # 0..1
+    reason: str = "fixed weights (search.adaptive: false)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"semantic_weight": round(self.semantic, 4), "keyword_weight": round(self.keyword, 4),
+                "keyword_strength": round(self.keyword_strength, 4),
+                "semantic_strength": round(self.semantic_strength, 4), "reason": self.reason}
+
+
+# Query-adaptive fusion (chosen on bench/relevance.py, tuned on one manual, checked on another):
+# a signal's weight is its configured weight x (FLOOR + (1 - FLOOR) x strength).
+FLOOR = 0.25
+# Keyword strength: the best of the first KEYWORD_TOP keyword hits' share of the query's IDF
+# mass (does any memory hold most of what the query names?), scaled by how selective the
+# query's rarest term is (a query of common words only matches everything a little).
+KEYWORD_TOP = 3
+# Semantic strength: how far the best similarity stands above the SPREAD_DEPTH-th one; a flat
+# top (every memory about equally close) says the vectors do not recognise the query.
+SPREAD_DEPTH = 10
+SPREAD_FULL = 0.1
+# Agreement: a memory in the first AGREE_DEPTH of both lists gets AGREEMENT first-place votes.
+AGREE_DEPTH = 10
+AGREEMENT = 0.5
+
+
+def adaptive_weights(semantic: list[Hit], keyword: list[Hit], stats: TermStats | None,
+                     search: SearchSettings) -> Weights:
+    if not search.adaptive or stats is None:
+        return Weights(search.semantic_weight, search.keyword_weight)
+    shares = [h.term_share or 0.0 for h in keyword[:KEYWORD_TOP]]
+    keyword_strength = max(shares, default=0.0) * (0.5 + 0.5 * stats.selectivity)
+    sims = [h.similarity for h in semantic[:SPREAD_DEPTH] if h.similarity is not None]
+    spread = sims[0] - sims[-1] if len(sims) >= 2 else 0.0
+    semantic_strength = min(1.0, max(0.0, spread / SPREAD_FULL)) if sims else 0.0
+    weights = Weights(
+        semantic=search.semantic_weight * (FLOOR + (1 - FLOOR) * semantic_strength),
+        keyword=search.keyword_weight * (FLOOR + (1 - FLOOR) * keyword_strength),
+        keyword_strength=keyword_strength, semantic_strength=semantic_strength)
+    weak = [name for name, strength in (("keyword", keyword_strength),
+                                        ("semantic", semantic_strength)) if strength < 0.5]
+    weights.reason = ("both signals strong" if not weak else
+                      f"{weak[0]} signal weak" if len(weak) == 1 else "both signals weak")
+    return weights
+
+
 def fuse(semantic: list[Hit], keyword: list[Hit], mode: Mode, search: SearchSettings,
-         terms: Sequence[str] = ()) -> list[Hit]:
+         terms: Sequence[str] = (), weights: Weights | None = None) -> list[Hit]:
     """Single modes keep their signal's order; hybrid is weighted reciprocal rank fusion plus
-    the exact-term boost (in units of a first-place vote, 1 / (rrf_k + 1))."""
+    the exact-term boost (in units of a first-place vote, 1 / (rrf_k + 1)), with the weights
+    `weights` (query-adaptive) or the configured ones, and a bonus when both signals agree."""
     if mode == "semantic":
         for hit in semantic:
             hit.score = hit.similarity or 0.0
@@ -65,15 +122,22 @@ def fuse(semantic: list[Hit], keyword: list[Hit], mode: Mode, search: SearchSett
         existing.ranks.update(hit.ranks)
         existing.keyword_score = existing.keyword_score or hit.keyword_score
         existing.match = existing.match or hit.match
+        if existing.term_share is None:
+            existing.term_share = hit.term_share
         if existing.similarity is None:
             existing.similarity = hit.similarity
-    weights = {"semantic": search.semantic_weight, "keyword": search.keyword_weight}
+    agreement = AGREEMENT if weights is not None and search.adaptive else 0.0
+    weights = weights or Weights(search.semantic_weight, search.keyword_weight)
+    per_signal = {"semantic": weights.semantic, "keyword": weights.keyword}
     first = 1.0 / (search.rrf_k + 1)
     for hit in merged.values():
-        hit.score = sum(weights.get(signal, 1.0) / (search.rrf_k + rank)
+        hit.score = sum(per_signal.get(signal, 1.0) / (search.rrf_k + rank)
                         for signal, rank in hit.ranks.items())
+        if agreement and max(hit.ranks.get("semantic", AGREE_DEPTH + 1),
+                             hit.ranks.get("keyword", AGREE_DEPTH + 1)) <= AGREE_DEPTH:
+            hit.score += agreement * first
         if terms:
-            text = _searchable(hit)
+            text = searchable(hit)
             hit.exact_terms = [t for t in terms if contains_term(text, t) >= 0]
             hit.score += search.exact_term_boost * first * len(hit.exact_terms) / len(terms)
     return sorted(merged.values(), key=lambda h: (-h.score, min(h.ranks.values())))

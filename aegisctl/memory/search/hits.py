@@ -34,6 +34,8 @@ class Hit:
     duplicates: list[str] = field(default_factory=list)  # near-identical hits folded into it
     highlights: list[tuple[int, int]] = field(default_factory=list)  # spans in its text
     marked: str | None = None  # ts_headline's text with markers, when the search asked for it
+    term_share: float | None = None  # share of the query terms' IDF mass it holds (keyword)
+    rerank_score: float | None = None  # the rerank model's score, when one is configured
 
     @property
     def key(self) -> tuple[str, int]:
@@ -63,6 +65,8 @@ class Hit:
         out["highlights"] = [list(span) for span in self.highlights]
         if self.decay is not None:
             out["decay"] = round(self.decay, 6)
+        if self.rerank_score is not None:
+            out["rerank_score"] = round(self.rerank_score, 6)
         return out
 
 
@@ -85,6 +89,9 @@ class Explain:
     search_ms: float = 0.0
     ef_search: int | None = None
     iterative_scan: str | None = None
+    rerank_ms: float = 0.0
+    # Hybrid: each signal's weight for this query and why (query-adaptive fusion).
+    fusion: dict[str, Any] = field(default_factory=dict)
     paths: list[PathInfo] = field(default_factory=list)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.memory.filters import Filters
@@ -21,6 +22,24 @@ TRIGRAM_THRESHOLD = 0.4
 # The trigram top-up is for short or misspelt queries; for a long text its index search turns
 # into a scan that compares thousands of trigrams per row.
 TRIGRAM_MAX_QUERY = 200
+
+
+@dataclass
+class TermStats:
+    """What the keyword side learnt about the query's terms (for query-adaptive fusion):
+    per kind, each term's document frequency and IDF, and the corpus size."""
+
+    idf: dict[str, float] = field(default_factory=dict)  # lexeme -> the largest IDF of a kind
+    documents: int = 0
+
+    @property
+    def selectivity(self) -> float:
+        """The most selective term's IDF over the IDF of a term held by a single memory
+        (0..1): near 0 when every query term is common, 1 when one is held by one memory."""
+        if not self.idf or self.documents <= 1:
+            return 0.0
+        rarest = math.log(1 + (self.documents - 0.5) / 1.5)
+        return min(1.0, max(self.idf.values()) / rarest)
 
 
 def _tsquery_literal(lexeme: str) -> str:
@@ -49,15 +68,18 @@ def _has_trigram(conn: psycopg.Connection[Any]) -> bool:
 def keyword_search(conn: psycopg.Connection[Any], kinds: Sequence[Kind], filters: Filters,
                    text: str, limit: int, explain: Explain, with_plan: bool = False,
                    vector: Vector | None = None, dim: int = 0,
-                   lexemes: list[str] | None = None) -> list[Hit]:
-    """Full-text (OR of the query's lexemes, IDF-ranked), topped up by trigram similarity."""
+                   lexemes: list[str] | None = None,
+                   stats: TermStats | None = None) -> list[Hit]:
+    """Full-text (OR of the query's lexemes, IDF-ranked), topped up by trigram similarity.
+    `stats`, when given, is filled with the query terms' IDF (hybrid's fusion reads it)."""
     if lexemes is None:
         lexemes = query_lexemes(conn, text)
+    stats = TermStats() if stats is None else stats
     hits: list[Hit] = []
     if lexemes:
         for kind in kinds:
             hits.extend(_fulltext(conn, kind, filters, lexemes, limit, explain, with_plan,
-                                  vector))
+                                  vector, stats))
         hits.sort(key=lambda h: -(h.keyword_score or 0.0))
         hits = hits[:limit]
     if len(hits) < limit and len(text) <= TRIGRAM_MAX_QUERY and _has_trigram(conn):
@@ -73,22 +95,25 @@ def keyword_search(conn: psycopg.Connection[Any], kinds: Sequence[Kind], filters
     return hits
 
 
-def _ranked(kind: Kind, inner: Any, vector: Vector | None) -> Any:
+def _ranked(kind: Kind, inner: Any, vector: Vector | None, share: Any = None) -> Any:
     """A keyword query (ranked by kw_score, limited) with each hit's cosine similarity added
     after its LIMIT: in the ranking query itself the distance would be computed, and the
     TOASTed vector read, for every matching row (tens of thousands for a common word), not for
-    the few kept. `inner` selects the kind's columns, `embedding AS embedding_` and kw_score."""
+    the few kept. `inner` selects the kind's columns, `embedding AS embedding_` and kw_score;
+    `share` (over the kept rows' `h.tsv_`) is each hit's share of the query's IDF mass."""
     from psycopg import sql
 
     similarity = similarity_column(None) if vector is None else \
         sql.SQL("1 - (h.embedding_ <=> %(q)b) AS similarity")
-    return sql.SQL("SELECT {cols}, {similarity}, h.kw_score FROM ({inner}) AS h "
-                   "ORDER BY h.kw_score DESC, h.id DESC").format(
-        cols=select_list(kind, "h"), similarity=similarity, inner=inner)
+    share = sql.SQL("NULL::float8") if share is None else share
+    return sql.SQL("SELECT {cols}, {similarity}, h.kw_score, {share} AS term_share "
+                   "FROM ({inner}) AS h ORDER BY h.kw_score DESC, h.id DESC").format(
+        cols=select_list(kind, "h"), similarity=similarity, inner=inner, share=share)
 
 
 def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexemes: list[str],
-              limit: int, explain: Explain, with_plan: bool, vector: Vector | None) -> list[Hit]:
+              limit: int, explain: Explain, with_plan: bool, vector: Vector | None,
+              stats: TermStats) -> list[Hit]:
     from psycopg import sql
 
     info = TABLES[kind]
@@ -114,6 +139,11 @@ def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexem
         total = int(counted[0]) if counted else 0
     total = max(total, max(dfs, default=0), 1)
     idf = [math.log(1 + (total - df + 0.5) / (df + 0.5)) for df in dfs]
+    stats.documents = max(stats.documents, total)
+    for lexeme, weight, df in zip(lexemes, idf, dfs, strict=True):
+        if df > 0:  # a term no memory holds tells nothing about the keyword side's answers
+            stats.idf[lexeme] = max(weight, stats.idf.get(lexeme, 0.0))
+    mass = sum(w for w, df in zip(idf, dfs, strict=True) if df > 0)
     where, params = filters.where(kind)
     params.update(orq=or_query, k=limit)
     if vector is not None:
@@ -125,13 +155,19 @@ def _fulltext(conn: psycopg.Connection[Any], kind: Kind, filters: Filters, lexem
             tsv, sql.Literal(q), sql.Literal(round(w, 9)))
         for q, w, df in zip(queries, idf, dfs, strict=True) if df > 0
     ) if any(dfs) else sql.SQL("0")
+    # The same sum over the kept rows only (h.tsv_), as a share of the query's IDF mass.
+    share = sql.SQL("({}) / {}").format(sql.SQL(" + ").join(
+        sql.SQL("CASE WHEN h.tsv_ @@ {}::tsquery THEN {} ELSE 0 END").format(
+            sql.Literal(q), sql.Literal(round(w, 9)))
+        for q, w, df in zip(queries, idf, dfs, strict=True) if df > 0),
+        sql.Literal(round(mass, 9))) if mass > 0 else None
     query = _ranked(kind, sql.SQL(
-        "SELECT {cols}, embedding AS embedding_, ({idf_sum}) "
+        "SELECT {cols}, embedding AS embedding_, {tsv} AS tsv_, ({idf_sum}) "
         "+ ts_rank_cd({tsv}, %(orq)s::tsquery, 32) AS kw_score "
         "FROM {table} WHERE {tsv} @@ %(orq)s::tsquery AND {where} "
         "ORDER BY kw_score DESC, id DESC LIMIT %(k)s"
     ).format(cols=select_list(kind), idf_sum=idf_sum, tsv=tsv, table=table, where=where),
-        vector)
+        vector, share)
     path = PathInfo(kind=kind, signal="keyword",
                     path=f"full-text OR of {len(lexemes)} terms, IDF-ranked (GIN on {info.tsv})")
     return _keyword_hits(conn, kind, query, params, path, explain, with_plan, "fulltext")
@@ -177,4 +213,6 @@ def _keyword_hits(conn: psycopg.Connection[Any], kind: Kind, query: Any, params:
     explain.paths.append(path)
     return [Hit(kind=kind, id=int(r["id"]), record=record_from_row(kind, r),
                 similarity=None if r["similarity"] is None else float(r["similarity"]),
-                keyword_score=float(r["kw_score"]), match=match) for r in rows]
+                keyword_score=float(r["kw_score"]), match=match,
+                term_share=None if r["term_share"] is None else float(r["term_share"]))
+            for r in rows]
