@@ -41,9 +41,12 @@ class ListedBackup:
     verified_at: str | None
     verify_level: str | None
     restore_tested_at: str | None
-    uploaded: str  # uploaded | pending | no
+    # uploaded | pending | missing (the manifest says uploaded, the store has nothing) |
+    # unknown (uploaded, but the store was not asked or could not be reached) | no
+    uploaded: str
     pinned: bool
     problems: list[str] = field(default_factory=list)
+    remote_problem: str | None = None  # the remote copy is missing or damaged
 
     @property
     def good(self) -> bool:
@@ -66,6 +69,7 @@ class BackupListing:
     def problems(self) -> list[str]:
         found = [f"{b.id}: {b.state}" + (f" ({'; '.join(b.problems)})" if b.problems else "")
                  for b in self.backups if b.state != OK]
+        found += [f"{b.id}: {b.remote_problem}" for b in self.backups if b.remote_problem]
         if self.remote_error:
             found.append(f"remote not listed: {self.remote_error}")
         return found
@@ -124,8 +128,19 @@ def _entry(manifest: BackupManifest | None, backup_id: str, created: dt.datetime
         verified=verified, verified_at=m.verification.at if m and m.verification else None,
         verify_level=m.verification.level if m and m.verification else None,
         restore_tested_at=restore_tested_at(m) if m else None,
-        uploaded=("pending" if m and m.remote.status == "pending" else "no"),
-        pinned=bool(m and m.pinned), problems=list(problems))
+        uploaded=("pending" if m and m.remote.status == "pending" else
+                  "unknown" if m and m.remote.status == "uploaded" else "no"),
+        pinned=bool(m and m.pinned), problems=list(problems),
+        remote_problem=_recorded_remote_problem(m))
+
+
+def _recorded_remote_problem(m: BackupManifest | None) -> str | None:
+    """What the last `verify --remote` found wrong, while the copy is not sent again."""
+    check = m.remote_check if m else None
+    if m is None or check is None or check.status == "ok" or m.remote.status != "pending":
+        return None
+    return (f"remote copy {check.status} (verify --remote at {check.at}: "
+            f"{'; '.join(check.problems[:3])}); aegisctl backup upload --pending sends it again")
 
 
 def restore_tested_at(manifest: BackupManifest) -> str | None:
@@ -166,6 +181,14 @@ def logical_entries(loaded: LoadedConfig, target: Target, *, remote: bool,
             groups, remote_error = [], exc.message
         for group in groups:
             _merge_remote(rows, group, now)
+        if remote_error is None:
+            where = f"s3://{loaded.settings.backup.remote.bucket}/" \
+                    f"{loaded.settings.backup.remote.prefix}{target.name}/"
+            for row in rows.values():
+                if row.uploaded == "unknown":  # uploaded, says the manifest; nothing there
+                    row.uploaded = "missing"
+                    row.remote_problem = (f"remote copy missing: nothing under {where}{row.id}/ "
+                                          "(aegisctl backup upload --pending sends it again)")
     return sorted(rows.values(), key=lambda r: (r.created_at, r.id)), remote_error
 
 
@@ -190,7 +213,8 @@ def _merge_remote(rows: dict[str, ListedBackup], group: RemoteBackup,
     row.location = "local+remote"
     row.problems += remote_problems
     if group.state == OK:
-        row.uploaded = "uploaded"
+        # A copy `verify --remote` found damaged looks whole to a listing: still pending.
+        row.uploaded = "pending" if row.remote_problem else "uploaded"
     else:
         # A partial remote copy (an upload killed midway) says nothing about the local files:
         # the row's state stays what they are, and the upload is pending.
@@ -198,6 +222,10 @@ def _merge_remote(rows: dict[str, ListedBackup], group: RemoteBackup,
                             "`backup upload --pending` sends it again")
         if row.uploaded == "no":
             row.uploaded = "pending"
+        elif row.uploaded == "unknown":  # the manifest says uploaded; the copy is not whole
+            row.uploaded = "missing"
+            row.remote_problem = (f"remote copy missing: incomplete ({group.state}); "
+                                  "aegisctl backup upload --pending sends it again")
 
 
 EntrySource = Callable[[LoadedConfig, Target, bool, dt.datetime],

@@ -66,6 +66,17 @@ class RemoteState:
 
 
 @dataclass
+class RemoteCheck:
+    """The last check of the remote copy (`backup verify --remote`): every object there, of
+    the size and with the checksums recorded at upload (`deep`: downloaded and hashed)."""
+
+    status: str  # ok | missing | damaged
+    level: str  # head | deep
+    at: str
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
 class BackupManifest:
     id: str
     target: str
@@ -97,6 +108,10 @@ class BackupManifest:
     # nothing about the backup, so `verification` stays as it was.
     interrupted_check: Verification | None = None
     remote: RemoteState = field(default_factory=RemoteState)
+    # The store's own checksum of each uploaded file, as HEAD reported it right after the
+    # upload ("sha256:<base64>", or "etag:<etag>" from a store without checksums).
+    remote_checksums: dict[str, str] = field(default_factory=dict)
+    remote_check: RemoteCheck | None = None
     pinned: bool = False
     pinned_at: str | None = None
     aegisctl_version: str = ""
@@ -143,6 +158,8 @@ class BackupManifest:
         if data.get("interrupted_check"):
             values["interrupted_check"] = Verification(**data["interrupted_check"])
         values["remote"] = RemoteState(**(data.get("remote") or {}))
+        if data.get("remote_check"):
+            values["remote_check"] = RemoteCheck(**data["remote_check"])
         return cls(**values)
 
 
@@ -283,6 +300,19 @@ def load_manifest(raw: bytes | str, *, expected_id: str | None = None) -> Backup
             raise ManifestError(f"{name} problems/checks are not lists")
     if manifest.remote.status not in ("none", "pending", "uploaded"):
         raise ManifestError(f"remote.status {manifest.remote.status!r} is unknown")
+    if not isinstance(manifest.remote_checksums, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in manifest.remote_checksums.items()):
+        raise ManifestError("remote_checksums is not an object of strings")
+    check = manifest.remote_check
+    if check is not None:
+        if check.status not in ("ok", "missing", "damaged") or check.level not in ("head", "deep") \
+                or not isinstance(check.problems, list):
+            raise ManifestError("remote_check has an unknown status or level")
+        try:
+            if not isinstance(check.at, str) or parse_time(check.at).tzinfo is None:
+                raise ValueError
+        except ValueError:
+            raise ManifestError("remote_check.at is not a time with a time zone") from None
     if not isinstance(manifest.vector_columns, dict):
         raise ManifestError("vector_columns is not an object")
     return manifest

@@ -56,6 +56,7 @@ class PruneResult:
     dry_run: bool
     deleted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # confirmed, but not deleted: why
+    aborted: list[str] = field(default_factory=list)  # killed multipart uploads (remote)
 
     @property
     def where(self) -> str:
@@ -65,7 +66,7 @@ class PruneResult:
         return {"where": self.plan.where, "target": self.plan.target, "dry_run": self.dry_run,
                 "keep": self.plan.keep, "delete": self.plan.delete,
                 "untouched": self.plan.untouched, "deleted": self.deleted,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "aborted_uploads": self.aborted}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Note
@@ -79,6 +80,9 @@ class PruneResult:
         count = len(self.plan.delete) if self.dry_run else len(self.deleted)
         blocks.append(Note(f"{'would delete' if self.dry_run else 'deleted'} {count} "
                            f"{self.plan.where} backup(s)"))
+        if self.aborted:
+            blocks.append(Note(f"aborted {len(self.aborted)} incomplete multipart upload(s) "
+                               f"left by a killed upload: {', '.join(self.aborted)}"))
         return blocks
 
 
@@ -249,6 +253,10 @@ def apply_prune(loaded: LoadedConfig, target: Target, confirmed: PrunePlan, *,
             else:
                 _delete(store, handle, backup_id, why)
             result.deleted.append(backup_id)
+        if handle is not None:
+            from aegisctl.backup.remote import abort_stale_uploads
+
+            result.aborted = abort_stale_uploads(handle)
         return result
 
 

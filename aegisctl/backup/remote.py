@@ -210,8 +210,15 @@ def file_digests(path: Path, settings: RemoteSettings) -> FileDigests:
     return FileDigests(whole.hexdigest(), size, part_size, parts)
 
 
+def recorded_checksum(head: dict[str, Any]) -> str:
+    """What verify --remote compares later: the store's SHA-256 checksum, else its ETag."""
+    if head.get("ChecksumSHA256"):
+        return f"sha256:{head['ChecksumSHA256']}"
+    return f"etag:{head.get('ETag', '')}"
+
+
 def _upload_file(remote: Remote, path: Path, key: str, item: BackupFile,
-                 digests: FileDigests, progress: Progress | None) -> None:
+                 digests: FileDigests, progress: Progress | None) -> str:
     from boto3.s3.transfer import TransferConfig
 
     config = TransferConfig(multipart_threshold=remote.settings.multipart_threshold,
@@ -239,12 +246,14 @@ def _upload_file(remote: Remote, path: Path, key: str, item: BackupFile,
                         "parts'")
     if problems:
         raise OperationFailed(f"upload of {key} did not verify: {'; '.join(problems)}")
+    return recorded_checksum(head)
 
 
 def upload_backup(store: BackupStore, manifest: BackupManifest, remote: Remote,
                   progress: Progress | None = None) -> BackupManifest:
     """Upload a backup's files, check them, then its manifest; mark it uploaded locally."""
     prefix = remote.prefix(manifest.id)
+    checksums: dict[str, str] = {}
     with remote_errors(f"uploading backup {manifest.id}", remote.settings.bucket):
         for item in manifest.all_files:
             path = store.file_path(item.path)
@@ -256,7 +265,10 @@ def upload_backup(store: BackupStore, manifest: BackupManifest, remote: Remote,
             if digests.sha256 != item.sha256:
                 raise OperationFailed(f"backup {manifest.id}: {item.path} no longer matches its "
                                       "manifest; not uploading a damaged backup")
-            _upload_file(remote, path, prefix + item.path, item, digests, progress)
+            checksums[item.path] = _upload_file(remote, path, prefix + item.path, item,
+                                                digests, progress)
+        manifest.remote_checksums = checksums
+        manifest.remote_check = None  # a new copy: not checked since
         manifest.remote.status = "uploaded"
         manifest.remote.bucket = remote.settings.bucket
         manifest.remote.key_prefix = prefix
@@ -273,6 +285,31 @@ def upload_backup(store: BackupStore, manifest: BackupManifest, remote: Remote,
                                  Body=body, ContentType="application/json", **extra)
     store.save(manifest)
     return manifest
+
+
+def abort_stale_uploads(remote: Remote) -> list[str]:
+    """Abort the incomplete multipart uploads under the target's prefix that started more than
+    `abort_incomplete_after` ago (a killed upload's parts); returns their keys."""
+    bucket = remote.settings.bucket
+    cutoff = utcnow() - dt.timedelta(seconds=remote.settings.abort_incomplete_after)
+    aborted = []
+    with remote_errors("aborting incomplete uploads", bucket):
+        paginator = remote.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=bucket, Prefix=remote.prefix()):
+            for upload in stale_uploads(page.get("Uploads", []), remote.prefix(), cutoff):
+                remote.client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                                     UploadId=upload["UploadId"])
+                aborted.append(str(upload["Key"]))
+    return aborted
+
+
+def stale_uploads(uploads: list[dict[str, Any]], prefix: str,
+                  cutoff: dt.datetime) -> list[dict[str, Any]]:
+    """The listed multipart uploads under `prefix` started before `cutoff` (input: checked)."""
+    return [u for u in uploads
+            if isinstance(u.get("Key"), str) and u["Key"].startswith(prefix)
+            and isinstance(u.get("UploadId"), str)
+            and isinstance(u.get("Initiated"), dt.datetime) and u["Initiated"] <= cutoff]
 
 
 @dataclass

@@ -3,6 +3,7 @@ under the target's lock, returning a result object (to_json / to_view)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class UploadResult:
     uploaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # id -> error
     exit_codes: dict[str, int] = field(default_factory=dict)  # id -> the error's exit code
+    aborted: list[str] = field(default_factory=list)  # keys of killed multipart uploads
 
     @property
     def ok(self) -> bool:
@@ -65,7 +67,8 @@ class UploadResult:
         return 1 if self.failed else 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"uploaded": self.uploaded, "failed": self.failed, "ok": self.ok}
+        return {"uploaded": self.uploaded, "failed": self.failed, "ok": self.ok,
+                "aborted_uploads": self.aborted}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Note
@@ -73,6 +76,9 @@ class UploadResult:
         blocks: list[Block] = [Note(f"uploaded {len(self.uploaded)} backup(s)"
                                     + (": " + ", ".join(self.uploaded) if self.uploaded else ""))]
         blocks += [Note(f"{i}: upload failed, still pending: {e}") for i, e in self.failed.items()]
+        if self.aborted:
+            blocks.append(Note(f"aborted {len(self.aborted)} incomplete multipart upload(s) "
+                               f"left by a killed upload: {', '.join(self.aborted)}"))
         return blocks
 
 
@@ -155,23 +161,45 @@ def _upload_pending(loaded: LoadedConfig, target: Target, progress: Progress | N
                     first: str | None = None) -> UploadResult:
     """Try every pending backup (`first` before the older ones); one failure stops none of
     the others, and each error is recorded in its own manifest."""
-    from aegisctl.backup.remote import open_remote
+    from aegisctl.backup.remote import abort_stale_uploads, open_remote
 
     store = _store(loaded, target)
-    pending = [m for m in store.manifests() if m.remote.status == "pending"]
-    pending.sort(key=lambda m: m.id != first)
+    manifests = store.manifests()
     result = UploadResult()
-    if not pending:
-        return result
     try:
         remote = open_remote(loaded.settings.backup.remote, target.name)
     except AegisError as exc:
-        for manifest in pending:
-            _record_failure(store, manifest, exc, result)
+        for manifest in manifests:
+            if manifest.remote.status == "pending":
+                _record_failure(store, manifest, exc, result)
+        return result
+    _requeue_missing(store, remote, manifests)
+    with contextlib.suppress(AegisError):  # the uploads below say what is wrong with the store
+        result.aborted = abort_stale_uploads(remote)
+    pending = [m for m in manifests if m.remote.status == "pending"]
+    pending.sort(key=lambda m: m.id != first)
+    if not pending:
         return result
     for manifest in pending:
         _upload_one(store, manifest, remote, progress, result)
     return result
+
+
+def _requeue_missing(store: BackupStore, remote: Any, manifests: list[BackupManifest]) -> None:
+    """A backup the manifest calls uploaded whose remote copy is gone (or has files of
+    another size) is pending again. When the store cannot be listed nothing changes: the
+    pending uploads that follow say why."""
+    from aegisctl.backup.remote_check import missing_copies
+
+    try:
+        missing = missing_copies(remote, manifests)
+    except AegisError:
+        return
+    for manifest in manifests:
+        if manifest.id in missing:
+            manifest.remote.status = "pending"
+            manifest.remote.error = "remote copy missing: " + "; ".join(missing[manifest.id][:3])
+            store.save(manifest)
 
 
 def _upload_one(store: BackupStore, manifest: BackupManifest, remote: Any,

@@ -46,6 +46,10 @@ class RemoteSettings:
     # bucket must have Object Lock enabled). 0 disables it.
     object_lock_days: int = 0
     object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] = "GOVERNANCE"
+    # A multipart upload under the target's prefix still incomplete after this long was killed
+    # (its parts are stored and billed, and no listing shows them): the next upload or remote
+    # prune aborts it. Longer than any upload takes.
+    abort_incomplete_after: Duration = 86400.0
     retention: RetentionSettings = field(
         default_factory=lambda: RetentionSettings(keep_days=90, min_keep=3)
     )

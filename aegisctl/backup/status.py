@@ -24,6 +24,11 @@ class BackupHealth:
     last_restore_test_at: dt.datetime | None  # newest successful restore test of any backup
     pending_uploads: int  # backups whose off-site copy is still to be made
     max_age_seconds: float  # backup.max_age
+    uploaded: int = 0  # backups with a remote copy, says their manifest
+    # Backups whose remote copy the last `verify --remote` found missing or damaged (and
+    # not sent again since), and when a remote copy was last found whole by it.
+    remote_copy_problems: int = 0
+    last_remote_check_at: dt.datetime | None = None
 
     def age_seconds(self, moment: dt.datetime | None, now: dt.datetime | None = None
                     ) -> float | None:
@@ -42,6 +47,9 @@ class BackupHealth:
             if self.last_restore_test_at else None,
             "last_restore_test_age_seconds": self.age_seconds(self.last_restore_test_at, now),
             "pending_uploads": self.pending_uploads, "max_age_seconds": self.max_age_seconds,
+            "uploaded": self.uploaded, "remote_copy_problems": self.remote_copy_problems,
+            "last_remote_check_at": self.last_remote_check_at.isoformat()
+            if self.last_remote_check_at else None,
         }
 
 
@@ -55,7 +63,15 @@ def backup_health(settings: BackupSettings, target_name: str) -> BackupHealth:
              and (at := restore_tested_at(e.manifest))]
     pending = sum(1 for e in entries if e.manifest is not None
                   and e.manifest.remote.status == "pending")
+    manifests = [e.manifest for e in entries if e.manifest is not None]
+    checks = [m.remote_check for m in manifests if m.remote_check is not None]
+    checked_ok = [parse_time(c.at) for c in checks if c.status == "ok"]
     return BackupHealth(
+        uploaded=sum(1 for m in manifests if m.remote.status == "uploaded"),
+        remote_copy_problems=sum(1 for m in manifests if m.remote_check is not None
+                                 and m.remote_check.status != "ok"
+                                 and m.remote.status == "pending"),
+        last_remote_check_at=max(checked_ok) if checked_ok else None,
         target=target_name, backups=len(entries),
         problems=sum(1 for e in entries if e.state != OK),
         last_good_id=newest.id if newest else None,

@@ -216,26 +216,43 @@ def verify(
         "check rows, indexes, embedding dimensions and a nearest-neighbour query.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="pg_restore jobs for the "
                                       "restore test.")] = 1,
+    remote: Annotated[bool, typer.Option(
+        "--remote", help="Check the remote copy instead: every object there, its size and the "
+        "checksums recorded at upload (HEAD). A copy missing or damaged is marked pending "
+        "(the next upload --pending sends it again). With --latest: the newest backup ever "
+        "uploaded.")] = False,
+    deep: Annotated[bool, typer.Option("--deep", help="With --remote: download every object "
+                                       "and hash it.")] = False,
+    every: Annotated[bool, typer.Option("--all", help="With --remote: every backup ever "
+                                        "uploaded.")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
     """Check a backup: sha256 of every file, decryption, `pg_restore --list`, and with
-    --restore-test a full restore. The result is recorded in the manifest. Exits 1 on any
-    problem, 4 when another run holds the target's backup lock (a prune could delete the
-    backup while it is read). A check that could not run to completion (pg_restore killed,
-    the server gone) is "interrupted": the backup keeps its previous verification, exit 1
-    naming the cause.
+    --restore-test a full restore. With --remote, the remote copy instead (every object,
+    its size and the checksums recorded at upload; --deep downloads and hashes them). The
+    result is recorded in the manifest. Exits 1 on any problem, 3 when the remote store
+    cannot be reached, 4 when another run holds the target's backup lock (a prune could
+    delete the backup while it is read). A check that could not run to completion
+    (pg_restore killed, the server gone) is "interrupted": the backup keeps its previous
+    verification, exit 1 naming the cause.
 
     Examples:
 
       aegisctl backup verify --latest --restore-test
 
       aegisctl backup verify 20260101T020000Z --format json
+
+      aegisctl backup verify --remote --all --deep
     """
     from aegisctl.backup.verify import verify_locked
     from aegisctl.errors import OperationFailed, UsageError
 
     app_state = state(ctx)
+    if remote or deep or every:
+        _verify_remote(app_state, backup_id, latest, remote, deep, every, restore_test,
+                       wait_lock, fmt)
+        return
     if bool(backup_id) == latest:
         raise UsageError("give a backup ID or --latest (one of the two)")
     if restore_test:
@@ -367,6 +384,11 @@ def prune(
 
         physical = prune_physical(loaded, target, dry_run=True)
     deleting = len(plan.delete) + (len(physical.delete) if physical else 0)
+    if not dry_run and not deleting and remote:
+        # Nothing to delete, but a killed upload's parts may be there to abort.
+        output.render(apply_prune(loaded, target, plan, wait_lock=wait_lock),
+                      app_state.fmt(fmt))
+        return
     if dry_run or not deleting:
         preview: Any = PruneResult(plan, dry_run=dry_run)
         output.render(physical_hooks.WithPhysical(preview, physical) if physical else preview,
@@ -391,6 +413,25 @@ def prune(
         result = physical_hooks.WithPhysical(result, prune_physical(loaded, target,
                                                                     dry_run=False))
     output.render(result, app_state.fmt(fmt))
+
+
+def _verify_remote(app_state: Any, backup_id: str | None, latest: bool, remote: bool,
+                   deep: bool, every: bool, restore_test: bool, wait_lock: float,
+                   fmt: Any) -> None:
+    from aegisctl.backup.remote_check import verify_remote_locked
+    from aegisctl.errors import UsageError
+
+    if not remote:
+        raise UsageError("--deep and --all go with --remote")
+    if restore_test:
+        raise UsageError("--restore-test checks the local copy: not with --remote")
+    if sum((bool(backup_id), latest, every)) != 1:
+        raise UsageError("give a backup ID, --latest or --all (one of them)")
+    result = verify_remote_locked(app_state.config(), app_state.target(), backup_id,
+                                  every=every, deep=deep, wait_lock=wait_lock)
+    output.render(result, app_state.fmt(fmt))
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
 
 
 @app.command()

@@ -37,6 +37,9 @@ class BackupFacts:
     last_restore_test_at: dt.datetime | None
     last_restore_test_id: str | None
     pending_uploads: int
+    uploaded: int = 0
+    remote_copy_problems: int = 0
+    last_remote_check_at: dt.datetime | None = None
 
 
 def backup_facts(loaded: LoadedConfig, target: Target) -> BackupFacts:
@@ -56,6 +59,9 @@ def backup_facts(loaded: LoadedConfig, target: Target) -> BackupFacts:
         last_restore_test_at=health.last_restore_test_at,
         last_restore_test_id=None,
         pending_uploads=health.pending_uploads,
+        uploaded=health.uploaded,
+        remote_copy_problems=health.remote_copy_problems,
+        last_remote_check_at=health.last_remote_check_at,
     )
 
 
@@ -110,3 +116,33 @@ def backup_pending_uploads(ctx: CheckContext) -> CheckResult:
     return grade("backup_pending_uploads", facts.pending_uploads, t.warning, t.critical,
                  minimum=0, message=f"{facts.pending_uploads} backup(s) waiting for upload "
                                     "(aegisctl backup upload)")
+
+
+@register_check("backup_remote_copies", "remote copies found missing or damaged by backup "
+                "verify --remote", needs_db=False)
+def backup_remote_copies(ctx: CheckContext) -> CheckResult:
+    facts = _facts(ctx)
+    if not facts.remote:
+        raise CheckSkipped("backup.remote is not configured")
+    t = ctx.settings.backup_remote_copies
+    return grade("backup_remote_copies", facts.remote_copy_problems, t.warning, t.critical,
+                 minimum=0, message=f"{facts.remote_copy_problems} remote cop(y/ies) missing "
+                 "or damaged (aegisctl backup upload --pending sends them again)")
+
+
+@register_check("backup_remote_verify_age", "age of the last check of a remote copy "
+                "(backup verify --remote)", needs_db=False)
+def backup_remote_verify_age(ctx: CheckContext) -> CheckResult:
+    facts = _facts(ctx)
+    if not facts.remote:
+        raise CheckSkipped("backup.remote is not configured")
+    t = ctx.settings.backup_remote_verify_age
+    if facts.last_remote_check_at is None:
+        if not facts.uploaded:
+            raise CheckSkipped("no backup was uploaded yet")
+        return CheckResult("backup_remote_verify_age", Status.WARNING, None, t.warning,
+                           t.critical, "s", "no remote copy was ever checked: aegisctl backup "
+                           "verify --remote --all")
+    age = _age(facts.last_remote_check_at)
+    return grade("backup_remote_verify_age", age, t.warning, t.critical, unit="s", minimum=0,
+                 message=f"a remote copy was last found whole {format_seconds(age)} ago")

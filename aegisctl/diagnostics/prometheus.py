@@ -45,6 +45,8 @@ METRICS = {
     "backup_age": "aegisctl_backup_age_seconds",
     "restore_test_age": "aegisctl_restore_test_age_seconds",
     "backup_pending_uploads": "aegisctl_backup_pending_uploads",
+    "backup_remote_copies": "aegisctl_backup_remote_copies_bad",
+    "backup_remote_verify_age": "aegisctl_backup_remote_verify_age_seconds",
     "retention_backlog": "aegisctl_retention_backlog_seconds",
     "pooler_clients_waiting": "aegisctl_pgbouncer_clients_waiting",
     "pooler_max_wait": "aegisctl_pgbouncer_max_wait_seconds",

@@ -135,6 +135,11 @@ class ChecksSettings:
     # Local backups still waiting to be uploaded (only when backup.remote is configured):
     # more than 0 is WARNING, more than 2 CRITICAL.
     backup_pending_uploads: Threshold = field(default_factory=lambda: Threshold(0, 2))
+    # Remote copies the last `backup verify --remote` found missing or damaged: any is
+    # CRITICAL (more than `critical`); and the age of the last remote check that found one whole.
+    backup_remote_copies: Threshold = field(default_factory=lambda: Threshold(0, 0))
+    backup_remote_verify_age: DurationThreshold = field(
+        default_factory=lambda: DurationThreshold(8 * 86400, 32 * 86400))
     # Months created ahead of a partitioned table (beyond the current month): fewer than
     # `warning` is WARNING, fewer than `critical` CRITICAL (inserts soon land in DEFAULT).
     partitions_ahead: Threshold = field(default_factory=lambda: Threshold(2, 1))
