@@ -15,7 +15,7 @@ from aegisctl import output
 from aegisctl.backup.physical import hooks as physical_hooks
 from aegisctl.cli import physical_cmd
 from aegisctl.cli.context import AppState, FormatOption, confirm, state
-from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
+from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -268,6 +268,8 @@ def verify(
 
 
 @app.command()
+@asks(lambda p: not p.get("dry_run") and not (p.get("physical") or p.get("target_dir")
+                                                    or p.get("to_time") or p.get("to_lsn")))
 def restore(
     ctx: typer.Context,
     backup_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
@@ -349,6 +351,7 @@ def restore(
 
 
 @app.command()
+@asks(unless_dry_run)
 def prune(
     ctx: typer.Context,
     dry_run: Annotated[bool, dry_run_option("Show what would be deleted and "

@@ -10,7 +10,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
-from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
+from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ def cleanup() -> None:
 
 
 @app.command("run")
+@asks(unless_dry_run)
 def run_cmd(
     ctx: typer.Context,
     policy: Annotated[list[str] | None, typer.Option(
@@ -106,8 +107,10 @@ def run_cmd(
                                  on_phase=lambda name: phase.__setitem__(0, name))
     output.render(report, app_state.fmt(fmt))
     if report.stopped or report.upload_error:  # one line on stderr too
-        from aegisctl.errors import OperationFailed
+        from aegisctl.errors import OperationFailed, RoleChanged
 
+        if report.role_changed:  # the cluster's leader went away mid-run: exit 5
+            raise RoleChanged(report.stopped or "")
         raise OperationFailed(report.stopped or report.upload_error or "")
     if report.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))
