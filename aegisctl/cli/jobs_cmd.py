@@ -65,6 +65,10 @@ def run_job(
     or Ctrl-C interrupts the command (SIGINT to its process group) and records the run as
     interrupted.
 
+    On a Patroni cluster target with patroni.local_url, the same timers run on every member:
+    where this host's member is not the leader (or the cluster is paused, or a switchover is
+    scheduled) the run is recorded as skipped with the reason and exits 0.
+
     Examples:
 
       aegisctl jobs run backup
@@ -88,6 +92,8 @@ def run_job(
     finally:
         signal.signal(signal.SIGTERM, previous)
     output.render(run, app_state.fmt(fmt))
+    if run.status == "skipped" and run.exit_code == 0:
+        return  # a cluster member that does not lead: nothing failed
     if run.status in ("failed", "skipped") and run.exit_code and run.exit_code > 0:
         raise typer.Exit(run.exit_code)  # the command's own code: 3 unreachable, 4 locked...
     if run.status != "succeeded":
