@@ -595,6 +595,10 @@ def _check_memory_settings(settings: Settings, origin: str) -> None:
         raise ConfigError(f"{origin}: search.ef_search: pgvector allows at most 1000")
     if search.rerank is not None:
         _check_rerank(search.rerank, origin)
+    gate = settings.memory.reembed_eval
+    if gate is not None and not 0 <= gate.max_drop <= 1:
+        raise ConfigError(f"{origin}: memory.reembed_eval.max_drop: a share between 0 and 1, "
+                          f"got {gate.max_drop}")
 
 
 def _check_rerank(rerank: RerankSettings, origin: str) -> None:

@@ -60,10 +60,11 @@ def _direction(name: str, dim: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def embed(text: str, dim: int) -> list[float]:
+def embed(text: str, dim: int, concepts: bool = True) -> list[float]:
     vector = 0.05 * _direction("__bias__", dim)
     for word in re.findall(r"[a-z0-9]+", text.lower()):
-        concept = WORD_CONCEPT.get(word) or WORD_CONCEPT.get(word.rstrip("s"))
+        concept = (WORD_CONCEPT.get(word) or WORD_CONCEPT.get(word.rstrip("s"))) \
+            if concepts else None
         if concept:
             vector = vector + _direction(concept, dim)
         else:
@@ -84,6 +85,7 @@ class ServerState:
     extra_dims: int = 0
     fail_after_requests: int | None = None
     delay: float = 0.0
+    concepts: bool = True  # False: a worse "model" that knows no concept (every word unknown)
     rerank_fail_with: int | None = None
     rerank_bad_body: bool = False
     rerank_requests: int = 0
@@ -154,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(state.delay)
         state.batch_sizes.append(len(texts))
         dim = int(body.get("dimensions") or state.dim) + state.extra_dims
-        data = [{"object": "embedding", "index": i, "embedding": embed(t, dim)}
+        data = [{"object": "embedding", "index": i, "embedding": embed(t, dim, state.concepts)}
                 for i, t in enumerate(texts)]
         self._send(200, {"object": "list", "data": data, "model": body.get("model"),
                          "usage": {"prompt_tokens": 0, "total_tokens": 0}})

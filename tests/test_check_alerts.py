@@ -67,11 +67,18 @@ def test_recall_queries_do_not_count_as_index_use(cli, write_config, db_dsn) -> 
         # The recall queries reached the statistics (the check's session has ended)...
         wait_for(lambda n=attempt: _index_scans(db_dsn, "mem_e") >= 5 * (n + 1),
                  what="the recall scans in pg_stat_user_indexes")
+    # `diag vectors --recall-sample` queries the index as well: not the application's use.
+    diag = cli("--config", str(config), "diag", "vectors", "--recall-sample", "5", "-f", "json")
+    assert diag.exit_code == 0, diag.output
+    assert "own_index_scans" not in diag.stdout
+    wait_for(lambda: _index_scans(db_dsn, "mem_e") >= 15, what="the diag recall scans")
+    code, report = run_check(cli, config, "--only", "vector_indexes_unused")
+    assert checks_of(report)["vector_indexes_unused"]["status"] == "WARNING"
     # ...and still the index counts as unused. An application query using it clears that.
     with psycopg.connect(db_dsn, autocommit=True) as app:
         app.execute("SET enable_seqscan = off")
         app.execute("SELECT id FROM mem ORDER BY e <-> '[0.5,0.5,0.5]' LIMIT 5").fetchall()
-    wait_for(lambda: _index_scans(db_dsn, "mem_e") >= 11, what="the application's scan")
+    wait_for(lambda: _index_scans(db_dsn, "mem_e") >= 16, what="the application's scan")
     code, report = run_check(cli, config, *only)
     assert (code, checks_of(report)["vector_indexes_unused"]["status"]) == (0, "OK")
 

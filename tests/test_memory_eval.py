@@ -77,3 +77,27 @@ def test_eval_refuses_a_bad_file(cli, make_config, memory_dsn, tmp_path) -> None
     bad.write_text('{"question": "q", "relevant": ["episodic:1"]}\n')
     result = _eval(cli, config, str(bad), "--mode", "hybrid+rerank")
     assert result.exit_code == 2 and "search.rerank" in result.stderr
+
+
+def test_reembed_fails_when_the_configured_eval_regresses(cli, make_config, memory_dsn,
+                                                          embedding_server, tmp_path) -> None:
+    questions = tmp_path / "questions.jsonl"
+    config, ids = _setup(cli, make_config, memory_dsn, tmp_path)
+    questions.write_text("".join(
+        json.dumps({"question": q, "relevant": [ids[MEMORIES[a]["summary"]]]}) + "\n"
+        for q, a in QUESTIONS))
+    gate = {"file": str(questions), "mode": "hybrid", "metric": "mrr@10", "max_drop": 0.05}
+    config = make_config(memory={"reembed_eval": gate})
+    saved = _eval(cli, config, str(questions), "--mode", "hybrid", "--save-baseline")
+    assert saved.exit_code == 0 and "baseline saved" in saved.stderr
+    same = cli("--config", str(config), "memory", "reembed", "--yes", "-f", "json")
+    assert same.exit_code == 0, same.output  # the same model: no regression
+    assert "eval after re-embedding: mrr@10 (hybrid)" in same.stderr
+    embedding_server.state.concepts = False  # a worse model: it knows no concept
+    worse = cli("--config", str(config), "memory", "reembed", "--yes", "-f", "json")
+    assert worse.exit_code == 1, worse.output
+    assert "search quality fell after re-embedding" in worse.stderr
+    assert "--save-baseline" in worse.stderr
+    questions.write_text("{broken\n")
+    refused = cli("--config", str(config), "memory", "reembed", "--yes")
+    assert refused.exit_code == 2 and "not JSON" in refused.stderr

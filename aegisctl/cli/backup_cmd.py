@@ -15,7 +15,7 @@ from aegisctl import output
 from aegisctl.backup.physical import hooks as physical_hooks
 from aegisctl.cli import physical_cmd
 from aegisctl.cli.context import AppState, FormatOption, confirm, state
-from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
+from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -233,7 +233,9 @@ def verify(
     its size and the checksums recorded at upload; --deep downloads and hashes them). The
     result is recorded in the manifest. Exits 1 on any problem, 3 when the remote store
     cannot be reached, 4 when another run holds the target's backup lock (a prune could
-    delete the backup while it is read).
+    delete the backup while it is read). A check that could not run to completion
+    (pg_restore killed, the server gone) is "interrupted": the backup keeps its previous
+    verification, exit 1 naming the cause.
 
     Examples:
 
@@ -266,6 +268,8 @@ def verify(
 
 
 @app.command()
+@asks(lambda p: not p.get("dry_run") and not (p.get("physical") or p.get("target_dir")
+                                                    or p.get("to_time") or p.get("to_lsn")))
 def restore(
     ctx: typer.Context,
     backup_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
@@ -347,6 +351,7 @@ def restore(
 
 
 @app.command()
+@asks(unless_dry_run)
 def prune(
     ctx: typer.Context,
     dry_run: Annotated[bool, dry_run_option("Show what would be deleted and "

@@ -51,11 +51,12 @@ def check(
     lock waits, database size, replication lag, standby count and WAL
     receivers, slots, wraparound, invalid indexes, table and index bloat,
     sequences, disk space, tables never vacuumed or analyzed, vector indexes
-    and recall, backup age, restore-test age, pending uploads (--list shows
-    them). An unreachable target is CRITICAL; a check that cannot be
-    evaluated, a check named by --only that does not apply, or a
-    configuration error, is UNKNOWN. Each target may have its own checks and
-    thresholds (targets.NAME.checks).
+    and recall, backup age, restore-test age, pending uploads, and on a Patroni
+    cluster target its leader, pause, pending restarts, scheduled switchover,
+    timeline changes and each member's lag (--list shows them). An unreachable
+    target is CRITICAL; a check that cannot be evaluated, a check named by
+    --only that does not apply, or a configuration error, is UNKNOWN. Each
+    target may have its own checks and thresholds (targets.NAME.checks).
 
     Examples:
 

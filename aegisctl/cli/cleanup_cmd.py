@@ -10,7 +10,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
-from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
+from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ def cleanup() -> None:
 
 
 @app.command("run")
+@asks(unless_dry_run)
 def run_cmd(
     ctx: typer.Context,
     policy: Annotated[list[str] | None, typer.Option(
@@ -49,7 +50,9 @@ def run_cmd(
     policy says so; reports when the rows are gone from backups too (the erasure horizon).
 
     SIGINT/SIGTERM stop after the current batch: committed batches stay deleted, and the
-    next run continues. Exits 1 when a policy failed, 130 when interrupted.
+    next run continues. An archive that cannot be written (a full disk) stops the run before
+    the batch is deleted. Archives not yet uploaded (when backup.remote is set) are uploaded
+    at the end of every run. Exits 1 when a policy failed, 130 when interrupted.
 
     Examples:
 
@@ -104,8 +107,10 @@ def run_cmd(
                                  on_phase=lambda name: phase.__setitem__(0, name))
     output.render(report, app_state.fmt(fmt))
     if report.stopped or report.upload_error:  # one line on stderr too
-        from aegisctl.errors import OperationFailed
+        from aegisctl.errors import OperationFailed, RoleChanged
 
+        if report.role_changed:  # the cluster's leader went away mid-run: exit 5
+            raise RoleChanged(report.stopped or "")
         raise OperationFailed(report.stopped or report.upload_error or "")
     if report.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))

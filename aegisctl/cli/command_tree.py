@@ -61,15 +61,39 @@ def check_command(argv: list[str]) -> None:
         pass
 
 
-def check_schedule_commands(settings: Settings, origin: str) -> None:
-    """Every job's command parses as an aegisctl command (ConfigError naming the job if not)."""
+def asks_unattended(argv: list[str]) -> str | None:
+    """The command path when `argv` would ask a question (destroy data, disconnect sessions)
+    because it lacks --yes, else None. Derived from the commands' own @asks marks."""
+    from aegisctl.cli.options import ASKS_ATTR
+
+    command, ctx, path, rest = _resolve(argv)
+    when = getattr(command.callback, ASKS_ATTR, None)
+    if when is None:
+        return None
+    sub = command.make_context(" ".join(path), list(rest), parent=ctx, resilient_parsing=True)
+    if sub.params.get("yes") or not when(dict(sub.params)):
+        return None
+    return " ".join(path)
+
+
+def check_schedule_commands(settings: Settings, origin: str, only: str | None = None) -> None:
+    """Every job's command (or the job `only`) parses as an aegisctl command, and a
+    destructive one states its intent with --yes (ConfigError naming the job if not)."""
     from aegisctl.scheduling.jobs import split_command
 
     for name, job in settings.schedule.items():
+        if only is not None and name != only:
+            continue
         try:
-            check_command(split_command(job.command))
+            argv = split_command(job.command)
+            check_command(argv)
+            destructive = asks_unattended(argv)
         except ValueError as exc:
             raise ConfigError(f"{origin}: schedule.{name}.command {job.command!r}: {exc}") from None
+        if destructive:
+            raise ConfigError(f"{origin}: schedule.{name}.command {job.command!r}: "
+                              f"'{destructive}' is destructive and an unattended run cannot be "
+                              "asked: add --yes to state the intent")
 
 
 def schedule_warnings(settings: Settings) -> list[str]:

@@ -65,14 +65,17 @@ def run_job(
     or Ctrl-C interrupts the command (SIGINT to its process group) and records the run as
     interrupted.
 
+    On a Patroni cluster target with patroni.local_url, the same timers run on every member:
+    where this host's member is not the leader (or the cluster is paused, or a switchover is
+    scheduled) the run is recorded as skipped with the reason and exits 0.
+
     Examples:
 
       aegisctl jobs run backup
 
       aegisctl --config /etc/aegisctl/config.yaml jobs run prune --trigger cron
     """
-    from aegisctl.cli.command_tree import check_command
-    from aegisctl.errors import ConfigError
+    from aegisctl.cli.command_tree import check_schedule_commands
     from aegisctl.scheduling.jobs import find_job
     from aegisctl.scheduling.runner import JobExecution, RunOptions
 
@@ -80,10 +83,7 @@ def run_job(
     unattended_logging(app_state)
     loaded = app_state.config()
     job = find_job(loaded.settings, job_name)
-    try:
-        check_command(job.argv)
-    except ValueError as exc:
-        raise ConfigError(f"schedule.{job.name}.command {job.settings.command!r}: {exc}") from None
+    check_schedule_commands(loaded.settings, str(loaded.path or "config"), only=job.name)
     options = RunOptions(trigger=trigger.value, log_format=app_state.log_format.value,
                          child_globals=child_globals(app_state))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -92,6 +92,8 @@ def run_job(
     finally:
         signal.signal(signal.SIGTERM, previous)
     output.render(run, app_state.fmt(fmt))
+    if run.status == "skipped" and run.exit_code == 0:
+        return  # a cluster member that does not lead: nothing failed
     if run.status in ("failed", "skipped") and run.exit_code and run.exit_code > 0:
         raise typer.Exit(run.exit_code)  # the command's own code: 3 unreachable, 4 locked...
     if run.status != "succeeded":

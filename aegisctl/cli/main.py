@@ -14,7 +14,6 @@ import typer
 from typer.core import TyperGroup
 
 from aegisctl import __version__
-from aegisctl.cli import health_cmd
 from aegisctl.cli.context import AppState, LogFormat, OutputFormat, setup_logging
 from aegisctl.errors import AegisError, ExitCode
 
@@ -35,6 +34,7 @@ def _fail(message: str, code: int) -> None:
 # Command groups are imported only when used: `aegisctl --version` and each command pay for
 # what they run, not for every group's imports and signatures.
 LAZY_GROUPS: dict[str, str] = {
+    "health": "aegisctl.cli.health_cmd",
     "config": "aegisctl.cli.config_cmd",
     "local": "aegisctl.cli.local_cmd",
     "memory": "aegisctl.cli.memory_cmd",
@@ -53,6 +53,35 @@ LAZY_GROUPS: dict[str, str] = {
 }
 
 
+# One line per command in a group's listing (80 columns), however long its help: the first
+# sentence, or what comes before its colon, or its start cut at a word.
+SHORT_HELP_CHARS = 60
+
+
+def short_help(text: str | None) -> str | None:
+    """The first sentence of a help text's first paragraph, on one line."""
+    if not text:
+        return None
+    paragraph = " ".join(text.strip().split("\n\n", 1)[0].split())
+    end = paragraph.find(". ")
+    sentence = paragraph if end < 0 else paragraph[:end + 1]
+    if len(sentence) <= SHORT_HELP_CHARS:
+        return sentence
+    head = sentence.split(": ", 1)[0]  # "Check a backup: sha256 of every file, ..."
+    if len(head) <= SHORT_HELP_CHARS:
+        return head + "."
+    return sentence[:SHORT_HELP_CHARS - 3].rsplit(" ", 1)[0].rstrip(",;:(") + "..."
+
+
+def short_helps(command: Any) -> None:
+    """Give `command` and every command below it a one-line short_help (group listings print
+    the short help, else the whole docstring with its hard line breaks)."""
+    if getattr(command, "short_help", None) is None:
+        command.short_help = short_help(getattr(command, "help", None))
+    for sub in getattr(command, "commands", {}).values():
+        short_helps(sub)
+
+
 class AegisGroup(TyperGroup):
     """Loads command groups lazily, and turns foreseeable failures into one line and the
     documented exit code."""
@@ -68,6 +97,8 @@ class AegisGroup(TyperGroup):
             command = typer.main.get_command(module.app)
             command.name = cmd_name
             self.commands[cmd_name] = command
+        if command is not None:
+            short_helps(command)
         return command
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
@@ -228,7 +259,6 @@ def main(
     setup_logging(ctx.obj)
 
 
-health_cmd.register(app)
 
 
 def _quiet_broken_pipe() -> None:

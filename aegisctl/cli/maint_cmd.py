@@ -11,7 +11,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import AppState, FormatOption, OutputFormat, confirm, state
-from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
+from aegisctl.cli.options import WaitLock, asks, dry_run_option, yes_option
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def _finish(result: MaintResult, app_state: AppState, fmt: Any) -> None:
 
 
 @app.command("vacuum")
+@asks(lambda p: bool(p.get("full")) and not p.get("dry_run"))
 def vacuum_cmd(
     ctx: typer.Context,
     table: Tables = None,

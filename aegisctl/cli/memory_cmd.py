@@ -26,6 +26,7 @@ from aegisctl.cli.options import (
     TypeOpt,
     UntilOpt,
     WaitLock,
+    asks,
     dry_run_option,
     limit_option,
     memory_filters,
@@ -236,6 +237,9 @@ def eval_cmd(
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=10,
                                    help="The k of success@k (MRR and nDCG are @10).")] = 5,
+    save_baseline: Annotated[bool, typer.Option(
+        "--save-baseline", help="Keep these figures in the database: `memory reembed` "
+        "compares memory.reembed_eval against them.")] = False,
     fmt: FormatOpt = None,
 ) -> None:
     """Measure search quality on your own memory: run a labelled question file against the
@@ -250,11 +254,14 @@ def eval_cmd(
 
       aegisctl memory eval questions.jsonl --format json > before.json
 
+      aegisctl memory eval questions.jsonl --save-baseline   # before a model change
+
     A line of the file:
 
       {"question": "how do we retry failed charges", "relevant": ["episodic:12"]}
     """
     from aegisctl.memory.evaluate import load_questions, run_eval
+    from aegisctl.memory.evaluate import save_baseline as keep
 
     questions = load_questions(file)
     with _session(ctx, "eval") as (app_state, settings, conn, dim):
@@ -263,6 +270,10 @@ def eval_cmd(
         provider = _provider(settings, dim) if needs_vectors else None
         result = run_eval(conn, settings, provider, dim, questions, str(file),
                           [m.value for m in modes] if modes else None, k)
+        if save_baseline:
+            keep(conn, result)
+            output.print_status("baseline saved: memory reembed compares memory.reembed_eval "
+                                "with these figures")
     _show(result, MemoryFormat.table if chosen is MemoryFormat.table else MemoryFormat.json)
 
 
@@ -599,6 +610,7 @@ def export_cmd(
 
 
 @app.command("reembed")
+@asks(lambda p: not (p.get("missing") or p.get("stale") or p.get("dry_run")))
 def reembed_cmd(
     ctx: typer.Context,
     missing: Annotated[bool, typer.Option(
@@ -630,13 +642,22 @@ def reembed_cmd(
       aegisctl memory reembed --dry-run
 
       aegisctl memory reembed --yes
+
+    With memory.reembed_eval configured, the question file runs after re-embedding and the
+    command fails (exit 1) when the chosen metric fell more than max_drop below the baseline
+    saved by `memory eval FILE --save-baseline`.
     """
     from aegisctl.cli.context import confirm
+    from aegisctl.errors import OperationFailed
     from aegisctl.locks import target_lock
+    from aegisctl.memory.evaluate import gate_after_reembed, load_questions
     from aegisctl.memory.reembed import ReembedPlan, count_todo, reembed
 
     kinds = option_kinds(kind)
     with _session(ctx, "reembed") as (app_state, settings, conn, dim):
+        gate = settings.memory.reembed_eval
+        # The question file is checked before anything changes.
+        questions = load_questions(Path(gate.file)) if gate and not dry_run else None
         provider = _require_provider(settings, dim)
         todo = count_todo(conn, kinds, missing, stale)
         if dry_run:
@@ -657,4 +678,16 @@ def reembed_cmd(
 
             result = reembed(conn, provider, kinds, missing=missing, stale=stale,
                              restart=restart, progress=advance)
+        outcome = gate_after_reembed(conn, settings, provider, dim, questions) \
+            if questions else None
     _show(result, _format(app_state, fmt))
+    if outcome is not None:
+        output.print_status(outcome.line())
+        if not outcome.passed:
+            raise OperationFailed(
+                f"search quality fell after re-embedding: {outcome.metric} ({outcome.mode}) on "
+                f"{gate.file if gate else ''} is {outcome.value:.3f}, more than "
+                f"memory.reembed_eval.max_drop {outcome.max_drop:g} below the baseline "
+                f"{outcome.baseline:.3f}",
+                hint="the new vectors are stored: re-embed with the previous model, or accept "
+                     "them with `memory eval FILE --save-baseline`")

@@ -8,8 +8,9 @@ Short options keep one meaning across all commands: `-y` is --yes, `-n` is --lim
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -32,6 +33,24 @@ def dry_run_option(help: str = DRY_RUN_HELP) -> Any:
 
 Yes = Annotated[bool, yes_option()]
 DryRun = Annotated[bool, dry_run_option()]
+
+# A command that destroys data or disconnects sessions says so with @asks(when): `when` gets
+# the parsed parameters and tells whether this invocation asks (unless --yes). The schedule's
+# rule "an unattended destructive command must pass --yes" is derived from these marks
+# (cli.command_tree), so a new destructive command cannot be forgotten in a list elsewhere.
+ASKS_ATTR = "__aegisctl_asks__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def asks(when: Callable[[dict[str, Any]], bool]) -> Callable[[F], F]:
+    def mark(fn: F) -> F:
+        setattr(fn, ASKS_ATTR, when)
+        return fn
+    return mark
+
+
+def unless_dry_run(params: dict[str, Any]) -> bool:
+    return not params.get("dry_run")
 
 # -- the target lock ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, confirm, state
-from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
+from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
 from aegisctl.locks import target_lock
 
@@ -39,6 +39,7 @@ wal_app = typer.Typer(
 
 
 @physical_app.command("enable")
+@asks(lambda p: bool(p.get("restart")))
 def enable(
     ctx: typer.Context,
     restart: Annotated[bool, typer.Option(
@@ -102,6 +103,7 @@ def status(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
 
 @physical_app.command("disable")
+@asks(unless_dry_run)
 def disable(
     ctx: typer.Context,
     dry_run: Annotated[bool, dry_run_option("Say what would change.")] = False,
@@ -301,6 +303,7 @@ def register(backup_app: typer.Typer) -> None:
 
 
 @physical_app.command("prune")
+@asks(unless_dry_run)
 def prune(
     ctx: typer.Context,
     dry_run: Annotated[bool, dry_run_option("Show what would be deleted and "

@@ -12,7 +12,7 @@ from aegisctl.cli.options import dry_run_option
 
 app = typer.Typer(
     help=(
-        "Least-privilege roles from the roles: section of the config: an application role "
+        "Least-privilege roles from the `roles` section of the config: an application role "
         "(read/write on the memory and operational tables) and a read-only role.\n\n"
         "Example: aegisctl roles apply --dry-run"
     ),

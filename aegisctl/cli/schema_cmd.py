@@ -10,7 +10,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
-from aegisctl.cli.options import WaitLock, dry_run_option, yes_option
+from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 
 app = typer.Typer(
     help=(
@@ -202,6 +202,7 @@ class PartitionInterval(StrEnum):
 
 
 @app.command("partition")
+@asks(unless_dry_run)
 def partition(
     ctx: typer.Context,
     table: Annotated[str, typer.Argument(metavar="TABLE", help="NAME or SCHEMA.NAME.")],

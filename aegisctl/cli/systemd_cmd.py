@@ -9,7 +9,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
-from aegisctl.cli.options import dry_run_option, yes_option
+from aegisctl.cli.options import asks, dry_run_option, unless_dry_run, yes_option
 
 app = typer.Typer(
     help="systemd timers for the schedule: one hardened oneshot service and one timer per "
@@ -104,6 +104,7 @@ def render(
 
 
 @app.command()
+@asks(unless_dry_run)
 def install(
     ctx: typer.Context,
     unit_dir: Annotated[Path | None, typer.Option("--unit-dir", file_okay=False,

@@ -13,6 +13,7 @@ timeline. A multi-host DSN without a REST API gets the same choice from libpq
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -197,31 +198,57 @@ def confirm_role(conn: psycopg.Connection[Any], binding: ClusterBinding, need: N
             hint="run again: it continues on the new leader")
 
 
+# Connections proven to be on a cluster's leader, with their binding: the batch loops and
+# maintenance steps re-check through these without their signatures knowing about clusters.
+_ON_LEADER: weakref.WeakKeyDictionary[Any, ClusterBinding] = weakref.WeakKeyDictionary()
+
+
 def confirm_connection(conn: psycopg.Connection[Any], binding: ClusterBinding,
                        kind: str) -> None:
+    need = need_for(binding, kind)
     try:
         # Outside any transaction: the caller may still set its isolation level.
         was_autocommit, conn.autocommit = conn.autocommit, True
-        confirm_role(conn, binding, need_for(binding, kind))
+        confirm_role(conn, binding, need)
         conn.autocommit = was_autocommit
     except BaseException:
         conn.close()
         raise
+    if need == "leader":
+        _ON_LEADER[conn] = binding
 
 
-def recheck(conn: psycopg.Connection[Any], binding: ClusterBinding | None) -> None:
-    """Between cleanup batches and maintenance steps: still the leader we started on?"""
+def recheck(conn: psycopg.Connection[Any]) -> None:
+    """Between cleanup batches and maintenance steps: is this connection still on the leader
+    it was proven on (same system, same timeline, out of recovery)? RoleChanged if not; a
+    no-op for connections that are not to a cluster's leader."""
+    binding = _ON_LEADER.get(conn)
     if binding is None:
         return
+    if conn.closed or conn.broken:
+        raise lost_leader(binding)
     try:
         confirm_role(conn, binding, "leader")
     except RoleChanged:
         raise
     except Exception as exc:
-        if getattr(exc, "sqlstate", None) is None and type(exc).__name__ in (
-                "OperationalError", "InterfaceError"):
-            raise lost_leader(binding) from None
+        lost = connection_lost(conn, exc)
+        if lost is not None:
+            raise lost from None
         raise
+
+
+def connection_lost(conn: psycopg.Connection[Any], exc: BaseException) -> RoleChanged | None:
+    """The RoleChanged to raise instead of `exc` when `exc` is the loss of a connection to a
+    cluster's leader (a switchover or failover shuts it down or restarts it as a replica)."""
+    binding = _ON_LEADER.get(conn)
+    if binding is None:
+        return None
+    sqlstate = str(getattr(exc, "sqlstate", None) or "")
+    if conn.broken or conn.closed or sqlstate.startswith(("08", "57P")) or (
+            sqlstate == "25006"):  # read_only_sql_transaction: it is a replica now
+        return lost_leader(binding)
+    return None
 
 
 def lost_leader(binding: ClusterBinding) -> RoleChanged:

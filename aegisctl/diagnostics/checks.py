@@ -53,6 +53,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.job_checks",
     "aegisctl.diagnostics.physical_checks",
     "aegisctl.diagnostics.partition_checks",
+    "aegisctl.diagnostics.cluster_checks",
     "aegisctl.diagnostics.pooler_checks",
     "aegisctl.diagnostics.retention_checks",
     "aegisctl.diagnostics.leftover_checks",
@@ -86,11 +87,15 @@ class CheckResult:
     maximum: float | None = None
     # The thresholds are floors (a ratio, recall): perfdata writes them as `warn:` ranges.
     lower_is_worse: bool = False
+    # Labels beyond the target (e.g. a cluster member): one result per label set, the
+    # Prometheus output carries them as labels.
+    labels: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status.name, "value": self.value,
                 "unit": self.unit, "warning": self.warning, "critical": self.critical,
-                "min": self.minimum, "max": self.maximum, "message": self.message}
+                "min": self.minimum, "max": self.maximum, "message": self.message,
+                **({"labels": self.labels} if self.labels else {})}
 
 
 class CheckSkipped(Exception):

@@ -45,6 +45,12 @@ METRICS = {
     "backup_age": "aegisctl_backup_age_seconds",
     "restore_test_age": "aegisctl_restore_test_age_seconds",
     "backup_pending_uploads": "aegisctl_backup_pending_uploads",
+    "cluster_leader": "aegisctl_cluster_leader_present",
+    "cluster_paused": "aegisctl_cluster_paused",
+    "cluster_pending_restart": "aegisctl_cluster_members_pending_restart",
+    "cluster_switchover": "aegisctl_cluster_switchover_scheduled",
+    "cluster_timeline": "aegisctl_cluster_timeline",
+    "cluster_lag": "aegisctl_cluster_member_lag_bytes",
     "backup_remote_copies": "aegisctl_backup_remote_copies_bad",
     "backup_remote_verify_age": "aegisctl_backup_remote_verify_age_seconds",
     "retention_backlog": "aegisctl_retention_backlog_seconds",
@@ -57,9 +63,11 @@ _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def metric_name(result: CheckResult) -> str:
-    if result.name in METRICS:
-        return METRICS[result.name]
-    base = "aegisctl_check_" + _NAME.sub("_", result.name).lower()
+    # A labelled result (cluster_lag:pg2, member pg2) belongs to its check's one family.
+    name = result.name.split(":", 1)[0] if result.labels else result.name
+    if name in METRICS:
+        return METRICS[name]
+    base = "aegisctl_check_" + _NAME.sub("_", name).lower()
     suffix = _SUFFIX.get(result.unit, "")
     return base if base.endswith(suffix) else base + suffix
 
@@ -99,8 +107,10 @@ def write_prometheus(report: CheckReport, path: str) -> None:
         for r in t.results:
             status.labels(t.target, r.name).set(int(r.status))
             if r.value is not None:
-                family(metric_name(r), f"aegisctl check {r.name}: the measured value",
-                       ["target"]).labels(t.target).set(base_value(r.value, r.unit))
+                extra = sorted(r.labels)
+                family(metric_name(r), f"aegisctl check {r.name.split(':', 1)[0]}: the "
+                       "measured value", ["target", *extra]).labels(
+                    t.target, *(r.labels[k] for k in extra)).set(base_value(r.value, r.unit))
             for level, threshold in (("warning", r.warning), ("critical", r.critical)):
                 if threshold is None:
                     continue

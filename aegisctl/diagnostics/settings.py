@@ -109,6 +109,9 @@ class ChecksSettings:
     # Without --synchronous a receiver flushes at each 16MB segment: stay above that.
     wal_receiver_lag_bytes: SizeThreshold = field(
         default_factory=lambda: SizeThreshold(64 * 1024**2, 1024**3))
+    # A Patroni replica's lag behind its leader (bytes, from the REST API's /cluster).
+    cluster_lag_bytes: SizeThreshold = field(
+        default_factory=lambda: SizeThreshold(16 * 1024**2, 256 * 1024**2))
     # WAL retained by replication slots nobody is reading.
     slot_retained_wal: SizeThreshold = field(
         default_factory=lambda: SizeThreshold(1024**3, 10 * 1024**3))

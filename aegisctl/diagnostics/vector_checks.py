@@ -69,23 +69,52 @@ def vector_indexes_invalid(ctx: CheckContext) -> CheckResult:
                  message="invalid: " + "; ".join(parts))
 
 
+def tally_entry(saved: dict[str, Any], key: str, scans: int, seq: int) -> dict[str, int]:
+    """aegisctl's own index scans and table sequential scans of one index so far, started
+    afresh when the counters went down (a statistics reset) since they were last seen."""
+    entry = saved.get(key)
+    if not isinstance(entry, dict) or scans < int(entry.get("seen_idx", 0)) \
+            or seq < int(entry.get("seen_seq", 0)):
+        entry = {"own_idx": 0, "own_seq": 0}
+    return {"own_idx": min(scans, int(entry.get("own_idx", 0))),
+            "own_seq": min(seq, int(entry.get("own_seq", 0))), "seen_idx": scans,
+            "seen_seq": seq}
+
+
+def add_own_scans(entry: dict[str, int], found: dict[str, Any]) -> None:
+    """The scans one recall measurement added (they reach the statistics after it)."""
+    for kind, field in (("idx", "own_index_scans"), ("seq", "own_seq_scans")):
+        added = int(found.get(field) or 0)
+        entry[f"own_{kind}"] += added
+        entry[f"seen_{kind}"] += added
+
+
+def record_recall_scans(conn: Any, settings: Any, target: str, columns: list[dict[str, Any]],
+                        indexes: list[dict[str, Any]]) -> None:
+    """`diag vectors --recall-sample` queries the indexes too: its scans go in the same
+    tally, so they never make an unused index look used."""
+    from aegisctl.diagnostics.snapshots import update_snapshot
+
+    def change(saved: dict[str, Any]) -> None:
+        seq_of = {(c["schema"], c["table"]): int(c.get("table_seq_scans") or 0) for c in columns}
+        for index in indexes:
+            if "own_index_scans" not in index:
+                continue
+            entry = tally_entry(saved, _key(index), int(index["scans"] or 0),
+                                seq_of.get((index["schema"], index["table"]), 0))
+            add_own_scans(entry, index)
+            saved[_key(index)] = entry
+
+    update_snapshot(conn, settings, target, SNAPSHOT, change)
+
+
 def _own_tally(ctx: CheckContext) -> dict[str, dict[str, int]]:
-    """Per index: aegisctl's own index scans and table sequential scans so far, reset when
-    the counters went down (statistics reset) since they were last seen."""
     if "vector_own" not in ctx.memo:
         saved = load_snapshot(ctx, SNAPSHOT) or {}
-        tally: dict[str, dict[str, int]] = {}
-        for index in _vector_indexes(ctx):
-            column = _column(ctx, index) or {}
-            scans, seq = int(index["scans"] or 0), int(column.get("table_seq_scans") or 0)
-            entry = saved.get(_key(index))
-            if not isinstance(entry, dict) or scans < int(entry.get("seen_idx", 0)) \
-                    or seq < int(entry.get("seen_seq", 0)):
-                entry = {"own_idx": 0, "own_seq": 0}
-            tally[_key(index)] = {"own_idx": min(scans, int(entry.get("own_idx", 0))),
-                                  "own_seq": min(seq, int(entry.get("own_seq", 0))),
-                                  "seen_idx": scans, "seen_seq": seq}
-        ctx.memo["vector_own"] = tally
+        ctx.memo["vector_own"] = {
+            _key(index): tally_entry(saved, _key(index), int(index["scans"] or 0),
+                                     int((_column(ctx, index) or {}).get("table_seq_scans") or 0))
+            for index in _vector_indexes(ctx)}
     own: dict[str, dict[str, int]] = ctx.memo["vector_own"]
     return own
 
@@ -137,11 +166,7 @@ def vector_recall(ctx: CheckContext) -> CheckResult:
             assert schema is not None
             found = measure_recall(ctx.db, schema, index, t.sample,
                                    ctx.loaded.settings.search.ef_search)
-            mine = own[_key(index)]
-            for kind in ("idx", "seq"):
-                added = int(found.get(f"own_{'index' if kind == 'idx' else 'seq'}_scans", 0))
-                mine[f"own_{kind}"] += added
-                mine[f"seen_{kind}"] += added
+            add_own_scans(own[_key(index)], found)
             if found.get("recall") is not None:
                 measured.append((found["recall"], _key(index)))
     finally:

@@ -261,6 +261,13 @@ def diagnose_vectors(conn: psycopg.Connection[Any], result: DiagResult, settings
         result.notes.append(f"the vector extension is not installed in database {result.database}")
         return
     columns, indexes = vector_inventory(conn, settings, recall_sample)
+    if recall_sample:
+        from aegisctl.diagnostics.vector_checks import record_recall_scans
+
+        record_recall_scans(conn, settings, result.target, columns, indexes)
+        for index in indexes:
+            index.pop("own_index_scans", None)
+            index.pop("own_seq_scans", None)
     result.sections.append(Section(
         "columns", columns, empty="no vector, halfvec or sparsevec columns",
         view_columns=["schema", "table", "column", "type", "dimensions", "rows", "missing", "zero",

@@ -149,6 +149,9 @@ def _run_locked(ctx: MaintContext, statement: sql.Composed | sql.SQL, step: Step
                 lock_timeout: float | None, attempts: int | None) -> bool:
     import psycopg
 
+    from aegisctl.cluster.members import connection_lost, recheck
+
+    recheck(ctx.conn)  # on a cluster: still the leader before each step?
     settings = ctx.settings
     timeout = settings.lock_timeout if lock_timeout is None else lock_timeout
     tries = settings.lock_attempts if attempts is None else attempts
@@ -164,6 +167,9 @@ def _run_locked(ctx: MaintContext, statement: sql.Composed | sql.SQL, step: Step
             step.seconds = time.perf_counter() - started
             return True
         except psycopg.Error as exc:
+            lost = connection_lost(ctx.conn, exc)
+            if lost is not None:
+                raise lost from None
             if getattr(exc, "sqlstate", None) == QUERY_CANCELED and ctx.should_stop():
                 step.status = "cancelled"
                 step.seconds = time.perf_counter() - started

@@ -218,3 +218,66 @@ def run_eval(conn: psycopg.Connection[Any], settings: Settings,
         result.modes.append(ModeScores(mode=mode, metrics=sums.means(),
                                        questions=len(questions), p95_ms=round(p95, 1)))
     return result
+
+
+BASELINE_KEY = "memory_eval_baseline"
+
+
+def save_baseline(conn: psycopg.Connection[Any], result: EvalResult) -> None:
+    """Keep `result`'s figures in aegis_metadata: what `memory reembed` compares against."""
+    value = json.dumps({"file": result.path, "k": result.k,
+                        "modes": {m.mode: m.metrics for m in result.modes}})
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO aegis_metadata (key, value, updated_at) VALUES (%s, %s, now()) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+            (BASELINE_KEY, value))
+
+
+def baseline(conn: psycopg.Connection[Any], path: str, mode: str, metric: str) -> float | None:
+    """The saved figure for this question file, mode and metric (None: nothing comparable)."""
+    row = conn.execute("SELECT value FROM aegis_metadata WHERE key = %s",
+                       (BASELINE_KEY,)).fetchone()
+    if row is None:
+        return None
+    try:
+        saved = json.loads(row[0])
+        if str(Path(saved["file"]).resolve()) != str(Path(path).resolve()):
+            return None  # another question file: not comparable
+        value = saved["modes"][mode][metric]
+    except (ValueError, KeyError, TypeError):
+        return None  # written by something else, or for another mode: no baseline
+    return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass
+class GateResult:
+    mode: str
+    metric: str
+    value: float
+    baseline: float | None
+    max_drop: float
+
+    @property
+    def passed(self) -> bool:
+        return self.baseline is None or self.value >= self.baseline - self.max_drop - 1e-9
+
+    def line(self) -> str:
+        against = ("no baseline yet: saved this one" if self.baseline is None
+                   else f"baseline {self.baseline:.3f}, allowed drop {self.max_drop:g}")
+        return f"eval after re-embedding: {self.metric} ({self.mode}) {self.value:.3f} ({against})"
+
+
+def gate_after_reembed(conn: psycopg.Connection[Any], settings: Settings,
+                       provider: EmbeddingProvider | None, dim: int,
+                       questions: list[EvalQuestion]) -> GateResult:
+    """Run memory.reembed_eval on the new vectors and compare it with the saved baseline; a
+    pass becomes the new baseline."""
+    gate = settings.memory.reembed_eval
+    assert gate is not None
+    result = run_eval(conn, settings, provider, dim, questions, gate.file, [gate.mode], 5)
+    outcome = GateResult(gate.mode, gate.metric, result.score(gate.mode, gate.metric) or 0.0,
+                         baseline(conn, gate.file, gate.mode, gate.metric), gate.max_drop)
+    if outcome.passed:
+        save_baseline(conn, result)
+    return outcome

@@ -92,6 +92,9 @@ class Pacer:
         self.size = self.settings.batch_size
 
     def after_batch(self, elapsed: float, stats: BatchStats) -> None:
+        from aegisctl.cluster.members import recheck
+
+        recheck(self.conn)  # on a cluster: still the leader? (RoleChanged stops the run)
         target = self.settings.max_batch_time
         if elapsed > target:
             self.size = max(self.settings.min_batch_size, int(self.size * target / elapsed * 0.8))
@@ -293,6 +296,11 @@ def delete_expired(conn: psycopg.Connection[Any], policy: ResolvedPolicy, relati
                     archive.rollback(mark, archived)  # the commit failed: forget the batch
                 if not isinstance(exc, Exception):
                     raise
+                from aegisctl.cluster.members import connection_lost
+
+                lost = connection_lost(conn, exc)  # the leader went away mid-batch
+                if lost is not None:
+                    raise lost from None
                 if getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE and not skip_locked:
                     # A row lock held by another session: from now on skip locked rows.
                     skip_locked = True

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.config import LoadedConfig
-from aegisctl.errors import AegisError, UsageError
+from aegisctl.errors import AegisError, RoleChanged, UsageError
 from aegisctl.maintenance.catalog import Relation
 from aegisctl.maintenance.runner import (
     MaintContext,
@@ -124,6 +124,8 @@ class CleanupReport:
     interrupted: bool = False
     # Why the run stopped before its other policies (an archive that could not be written).
     stopped: str | None = None
+    # The stop was a cluster's leader changing under the run (exit 5, not 1).
+    role_changed: bool = field(default=False, repr=False)
     uploaded_archives: list[str] = field(default_factory=list)  # keys uploaded by this run
     upload_error: str | None = None
 
@@ -268,6 +270,11 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
             # A full archive folder fails every later policy that archives too: stop here.
             result.status, result.error = "failed", str(exc)
             report.stopped = str(exc)
+        except RoleChanged as exc:
+            # The leader went away: no later policy may run on this connection, and the
+            # batches committed so far stand (the report says how many).
+            result.status, result.error = "failed", str(exc)
+            report.stopped, report.role_changed = str(exc), True
         except AegisError as exc:
             result.status, result.error = "failed", str(exc)
         except Exception as exc:

@@ -1,10 +1,11 @@
-"""The schedule, validated: each job's command, calendar and defaults, and the rule that an
-unattended destructive command states its intent with --yes.
+"""The schedule, validated: each job's command, calendar and defaults.
 
 `check_schedule` runs on every config load (config.py calls it) and needs nothing but the
 settings. Whether each command exists and its options parse is checked against the live
-command tree by `aegisctl.cli.command_tree`, which `config validate`, `schedule` and
-`systemd` call (it imports every command group, too heavy for every load).
+command tree by `aegisctl.cli.command_tree`, which `config validate`, `schedule`, `systemd` and
+`jobs run` call (it imports every command group, too heavy for every load); so is the rule
+that an unattended destructive command states its intent with --yes, derived from the
+commands' own marks.
 """
 
 from __future__ import annotations
@@ -29,16 +30,6 @@ if TYPE_CHECKING:
     from aegisctl.config import Settings
     from aegisctl.scheduling.settings import JobSettings
 
-# Commands that delete, overwrite or lock out: a schedule must pass --yes (nobody is there to
-# answer the question). (command path, the option that makes it destructive or None: always).
-DESTRUCTIVE: tuple[tuple[tuple[str, ...], str | None], ...] = (
-    (("backup", "prune"), None),
-    (("backup", "restore"), None),
-    (("cleanup", "run"), None),
-    (("maint", "vacuum"), "--full"),
-    (("memory", "reembed"), None),
-    (("schema", "partition"), None),
-)
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
@@ -81,31 +72,12 @@ def split_command(command: str) -> list[str]:
     return argv
 
 
-def destructive_path(argv: list[str]) -> tuple[str, ...] | None:
-    """The destructive command `argv` runs without --yes, or None when it is safe."""
-    for path, option in DESTRUCTIVE:
-        if tuple(argv[: len(path)]) != path:
-            continue
-        rest = argv[len(path):]
-        if option is not None and not any(a == option or a.startswith(option + "=")
-                                          for a in rest):
-            continue
-        if "--yes" in rest or "-y" in rest or "--dry-run" in rest:
-            return None
-        return path
-    return None
-
-
 def build_job(name: str, job: JobSettings) -> Job:
     """Raises ValueError with a message naming the problem (the caller adds the key path)."""
     if not JOB_NAME.match(name):
         raise ValueError("a job name is 1-40 lower-case letters, digits, '-' or '_', starting "
                          "with a letter or digit (it names the systemd units)")
     argv = split_command(job.command)
-    path = destructive_path(argv)
-    if path is not None:
-        raise ValueError(f"command {job.command!r}: '{' '.join(path)}' is destructive and an "
-                         "unattended run cannot be asked: add --yes to state the intent")
     given = [key for key in ("at", "cron", "every") if getattr(job, key) is not None]
     if len(given) != 1:
         raise ValueError("give exactly one of at, cron or every"

@@ -81,6 +81,12 @@ class JobExecution:
         holder = Holder(pid=os.getpid(), host=run.host, command=f"jobs run {run.job}",
                         started_at=run.started_at.isoformat(timespec="seconds"),
                         trigger=run.trigger, run_id=run.id)
+        from aegisctl.cluster.jobs import not_leader_reason
+
+        why = not_leader_reason(target)
+        if why is not None:  # a cluster member that does not lead: skipped, not failed
+            self._record_not_leader(run, target, local, why)
+            return run
         path = lock.lock_path(state, target.name, self.job.name)
         try:
             with lock.job_file_lock(path, self.job.name, target.name, holder):
@@ -218,6 +224,25 @@ class JobExecution:
                     history.save(conn, run)
         except Exception as exc:
             log.debug("could not record the skipped start: %s", exc)
+
+    def _record_not_leader(self, run: JobRun, target: Any, local: LocalHistory,
+                           why: str) -> None:
+        """Recorded in the job history on the leader (the cluster's one history), else in the
+        local file. Exit code 0: a timer on a replica has nothing to fail."""
+        run.status, run.finished_at, run.error, run.exit_code = "skipped", _now(), why, 0
+        event(log, logging.INFO, "job.not_leader", f"job {run.job} skipped: {why}",
+              job=run.job, target=run.target, trigger=run.trigger)
+        from aegisctl.db import connect
+
+        try:
+            with connect(self.loaded, target, f"jobs run {self.job.name}") as conn:
+                if history.table_exists(conn):
+                    history.save(conn, run)
+                    run.recorded_in = "database"
+                    return
+        except Exception as exc:
+            log.debug("could not record the skipped run in the database: %s", exc)
+        self._record(run, None, local)
 
     # -- the child ---------------------------------------------------------------------------
 
