@@ -286,7 +286,10 @@ def connect(
     try:
         was_autocommit = conn.autocommit
         conn.autocommit = True  # the settings are for the session (or per transaction)
-        pooler.settle(conn, _pooler_key(params.conninfo, target), configured,
+        # Keyed by the configured dsn: every member of a cluster sits behind the same kind
+        # of pooler, and require_session looks the finding up by it.
+        key = _pooler_key(target.dsn if params.via == "dsn" else params.conninfo, target)
+        pooler.settle(conn, key, configured,
                       session_settings(settings, kind), open_second,
                       f"target '{target.name}' ({params.via})")
         conn.autocommit = was_autocommit

@@ -1,6 +1,12 @@
-"""Start-up cost of `aegisctl --version` against the floor every Typer CLI pays: `import typer`.
+"""Start-up cost of aegisctl against the floor every Typer CLI pays: `python -c "import typer"`.
 
-Prints the median wall time of each over N runs (default 15) and their ratio. Target: <= 1.3.
+Paired runs: each round runs the baseline and every candidate once, in turn, and the ratio is
+taken within the round, so a machine that gets busier during the benchmark (other jobs on a
+shared host) moves both sides of each ratio alike. Prints the median of the per-round ratios.
+
+Targets (issue 21): `aegisctl --version` <= 1.2x, any group's `--help` <= 1.5x.
+
+    nice python bench/startup.py --runs 15
 """
 
 from __future__ import annotations
@@ -13,29 +19,41 @@ import sys
 import time
 from pathlib import Path
 
+GROUPS = ["backup", "memory", "maint", "schedule", "check"]
 
-def median_ms(argv: list[str], runs: int) -> float:
-    subprocess.run(argv, check=True, capture_output=True)  # warm the page cache
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, check=True, capture_output=True)
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
+
+def wall_ms(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    return (time.perf_counter() - start) * 1000
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     script = shutil.which("aegisctl") or str(Path(sys.executable).parent / "aegisctl")
-    baseline = median_ms([sys.executable, "-c", "import typer"], args.runs)
-    version = median_ms([script, "--version"], args.runs)
-    helptext = median_ms([script, "--help"], args.runs)
-    print(f"runs: {args.runs} (median wall time)")
-    print(f"python -c 'import typer': {baseline:7.1f} ms  (baseline)")
-    print(f"aegisctl --version:       {version:7.1f} ms  ratio {version / baseline:.2f}  (target <= 1.30)")
-    print(f"aegisctl --help:          {helptext:7.1f} ms  ratio {helptext / baseline:.2f}")
+    baseline = [sys.executable, "-c", "import typer"]
+    candidates = {"aegisctl --version": [script, "--version"],
+                  "aegisctl --help": [script, "--help"],
+                  **{f"aegisctl {g} --help": [script, g, "--help"] for g in GROUPS}}
+    for argv in [baseline, *candidates.values()]:
+        subprocess.run(argv, check=True, capture_output=True)  # warm the page cache
+    base_ms: list[float] = []
+    ratios: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(args.runs):
+        base = wall_ms(baseline)
+        base_ms.append(base)
+        for name, argv in candidates.items():
+            ratios[name].append(wall_ms(argv) / base)
+    print(f"runs: {args.runs} paired rounds; baseline python -c 'import typer': "
+          f"{statistics.median(base_ms):.1f} ms (median)")
+    for name, values in ratios.items():
+        target = 1.2 if name.endswith("--version") else 1.5
+        ratio = statistics.median(values)
+        verdict = "ok" if ratio <= target else "OVER"
+        print(f"{name:28s} {ratio:5.2f}x  (target <= {target}x, {verdict})")
 
 
 if __name__ == "__main__":

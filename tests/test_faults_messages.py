@@ -101,3 +101,34 @@ def test_no_pg_monitor_advice_while_barman_streams(aegis_db, wal_receiver, caplo
         assert "grant pg_monitor" in caplog.text
     finally:
         aegis_db.execute(f"DROP ROLE {role}")
+
+
+def test_no_rollback_noise_when_the_server_ended_the_session(aegis_db, aegis_dsn) -> None:
+    """A command fails while the server has already ended its session (a shutdown): psycopg
+    would add "error ignored in rollback on <Connection ...>" under the real error; aegisctl
+    reports the error once and keeps the driver's noise for --debug. (A child process: under
+    pytest the logging module's last-resort output to stderr is captured away.)"""
+    import sys
+
+    script = f"""
+import time, psycopg
+from aegisctl.cli.context import AppState, setup_logging
+setup_logging(AppState())
+conn = psycopg.connect({aegis_dsn!r})
+print(conn.execute("SELECT pg_backend_pid()").fetchone()[0], flush=True)
+time.sleep(2)  # meanwhile the test ends the session, as a server shutdown does
+try:
+    with conn:
+        raise RuntimeError("the real error")
+except RuntimeError:
+    pass
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    pid = int(child.stdout.readline())
+    aegis_db.autocommit = True
+    aegis_db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    _out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert "error ignored" not in err, err

@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from backup_fixtures import backup_config, fill  # noqa: F401  (fixtures)
 from conftest import dsn_of
-from fault_fixtures import aegisctl_env, children_of, run_aegisctl, start_paused, wait_gone
+from fault_fixtures import (
+    aegisctl_env,
+    children_of,
+    run_aegisctl,
+    small_filesystem,
+    start_paused,
+    wait_gone,
+)
+
+from aegisctl.local import EmbeddedServer
 
 
 def _manifest(tmp_path: Path, backup_id: str) -> dict[str, Any]:
@@ -126,3 +139,102 @@ def test_pg_restore_dies_with_aegisctl(cli, aegis_db, backup_config, tmp_path) -
     assert done.returncode == 0, done.stderr
     assert _scratch_databases(aegis_db) == []
     assert cli("--config", str(cfg), "check", "--only", "scratch_databases").exit_code == 0
+
+
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedServer]:
+    """A server of this test's own, to stop and start again under a restore test."""
+    base = Path(tempfile.mkdtemp(prefix="aegisctl-restart-"))
+    base.chmod(0o755)
+    server = EmbeddedServer(base / "pgdata", database="aegis")
+    try:
+        server.ensure_running()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_server_stopped_during_the_restore_test(cli, own_server, write_config,
+                                                  tmp_path) -> None:
+    """The issue's case: the server goes away under `verify --restore-test`. The test is
+    interrupted (the backup keeps its verification), the scratch database that could not be
+    dropped is reported by `check` once the server is back, and the next verify drops it."""
+    with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 500) i")
+    cfg = write_config({"targets": {"primary": {"dsn": own_server.uri()}},
+                        "connection": {"retry": {"attempts": 1}},
+                        "backup": {"directory": str(tmp_path / "backups")}})
+    created = cli("--config", str(cfg), "backup", "create", "--verify", "restore-test",
+                  "--format", "json")
+    assert created.exit_code == 0, created.output
+    backup_id = json.loads(created.stdout)["id"]
+    before = _manifest(tmp_path, backup_id)["verification"]
+
+    paused = start_paused("verify.pg_restore", "--config", str(cfg), "backup", "verify",
+                          "--latest", "--restore-test", tmp_path=tmp_path)
+    own_server.stop()
+    _out, err = paused.resume()
+    assert paused.proc.returncode == 1, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("aegisctl: error:")]
+    assert len(lines) == 1 and "pg_restore lost its connection to the server" in lines[0], err
+    assert "keeps its previous verification: ok (restore-test" in lines[0]
+    assert "error ignored" not in err and "None" not in err
+    assert _manifest(tmp_path, backup_id)["verification"] == before
+
+    own_server.ensure_running()
+    with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+        assert len(_scratch_databases(conn)) == 1  # it could not be dropped: still marked
+    checked = cli("--config", str(cfg), "check", "--only", "scratch_databases")
+    assert checked.exit_code == 1, checked.output
+    again = cli("--config", str(cfg), "backup", "verify", "--latest", "--restore-test")
+    assert again.exit_code == 0, again.output
+    with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+        assert _scratch_databases(conn) == []
+
+
+def test_the_scratch_side_running_out_of_disk_is_an_interruption(
+        cli, own_server, write_config, tmp_path) -> None:
+    """The server's disk fills while the restore test builds an index (its temporary files go
+    to a small tmpfs, as `temp_tablespaces` says): the test could not run to its end, the
+    backup is not condemned."""
+    # Where the server's own user can reach it (pytest's folders are 0700).
+    small = small_filesystem(own_server.data_dir.parent, size=256 * 1024)
+    fs = small.__enter__()
+    try:
+        if fs.kind == "rlimit":
+            pytest.skip("the server's disk cannot be bounded without a small filesystem")
+        ids = own_server._service_uid()
+        if ids:
+            os.chown(fs.path, *ids)
+        with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            conn.execute("INSERT INTO notes SELECT i, md5(i::text) || md5((i * 7)::text)"
+                         " FROM generate_series(1, 60000) i")
+            conn.execute("CREATE INDEX notes_body ON notes (body)")
+        cfg = write_config({"targets": {"primary": {"dsn": own_server.uri()}},
+                            "connection": {"retry": {"attempts": 1}},
+                            "backup": {"directory": str(tmp_path / "backups")}})
+        created = cli("--config", str(cfg), "backup", "create", "--verify", "restore-test",
+                      "--format", "json")
+        assert created.exit_code == 0, created.output
+        backup_id = json.loads(created.stdout)["id"]
+        before = _manifest(tmp_path, backup_id)["verification"]
+        with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+            conn.execute(f"CREATE TABLESPACE small LOCATION '{fs.path}'")
+            conn.execute("ALTER SYSTEM SET temp_tablespaces = 'small'")
+            conn.execute("ALTER SYSTEM SET maintenance_work_mem = '1MB'")
+            conn.execute("SELECT pg_reload_conf()")
+        done = cli("--config", str(cfg), "backup", "verify", backup_id, "--restore-test")
+        assert done.exit_code == 1, done.output
+        assert "pg_restore ran out of disk space on the server" in done.stderr, done.stderr
+        assert "No space left on device" in done.stderr
+        assert _manifest(tmp_path, backup_id)["verification"] == before
+        with psycopg.connect(own_server.uri(), autocommit=True) as conn:
+            assert _scratch_databases(conn) == []
+            conn.execute("ALTER SYSTEM RESET temp_tablespaces")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("DROP TABLESPACE small")
+    finally:
+        small.__exit__(None, None, None)

@@ -233,7 +233,9 @@ def verify(
     its size and the checksums recorded at upload; --deep downloads and hashes them). The
     result is recorded in the manifest. Exits 1 on any problem, 3 when the remote store
     cannot be reached, 4 when another run holds the target's backup lock (a prune could
-    delete the backup while it is read).
+    delete the backup while it is read). A check that could not run to completion
+    (pg_restore killed, the server gone) is "interrupted": the backup keeps its previous
+    verification, exit 1 naming the cause.
 
     Examples:
 

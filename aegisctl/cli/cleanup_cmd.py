@@ -50,7 +50,9 @@ def run_cmd(
     policy says so; reports when the rows are gone from backups too (the erasure horizon).
 
     SIGINT/SIGTERM stop after the current batch: committed batches stay deleted, and the
-    next run continues. Exits 1 when a policy failed, 130 when interrupted.
+    next run continues. An archive that cannot be written (a full disk) stops the run before
+    the batch is deleted. Archives not yet uploaded (when backup.remote is set) are uploaded
+    at the end of every run. Exits 1 when a policy failed, 130 when interrupted.
 
     Examples:
 

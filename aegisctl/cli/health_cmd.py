@@ -49,3 +49,9 @@ def health(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("health")(health)
+
+
+# Loaded lazily by cli.main like the groups: a Typer app with one command and no callback is
+# that command itself.
+app = typer.Typer(add_completion=False)
+register(app)

@@ -14,7 +14,6 @@ import typer
 from typer.core import TyperGroup
 
 from aegisctl import __version__
-from aegisctl.cli import health_cmd
 from aegisctl.cli.context import AppState, LogFormat, OutputFormat, setup_logging
 from aegisctl.errors import AegisError, ExitCode
 
@@ -35,6 +34,7 @@ def _fail(message: str, code: int) -> None:
 # Command groups are imported only when used: `aegisctl --version` and each command pay for
 # what they run, not for every group's imports and signatures.
 LAZY_GROUPS: dict[str, str] = {
+    "health": "aegisctl.cli.health_cmd",
     "config": "aegisctl.cli.config_cmd",
     "local": "aegisctl.cli.local_cmd",
     "memory": "aegisctl.cli.memory_cmd",
@@ -259,7 +259,6 @@ def main(
     setup_logging(ctx.obj)
 
 
-health_cmd.register(app)
 
 
 def _quiet_broken_pipe() -> None:
