@@ -193,6 +193,7 @@ class PatroniCluster:
     user_ids: tuple[int, int] | None
     etcd: subprocess.Popen[bytes] | None = None
     ctl_config: Path = field(default_factory=Path)
+    promoted_at: float = 0.0  # time.monotonic() when the last change's new leader took writes
 
     @property
     def urls(self) -> list[str]:
@@ -254,6 +255,7 @@ class PatroniCluster:
                                new.name, "--force")
         assert done.returncode == 0, done.stdout + done.stderr
         wait_for(f"{new.name} to lead", lambda: self._writable_leader() is new, CHANGE_TIMEOUT)
+        self.promoted_at = time.monotonic()
         self.wait_streaming()
         return old, new
 
@@ -270,6 +272,7 @@ class PatroniCluster:
         old.process.wait(30)
         wait_for(f"{new.name} to take over", lambda: self._writable_leader() is new,
                  TTL * 3 + CHANGE_TIMEOUT)
+        self.promoted_at = time.monotonic()
         self.start_member(old)
         self.wait_streaming()
         return old, new
