@@ -98,6 +98,11 @@ def two_databases() -> Iterator[TwoDatabases]:
         with env.a.connect() as conn:
             conn.execute("CREATE TABLE mem (id bigserial PRIMARY KEY, note text NOT NULL)")
             conn.execute("INSERT INTO mem (note) SELECT 'a' || g FROM generate_series(1, 500) g")
+            # Rows a cleanup policy deletes later: in the base backup taken below.
+            conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, "
+                         "created_at timestamptz NOT NULL)")
+            conn.execute("INSERT INTO events (created_at) SELECT now() - interval '90 days' "
+                         "FROM generate_series(1, 200)")
         thread = threading.Thread(target=stream_wal, args=(loaded, target),
                                   kwargs={"stop": stop}, daemon=True)
         thread.start()
@@ -239,3 +244,71 @@ def test_a_home_an_earlier_release_left_is_used_in_place_only_by_its_own_databas
                        physical=_physical(directory=str(old)))
     refused = run(cli, b_old, "backup", "physical", "list")
     assert refused.exit_code == 2 and a_id in one_line(refused)
+
+
+# ---------------------------------------------------------------------------------------------
+# Defect 9: an interrupted physical restore
+
+
+def test_a_killed_restore_never_looks_like_a_data_directory_and_a_rerun_finishes(
+        cli: Any, two_databases: TwoDatabases, tmp_path: Path) -> None:
+    from fault_fixtures import aegisctl_env, start_paused
+
+    from aegisctl.backup.physical.restore_dir import MARKER, STAGING
+
+    env = two_databases
+    # As root, restored servers run as the server's user: it must reach the folder.
+    target = env.base / "restored"
+    target.mkdir()
+    args = ("-c", str(env.a_config), "backup", "restore", "--physical", "--latest",
+            "--target-dir", str(target))
+    # Killed once Barman has recovered every file, before they are in place.
+    paused = start_paused("physical restore: recovered", *args, tmp_path=tmp_path,
+                          env=aegisctl_env())
+    paused.kill()
+    assert not (target / "PG_VERSION").exists()  # not a data directory for PostgreSQL
+    assert (target / MARKER).exists() and (target / STAGING / "PG_VERSION").exists()
+    # Something that is not a restore's own is never touched: refused as before.
+    stranger = env.base / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    refused = run(cli, env.a_config, "backup", "restore", "--physical", "--latest",
+                  "--target-dir", str(stranger))
+    assert refused.exit_code == 2 and "not empty" in refused.output
+    assert (stranger / "notes.txt").read_text() == "mine"
+    # The re-run cleans its own leftovers (proven by the marker) and restores.
+    again = run(cli, env.a_config, *args[2:], "--format", "json")
+    assert again.exit_code == 0, again.output
+    assert (target / "PG_VERSION").exists() and (target / "global" / "pg_control").exists()
+    assert not (target / MARKER).exists() and not (target / STAGING).exists()
+    auto = (target / "postgresql.auto.conf").read_text()
+    assert STAGING not in auto  # Barman's recovery settings point at the final place
+
+
+# ---------------------------------------------------------------------------------------------
+# Defect 12: the erasure horizon counts physical base backups and the WAL archive
+
+
+def test_the_erasure_horizon_counts_physical_base_backups_and_wal(
+        cli: Any, two_databases: TwoDatabases) -> None:
+    import datetime as dt
+
+    env = two_databases
+    config = yaml.safe_load(env.a_config.read_text())
+    config["cleanup"] = {"policies": {"old_events": {
+        "table": "events", "column": "created_at", "max_age": "30d"}}}
+    path = env.base / "a-cleanup.yaml"
+    path.write_text(yaml.safe_dump(config))
+    before = dt.datetime.now(dt.UTC)
+    result = run(cli, path, "cleanup", "run", "--yes", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["policies"][0]["deleted_rows"] == 200
+    horizon = report["erasure_horizon"]
+    base_backups = [b.id for b in list_physical(env.engine)]
+    assert horizon["backups_holding"] == len(base_backups) >= 1, horizon
+    assert f"physical base backup {base_backups[-1]}" in horizon["reason"], horizon
+    assert "WAL segment(s) archived before now" in horizon["reason"]
+    # The newest base backup is kept until a later one is past keep_days (14 d by default).
+    date = dt.datetime.fromisoformat(horizon["date"])
+    assert before + dt.timedelta(days=14) <= date <= before + dt.timedelta(days=14, hours=1)

@@ -7,6 +7,13 @@ months and min_keep days (min_keep newer good backups must exist first: this ass
 one backup a day), and for a remote copy not before its S3 Object Lock date. The rows are gone
 from backups when the last copy expires. A pinned backup holds them until it is unpinned: then
 there is no date. Read-only: nothing here changes a backup.
+
+Physical backups (when enabled) hold them too: every base backup taken before now, and the
+WAL archived before now (Barman keeps a segment while a base backup that needs it exists).
+Physical retention (backup.retention, whole chains) keeps a base backup until the next one has
+aged past the cutoff (recovery to the start of the window starts from it), so each expires as
+if it were taken when its successor was, and the newest as if taken now (a new base backup is
+assumed at least daily). The pre-deletion WAL goes with the last of those base backups.
 """
 
 from __future__ import annotations
@@ -66,12 +73,59 @@ def _remote_manifests(settings: BackupSettings, target: str) -> tuple[list[Any],
         return [], f"remote backups not listed ({exc}): horizon from local backups only"
 
 
-def erasure_horizon(settings: BackupSettings, target: str, now: dt.datetime) -> ErasureHorizon:
+@dataclass
+class PhysicalHolding:
+    """The physical copies that hold rows deleted now: base backups and archived WAL."""
+
+    copies: list[tuple[dt.datetime, str]]  # (expires, base backup id)
+    wal_segments: int  # archived WAL segments written before now
+    problem: str | None = None
+
+
+def physical_holding(loaded: Any, target_name: str, now: dt.datetime) -> PhysicalHolding:
+    """Empty when physical backups are not enabled for the target."""
+    from aegisctl.backup.physical import hooks
+    from aegisctl.errors import AegisError
+    from aegisctl.targets import resolve_target
+
+    try:
+        target = resolve_target(loaded, target_name)
+        if not hooks.enabled(loaded, target):
+            return PhysicalHolding([], 0)
+    except AegisError:  # a target only the environment names: no physical backups for it
+        return PhysicalHolding([], 0)
+    try:
+        from aegisctl.backup.physical.backups import list_physical
+        from aegisctl.backup.physical.engine import engine_for
+        from aegisctl.backup.physical.wal import archived_wals
+
+        engine = engine_for(loaded, target)
+        backups = [b for b in list_physical(engine)
+                   if b.begin_time is not None and b.begin_time <= now]
+        wals = [w for w in archived_wals(engine) if w[2] <= now.timestamp()]
+    except AegisError as exc:
+        return PhysicalHolding([], 0, f"physical backups not counted ({exc})")
+    policy = loaded.settings.backup.retention
+    starts = [b.begin_time for b in backups if b.begin_time is not None]
+    copies = []
+    for i, backup in enumerate(backups):
+        successor = starts[i + 1] if i + 1 < len(starts) else now
+        copies.append((expiry(successor, policy), backup.id))
+    return PhysicalHolding(copies, len(wals) if copies else 0)
+
+
+def erasure_horizon(settings: BackupSettings, target: str, now: dt.datetime,
+                    physical: PhysicalHolding | None = None) -> ErasureHorizon:
     """Each copy of each backup expires under its own retention (local or remote): the rows
     are gone from backups when the last copy holding them expires."""
     local = BackupStore(settings, target).manifests()
     remote, problem = _remote_manifests(settings, target)
     copies: list[tuple[dt.datetime, str, str]] = []  # (expires, backup id, where)
+    physical = physical or PhysicalHolding([], 0)
+    for date, backup_id in physical.copies:
+        copies.append((date, backup_id, "physical"))
+    if physical.problem:
+        problem = f"{problem}; {physical.problem}" if problem else physical.problem
     for m in local:
         copies.append((expiry(_parse(m.started_at), settings.retention), m.id, "local"))
     remote_ids = {m.id for m in remote} | {m.id for m in local if m.remote.status == "uploaded"}
@@ -82,7 +136,8 @@ def erasure_horizon(settings: BackupSettings, target: str, now: dt.datetime) -> 
                 date = max(date, _parse(m.remote.object_lock_until))
             copies.append((date, m.id, "remote"))
             remote_ids.discard(m.id)
-    holding = {m.id for m in local} | {m.id for m in remote}
+    holding = {m.id for m in local} | {m.id for m in remote} | \
+        {backup_id for _, backup_id in physical.copies}
     pinned = sorted({m.id for m in [*local, *remote] if m.pinned})
     if pinned:
         horizon = ErasureHorizon(None, f"pinned backup(s) {', '.join(pinned)} keep them until "
@@ -91,9 +146,18 @@ def erasure_horizon(settings: BackupSettings, target: str, now: dt.datetime) -> 
         horizon = ErasureHorizon(now, "no backup of this target holds them", 0)
     else:
         date, backup_id, where = max(copies)
-        horizon = ErasureHorizon(date, f"when the {where} copy of backup {backup_id}, the last "
-                                       f"of {len(holding)} backup(s) holding them, expires under "
-                                       f"the {where} backup retention", len(holding))
+        if where == "physical":
+            what = (f"when physical base backup {backup_id}, the last of {len(holding)} "
+                    f"backup(s) holding them, expires under backup.retention (with the "
+                    f"{physical.wal_segments} WAL segment(s) archived before now)")
+        else:
+            what = (f"when the {where} copy of backup {backup_id}, the last of "
+                    f"{len(holding)} backup(s) holding them, expires under the {where} backup "
+                    "retention")
+        if physical.copies and where != "physical":
+            what += (f"; {len(physical.copies)} physical base backup(s) and "
+                     f"{physical.wal_segments} archived WAL segment(s) hold them until earlier")
+        horizon = ErasureHorizon(date, what, len(holding))
     if problem:
         horizon.reason += f"; {problem}"
     return horizon

@@ -33,7 +33,7 @@ from aegisctl.retention.archive import (
     upload_pending_archives,
 )
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
-from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon
+from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon, physical_holding
 from aegisctl.retention.policy import ResolvedPolicy, resolve_policy
 from aegisctl.retention.settings import effective_policies
 
@@ -287,7 +287,8 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     if not options.dry_run and settings.backup.remote is not None \
             and settings.cleanup.upload_archives:
         _upload_archives(loaded, target_name, report)
-    report.horizon = erasure_horizon(settings.backup, target_name, now)
+    report.horizon = erasure_horizon(settings.backup, target_name, now,
+                                     physical_holding(loaded, target_name, now))
     report.finished_at = dt.datetime.now(dt.UTC)
     return report
 

@@ -103,15 +103,13 @@ def _chain(backup: PhysicalBackup, by_id: dict[str, PhysicalBackup]) -> list[str
 
 
 def _check_target_dir(path: Path) -> Path:
+    """Empty (or to be created), or holding an interrupted restore's own leftovers."""
+    from aegisctl.backup.physical.restore_dir import check_empty_or_ours
+
     path = path.expanduser().absolute()
-    if path.exists():
-        if not path.is_dir():
-            raise UsageError(f"--target-dir {path} exists and is not a directory")
-        if any(path.iterdir()):
-            raise UsageError(f"--target-dir {path} is not empty: a restore never writes into "
-                             "a directory that holds files")
-    elif not path.parent.is_dir():
+    if not path.exists() and not path.parent.is_dir():
         raise UsageError(f"--target-dir {path}: its parent folder does not exist")
+    check_empty_or_ours(path)
     return path
 
 
@@ -188,24 +186,52 @@ def run_restore(loaded: LoadedConfig, target: Target, plan: RestorePlan) -> Rest
     if shutil.which("rsync") is None:
         raise MissingBinary("Barman's recover needs rsync, which is not installed",
                             hint="apt-get install rsync")
+    from aegisctl.backup.physical import restore_dir
+    from aegisctl.testhooks import pause_at
+
     started = time.monotonic()
     _check_target_dir(plan.target_dir)
-    created = not plan.target_dir.exists()
-    plan.target_dir.mkdir(mode=0o700, exist_ok=True)
+    target_dir = plan.target_dir
+    point = {"backup": plan.backup.id, "to_time": plan.to_time.isoformat()
+             if plan.to_time else None, "to_lsn": plan.to_lsn}
+    marker = restore_dir.leftovers(target_dir) if target_dir.exists() else None
+    if marker is not None and marker.get("phase") == "moving" and \
+            {k: marker.get(k) for k in point} == point:
+        # The same restore was killed while moving its finished files into place: finish.
+        restore_dir.write_marker(target_dir, {**marker, "pid": os.getpid()})
+        restore_dir.move_up(target_dir)
+        return _finish(engine, plan, started)
+    if marker is not None:
+        restore_dir.clean(target_dir)  # an interrupted restore's own leftovers, not resumable
+    created = not target_dir.exists()
+    target_dir.mkdir(mode=0o700, exist_ok=True)
     ids = engine.ids()
     if ids:
-        os.chown(plan.target_dir, *ids)
+        os.chown(target_dir, *ids)
+    restore_dir.write_marker(target_dir, {**point, "pid": os.getpid(), "phase": "recovering",
+                                          "at": dt.datetime.now(dt.UTC).isoformat()})
+    staging = target_dir / restore_dir.STAGING
+    staging.mkdir(mode=0o700)
+    if ids:
+        os.chown(staging, *ids)
     args = ["recover"]
     if plan.to_time:
         args += ["--target-time", plan.to_time.isoformat(), "--target-action", "promote"]
     elif plan.to_lsn:
         args += ["--target-lsn", plan.to_lsn, "--target-action", "promote"]
-    args += [engine.server, plan.backup.id, str(plan.target_dir)]
+    args += [engine.server, plan.backup.id, str(staging)]
     try:
         engine.run(*args, what=f"restore backup {plan.backup.id}", timeout=None)
     except BaseException:
         _empty_dir(plan.target_dir, remove=created)
         raise
+    pause_at("physical restore: recovered")
+    restore_dir.write_marker(target_dir, {**point, "pid": os.getpid(), "phase": "moving"})
+    restore_dir.move_up(target_dir)
+    return _finish(engine, plan, started)
+
+
+def _finish(engine: Engine, plan: RestorePlan, started: float) -> RestoreResult:
     owner = engine.server_ids()
     if owner:
         _chown_tree(plan.target_dir, owner)
