@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup.physical.engine import Engine, engine_for
-from aegisctl.backup.physical.walfiles import archived_wals
+from aegisctl.backup.physical.walfiles import archived_wals as archived_wals  # re-exported
 from aegisctl.errors import OperationFailed
 
 if TYPE_CHECKING:
