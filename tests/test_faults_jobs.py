@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import psycopg
@@ -15,8 +16,14 @@ from test_scheduling_jobs import blocking_config, runs
 
 
 def _command_pid(runner: int) -> int:
-    (pid,) = [pid for pid, name in children_of(runner) if name.startswith("python")]
-    return pid
+    """The job's command (the runner logs "started" just before it starts it)."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = [pid for pid, name in children_of(runner) if name.startswith("python")]
+        if len(found) == 1 or time.monotonic() > deadline:
+            (pid,) = found
+            return pid
+        time.sleep(0.05)
 
 
 def test_a_killed_command_is_recorded_as_interrupted(aegis_dsn: str, tmp_path: Path) -> None:

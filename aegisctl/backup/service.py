@@ -128,7 +128,10 @@ def run_create(loaded: LoadedConfig, target: Target, options: CreateOptions, *,
     settings = loaded.settings.backup
     with target_lock(loaded.settings, target.name, "backup create", wait_lock):
         leftovers = [p.name for p in store.stale_temporaries()]
-        manifest = create_backup(loaded, target, options, now=now, progress=progress)
+        from aegisctl.cluster.dumps import dump_with_fallback
+
+        manifest = dump_with_fallback(target, lambda: create_backup(
+            loaded, target, options, now=now, progress=progress))
         result = CreateResult(manifest, removed_temporaries=leftovers)
         level = verify or settings.verify_after_create
         if level != "none":

@@ -8,15 +8,18 @@ and `backup restore --physical`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import FormatOption, confirm, state
+from aegisctl.cli.context import AppState, FormatOption, confirm, state
 from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
 from aegisctl.locks import target_lock
+
+if TYPE_CHECKING:
+    from aegisctl.targets import Target
 
 physical_app = typer.Typer(
     help=(
@@ -66,7 +69,7 @@ def enable(
 
     app_state = state(ctx)
     app_state.require_session("backup physical enable", "direct")  # ALTER SYSTEM, slots
-    loaded, target = app_state.config(), app_state.target()
+    loaded, target = app_state.config(), _physical_target(app_state)
     if restart and target.embedded:  # other servers are refused by the core (exit 2)
         confirm(f"Restart the embedded server of '{target.name}' if a setting needs it? Every "
                 "session is disconnected", yes)
@@ -93,7 +96,7 @@ def status(ctx: typer.Context, fmt: FormatOption = None) -> None:
     from aegisctl.backup.physical.setup import physical_status
 
     app_state = state(ctx)
-    result = physical_status(app_state.config(), app_state.target())
+    result = physical_status(app_state.config(), _physical_target(app_state))
     output.render(result, app_state.fmt(fmt))
     if not result.ok:
         output.print_status(f"aegisctl: error: {result.blocking()[0]}")
@@ -124,7 +127,7 @@ def disable(
     from aegisctl.backup.physical.setup import disable_physical, plan_disable
 
     app_state = state(ctx)
-    loaded, target = app_state.config(), app_state.target()
+    loaded, target = app_state.config(), _physical_target(app_state)
     app_state.require_session("backup physical disable", "direct")
     plan = plan_disable(loaded, target)
     if dry_run:
@@ -152,7 +155,7 @@ def list_(ctx: typer.Context, fmt: FormatOption = None) -> None:
     from aegisctl.backup.physical.backups import physical_listing
 
     app_state = state(ctx)
-    output.render(physical_listing(app_state.config(), app_state.target()),
+    output.render(physical_listing(app_state.config(), _physical_target(app_state)),
                   app_state.fmt(fmt))
 
 
@@ -179,7 +182,7 @@ def stream(
 
     app_state = state(ctx)
     app_state.require_session("backup wal stream", "direct")  # a replication connection
-    summary = stream_wal(app_state.config(), app_state.target(),
+    summary = stream_wal(app_state.config(), _physical_target(app_state),
                          on_event=output.print_status, max_runtime=max_runtime)
     output.render(summary, app_state.fmt(fmt))
 
@@ -199,10 +202,24 @@ def wal_status(ctx: typer.Context, fmt: FormatOption = None) -> None:
     from aegisctl.backup.physical.wal import wal_status as core_status
 
     app_state = state(ctx)
-    result = core_status(app_state.config(), app_state.target())
+    result = core_status(app_state.config(), _physical_target(app_state))
     output.render(result, app_state.fmt(fmt))
     if not result.ok:
         raise typer.Exit(int(ExitCode.FAILED))
+
+
+def _physical_target(app_state: AppState) -> Target:
+    """The target, refused (exit 2, one line) when it is a cluster: Barman's WAL stream and
+    slot would stay on one member and not follow a failover."""
+    from aegisctl.errors import ConfigError
+
+    target = app_state.target()
+    if target.cluster is not None:
+        raise ConfigError(
+            f"target '{target.name}' is a cluster: physical backups and WAL streaming do not "
+            "follow a switchover or failover yet (the WAL stream and its slot would stay on "
+            "one member)", hint="use logical backups (backup create) for a cluster target")
+    return target
 
 
 def drill(
@@ -240,7 +257,7 @@ def drill(
     app_state = state(ctx)
     app_state.require_session("backup drill", "direct")
     output.print_status("drill: restoring into a temporary directory")
-    loaded, target = app_state.config(), app_state.target()
+    loaded, target = app_state.config(), _physical_target(app_state)
     # A prune must not delete the backup the drill restores.
     with target_lock(loaded.settings, target.name, "backup drill --physical", wait_lock):
         report = run_drill(loaded, target, backup_id=backup_id,
@@ -257,7 +274,7 @@ def create_physical(ctx: typer.Context, *, incremental: bool, parent: str | None
 
     app_state = state(ctx)
     app_state.require_session("backup create --physical", "direct")  # replication
-    loaded, target = app_state.config(), app_state.target()
+    loaded, target = app_state.config(), _physical_target(app_state)
     with target_lock(loaded.settings, target.name, "backup create --physical", wait_lock):
         result = core_create(loaded, target, incremental=incremental, parent=parent)
     output.render(result, app_state.fmt(fmt))
@@ -282,7 +299,7 @@ def restore_physical(ctx: typer.Context, *, physical: bool, backup_id: str | Non
     if not backup_id and not latest and not to_time and not to_lsn:
         raise UsageError("give a backup ID, --latest, or --to-time/--to-lsn")
     app_state = state(ctx)
-    loaded, target = app_state.config(), app_state.target()
+    loaded, target = app_state.config(), _physical_target(app_state)
     plan = plan_restore(loaded, target, backup_id=backup_id, latest=latest,
                         to_time=parse_time(to_time) if to_time else None, to_lsn=to_lsn,
                         target_dir=target_dir)
@@ -325,7 +342,7 @@ def prune(
     from aegisctl.backup.physical.prune import prune_physical
 
     app_state = state(ctx)
-    loaded, target = app_state.config(), app_state.target()
+    loaded, target = app_state.config(), _physical_target(app_state)
     plan = prune_physical(loaded, target, dry_run=True)
     if dry_run or not plan.delete:
         output.render(plan, app_state.fmt(fmt))

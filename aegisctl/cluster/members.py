@@ -60,6 +60,7 @@ class ClusterBinding:
     prefer: Need = "leader"  # a read command sets "replica"
     chosen: dict[str, Chosen] = field(default_factory=dict)
     identity: ServerIdentity | None = None  # the leader as first confirmed
+    check_feedback: bool = False  # a dump: warn when the replica has hot_standby_feedback off
     view: ClusterView | None = None
 
     @property
@@ -179,6 +180,8 @@ def confirm_role(conn: psycopg.Connection[Any], binding: ClusterBinding, need: N
     """On the connection that does the work: a leader need is met only by a server out of
     recovery, of the same system and timeline as when this command first confirmed it."""
     if need != "leader":
+        if binding.check_feedback:
+            _warn_without_feedback(conn, binding)
         return
     identity = server_identity(conn)
     where = _where(binding, need)
@@ -216,6 +219,17 @@ def confirm_connection(conn: psycopg.Connection[Any], binding: ClusterBinding,
         raise
     if need == "leader":
         _ON_LEADER[conn] = binding
+
+
+def _warn_without_feedback(conn: psycopg.Connection[Any], binding: ClusterBinding) -> None:
+    row = conn.execute("SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback'),"
+                       " current_setting('max_standby_streaming_delay')").fetchone()
+    if row and row[0] and row[1] == "off":
+        binding.check_feedback = False  # once per command
+        log.warning("target '%s': %s has hot_standby_feedback off (max_standby_streaming_delay "
+                    "%s): a long dump there may be cancelled by a conflict with recovery, and "
+                    "is then taken from the leader", binding.target_name,
+                    _where(binding, "replica"), row[2])
 
 
 def recheck(conn: psycopg.Connection[Any]) -> None:
