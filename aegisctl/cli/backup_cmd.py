@@ -139,7 +139,7 @@ def create(
         output.print_status(f"aegisctl: error: backup {m.id} did not verify")
     for backup_id, error in result.uploads.failed.items():
         if backup_id != m.id:
-            output.print_status(f"aegisctl: warning: older backup {backup_id} is still pending "
+            output.warn(f"older backup {backup_id} is still pending "
                                 f"upload: {error}")
     if result.upload_error:
         output.print_status(f"aegisctl: error: upload failed, backup {m.id} kept locally and "
@@ -183,7 +183,7 @@ def list_(
     listing = list_backups(loaded, target, remote=not local_only)
     physical_on, physical_problem = physical_hooks.physical_state(loaded, target)
     if physical_problem:
-        output.print_status(f"aegisctl: warning: physical backups not listed: "
+        output.warn(f"physical backups not listed: "
                             f"{physical_problem}")
     if physical_on:
         from aegisctl.backup.physical.backups import physical_listing
@@ -193,12 +193,12 @@ def list_(
     else:
         output.render(listing, app_state.fmt(fmt))
     if listing.remote_error:
-        output.print_status(f"aegisctl: warning: remote not listed: {listing.remote_error}")
+        output.warn(f"remote not listed: {listing.remote_error}")
     if listing.stale:
         what = (f"the newest good backup ({listing.newest_good}) is "
                 f"{human_age(listing.newest_good_age_seconds)} old" if listing.newest_good
                 else "there is no verified-good backup")
-        output.print_status(f"aegisctl: warning: {what}; backup.max_age is "
+        output.warn(f"{what}; backup.max_age is "
                             f"{format_duration(listing.max_age_seconds)}")
     if problems and listing.problems:
         for problem in listing.problems:
