@@ -320,6 +320,15 @@ def print_line(text: str) -> None:
     sys.stdout.flush()
 
 
+def warn(text: str, event: str = "warning") -> None:
+    """A warning goes through the logging path, like errors: `--quiet` hides it (only errors
+    are left), `--log-format json` makes it one JSON line, and it reads `aegisctl: WARNING:
+    ...` otherwise. Data in it is printed inert."""
+    import logging
+
+    logging.getLogger("aegisctl").warning("%s", inert(text), extra={"event": event})
+
+
 def print_status(text: str, style: str = "") -> None:
     """A progress or status line for a person: stderr, so stdout stays parseable."""
     text = inert(text)

@@ -111,8 +111,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from aegisctl.config import LoadedConfig, Settings
+    from aegisctl.diagnostics.catalog import TOPICS, run_topic
     from aegisctl.diagnostics.checks import registered_checks, run_target
-    from aegisctl.diagnostics.topics import TOPICS, DiagOptions, run_topic
+    from aegisctl.diagnostics.topics import DiagOptions
     from aegisctl.local import EmbeddedServer
     from aegisctl.targets import Target
 

@@ -8,6 +8,7 @@ as the user owning the server's socket folder (the embedded server's own user).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -53,14 +54,32 @@ class PgBouncer:
         return psycopg.connect(self.dsn("pgbouncer"), autocommit=True, prepare_threshold=None)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # shut down at once
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        # As root pgbouncer runs under runuser, which exits on SIGINT without passing it on:
+        # signal the whole process group (start_new_session made it ours) so no pgbouncer
+        # outlives the test.
+        group = self.process.pid
+        _signal_group(group, signal.SIGINT)  # shut down at once
+        deadline = time.monotonic() + 10
+        while _group_alive(group) and time.monotonic() < deadline:
+            self.process.poll()
+            time.sleep(0.05)
+        if _group_alive(group):
+            _signal_group(group, signal.SIGKILL)
+        self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, sig)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def start_pgbouncer(host: str, port: int, user: str, password: str | None,

@@ -20,7 +20,7 @@ from physical_fixtures import PhysicalEnv, fingerprint, insert_rows, physical_en
 
 from aegisctl.backup.physical.backups import list_physical
 from aegisctl.backup.physical.restore import _Scratch
-from aegisctl.backup.physical.wal import archived_wals
+from aegisctl.backup.physical.walfiles import archived_wals
 
 pytestmark = pytest.mark.slow
 

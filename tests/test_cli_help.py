@@ -24,3 +24,23 @@ def test_group_help_lists_one_line_per_command(group: str, clean_env) -> None:
     rows = [ln for ln in panel[1].splitlines() if ln.startswith("│")]
     continued = [ln for ln in rows if re.match(r"│\s{3,}\S", ln)]
     assert rows and not continued, f"aegisctl {group} --help wraps: {continued[:2]}"
+
+
+def test_physical_commands_of_their_own_and_hidden_aliases(clean_env) -> None:
+    from aegisctl.cli.command_tree import check_command
+
+    for argv in (["backup", "physical", "create", "--incremental"],
+                 ["backup", "physical", "restore", "--latest", "--target-dir", "/tmp/x"],
+                 ["backup", "physical", "drill", "--to-time", "2026-01-31T14:05:00Z"],
+                 ["backup", "create", "--physical", "--incremental"],  # aliases, one release
+                 ["backup", "restore", "--physical", "--latest", "--target-dir", "/tmp/x"],
+                 ["backup", "drill", "--physical"]):
+        check_command(argv)
+    runner = CliRunner()
+    group = runner.invoke(app, ["backup", "--help"], env={"COLUMNS": "100"}).stdout
+    assert "│ drill" not in group
+    physical = runner.invoke(app, ["backup", "physical", "--help"],
+                             env={"COLUMNS": "100"}).stdout
+    assert "│ create" in physical and "│ restore" in physical and "│ drill" in physical
+    create = runner.invoke(app, ["backup", "create", "--help"], env={"COLUMNS": "100"}).stdout
+    assert "--physical" not in create

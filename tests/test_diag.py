@@ -11,7 +11,7 @@ import pytest
 from conftest import dsn_of
 from diag_fixtures import Background, background, wait_for  # noqa: F401
 
-from aegisctl.diagnostics.topics import TOPICS
+from aegisctl.diagnostics.catalog import TOPICS
 
 
 def diag(cli: Any, config: Any, *args: str) -> dict[str, Any]:

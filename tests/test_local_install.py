@@ -39,10 +39,10 @@ def test_data_dir_with_spaces(spaced_dir: Path) -> None:
     server = EmbeddedServer(data)
     status = server.ensure_running()
     assert status.running and " " in status.data_dir
-    assert status.socket_dir == str(spaced_dir / "run")
+    assert status.socket_dir == str(spaced_dir / "pg data.run")  # one per data directory
     with psycopg.connect(server.uri(), autocommit=True) as conn:
         socket = conn.execute("SHOW unix_socket_directories").fetchone()
-        assert socket is not None and str(spaced_dir / "run") in socket[0]
+        assert socket is not None and str(spaced_dir / "pg data.run") in socket[0]
     assert server.stop() is True
     assert server.status().running is False
 

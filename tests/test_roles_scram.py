@@ -51,7 +51,7 @@ def tcp_server() -> Iterator[TcpServer]:
             "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
         port = _free_port()
         server._run([server._bin("pg_ctl"), "-D", str(server.data_dir), "-w", "-t", "60",
-                     "-l", str(server.log_file), "-o", server_options(base / "run", port),
+                     "-l", str(server.log_file), "-o", server_options(Path(status.socket_dir), port),
                      "start"], "start the SCRAM test server")
         yield TcpServer(server, port, server.uri())
     finally:

@@ -89,9 +89,13 @@ def test_failing_job_is_recorded_and_goes_critical_after_grace(aegis_dsn: str,
 
     settings = load_config(str(config)).settings
     started = row["started_at"]
+    # Measured from health's own run, not verify's: on a loaded machine seconds pass between
+    # the two, and health's success must be 95 s old for the verdict asserted below.
+    (health_row,) = runs(aegis_dsn, "health")
+    later = health_row["started_at"] + dt.timedelta(seconds=95)
     with psycopg.connect(aegis_dsn) as conn:
         within = job_freshness(settings, conn, "primary", now=started + dt.timedelta(seconds=80))
-        after = job_freshness(settings, conn, "primary", now=started + dt.timedelta(seconds=95))
+        after = job_freshness(settings, conn, "primary", now=later)
     assert {j.job: j.status for j in within.jobs}["verify"] == "WARNING"
     late = {j.job: j for j in after.jobs}
     assert late["verify"].status == "CRITICAL"

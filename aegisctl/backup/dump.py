@@ -17,7 +17,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 from aegisctl import __version__
 from aegisctl.backup import crypto
-from aegisctl.backup.manifest import BackupFile, BackupManifest, TableCount, format_time, utcnow
+from aegisctl.backup.manifest import (
+    BackupFile,
+    BackupManifest,
+    TableCount,
+    directory_digest,
+    format_time,
+    utcnow,
+)
 from aegisctl.backup.store import (
     CHUNK,
     TMP_PREFIX,
@@ -180,13 +187,6 @@ def _files_of(store: BackupStore, staged: Path, final: Path) -> list[BackupFile]
                            p.stat().st_size, sha256_file(p)) for p in paths]
     return [BackupFile(str(final.relative_to(store.folder)), staged.stat().st_size,
                        sha256_file(staged))]
-
-
-def directory_digest(files: list[BackupFile]) -> str:
-    import hashlib
-
-    lines = "".join(f"{f.sha256}  {f.path}\n" for f in sorted(files, key=lambda f: f.path))
-    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def create_backup(

@@ -316,3 +316,11 @@ def load_manifest(raw: bytes | str, *, expected_id: str | None = None) -> Backup
     if not isinstance(manifest.vector_columns, dict):
         raise ManifestError("vector_columns is not an object")
     return manifest
+
+
+def directory_digest(files: list[BackupFile]) -> str:
+    """The digest of a directory-format backup's file list (path and sha256 of each file)."""
+    import hashlib
+
+    lines = "".join(f"{f.sha256}  {f.path}\n" for f in sorted(files, key=lambda f: f.path))
+    return hashlib.sha256(lines.encode()).hexdigest()

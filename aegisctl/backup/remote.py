@@ -406,7 +406,7 @@ def download_backup(store: BackupStore, remote: Remote, backup_id: str,
     prefix = remote.prefix(backup_id)
     store.ensure()
     if store.manifest_path(backup_id).exists():
-        from aegisctl.backup.verify import check_files
+        from aegisctl.backup.store import check_files
 
         # A local copy whose files are all there is never overwritten; one with missing or
         # truncated files is repaired from the remote copy.

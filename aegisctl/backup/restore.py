@@ -26,9 +26,9 @@ from typing import IO, TYPE_CHECKING, Any
 from aegisctl.backup import crypto
 from aegisctl.backup.dump import USER_TABLES
 from aegisctl.backup.manifest import BackupManifest
-from aegisctl.backup.store import BackupStore
+from aegisctl.backup.store import BackupStore, check_files
 from aegisctl.backup.tools import child_conninfo, restore_error
-from aegisctl.backup.verify import check_files, readable_archive, restore_list, tools_for
+from aegisctl.backup.verify import readable_archive, restore_list, tools_for
 from aegisctl.children import die_with_parent
 from aegisctl.config import LoadedConfig
 from aegisctl.db import connect, connect_params

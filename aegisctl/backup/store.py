@@ -38,6 +38,7 @@ from aegisctl.backup.manifest import (
     OWN_SUFFIXES,
     BackupManifest,
     ManifestError,
+    directory_digest,
     format_time,
     load_manifest,
     utcnow,
@@ -315,8 +316,6 @@ class BackupStore:
                 entry.problems.append(exc.message)
                 continue
             if check:
-                from aegisctl.backup.verify import check_files
-
                 problems = check_files(self, entry.manifest, checksum=False)
                 if problems:
                     entry.state = MISSING_FILES
@@ -403,3 +402,25 @@ class BackupStore:
                 os.fsync(handle.fileno())
         except OSError as exc:
             raise os_error("cannot append to the audit log", path, exc) from None
+
+
+def check_files(store: BackupStore, manifest: BackupManifest, checksum: bool = True) -> list[str]:
+    """What is wrong with a backup's files against its manifest (missing, size, sha256 unless
+    checksum is off, the directory digest); empty when nothing is."""
+    problems = []
+    for item in manifest.all_files:
+        try:
+            path = store.file_path(item.path)
+        except OperationFailed as exc:
+            problems.append(exc.message)
+            continue
+        if not path.is_file():
+            problems.append(f"{item.path}: missing")
+        elif path.stat().st_size != item.size:
+            problems.append(f"{item.path}: size {path.stat().st_size}, manifest says {item.size}")
+        elif checksum and sha256_file(path) != item.sha256:
+            problems.append(f"{item.path}: sha256 differs from the manifest")
+    if manifest.format == "directory" and not problems and \
+            directory_digest(manifest.files) != manifest.sha256:
+        problems.append("the manifest's file list does not match its digest")
+    return problems

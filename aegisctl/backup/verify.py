@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup import crypto
-from aegisctl.backup.dump import USER_TABLES, directory_digest, vector_columns
+from aegisctl.backup.dump import USER_TABLES, vector_columns
 from aegisctl.backup.manifest import BackupManifest, Verification, format_time, utcnow
-from aegisctl.backup.store import TMP_PREFIX, BackupStore, sha256_file
+from aegisctl.backup.store import TMP_PREFIX, BackupStore, check_files
 from aegisctl.backup.tools import PgTools, child_conninfo, choose_pg_dump, restore_error
 from aegisctl.children import die_with_parent, exit_cause
 from aegisctl.config import LoadedConfig
@@ -46,26 +46,6 @@ def tools_for(loaded: LoadedConfig, manifest: BackupManifest) -> PgTools:
     """A pg_restore able to read this archive: at least the major version that wrote it."""
     major = int(manifest.pg_dump_version.split(".")[0])
     return choose_pg_dump(loaded.settings.backup.pg_dump_path, major)
-
-
-def check_files(store: BackupStore, manifest: BackupManifest, checksum: bool = True) -> list[str]:
-    problems = []
-    for item in manifest.all_files:
-        try:
-            path = store.file_path(item.path)
-        except OperationFailed as exc:
-            problems.append(exc.message)
-            continue
-        if not path.is_file():
-            problems.append(f"{item.path}: missing")
-        elif path.stat().st_size != item.size:
-            problems.append(f"{item.path}: size {path.stat().st_size}, manifest says {item.size}")
-        elif checksum and sha256_file(path) != item.sha256:
-            problems.append(f"{item.path}: sha256 differs from the manifest")
-    if manifest.format == "directory" and not problems and \
-            directory_digest(manifest.files) != manifest.sha256:
-        problems.append("the manifest's file list does not match its digest")
-    return problems
 
 
 def archive_path(store: BackupStore, manifest: BackupManifest) -> Path:

@@ -93,11 +93,11 @@ def create(
     no_upload: Annotated[bool, typer.Option("--no-upload", help="Do not upload now; the "
                                             "backup stays pending.")] = False,
     wait_lock: WaitLock = 0.0,
-    physical: Annotated[bool, typer.Option("--physical", help="A physical backup through "
+    physical: Annotated[bool, typer.Option("--physical", hidden=True, help="A physical backup through "
                                            "Barman instead (backup physical enable).")] = False,
-    incremental: Annotated[bool, typer.Option("--incremental", help="With --physical: only "
+    incremental: Annotated[bool, typer.Option("--incremental", hidden=True, help="With --physical: only "
                                               "what changed since --parent.")] = False,
-    parent: Annotated[str | None, typer.Option("--parent", metavar="ID", help="Parent of an "
+    parent: Annotated[str | None, typer.Option("--parent", metavar="ID", hidden=True, help="Parent of an "
                                                "incremental (default: the newest).")] = None,
     fmt: FormatOption = None,
 ) -> None:
@@ -112,7 +112,9 @@ def create(
 
       aegisctl backup create --dump-format directory --jobs 2 --globals --format json
 
-      aegisctl backup create --physical --incremental
+      aegisctl backup create --dump-format directory --jobs 2 --verify restore-test
+
+    Physical backups: aegisctl backup physical create.
     """
     if physical or incremental:
         return physical_cmd.create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt,
@@ -139,7 +141,7 @@ def create(
         output.print_status(f"aegisctl: error: backup {m.id} did not verify")
     for backup_id, error in result.uploads.failed.items():
         if backup_id != m.id:
-            output.print_status(f"aegisctl: warning: older backup {backup_id} is still pending "
+            output.warn(f"older backup {backup_id} is still pending "
                                 f"upload: {error}")
     if result.upload_error:
         output.print_status(f"aegisctl: error: upload failed, backup {m.id} kept locally and "
@@ -183,7 +185,7 @@ def list_(
     listing = list_backups(loaded, target, remote=not local_only)
     physical_on, physical_problem = physical_hooks.physical_state(loaded, target)
     if physical_problem:
-        output.print_status(f"aegisctl: warning: physical backups not listed: "
+        output.warn(f"physical backups not listed: "
                             f"{physical_problem}")
     if physical_on:
         from aegisctl.backup.physical.backups import physical_listing
@@ -193,12 +195,12 @@ def list_(
     else:
         output.render(listing, app_state.fmt(fmt))
     if listing.remote_error:
-        output.print_status(f"aegisctl: warning: remote not listed: {listing.remote_error}")
+        output.warn(f"remote not listed: {listing.remote_error}")
     if listing.stale:
         what = (f"the newest good backup ({listing.newest_good}) is "
                 f"{human_age(listing.newest_good_age_seconds)} old" if listing.newest_good
                 else "there is no verified-good backup")
-        output.print_status(f"aegisctl: warning: {what}; backup.max_age is "
+        output.warn(f"{what}; backup.max_age is "
                             f"{format_duration(listing.max_age_seconds)}")
     if problems and listing.problems:
         for problem in listing.problems:
@@ -296,13 +298,13 @@ def restore(
         "--into-system-database", help="Allow restoring into a template database "
         "(template1...) or the maintenance database (postgres): refused without it.")] = False,
     wait_lock: WaitLock = 0.0,
-    physical: Annotated[bool, typer.Option("--physical", help="Restore a physical backup into "
+    physical: Annotated[bool, typer.Option("--physical", hidden=True, help="Restore a physical backup into "
                                            "--target-dir (a new or empty folder).")] = False,
-    to_time: Annotated[str | None, typer.Option("--to-time", metavar="TS", help="With "
+    to_time: Annotated[str | None, typer.Option("--to-time", metavar="TS", hidden=True, help="With "
                                                 "--physical: recover to this moment.")] = None,
-    to_lsn: Annotated[str | None, typer.Option("--to-lsn", metavar="LSN", help="With "
+    to_lsn: Annotated[str | None, typer.Option("--to-lsn", metavar="LSN", hidden=True, help="With "
                                                "--physical: recover to this LSN.")] = None,
-    target_dir: Annotated[Path | None, typer.Option("--target-dir", file_okay=False, help="With "
+    target_dir: Annotated[Path | None, typer.Option("--target-dir", file_okay=False, hidden=True, help="With "
                                                     "--physical: where to restore.")] = None,
     fmt: FormatOption = None,
 ) -> None:
@@ -318,7 +320,9 @@ def restore(
 
       aegisctl backup restore --latest --clean --force --dry-run
 
-      aegisctl backup restore --physical --to-time 2026-01-31T14:05:00Z --target-dir /srv/pitr
+      aegisctl backup restore --latest --target-db aegis_restored --dry-run
+
+    Physical backups: aegisctl backup physical restore.
     """
     if physical or target_dir or to_time or to_lsn:
         return physical_cmd.restore_physical(ctx, physical=physical, backup_id=backup_id,

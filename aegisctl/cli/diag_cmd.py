@@ -29,7 +29,7 @@ LimitOption = Annotated[int, limit_option("Rows per list (largest first).")]
 
 
 def _run(ctx: typer.Context, topic: str, fmt: FormatOption, options: DiagOptions) -> None:
-    from aegisctl.diagnostics.topics import run_topic
+    from aegisctl.diagnostics.catalog import run_topic
 
     app_state = state(ctx)
     settings = app_state.config().settings

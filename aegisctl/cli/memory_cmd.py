@@ -553,7 +553,7 @@ def import_cmd(
                                skip_bad=skip_bad, progress=progress)
     _show(result, _format(app_state, fmt))
     for warning in result.warnings():
-        output.print_status(warning, "yellow")
+        output.warn(warning)
 
 
 class ExportFormat(StrEnum):

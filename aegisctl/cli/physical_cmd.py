@@ -316,7 +316,7 @@ def restore_physical(ctx: typer.Context, *, physical: bool, backup_id: str | Non
 def register(backup_app: typer.Typer) -> None:
     backup_app.add_typer(physical_app, name="physical")
     backup_app.add_typer(wal_app, name="wal")
-    backup_app.command("drill")(drill)
+    backup_app.command("drill", hidden=True)(drill)  # alias of `backup physical drill`
 
 
 @physical_app.command("prune")
@@ -353,3 +353,82 @@ def prune(
     with target_lock(loaded.settings, target.name, "backup physical prune", wait_lock):
         result = prune_physical(loaded, target, dry_run=False)
     output.render(result, app_state.fmt(fmt))
+
+
+# The physical backups' own commands. `backup create|restore|drill --physical` stay as hidden
+# aliases for one release.
+
+
+@physical_app.command("create")
+def create_cmd(
+    ctx: typer.Context,
+    incremental: Annotated[bool, typer.Option("--incremental", help="Only what changed since "
+                                              "--parent.")] = False,
+    parent: Annotated[str | None, typer.Option("--parent", metavar="ID", help="Parent of an "
+                                               "incremental (default: the newest).")] = None,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """Take a physical (base) backup through Barman, full or incremental, and verify it.
+
+    Examples:
+
+      aegisctl backup physical create
+
+      aegisctl backup physical create --incremental --format json
+    """
+    create_physical(ctx, incremental=incremental, parent=parent, fmt=fmt, wait_lock=wait_lock)
+
+
+@physical_app.command("restore")
+def restore_cmd(
+    ctx: typer.Context,
+    backup_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="The newest backup.")] = False,
+    to_time: Annotated[str | None, typer.Option("--to-time", metavar="TS", help="Recover to "
+                                                "this moment (ISO 8601).")] = None,
+    to_lsn: Annotated[str | None, typer.Option("--to-lsn", metavar="LSN", help="Recover to "
+                                               "this LSN.")] = None,
+    target_dir: Annotated[Path | None, typer.Option("--target-dir", file_okay=False,
+                                                    help="Where to restore (a new or empty "
+                                                         "folder).")] = None,
+    dry_run: Annotated[bool, dry_run_option("Show the plan; restore nothing.")] = False,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """Restore a physical backup (to a moment or LSN) into a new or empty folder.
+
+    Examples:
+
+      aegisctl backup physical restore --latest --target-dir /srv/restored
+
+      aegisctl backup physical restore --to-time 2026-01-31T14:05:00Z --target-dir /srv/pitr
+    """
+    restore_physical(ctx, physical=True, backup_id=backup_id, latest=latest, to_time=to_time,
+                     to_lsn=to_lsn, target_dir=target_dir, dry_run=dry_run, fmt=fmt,
+                     wait_lock=wait_lock)
+
+
+@physical_app.command("drill")
+def drill_cmd(
+    ctx: typer.Context,
+    backup_id: Annotated[str | None, typer.Option(
+        "--backup", metavar="ID", help="This backup (default: the newest usable one before "
+        "--to-time).")] = None,
+    to_time: Annotated[str | None, typer.Option(
+        "--to-time", metavar="TS", help="Recover to this moment (ISO 8601; UTC when no "
+        "offset).")] = None,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOption = None,
+) -> None:
+    """Prove a physical backup restores: recover it into a temporary directory, start it,
+    check it (pg_amcheck, extensions, row counts, vector indexes), then delete it.
+
+    Examples:
+
+      aegisctl backup physical drill
+
+      aegisctl backup physical drill --to-time 2026-01-31T14:05:00Z --format json
+    """
+    drill(ctx, physical=True, backup_id=backup_id, to_time=to_time, wait_lock=wait_lock,
+          fmt=fmt)

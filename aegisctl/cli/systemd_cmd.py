@@ -48,14 +48,14 @@ def _units(ctx: typer.Context, wal_stream: bool = False):  # type: ignore[no-unt
             environment=unit_environment(settings))))
     exe = executable_path(loaded.settings)
     if not Path(exe).is_file():
-        output.print_status(f"warning: scheduler.systemd.executable {exe} does not exist here: "
+        output.warn(f"scheduler.systemd.executable {exe} does not exist here: "
                             "the units would fail to start (leave it unset for the aegisctl "
                             "running this command)")
     embedded = sorted(job for job, target in job_targets(loaded).items() if target == "embedded"
                       and loaded.settings.schedule[job].enabled)
     if embedded:
-        output.print_status(
-            f"warning: job(s) {', '.join(embedded)} run against the embedded server: a server "
+        output.warn(
+            f"job(s) {', '.join(embedded)} run against the embedded server: a server "
             "a oneshot job starts is killed with the job's cgroup. Under systemd, configure a "
             "target whose server runs as its own service.")
     return loaded, units

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aegisctl.errors import UsageError
 from aegisctl.maintenance.catalog import Relation, find_relation, table_indexes
 from aegisctl.maintenance.runner import MaintContext, MaintResult, Step, render_sql, run_locked
+from aegisctl.testhooks import pause_at
 from aegisctl.units import format_bytes
 
 if TYPE_CHECKING:
@@ -90,6 +91,38 @@ def _key_sql(key: str) -> sql.Composable:
     return sql.SQL("({})").format(sql.SQL(key))
 
 
+def _wait_for_lockers(ctx: MaintContext, table: Relation) -> str:
+    """Wait (the maintenance lock attempts and backoff) for sessions idle in a transaction, or
+    holding a writer's lock longer than lock_timeout, on the table; what still blocks, or ""."""
+    from aegisctl.db import backoff_delays
+    from aegisctl.maintenance.reindex import lock_holders
+    from aegisctl.maintenance.runner import sleep_unless_stopped
+
+    settings = ctx.settings
+    delays = backoff_delays(settings.lock_attempts, max(settings.lock_timeout, 0.5),
+                            settings.lock_max_delay)
+    for attempt in range(len(delays) + 1):
+        holders = lock_holders(ctx.conn, [table.oid], settings.lock_timeout)
+        if not holders or attempt >= len(delays):
+            return "waited for " + holders if holders else ""
+        if sleep_unless_stopped(ctx, delays[attempt]):
+            return "interrupted while waiting for " + holders
+    return ""
+
+
+def _drop_new(ctx: MaintContext, result: MaintResult, new: Relation, sql: Any) -> None:
+    """Drop the freshly built index with a plain DROP INDEX under the short lock_timeout: it
+    needs the table's lock only for an instant, and is not stuck behind old snapshots."""
+    step = Step(statement="", target=new.qualified)
+    statement = sql.SQL("DROP INDEX IF EXISTS {}").format(new.ident())
+    step.statement = render_sql(ctx.conn, statement)
+    run_locked(ctx, statement, step)
+    if step.status != "done":
+        step.detail = (f"{step.detail}; {new.qualified} stays (valid, beside the old index): "
+                       "the next run drops it first")
+    result.steps.append(step)
+
+
 def rebuild_vector_indexes(ctx: MaintContext, *, table: str | None = None,
                            index: str | None = None, m: int | None = None,
                            ef_construction: int | None = None,
@@ -142,6 +175,19 @@ def rebuild_vector_indexes(ctx: MaintContext, *, table: str | None = None,
                 result.interrupted = True
                 failed = True
                 break
+            if what == "drop":
+                pause_at("vector-index.before-drop")
+                blockers = _wait_for_lockers(ctx, hnsw.table)
+                if blockers:
+                    # DROP INDEX CONCURRENTLY marks the old index invalid first, then waits for
+                    # these sessions: starting it now would leave the old index invalid and the
+                    # new one serving under its temporary name. Keep the old one; drop the new.
+                    step.status = "failed"
+                    step.detail = (f"not swapped: {blockers}; the old index is kept, valid, "
+                                   "and the new one dropped; rerun when they have ended")
+                    _drop_new(ctx, result, new, sql)
+                    failed = True
+                    break
             started = time.perf_counter()
             run_locked(ctx, statement, step)
             if what == "build" and step.status == "done":

@@ -97,7 +97,7 @@ def physical_holding(loaded: Any, target_name: str, now: dt.datetime) -> Physica
     try:
         from aegisctl.backup.physical.backups import list_physical
         from aegisctl.backup.physical.engine import engine_for
-        from aegisctl.backup.physical.wal import archived_wals
+        from aegisctl.backup.physical.walfiles import archived_wals
 
         engine = engine_for(loaded, target)
         backups = [b for b in list_physical(engine)

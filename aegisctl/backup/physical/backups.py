@@ -452,7 +452,7 @@ class PhysicalListing:
 
 
 def physical_listing(loaded: LoadedConfig, target: Target) -> PhysicalListing:
-    from aegisctl.backup.physical.wal import archived_wals
+    from aegisctl.backup.physical.walfiles import archived_wals
 
     engine = engine_for(loaded, target)
     backups = list_physical(engine)

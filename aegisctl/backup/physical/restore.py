@@ -27,7 +27,8 @@ from aegisctl.backup.physical.backups import (
     save_state,
 )
 from aegisctl.backup.physical.engine import Engine, engine_for
-from aegisctl.backup.physical.wal import archived_wals, switch_and_archive
+from aegisctl.backup.physical.wal import switch_and_archive
+from aegisctl.backup.physical.walfiles import archived_wals
 from aegisctl.errors import MissingBinary, OperationFailed, UsageError
 
 if TYPE_CHECKING:

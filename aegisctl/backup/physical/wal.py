@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup.physical.engine import Engine, engine_for
+from aegisctl.backup.physical.walfiles import archived_wals as archived_wals  # re-exported
 from aegisctl.errors import OperationFailed
 
 if TYPE_CHECKING:
@@ -217,24 +218,6 @@ class WalStatus:
         ], title="WAL streaming")]
         blocks += [Note(f"problem: {p}", "red") for p in self.problems]
         return blocks
-
-
-def archived_wals(engine: Engine) -> list[tuple[str, int, float]]:
-    """(segment, size, mtime) of every archived WAL file, from Barman's xlog.db."""
-    xlog = engine.server_dir / "wals" / f"{engine.server}-xlog.db"
-    out = []
-    try:
-        text = xlog.read_text()
-    except (FileNotFoundError, PermissionError):
-        return []
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3:
-            try:
-                out.append((parts[0], int(parts[1]), float(parts[2])))
-            except ValueError:
-                continue
-    return out
 
 
 def wal_status(loaded: LoadedConfig, target: Target) -> WalStatus:
