@@ -95,6 +95,13 @@ def test_each_unit_runs_with_only_its_read_write_paths_writable(
 
     socket_dir = aegis_db.info.host  # the test server's Unix socket folder (or a host name)
     visible = [str(tmp_path)] + ([socket_dir] if socket_dir.startswith("/") else [])
+    # aegisctl itself must stay reachable under PrivateTmp's fresh /tmp: a checkout and venv
+    # under /tmp (as in CI) are mounted read-only, as a real install outside /tmp would be seen.
+    import aegisctl
+
+    for installed in (Path(sys.prefix), Path(aegisctl.__file__).resolve().parents[1]):
+        if installed.is_relative_to("/tmp"):
+            visible.append(str(installed))
     for name in ("aegisctl-backup.service", "aegisctl-cleanup.service",
                  "aegisctl-vacuum.service"):
         done = _run_sandboxed(units[name], visible)
