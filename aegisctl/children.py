@@ -50,3 +50,14 @@ def exit_cause(code: int, detail: str | None = None) -> str:
         return f"killed by signal {signal_name(-code)}"
     detail = (detail or "").strip()
     return detail or f"exit code {code}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Does a process with this pid exist? (One owned by another user counts: it exists.)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

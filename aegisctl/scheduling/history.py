@@ -177,9 +177,11 @@ def mark_dead_runners(conn: psycopg.Connection[Any], target: str, host: str) -> 
     """Runs of any job of this target started on this host whose runner process is gone (a
     scheduler killed with kill -9; its command died with it): recorded as abandoned now, by
     whichever run comes next, instead of 'running' until the same job runs again."""
+    from aegisctl.children import pid_alive
+
     rows = conn.execute("SELECT id, pid FROM aegis_job_runs WHERE target = %s AND host = %s"
                         " AND status = 'running' AND pid IS NOT NULL", (target, host)).fetchall()
-    dead = [(run_id, pid) for run_id, pid in rows if not _alive(int(pid))]
+    dead = [(run_id, pid) for run_id, pid in rows if not pid_alive(int(pid))]
     for run_id, pid in dead:
         conn.execute(
             "UPDATE aegis_job_runs SET status = 'abandoned', finished_at = now(), error = "
@@ -187,16 +189,6 @@ def mark_dead_runners(conn: psycopg.Connection[Any], target: str, host: str) -> 
             (f"its runner (pid {pid}) died without recording an outcome (killed?); the "
              "command was stopped with it", run_id))
     return len(dead)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def prune(conn: psycopg.Connection[Any], job: str, target: str, keep_seconds: float) -> int:
