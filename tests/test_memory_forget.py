@@ -128,3 +128,121 @@ def test_export_matches_the_filter_exactly(cli, aegis_db, backup_config, tmp_pat
     # The same filter through forget --dry-run selects the same rows.
     dry = _json(_forget(cli, cfg, "--context", "agent=alice", "--tag", "public", "--dry-run"))
     assert dry["ids"] == [r["id"] for r in got]
+
+
+def _create(cli: Any, cfg: Path) -> str:
+    made = cli("--config", str(cfg), "backup", "create", "--format", "json")
+    assert made.exit_code == 0, made.output
+    return str(json.loads(made.stdout)["id"])
+
+
+def _restore_into(cli: Any, cfg: Path, backup: str, database: str) -> Any:
+    return cli("--config", str(cfg), "backup", "restore", backup, "--target-db", database,
+               "--format", "json")
+
+
+def test_restore_and_restore_test_replay_the_ledger(cli, aegis_db, backup_config, s3_endpoint,
+                                                    s3_bucket, tmp_path) -> None:
+    """forget -> a backup taken before -> restore: the forgotten rows are gone and the
+    restore says so, through the copy beside the backups and the (encrypted) remote copy,
+    not the restored database's own ledger, which predates the erasure."""
+    _fill(aegis_db)
+    key = tmp_path / "backup.key"
+    assert cli("backup", "key-generate", str(key)).exit_code == 0
+    cfg = backup_config(encryption={"key_file": str(key)}, remote={
+        "endpoint_url": s3_endpoint, "bucket": s3_bucket, "prefix": "p/",
+        "region": "us-east-1", "server_side_encryption": "AES256"})
+    before = _create(cli, cfg)
+    alice = _ids(aegis_db, "episodic_memory", "context->>'agent' = 'alice'")
+    crm = _ids(aegis_db, "semantic_memory", "source = 'crm'")
+    for args in (["--context", "agent=alice"], ["--source", "crm"]):
+        _json(_forget(cli, cfg, *args, "--reason", "erasure request", "--yes"))
+    after = _create(cli, cfg)
+
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    remote = s3.get_object(Bucket=s3_bucket, Key="p/primary/erasure-ledger.json.enc")
+    assert remote["Body"].read().startswith(b"AEGISBK1")  # encrypted like the backups
+    assert remote["ServerSideEncryption"] == "AES256"
+
+    # The live database loses its ledger rows and the local copy goes: only the remote is left.
+    aegis_db.execute("TRUNCATE aegis_erasures")
+    (tmp_path / "backups" / "primary" / "erasure-ledger.json").unlink()
+    database = f"restored_{os.getpid()}"
+    try:
+        done = _json(_restore_into(cli, cfg, before, database))
+        assert done["erasures"]["rows_removed"] == 6
+        assert done["erasures"]["removed"] == {"episodic": 4, "semantic": 2}
+        with psycopg.connect(dsn_of(aegis_db, database)) as restored:
+            assert not set(alice) & set(_ids(restored, "episodic_memory"))
+            assert not set(crm) & set(_ids(restored, "semantic_memory"))
+            assert len(_ids(restored, "episodic_memory")) == 8
+            # The restored ledger is complete again, and an erased id is not handed out again.
+            assert restored.execute("SELECT count(*) FROM aegis_erasures").fetchone() == (6,)
+            seq = restored.execute("SELECT last_value FROM episodic_memory_id_seq").fetchone()
+            assert seq is not None and seq[0] >= max(alice)
+        aegis_db.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+        # The table output says it too; a backup taken after the erasure has nothing to redo.
+        told = cli("--config", str(cfg), "backup", "restore", before, "--target-db", database)
+        assert told.exit_code == 0, told.output
+        assert "6 forgotten row(s) removed again" in told.stdout
+        aegis_db.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+        later = _json(_restore_into(cli, cfg, after, database))
+        assert later["erasures"]["rows_removed"] == 0
+        assert later["erasures"]["entries_replayed"] == 0
+    finally:
+        aegis_db.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+    verify = cli("--config", str(cfg), "backup", "verify", before, "--restore-test",
+                 "--format", "json")
+    report = _json(verify)
+    assert report["ok"] and report["erasures"]["rows_removed"] == 6
+    assert any("6 forgotten row(s) removed again" in c for c in report["checks"])
+
+
+def test_corrupt_ledger_fails_the_restore_in_one_line(cli, aegis_db, backup_config,
+                                                       tmp_path) -> None:
+    _fill(aegis_db)
+    cfg = backup_config()
+    backup = _create(cli, cfg)
+    _json(_forget(cli, cfg, "--source", "crm", "--reason", "r", "--yes"))
+    path = tmp_path / "backups" / "primary" / "erasure-ledger.json"
+    document = json.loads(path.read_text())
+    document["entries"][0]["memory_id"] = "1 OR TRUE"
+    path.write_text(json.dumps(document))
+    database = f"never_{os.getpid()}"
+    for command in (["restore", backup, "--target-db", database],
+                    ["verify", backup, "--restore-test"]):
+        refused = cli("--config", str(cfg), "backup", *command)
+        assert refused.exit_code == 1, refused.output
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "erasure ledger" in refused.stderr and "memory_id" in refused.stderr
+    assert aegis_db.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                            (database,)).fetchone() == (0,)
+    listed = cli("--config", str(cfg), "backup", "list", "--format", "json")
+    assert json.loads(listed.stdout)["backups"][0]["verified"] == "ok"  # not blamed
+    path.write_text("{not json")
+    assert cli("--config", str(cfg), "backup", "restore", backup, "--target-db", database
+               ).exit_code == 1
+
+
+def test_check_reports_backups_holding_forgotten_rows(cli, aegis_db, backup_config) -> None:
+    _fill(aegis_db)
+    cfg = backup_config()
+
+    def check() -> dict[str, Any]:
+        ran = cli("--config", str(cfg), "check", "--only", "erased_rows_in_backups",
+                  "--format", "json")
+        found = {c["name"]: c for c in json.loads(ran.stdout)["targets"][0]["checks"]}
+        return dict(found["erased_rows_in_backups"])
+
+    backup = _create(cli, cfg)
+    assert check()["status"] == "UNKNOWN"  # skipped: nothing forgotten yet
+    _json(_forget(cli, cfg, "--source", "crm", "--reason", "r", "--yes"))
+    ok = check()
+    assert ok["status"] == "OK" and "until" in ok["message"]
+    assert cli("--config", str(cfg), "backup", "keep", backup).exit_code == 0
+    held = check()
+    assert held["status"] == "WARNING" and backup in held["message"]
+    assert "pinned" in held["message"]

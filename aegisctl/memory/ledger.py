@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import psycopg
 
     from aegisctl.backup.settings import BackupSettings
+    from aegisctl.config import LoadedConfig
+    from aegisctl.targets import Target
 
 LEDGER_VERSION = 1
 LEDGER_FILE = "erasure-ledger.json"
@@ -317,7 +319,8 @@ class PublishResult:
                 "problems": self.problems}
 
 
-def publish(settings: BackupSettings, target: str, db_ledger: Ledger) -> PublishResult:
+def publish(settings: BackupSettings, target: str, db_ledger: Ledger,
+            remote: bool = True) -> PublishResult:
     """Copy the database's ledger beside the backups and to the remote (each copy the union
     with what is there). A failure to write is reported, never raised: the erasure itself is
     done and recorded in the database; the next forget or backup writes the copies again."""
@@ -329,13 +332,29 @@ def publish(settings: BackupSettings, target: str, db_ledger: Ledger) -> Publish
     except AegisError as exc:
         result.problems.append(f"local copy not written: {exc.message}")
         merged = db_ledger
-    if settings.remote is not None:
+    if settings.remote is not None and remote:
         try:
             merged = merged.merged(read_remote(settings, target))
             result.remote = upload_remote(settings, target, merged)
         except AegisError as exc:
             result.problems.append(f"remote copy not written: {exc.message}")
     return result
+
+
+def publish_with_backup(loaded: LoadedConfig, target: Target, remote: bool = True
+                        ) -> PublishResult | None:
+    """`backup create`'s copy of the ledger; None when the database has no ledger (its schema
+    predates it) and no copy exists yet. Reported, never raised: the backup is good."""
+    from aegisctl.db import connect
+
+    try:
+        with connect(loaded, target, "backup create", "maintenance") as conn:
+            ledger = read_db_ledger(conn)
+    except AegisError as exc:
+        return PublishResult(0, problems=[f"erasure ledger not copied: {exc.message}"])
+    if ledger is None:
+        return None
+    return publish(loaded.settings.backup, target.name, ledger, remote)
 
 
 @dataclass
