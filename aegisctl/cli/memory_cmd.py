@@ -151,6 +151,8 @@ def search_cmd(
     tags: TagOpt = None,
     min_importance: MinImportanceOpt = None,
     categories: CategoryOpt = None,
+    sources: SourceOpt = None,
+    context: ContextOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
     limit: LimitOpt = None,
@@ -207,7 +209,8 @@ def search_cmd(
             half_life = parse_duration(decay)
         except ValueError as exc:
             raise UsageError(f"--decay: {exc}") from None
-    filters = memory_filters(kind, types, tags, min_importance, categories, since, until)
+    filters = memory_filters(kind, types, tags, min_importance, categories, since, until,
+                             sources=sources, context=context)
     with _session(ctx, "search") as (app_state, settings, conn, dim):
         chosen = _format(app_state, fmt)
         # Keyword mode embeds the query only for --min-score (relevance includes similarity).
@@ -353,6 +356,8 @@ def recent_cmd(
     tags: TagOpt = None,
     min_importance: MinImportanceOpt = None,
     categories: CategoryOpt = None,
+    sources: SourceOpt = None,
+    context: ContextOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
     limit: LimitOpt = None,
@@ -369,7 +374,8 @@ def recent_cmd(
     from aegisctl.memory.browse import iter_memories
     from aegisctl.memory.views import MemoryList
 
-    filters = memory_filters(kind, types, tags, min_importance, categories, since, until)
+    filters = memory_filters(kind, types, tags, min_importance, categories, since, until,
+                             sources=sources, context=context)
     with _session(ctx, "recent") as (app_state, settings, conn, _dim):
         records = list(iter_memories(conn, filters, newest_first=True,
                                      limit=limit or settings.search.limit))
