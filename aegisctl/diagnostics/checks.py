@@ -58,6 +58,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.retention_checks",
     "aegisctl.diagnostics.erasure_checks",
     "aegisctl.diagnostics.leftover_checks",
+    "aegisctl.diagnostics.version_checks",
 ]
 
 
