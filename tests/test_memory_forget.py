@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from backup_fixtures import (  # noqa: F401  (fixtures)
     backup_config,
     s3_bucket,
