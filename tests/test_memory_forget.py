@@ -245,3 +245,17 @@ def test_check_reports_backups_holding_forgotten_rows(cli, aegis_db, backup_conf
     held = check()
     assert held["status"] == "WARNING" and backup in held["message"]
     assert "pinned" in held["message"]
+
+
+def test_restore_of_one_table_replays_every_entry(cli, aegis_db, backup_config) -> None:
+    """--table restores leave the live aegis_erasures in place (it knows nothing of the
+    backup's age): the forgotten rows of the restored table still go."""
+    _fill(aegis_db)
+    cfg = backup_config()
+    backup = _create(cli, cfg)
+    _json(_forget(cli, cfg, "--context", "agent=alice", "--reason", "r", "--yes"))
+    done = _json(cli("--config", str(cfg), "backup", "restore", backup, "--table",
+                     "episodic_memory", "--force", "--yes", "--format", "json"))
+    assert done["erasures"]["rows_removed"] == 4
+    assert _ids(aegis_db, "episodic_memory", "context->>'agent' = 'alice'") == []
+    assert len(_ids(aegis_db, "episodic_memory")) == 8

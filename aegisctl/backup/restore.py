@@ -70,6 +70,7 @@ class RestorePlan:
     # The newest erasure ledger (aegisctl.memory.ledger), read and validated before anything
     # is touched: the restore replays it.
     ledger: CurrentLedger | None = field(default=None, repr=False)
+    backup_has_ledger: bool = False  # the backup holds aegis_erasures (taken after 0010)
 
     @property
     def holds_data(self) -> bool:
@@ -204,7 +205,8 @@ def plan_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
                          hint="restore into another database with --target-db NAME, or pass "
                               "--into-system-database if that is really what you want")
     plan = RestorePlan(manifest.id, database, not exists, wanted, clean, jobs,
-                       system_database=system, ledger=ledger)
+                       system_database=system, ledger=ledger,
+                       backup_has_ledger="public.aegis_erasures" in known)
     if exists:
         with connect_to(loaded, target, database, "backup restore") as conn:
             for schema, name, estimate in conn.execute(USER_TABLES).fetchall():
@@ -287,7 +289,14 @@ def _replay(loaded: LoadedConfig, target: Target, plan: RestorePlan) -> ReplayRe
         return None
     with connect_to(loaded, target, plan.database, "backup restore") as conn:
         try:
-            return replay(conn, plan.ledger.ledger, plan.ledger.notes)
+            # The database's aegis_erasures tells which erasures the backup holds only when
+            # it came from the backup: not after a restore of some tables, nor from a backup
+            # older than the ledger (the live table would be left in place). Then every entry
+            # is replayed.
+            restored = plan.backup_has_ledger and (
+                not plan.tables or "public.aegis_erasures" in plan.tables)
+            return replay(conn, plan.ledger.ledger, plan.ledger.notes,
+                          restored_ledger=restored)
         except Exception as exc:
             if type(exc).__module__.split(".")[0] != "psycopg":
                 raise

@@ -713,8 +713,10 @@ def forget_cmd(
             if not chosen and not dry_run:
                 output.print_status("nothing matches: nothing was deleted")
             return
-        confirm(f"Forget {plan.statement()}? They are deleted now and again by every "
-                "restore of an older backup", yes)
+        output.print_status(f"forget {plan.statement()}: deleted in batches, recorded in the "
+                            "erasure ledger (ids and content hashes) and deleted again by every "
+                            "restore of an older backup")
+        confirm(f"Forget {plan.statement()}?", yes)
         with target_lock(settings, target.name, "memory forget", wait_lock):
             result = forget(conn, settings, target.name, chosen, str(reason).strip())
         result.not_found = missing

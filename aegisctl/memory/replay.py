@@ -75,9 +75,11 @@ WHERE s.seq IS NOT NULL
 
 
 def replay(conn: psycopg.Connection[Any], ledger: Ledger,
-           notes: list[str] | None = None) -> ReplayResult:
+           notes: list[str] | None = None, restored_ledger: bool = True) -> ReplayResult:
     """Delete again, in `conn`'s database, what the ledger says was forgotten after its
-    backup was taken; one transaction."""
+    backup was taken; one transaction. `restored_ledger`: the database's aegis_erasures came
+    from the same backup as the memories (a full restore); when it did not (a restore of some
+    tables only), it says nothing about the backup and every entry is replayed."""
     from psycopg import sql
 
     result = ReplayResult(len(ledger.entries), 0, {k: 0 for k in KINDS}, list(ledger.sources),
@@ -87,7 +89,7 @@ def replay(conn: psycopg.Connection[Any], ledger: Ledger,
     with conn.transaction():
         has_table = has_ledger_table(conn)
         known: set[tuple[str, str, int]] = set()
-        if has_table:
+        if has_table and restored_ledger:
             known = {(str(e), str(k), int(i)) for e, k, i in conn.execute(
                 "SELECT erasure_id::text, kind, memory_id FROM aegis_erasures").fetchall()}
         pending = [e for e in ledger.entries if e.key not in known]
