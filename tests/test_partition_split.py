@@ -109,6 +109,11 @@ def test_kill_9_mid_split_then_a_rerun_finishes_without_loss_or_duplicates(
     cfg = partition_config(tmp_path / "aegisctl.yaml", dsn_of(conn))
     args = ("--config", str(cfg), "maint", "partitions", "--split-legacy", "--table",
             "api_usage_events", "--batch-rows", "100", "--yes", "--format", "json")
+    dry = cli(*args[:-3], "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert f"would copy {LEGACY}" in " ".join(dry.output.split())
+    unconfirmed = cli(*[a for a in args if a != "--yes"])
+    assert unconfirmed.exit_code == 2 and relkind(conn, LEGACY) == "r"
     paused = start_paused("partition:split-batch", *args, tmp_path=tmp_path)
     # Paused after its first batch: the application changes the legacy rows meanwhile (a
     # row copied already, one not yet, one new), then the run is killed.
