@@ -270,6 +270,10 @@ def verify(
     report = verify_locked(app_state.config(), app_state.target(), backup_id,
                            restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
+    if restore_test:
+        from aegisctl.cli.maint_cmd import prewarm_hook
+
+        prewarm_hook(app_state, "restore_test")
     if report.interrupted:
         raise OperationFailed(report.interrupted_message())
     if not report.ok:
