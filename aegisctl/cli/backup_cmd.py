@@ -139,6 +139,8 @@ def create(
                             wait_lock=wait_lock, verify=verify.value if verify else None,
                             upload=not no_upload, progress=progress)
     output.render(result, app_state.fmt(fmt))
+    for problem in result.erasure_ledger.problems if result.erasure_ledger else []:
+        output.warn(problem)
     m = result.manifest
     if result.verification and result.verification.interrupted:
         output.print_status(f"aegisctl: error: {result.verification.interrupted_message()}")
@@ -361,8 +363,9 @@ def restore(
             confirm(f"Overwrite {len(plan.overwritten)} table(s) in '{plan.database}'?", yes)
         elif plan.system_database:
             confirm(f"Restore into '{plan.database}', {plan.system_database}?", yes)
-        run_restore(loaded, target, manifest, plan, force=force, no_owner=no_owner)
-    output.render(RestoreResult(plan, dry_run=False, restored=True), app_state.fmt(fmt))
+        erasures = run_restore(loaded, target, manifest, plan, force=force, no_owner=no_owner)
+    output.render(RestoreResult(plan, dry_run=False, restored=True, erasures=erasures),
+                  app_state.fmt(fmt))
 
 
 @app.command()
