@@ -127,6 +127,8 @@ def create(
                             wait_lock=wait_lock, verify=verify.value if verify else None,
                             upload=not no_upload, progress=progress)
     output.render(result, app_state.fmt(fmt))
+    for problem in result.erasure_ledger.problems if result.erasure_ledger else []:
+        output.warn(problem)
     m = result.manifest
     if result.verification and result.verification.interrupted:
         output.print_status(f"aegisctl: error: {result.verification.interrupted_message()}")
@@ -258,6 +260,10 @@ def verify(
     report = verify_locked(app_state.config(), app_state.target(), backup_id,
                            restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
+    if restore_test:
+        from aegisctl.cli.maint_cmd import prewarm_hook
+
+        prewarm_hook(app_state, "restore_test")
     if report.interrupted:
         raise OperationFailed(report.interrupted_message())
     if not report.ok:
@@ -345,8 +351,9 @@ def restore(
             confirm(f"Overwrite {len(plan.overwritten)} table(s) in '{plan.database}'?", yes)
         elif plan.system_database:
             confirm(f"Restore into '{plan.database}', {plan.system_database}?", yes)
-        run_restore(loaded, target, manifest, plan, force=force, no_owner=no_owner)
-    output.render(RestoreResult(plan, dry_run=False, restored=True), app_state.fmt(fmt))
+        erasures = run_restore(loaded, target, manifest, plan, force=force, no_owner=no_owner)
+    output.render(RestoreResult(plan, dry_run=False, restored=True, erasures=erasures),
+                  app_state.fmt(fmt))
 
 
 @app.command()

@@ -272,6 +272,9 @@ def drill(
         report = run_drill(loaded, target, backup_id=backup_id,
                            to_time=parse_time(to_time) if to_time else None)
     output.render(report, app_state.fmt(fmt))
+    from aegisctl.cli.maint_cmd import prewarm_hook
+
+    prewarm_hook(app_state, "drill")
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))
 
