@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+
 def _on_a_terminal(argv: list[str]) -> tuple[int, str, str]:
     """stderr on a pseudo-terminal (a person watching), stdout on a pipe."""
     main, secondary = pty.openpty()
