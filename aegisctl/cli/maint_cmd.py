@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,6 +11,7 @@ import typer
 from aegisctl import output
 from aegisctl.cli.context import AppState, FormatOption, OutputFormat, confirm, state
 from aegisctl.cli.options import WaitLock, asks, dry_run_option, yes_option
+from aegisctl.cli.progress import lines as progress_lines
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def _maint(app_state: AppState, command: str, dry_run: bool,
 
         if not dry_run:
             ensure_primary(conn, f"maint {command}")
-        progress = output.print_status if sys.stderr.isatty() and not app_state.quiet else None
+        progress = progress_lines(app_state)
 
         def side_connect() -> Any:
             return app_state.connect(f"maint {command} progress")
