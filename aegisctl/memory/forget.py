@@ -13,6 +13,7 @@ ledger can never disagree, and an interrupted run leaves only whole, recorded ba
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aegisctl.errors import UsageError
 from aegisctl.memory.filters import Filters
 from aegisctl.memory.refs import KINDS, TABLES, Kind, MemoryRef
+from aegisctl.testhooks import pause_at
 
 if TYPE_CHECKING:
     import psycopg
@@ -186,6 +188,7 @@ def forget(conn: psycopg.Connection[Any], settings: Settings, target: str,
            chosen: list[Chosen], reason: str) -> ForgetResult:
     """Delete the chosen memories in batches, each with its ledger rows; then copy the ledger
     beside the backups and to the remote. The caller holds the target's lock."""
+    import psycopg
     from psycopg import sql
 
     from aegisctl.maintenance.runner import ensure_primary
@@ -217,12 +220,20 @@ def forget(conn: psycopg.Connection[Any], settings: Settings, target: str,
                     rows = conn.execute(statement, {
                         "ids": batch, "kind": kind, "erasure": result.erasure_id,
                         "reason": reason, "os_user": user, "batch": result.batches}).fetchall()
+                    pause_at("forget.batch-deleted")
+                pause_at("forget.batch-committed")
                 result.deleted[kind] += len(rows)
                 result.batches += 1
                 pacer.after_batch(time.monotonic() - started, stats)
     finally:
-        _end_batch_session(conn)
-    ledger = read_db_ledger(conn)
-    assert ledger is not None
-    result.published = publish(settings.backup, target, ledger)
+        # Also when a later batch failed or the run was interrupted: what was committed is
+        # forgotten and must reach the copies beside the backups (a connection that is gone
+        # leaves that to the next forget or backup, which copy the database's ledger).
+        if not conn.closed and conn.info.transaction_status == 0:
+            with contextlib.suppress(psycopg.Error):
+                _end_batch_session(conn)
+                if result.batches:
+                    ledger = read_db_ledger(conn)
+                    assert ledger is not None
+                    result.published = publish(settings.backup, target, ledger)
     return result
