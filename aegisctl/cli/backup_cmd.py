@@ -13,7 +13,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.backup.physical import hooks as physical_hooks
-from aegisctl.cli import physical_cmd
+from aegisctl.cli import offsite_cmd, physical_cmd
 from aegisctl.cli.context import AppState, FormatOption, confirm, state
 from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
@@ -190,10 +190,12 @@ def list_(
     if physical_on:
         from aegisctl.backup.physical.backups import physical_listing
 
-        output.render(physical_hooks.WithPhysical(listing, physical_listing(loaded, target)),
-                      app_state.fmt(fmt))
+        shown: Any = physical_hooks.WithPhysical(listing, physical_listing(loaded, target))
     else:
-        output.render(listing, app_state.fmt(fmt))
+        shown = listing
+    # Physical backups in the remote store, and the window the store alone can restore.
+    output.render(shown if local_only else offsite_cmd.with_remote(shown, loaded, target),
+                  app_state.fmt(fmt))
     if listing.remote_error:
         output.warn(f"remote not listed: {listing.remote_error}")
     if listing.stale:
@@ -271,7 +273,8 @@ def verify(
 
 @app.command()
 @asks(lambda p: not p.get("dry_run") and not (p.get("physical") or p.get("target_dir")
-                                                    or p.get("to_time") or p.get("to_lsn")))
+                                                    or p.get("to_time") or p.get("to_lsn")
+                                                    or p.get("from_remote")))
 def restore(
     ctx: typer.Context,
     backup_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
@@ -306,6 +309,10 @@ def restore(
                                                "--physical: recover to this LSN.")] = None,
     target_dir: Annotated[Path | None, typer.Option("--target-dir", file_okay=False, hidden=True, help="With "
                                                     "--physical: where to restore.")] = None,
+    from_remote: Annotated[bool, typer.Option("--from-remote", hidden=True, help="With --physical: "
+                                              "from the remote store alone.")] = False,
+    system_id: Annotated[str | None, typer.Option("--system-id", hidden=True, help="With "
+                                                  "--from-remote: whose backups.")] = None,
     fmt: FormatOption = None,
 ) -> None:
     """Restore a backup into the target's database or --target-db. The backup is checked
@@ -324,12 +331,13 @@ def restore(
 
     Physical backups: aegisctl backup physical restore.
     """
-    if physical or target_dir or to_time or to_lsn:
+    if physical or target_dir or to_time or to_lsn or from_remote:
         return physical_cmd.restore_physical(ctx, physical=physical, backup_id=backup_id,
                                              latest=latest,
                                              to_time=to_time, to_lsn=to_lsn,
                                              target_dir=target_dir, dry_run=dry_run, fmt=fmt,
-                                             wait_lock=wait_lock)
+                                             wait_lock=wait_lock, from_remote=from_remote,
+                                             system_id=system_id)
     from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
     from aegisctl.locks import target_lock
 
@@ -452,7 +460,8 @@ def upload(
     fmt: FormatOption = None,
 ) -> None:
     """Upload a backup (or every pending one) to the remote store, checking each object's
-    size and SHA-256 afterwards. Each backup is tried whatever the others do. Exits 1 when
+    size and SHA-256 afterwards. Each backup is tried whatever the others do. With
+    --pending, pending physical backups and WAL go too (backup physical upload). Exits 1 when
     any upload failed, 2 for a configuration problem (no credentials, no such bucket), 3
     when the store cannot be reached.
 
@@ -468,14 +477,21 @@ def upload(
     if bool(backup_id) == pending:
         raise UsageError("give a backup ID or --pending (one of the two)")
     app_state = state(ctx)
+    loaded, target = app_state.config(), app_state.target()
     with _progress(app_state) as progress:
-        result = run_upload(app_state.config(), app_state.target(), backup_id,
-                            wait_lock=wait_lock, progress=progress)
-    output.render(result, app_state.fmt(fmt))
+        result = run_upload(loaded, target, backup_id, wait_lock=wait_lock, progress=progress)
+        # --pending: physical backups and WAL not yet in the store go too.
+        shipped = offsite_cmd.ship_now(loaded, target, wait=max(wait_lock, 60.0),
+                                       progress=progress) \
+            if pending and offsite_cmd.shipping_enabled(loaded, target) else None
+    output.render(offsite_cmd.With(result, "physical", shipped) if shipped else result,
+                  app_state.fmt(fmt))
     for failed, error in result.failed.items():
         output.print_status(f"aegisctl: error: upload of backup {failed} failed: {error}")
     if not result.ok:
         raise typer.Exit(result.exit_code)
+    if shipped:
+        offsite_cmd.fail_on(shipped)
 
 
 @app.command()
