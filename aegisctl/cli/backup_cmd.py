@@ -228,7 +228,9 @@ def verify(
     deep: Annotated[bool, typer.Option("--deep", help="With --remote: download every object "
                                        "and hash it.")] = False,
     every: Annotated[bool, typer.Option("--all", help="With --remote: every backup ever "
-                                        "uploaded.")] = False,
+                                        "uploaded (physical backups and WAL too).")] = False,
+    physical: Annotated[bool, typer.Option("--physical", help="With --remote: only the "
+                                           "physical backups and WAL in the store.")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
@@ -248,11 +250,21 @@ def verify(
       aegisctl backup verify 20260101T020000Z --format json
 
       aegisctl backup verify --remote --all --deep
+
+      aegisctl backup verify --remote --physical
     """
     from aegisctl.backup.verify import verify_locked
     from aegisctl.errors import OperationFailed, UsageError
 
     app_state = state(ctx)
+    if physical:
+        return offsite_cmd.verify_remote(app_state, remote=remote, deep=deep, fmt=fmt,
+                                         wait_lock=wait_lock, logical=None)
+    if remote and every and offsite_cmd.remote_has_physical(app_state):
+        return offsite_cmd.verify_remote(app_state, remote=remote, deep=deep, fmt=fmt,
+                                         wait_lock=wait_lock, logical=lambda: _verify_remote(
+                                             app_state, backup_id, latest, remote, deep, every,
+                                             restore_test, wait_lock, fmt, render=False))
     if remote or deep or every:
         _verify_remote(app_state, backup_id, latest, remote, deep, every, restore_test,
                        wait_lock, fmt)
@@ -393,12 +405,16 @@ def prune(
     loaded, target = app_state.config(), app_state.target()
     plan = plan_prune(loaded, target, remote=remote, wait_lock=wait_lock)
     # Physical backups (local only) follow the same retention, whole chains at a time.
-    physical = None
+    physical: Any = None
     if not remote and physical_hooks.enabled(loaded, target):
         from aegisctl.backup.physical.prune import prune_physical
 
         physical = prune_physical(loaded, target, dry_run=True)
+    elif remote:  # physical chains and WAL in the store: backup.remote.retention too
+        physical = offsite_cmd.remote_prune_plan(loaded, target)
     deleting = len(plan.delete) + (len(physical.delete) if physical else 0)
+    if physical is not None and remote and physical.wal_delete:
+        deleting += 1  # old WAL files go even when no backup does
     if not dry_run and not deleting and remote:
         # Nothing to delete, but a killed upload's parts may be there to abort.
         output.render(apply_prune(loaded, target, plan, wait_lock=wait_lock),
@@ -421,7 +437,10 @@ def prune(
     confirm(f"Delete these {deleting} {plan.where} backup(s)?", yes)
     result: Any = apply_prune(loaded, target, plan, wait_lock=wait_lock) if plan.delete \
         else PruneResult(plan, dry_run=False)
-    if physical and physical.delete:
+    if physical and remote:
+        result = physical_hooks.WithPhysical(
+            result, offsite_cmd.apply_remote_prune(loaded, target, wait_lock))
+    elif physical and physical.delete:
         from aegisctl.backup.physical.prune import prune_physical
 
         # Planned again at deletion: a backup taken since is newer than anything deleted.
@@ -432,7 +451,7 @@ def prune(
 
 def _verify_remote(app_state: Any, backup_id: str | None, latest: bool, remote: bool,
                    deep: bool, every: bool, restore_test: bool, wait_lock: float,
-                   fmt: Any) -> None:
+                   fmt: Any, render: bool = True) -> Any:
     from aegisctl.backup.remote_check import verify_remote_locked
     from aegisctl.errors import UsageError
 
@@ -444,6 +463,8 @@ def _verify_remote(app_state: Any, backup_id: str | None, latest: bool, remote: 
         raise UsageError("give a backup ID, --latest or --all (one of them)")
     result = verify_remote_locked(app_state.config(), app_state.target(), backup_id,
                                   every=every, deep=deep, wait_lock=wait_lock)
+    if not render:
+        return result
     output.render(result, app_state.fmt(fmt))
     if not result.ok:
         raise typer.Exit(int(ExitCode.FAILED))

@@ -160,6 +160,43 @@ def drill_from_remote(app_state: AppState, *, backup_id: str | None, to_time: st
         raise typer.Exit(int(ExitCode.FAILED))
 
 
+def remote_has_physical(app_state: AppState) -> bool:
+    from aegisctl.backup.physical.offsite import remote_configured, remote_systems
+
+    loaded, target = app_state.config(), app_state.target()
+    try:
+        return remote_configured(loaded) and bool(remote_systems(loaded, target))
+    except AegisError:
+        return False
+
+
+def verify_remote(app_state: AppState, *, remote: bool, deep: bool, fmt: FormatOption,
+                  wait_lock: float, logical: Any) -> None:
+    """`backup verify --remote --physical`, or `--remote --all` (logical: a callable giving
+    the logical result, None when no logical backup was ever uploaded)."""
+    from aegisctl.backup.physical.offsite_check import verify_physical_remote
+    from aegisctl.errors import UsageError
+    from aegisctl.locks import target_lock
+
+    if not remote:
+        raise UsageError("--physical goes with --remote here (local physical backups are "
+                         "verified when they are taken)")
+    loaded, target = app_state.config(), app_state.target()
+    logical_result = None
+    if logical is not None:
+        try:
+            logical_result = logical()
+        except UsageError:
+            logical_result = None  # no logical backup was ever uploaded: physical only
+    with target_lock(loaded.settings, target.name, "backup verify --remote --physical",
+                     wait_lock):
+        report = verify_physical_remote(loaded, target, deep=deep)
+    shown = With(logical_result, "physical", report) if logical_result is not None else report
+    output.render(shown, app_state.fmt(fmt))
+    if not report.ok or (logical_result is not None and not logical_result.ok):
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
 def remote_summary(loaded: LoadedConfig, target: Target) -> RemoteSummary | str | None:
     """The remote physical backups and window for `wal status` and `list`: None when no
     remote is configured for them, a one-line reason when the store could not be read."""
@@ -186,6 +223,24 @@ def with_remote(main: Any, loaded: LoadedConfig, target: Target) -> Any:
         output.warn(f"remote physical backups not listed: {summary}")
         return With(main, "remote", {"error": summary})
     return With(main, "remote", summary)
+
+
+def remote_prune_plan(loaded: LoadedConfig, target: Target) -> Any:
+    """The physical part of `backup prune --remote` (None when there is none)."""
+    from aegisctl.backup.physical.offsite import remote_configured, remote_systems
+    from aegisctl.backup.physical.offsite_check import remote_physical_prune
+
+    if not remote_configured(loaded) or not remote_systems(loaded, target):
+        return None
+    return remote_physical_prune(loaded, target)
+
+
+def apply_remote_prune(loaded: LoadedConfig, target: Target, wait_lock: float) -> Any:
+    from aegisctl.backup.physical.offsite_check import apply_remote_physical_prune
+    from aegisctl.locks import target_lock
+
+    with target_lock(loaded.settings, target.name, "backup prune --remote", wait_lock):
+        return apply_remote_physical_prune(loaded, target)
 
 
 def register(physical_app: typer.Typer) -> None:
