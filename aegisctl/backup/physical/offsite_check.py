@@ -148,7 +148,12 @@ def verify_physical_remote(loaded: LoadedConfig, target: Target, *,
         report.wal_files = len(catalog.wals)
         lost_wal: set[str] = set()
         if engine is not None:
+            # WAL older than every remote backup went with remote retention: not a loss.
+            starts = [segment_number(m.begin_wal) for m in catalog.usable()]
+            floor = min(starts) if starts else 0
             for name, sent in sent_wal(engine).items():
+                if SEGMENT.match(name[:24]) and segment_number(name[:24]) < floor:
+                    continue
                 size = catalog.wals.get(name)
                 if size is None:
                     lost_wal.add(name)
