@@ -294,6 +294,7 @@ class RemoteCatalog:
     system_id: str
     entries: list[RemoteEntry]
     wals: dict[str, int]  # WAL file name -> object size
+    wal_modified: dict[str, dt.datetime] = field(default_factory=dict)  # when it was stored
 
     def usable(self) -> list[RemoteManifest]:
         return [e.manifest for e in self.entries if e.ok and e.manifest is not None]
@@ -318,6 +319,7 @@ def read_catalog(offsite: Offsite) -> RemoteCatalog:
 
     entries: dict[str, RemoteEntry] = {}
     wals: dict[str, int] = {}
+    modified: dict[str, dt.datetime] = {}
     with remote_errors("listing remote physical backups", offsite.bucket):
         pages = offsite.remote.client.get_paginator("list_objects_v2").paginate(
             Bucket=offsite.bucket, Prefix=offsite.base)
@@ -330,6 +332,8 @@ def read_catalog(offsite: Offsite) -> RemoteCatalog:
                 elif len(rest) == 2 and rest[0] == "wal" and rest[1].endswith(".enc") \
                         and WAL_NAME.match(rest[1][:-4]):
                     wals[rest[1][:-4]] = size
+                    if isinstance(obj.get("LastModified"), dt.datetime):
+                        modified[rest[1][:-4]] = obj["LastModified"]
         for entry in entries.values():
             prefix = offsite.backup_prefix(entry.id)
             if prefix + MANIFEST not in entry.keys:
@@ -349,7 +353,8 @@ def read_catalog(offsite: Offsite) -> RemoteCatalog:
                 elif stored != volume.size:
                     entry.problems.append(f"{volume.name}: size {stored}, manifest says "
                                           f"{volume.size}")
-    return RemoteCatalog(offsite.system_id, sorted(entries.values(), key=lambda e: e.id), wals)
+    return RemoteCatalog(offsite.system_id, sorted(entries.values(), key=lambda e: e.id), wals,
+                         modified)
 
 
 def segment_number(name: str) -> int:

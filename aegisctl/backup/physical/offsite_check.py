@@ -262,20 +262,26 @@ def remote_physical_prune(loaded: LoadedConfig, target: Target) -> RemotePhysica
     retention = loaded.settings.backup.remote.retention if loaded.settings.backup.remote \
         else loaded.settings.backup.retention
     result = plan_remote_physical_prune(catalog, retention, target.name)
-    if loaded.settings.backup.remote and loaded.settings.backup.remote.object_lock_days > 0:
-        result.wal_delete = []  # WAL objects stay under their own lock: not pruned by age here
+    lock_days = loaded.settings.backup.remote.object_lock_days \
+        if loaded.settings.backup.remote else 0
+    if lock_days > 0:
+        # A WAL object is locked for object_lock_days from when it was stored (unknown: kept).
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=lock_days)
+        result.wal_delete = [n for n in result.wal_delete
+                             if n in catalog.wal_modified and catalog.wal_modified[n] < cutoff]
     return result
 
 
 def apply_remote_physical_prune(loaded: LoadedConfig, target: Target) -> RemotePhysicalPrune:
     """Plan again and delete: each chain newest member first, manifest before volumes (an
     interrupted delete leaves an incomplete backup, never a listed one), then the WAL."""
+    from aegisctl.backup.physical.offsite_upload import mark_pruned
     from aegisctl.backup.remote import remote_errors
     from aegisctl.backup.store import BackupStore
 
     result = remote_physical_prune(loaded, target)
     result.dry_run = False
-    offsite, _ = offsite_for(loaded, target)
+    offsite, engine = offsite_for(loaded, target)
     store = BackupStore(loaded.settings.backup, target.name)
     client, bucket = offsite.remote.client, offsite.bucket
     with remote_errors("deleting remote physical backups", bucket):
@@ -288,6 +294,8 @@ def apply_remote_physical_prune(loaded: LoadedConfig, target: Target) -> RemoteP
             for key in keys:
                 client.delete_object(Bucket=bucket, Key=key)
             result.plan.deleted.append(backup_id)
+            if engine is not None:
+                mark_pruned(engine, backup_id)
             store.audit({"action": "delete", "where": "remote", "kind": "physical",
                          "target": target.name, "id": backup_id, "bucket": bucket,
                          "keys": len(keys), "reason": result.plan.delete[backup_id],

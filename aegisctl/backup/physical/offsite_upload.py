@@ -132,6 +132,12 @@ def save_backup_journal(engine: Engine, backup_id: str, data: dict[str, Any]) ->
     _write_atomic(_backup_journal_path(engine, backup_id), json.dumps(data, indent=1))
 
 
+def mark_pruned(engine: Engine, backup_id: str) -> None:
+    """Remote retention deleted the backup's copy: not pending, never sent again."""
+    save_backup_journal(engine, backup_id, {"id": backup_id, "status": "pruned",
+                                            "volumes": []})
+
+
 def requeue_backup(engine: Engine, backup_id: str, why: str) -> None:
     """A backup whose remote copy is missing or damaged: pending again (its volumes too)."""
     journal = backup_journal(engine, backup_id)
@@ -178,8 +184,8 @@ def pending_wal(engine: Engine) -> list[tuple[str, int, float, str]]:
 
 def pending_backups(engine: Engine) -> list[PhysicalBackup]:
     """Usable local backups not recorded as uploaded, oldest first (parents before children)."""
-    return [b for b in list_physical(engine)
-            if b.usable and backup_journal(engine, b.id).get("status") != "uploaded"]
+    return [b for b in list_physical(engine) if b.usable and
+            backup_journal(engine, b.id).get("status") not in ("uploaded", "pruned")]
 
 
 # ---------------------------------------------------------------------------------------------
