@@ -70,7 +70,14 @@ def _pick(app_state: AppState, backup_id: str | None, latest: bool) -> BackupMan
     store = BackupStore(app_state.config().settings.backup, app_state.target().name)
     if bool(backup_id) == latest:
         raise UsageError("give a backup ID or --latest (one of the two)")
-    return store.latest() if latest else store.load(str(backup_id))
+    if not latest:
+        return store.load(str(backup_id))
+    from aegisctl.backup.systems import foreign_backups
+
+    # The newest of this database's own backups when the folder is shared (systems.py).
+    foreign = foreign_backups(app_state.config(), app_state.target(),
+                              {m.id: m.system_id for m in store.manifests()})
+    return store.latest(exclude=set(foreign))
 
 
 @app.command()
@@ -132,6 +139,8 @@ def create(
                             wait_lock=wait_lock, verify=verify.value if verify else None,
                             upload=not no_upload, progress=progress)
     output.render(result, app_state.fmt(fmt))
+    for problem in result.erasure_ledger.problems if result.erasure_ledger else []:
+        output.warn(problem)
     m = result.manifest
     if result.verification and result.verification.interrupted:
         output.print_status(f"aegisctl: error: {result.verification.interrupted_message()}")
@@ -370,8 +379,9 @@ def restore(
             confirm(f"Overwrite {len(plan.overwritten)} table(s) in '{plan.database}'?", yes)
         elif plan.system_database:
             confirm(f"Restore into '{plan.database}', {plan.system_database}?", yes)
-        run_restore(loaded, target, manifest, plan, force=force, no_owner=no_owner)
-    output.render(RestoreResult(plan, dry_run=False, restored=True), app_state.fmt(fmt))
+        erasures = run_restore(loaded, target, manifest, plan, force=force, no_owner=no_owner)
+    output.render(RestoreResult(plan, dry_run=False, restored=True, erasures=erasures),
+                  app_state.fmt(fmt))
 
 
 @app.command()
