@@ -284,8 +284,26 @@ def _recovery_settings(data_dir: Path, plan: RemoteRestorePlan) -> None:
     (data_dir / "recovery.signal").touch(mode=0o600)
 
 
-def run_remote_restore(loaded: LoadedConfig, target: Target,
-                       plan: RemoteRestorePlan) -> RestoreResult:
+def run_remote_restore(loaded: LoadedConfig, target: Target, plan: RemoteRestorePlan,
+                       replay_ledger: bool = True) -> RestoreResult:
+    """Download, combine, fetch WAL, set recovery up; then (`replay_ledger`, not for the
+    drill, which replays into the copy it starts) the erasure ledger's replay, as every
+    restore does (physical/forget_replay.py)."""
+    from aegisctl.backup.physical import forget_replay
+
+    # Read and validated before anything is touched: a damaged copy stops the restore here.
+    ledger = forget_replay.newest_ledger(loaded, target) if replay_ledger else None
+    result = _restore(loaded, target, plan)
+    if ledger is not None:
+        from aegisctl.backup.physical.engine import engine_for
+
+        engine = engine_for(loaded, target, system_id=plan.offsite.system_id)
+        result.erasures = forget_replay.replay_restored_dir(
+            engine, plan.target_dir, loaded.settings.backup.physical.drill_timeout, *ledger)
+    return result
+
+
+def _restore(loaded: LoadedConfig, target: Target, plan: RemoteRestorePlan) -> RestoreResult:
     from aegisctl.backup.physical import restore_dir
     from aegisctl.backup.physical.engine import engine_for
     from aegisctl.backup.physical.restore import (
@@ -350,18 +368,22 @@ def run_remote_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | N
     """Restore from the store alone into a temporary folder, start, promote, check, delete.
     The source is not asked anything: the database, superuser and extensions the checks need
     were recorded in the remote manifest at upload."""
+    from aegisctl.backup.physical import forget_replay
     from aegisctl.backup.physical.engine import engine_for
     from aegisctl.backup.physical.restore import (
         DrillCheck,
         DrillReport,
         _check_restored,
         _drill_dir,
+        _replay_ledger,
         _Scratch,
     )
 
     system = resolve_system(loaded, target, system_id)
     engine = engine_for(loaded, target, system_id=system)
     physical = loaded.settings.backup.physical
+    # Read and validated before anything runs; replayed into the started copy.
+    ledger, _ = forget_replay.newest_ledger(loaded, target)
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     with _drill_dir(engine) as data_dir:
@@ -371,7 +393,7 @@ def run_remote_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | N
         report = DrillReport(target.name, plan.backup.id, [m.id for m in plan.chain], to_time,
                              started_at)
         try:
-            run_remote_restore(loaded, target, plan)
+            run_remote_restore(loaded, target, plan, replay_ledger=False)
             report.restore_seconds = time.monotonic() - t0
             scratch = _Scratch(engine, data_dir, physical.drill_timeout,
                                newest.superuser or "postgres")
@@ -385,6 +407,7 @@ def run_remote_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | N
                                                 "from the remote store"))
                 database = newest.database or _database(loaded, target)
                 _check_restored(scratch, database, newest.extensions, None, report)
+                _replay_ledger(scratch, database, ledger, report)
             finally:
                 report.log_errors = scratch.log_errors()
                 scratch.stop()
