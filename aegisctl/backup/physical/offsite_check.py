@@ -5,6 +5,7 @@ dies now)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import time
@@ -107,15 +108,21 @@ def verify_physical_remote(loaded: LoadedConfig, target: Target, *,
     """Every remote physical backup's objects (HEAD: size, sha256 metadata, the checksum
     recorded at upload; deep: download and decrypt), every backup's WAL run, and what this
     host recorded as sent. What is missing or damaged is marked pending here."""
-    from aegisctl.backup.physical.offsite_upload import (
-        backup_journal,
-        forget_wal,
-        requeue_backup,
-        sent_wal,
-    )
-    from aegisctl.backup.remote import recorded_checksum, remote_errors
+    from aegisctl.backup.physical.offsite_upload import offsite_lock
 
     offsite, engine = offsite_for(loaded, target)
+    # Nothing is shipped while the store is listed and compared with the journal (else a
+    # file sent in between would look lost).
+    held = offsite_lock(loaded, target, 600) if engine is not None \
+        else contextlib.nullcontext()
+    with held:
+        return _verify(loaded, target, offsite, engine, deep)
+
+
+def _verify(loaded: LoadedConfig, target: Target, offsite: Offsite, engine: Engine | None,
+            deep: bool) -> PhysicalRemoteReport:
+    from aegisctl.backup.remote import recorded_checksum, remote_errors
+
     report = PhysicalRemoteReport(offsite.bucket, offsite.base, "deep" if deep else "head")
     bad_backups: set[str] = set()
     with remote_errors("checking the remote physical backups", offsite.bucket):
@@ -146,35 +153,50 @@ def verify_physical_remote(loaded: LoadedConfig, target: Target, *,
                 report.problems.append(f"physical backup {manifest.id}: its WAL breaks after "
                                        f"{after} (needs {manifest.begin_wal}..{manifest.end_wal})")
         report.wal_files = len(catalog.wals)
-        lost_wal: set[str] = set()
         if engine is not None:
-            # WAL older than every remote backup went with remote retention: not a loss.
-            starts = [segment_number(m.begin_wal) for m in catalog.usable()]
-            floor = min(starts) if starts else 0
-            for name, sent in sent_wal(engine).items():
-                if SEGMENT.match(name[:24]) and segment_number(name[:24]) < floor:
-                    continue
-                size = catalog.wals.get(name)
-                if size is None:
-                    lost_wal.add(name)
-                    report.problems.append(f"WAL {name}: sent, but missing from the store")
-                elif size != sent.size:
-                    lost_wal.add(name)
-                    report.problems.append(f"WAL {name}: size {size} in the store, "
-                                           f"{sent.size} sent")
-                elif deep:
-                    _decrypts(offsite, offsite.wal_key(name), f"WAL {name}")
-            for backup_id in sorted(bad_backups | _sent_but_absent(engine, catalog)):
-                if backup_journal(engine, backup_id).get("status") == "uploaded":
-                    if backup_id not in bad_backups:
-                        report.problems.append(f"physical backup {backup_id}: sent, but "
-                                               "absent from the store")
-                    requeue_backup(engine, backup_id, "remote copy missing or damaged")
-                    report.requeued_backups.append(backup_id)
-            if lost_wal:
-                forget_wal(engine, lost_wal)
-                report.requeued_wal = sorted(lost_wal)
+            _check_journal(loaded, target, offsite, engine, catalog, bad_backups, deep, report)
     return report
+
+
+def _check_journal(loaded: LoadedConfig, target: Target, offsite: Offsite, engine: Engine,
+                   catalog: RemoteCatalog, bad_backups: set[str], deep: bool,
+                   report: PhysicalRemoteReport) -> None:
+    """What this host recorded as sent, against the store (the caller holds the shipping
+    lock: nothing is sent between the listing and this, and the journal is ours to change)."""
+    from aegisctl.backup.physical.offsite_upload import (
+        backup_journal,
+        forget_wal,
+        requeue_backup,
+        sent_wal,
+    )
+
+    lost_wal: set[str] = set()
+    # WAL older than every remote backup went with remote retention: not a loss.
+    starts = [segment_number(m.begin_wal) for m in catalog.usable()]
+    floor = min(starts) if starts else 0
+    for name, sent in sent_wal(engine).items():
+        if SEGMENT.match(name[:24]) and segment_number(name[:24]) < floor:
+            continue
+        size = catalog.wals.get(name)
+        if size is None:
+            lost_wal.add(name)
+            report.problems.append(f"WAL {name}: sent, but missing from the store")
+        elif size != sent.size:
+            lost_wal.add(name)
+            report.problems.append(f"WAL {name}: size {size} in the store, "
+                                   f"{sent.size} sent")
+        elif deep:
+            _decrypts(offsite, offsite.wal_key(name), f"WAL {name}")
+    for backup_id in sorted(bad_backups | _sent_but_absent(engine, catalog)):
+        if backup_journal(engine, backup_id).get("status") == "uploaded":
+            if backup_id not in bad_backups:
+                report.problems.append(f"physical backup {backup_id}: sent, but "
+                                       "absent from the store")
+            requeue_backup(engine, backup_id, "remote copy missing or damaged")
+            report.requeued_backups.append(backup_id)
+    if lost_wal:
+        forget_wal(engine, lost_wal)
+        report.requeued_wal = sorted(lost_wal)
 
 
 def _sent_but_absent(engine: Engine, catalog: RemoteCatalog) -> set[str]:
