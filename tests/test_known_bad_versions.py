@@ -82,3 +82,18 @@ def test_check_and_health_read_the_real_server(cli: Any, write_config: Any,
     assert "postgresql 18" in check["message"]
     health = cli("--config", str(config), "health", "-f", "json")
     assert json.loads(health.stdout)["known_bad"] == []
+
+
+def test_health_shows_a_known_bad_version() -> None:
+    from aegisctl.diagnostics.known_bad import known_bad_findings
+    from aegisctl.health import HealthReport
+    from aegisctl.output import Note
+
+    report = HealthReport(target="primary", reachable=True, dsn="postgresql://x@h/db",
+                          embedded=False, server_version="14.2",
+                          known_bad=[f.to_json() for f in known_bad_findings(
+                              {"postgresql": "14.2", "pgvector": "0.8.1"})])
+    notes = [b.text for b in report.to_view() if isinstance(b, Note)]
+    assert notes == [next(n for n in notes if n.startswith("known bug: postgresql 14.2: "))]
+    assert "fixed in 14.4" in notes[0] and "maint reindex --all" in notes[0]
+    assert report.to_json()["known_bad"][0]["fixed_in"] == "14.4"

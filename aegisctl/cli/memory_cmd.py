@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -466,34 +466,12 @@ def _sample_bytes() -> bytes:
     return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
-@contextmanager
-def _progress(app_state: AppState) -> Iterator[Any]:
-    """Progress bars with rate and ETA on stderr when it is a terminal; otherwise nothing.
-    The callback takes (stage, done, total)."""
-    if app_state.quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _progress(app_state: AppState) -> AbstractContextManager[Any]:
+    """Progress bars with rate and ETA on a terminal; otherwise nothing. The callback takes
+    (stage, done, total)."""
+    from aegisctl.cli.progress import bars
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(stage: str, done: int, total: int | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
+    return bars(app_state)
 
 
 # Lines of embeddings are ~16 kB: with the default 8 kB buffer each takes several reads.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aegisctl.diagnostics import queries
 from aegisctl.diagnostics.advice import vector_schema
-from aegisctl.diagnostics.topics import DiagResult, Section, describe_error, fetch
+from aegisctl.diagnostics.result import DiagResult, Section, describe_error, fetch
 from aegisctl.errors import UsageError
 from aegisctl.units import format_bytes
 
@@ -266,7 +266,7 @@ def diagnose_vectors(conn: psycopg.Connection[Any], result: DiagResult, settings
         return
     columns, indexes = vector_inventory(conn, settings, recall_sample)
     if recall_sample:
-        from aegisctl.diagnostics.vector_checks import record_recall_scans
+        from aegisctl.diagnostics.vector_scans import record_recall_scans
 
         record_recall_scans(conn, settings, result.target, columns, indexes)
         for index in indexes:
@@ -282,6 +282,14 @@ def diagnose_vectors(conn: psycopg.Connection[Any], result: DiagResult, settings
         view.insert(-1, "recall")
     result.sections.append(Section("indexes", indexes, empty="no indexes on vector columns",
                                    view_columns=view))
+    from aegisctl.diagnostics.vector_cache import index_cache
+
+    cache, cache_notes = index_cache(conn, indexes)
+    result.sections.append(Section(
+        "cache", cache, empty="no HNSW or IVFFlat index",
+        view_columns=["schema", "table", "index", "size_bytes", "buffered_bytes",
+                      "buffered_share", "shared_buffers_share", "consequence"]))
+    result.notes += cache_notes
     if any(c.get("sampled") for c in columns):
         result.notes.append(f"tables over {EXACT_BYTES // 1024 // 1024} MB (sampled: yes): "
                             f"missing and zero counts are estimated from about {SAMPLE_ROWS} "
