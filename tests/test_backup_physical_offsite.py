@@ -210,9 +210,10 @@ def test_check_says_how_far_the_remote_wal_lags(cli: Any, offsite_env: OffsiteEn
     # While another uploader holds the shipping lock, the streamer's shipper skips its
     # rounds: the local archive grows, the store's does not.
     with offsite_lock(env.loaded, env.target, 0):
-        with env.connect() as conn:
-            insert_rows(conn, 400, "unsent")
-        switch_and_archive(env.engine)
+        for _ in range(2):  # two more 16 MB segments in the local archive
+            with env.connect() as conn:
+                conn.execute("INSERT INTO mem (note) VALUES ('unsent')")
+            switch_and_archive(env.engine)
         check = run_json(cli, env.config, "check", "--only", "physical_offsite", code=2)
         lag = results(check)
         assert lag["remote_wal_lag_bytes"]["status"] == "CRITICAL"  # > 2 x 8 MB

@@ -145,10 +145,13 @@ def drill_from_remote(app_state: AppState, *, backup_id: str | None, to_time: st
                       system_id: str | None, fmt: FormatOption, wait_lock: float) -> None:
     from aegisctl.backup.physical.offsite_restore import run_remote_drill
     from aegisctl.backup.physical.restore import parse_time
+    from aegisctl.cli.progress import lines
     from aegisctl.locks import target_lock
 
     loaded, target = app_state.config(), app_state.target()
-    output.print_status("drill: restoring from the remote store into a temporary directory")
+    show = lines(app_state)  # a long step starts: said on a terminal, not in a log
+    if show is not None:
+        show("drill: restoring from the remote store into a temporary directory")
     # A remote prune must not delete the chain the drill downloads.
     with target_lock(loaded.settings, target.name, "backup drill --physical --from-remote",
                      wait_lock):
