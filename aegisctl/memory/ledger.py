@@ -95,11 +95,12 @@ class Ledger:
         return max((e.erased_at for e in self.entries), default=None)
 
     def to_bytes(self, target: str) -> bytes:
-        document = {"ledger_version": LEDGER_VERSION, "target": target,
-                    "written_at": dt.datetime.now(dt.UTC).isoformat(),
-                    "count": len(self.entries),
-                    "entries": [e.to_json() for e in self.entries]}
-        return json.dumps(document, indent=1).encode() + b"\n"
+        """One entry per line (readable, diffable). Each entry is encoded on its own: json's
+        indented encoder is pure Python and ten times slower on a large ledger."""
+        head = {"ledger_version": LEDGER_VERSION, "target": target,
+                "written_at": dt.datetime.now(dt.UTC).isoformat(), "count": len(self.entries)}
+        entries = ",\n".join(json.dumps(e.to_json()) for e in self.entries)
+        return (json.dumps(head)[:-1] + ', "entries": [\n' + entries + "\n]}\n").encode()
 
 
 # -- the one loader ---------------------------------------------------------------------------
