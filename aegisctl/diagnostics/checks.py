@@ -52,6 +52,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.backup_checks",
     "aegisctl.diagnostics.job_checks",
     "aegisctl.diagnostics.physical_checks",
+    "aegisctl.diagnostics.physical_offsite_checks",
     "aegisctl.diagnostics.partition_checks",
     "aegisctl.diagnostics.cluster_checks",
     "aegisctl.diagnostics.pooler_checks",
