@@ -1,9 +1,9 @@
 """`aegisctl check`: pgvector's ANN indexes (HNSW, IVFFlat): invalid, unused, recall.
 
 The recall check queries each index itself. Its scans land in the same cumulative statistics
-the "unused" check reads, so a snapshot (`vector_scans`) keeps a tally of aegisctl's own scans
-per index and the "unused" check subtracts it: an index only the recall sample ever used is
-still unused.
+the "unused" check reads, so a snapshot (`vector_scans`, kept by diagnostics.vector_scans)
+keeps a tally of aegisctl's own scans per index and the "unused" check subtracts it: an index
+only the recall sample ever used is still unused.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from aegisctl.diagnostics.checks import (
     register_check,
 )
 from aegisctl.diagnostics.snapshots import load_snapshot, save_snapshot
+from aegisctl.diagnostics.vector_scans import SNAPSHOT, add_own_scans, tally_entry
+from aegisctl.diagnostics.vector_scans import index_key as _key
 
-SNAPSHOT = "vector_scans"
 # An ANN index on a table this small is not expected to be used yet.
 UNUSED_MIN_ROWS = 1000
 
@@ -37,10 +38,6 @@ def _vector_indexes(ctx: CheckContext) -> list[dict[str, Any]]:
 def _column(ctx: CheckContext, index: dict[str, Any]) -> dict[str, Any] | None:
     return next((c for c in ctx.memo["vector_columns"]
                  if (c["schema"], c["table"]) == (index["schema"], index["table"])), None)
-
-
-def _key(index: dict[str, Any]) -> str:
-    return f"{index['schema']}.{index['index']}"
 
 
 @register_check("vector_indexes_invalid", "HNSW/IVFFlat indexes that are invalid")
@@ -67,45 +64,6 @@ def vector_indexes_invalid(ctx: CheckContext) -> CheckResult:
                          "the table: aegisctl maint vector-index, or REINDEX INDEX CONCURRENTLY)")
     return grade("vector_indexes_invalid", len(bad), 0, None, minimum=0,
                  message="invalid: " + "; ".join(parts))
-
-
-def tally_entry(saved: dict[str, Any], key: str, scans: int, seq: int) -> dict[str, int]:
-    """aegisctl's own index scans and table sequential scans of one index so far, started
-    afresh when the counters went down (a statistics reset) since they were last seen."""
-    entry = saved.get(key)
-    if not isinstance(entry, dict) or scans < int(entry.get("seen_idx", 0)) \
-            or seq < int(entry.get("seen_seq", 0)):
-        entry = {"own_idx": 0, "own_seq": 0}
-    return {"own_idx": min(scans, int(entry.get("own_idx", 0))),
-            "own_seq": min(seq, int(entry.get("own_seq", 0))), "seen_idx": scans,
-            "seen_seq": seq}
-
-
-def add_own_scans(entry: dict[str, int], found: dict[str, Any]) -> None:
-    """The scans one recall measurement added (they reach the statistics after it)."""
-    for kind, field in (("idx", "own_index_scans"), ("seq", "own_seq_scans")):
-        added = int(found.get(field) or 0)
-        entry[f"own_{kind}"] += added
-        entry[f"seen_{kind}"] += added
-
-
-def record_recall_scans(conn: Any, settings: Any, target: str, columns: list[dict[str, Any]],
-                        indexes: list[dict[str, Any]]) -> None:
-    """`diag vectors --recall-sample` queries the indexes too: its scans go in the same
-    tally, so they never make an unused index look used."""
-    from aegisctl.diagnostics.snapshots import update_snapshot
-
-    def change(saved: dict[str, Any]) -> None:
-        seq_of = {(c["schema"], c["table"]): int(c.get("table_seq_scans") or 0) for c in columns}
-        for index in indexes:
-            if "own_index_scans" not in index:
-                continue
-            entry = tally_entry(saved, _key(index), int(index["scans"] or 0),
-                                seq_of.get((index["schema"], index["table"]), 0))
-            add_own_scans(entry, index)
-            saved[_key(index)] = entry
-
-    update_snapshot(conn, settings, target, SNAPSHOT, change)
 
 
 def _own_tally(ctx: CheckContext) -> dict[str, dict[str, int]]:
@@ -182,3 +140,88 @@ def vector_recall(ctx: CheckContext) -> CheckResult:
                  message=f"lowest recall@{RECALL_K}: {recall:.2f} on {name} ({len(measured)} "
                          f"index(es), {t.sample} queries each, ef_search "
                          f"{ctx.loaded.settings.search.ef_search}){unmeasured}")
+
+
+def _fix_hint(served: str, best_mode: str | None, best: float | None,
+              iterative: bool = True) -> str:
+    if not iterative:
+        return ("pgvector is older than 0.8, without iterative scans: upgrade it (ALTER "
+                "EXTENSION vector UPDATE after the package), or raise hnsw.ef_search "
+                "(`aegisctl maint vector-index --tune`)")
+    if best_mode and best_mode != served and best is not None:
+        return (f"with hnsw.iterative_scan = {best_mode}: {best:.2f}; fix: `aegisctl maint "
+                f"vector-index --tune --yes` (or ALTER DATABASE ... SET hnsw.iterative_scan = "
+                f"{best_mode}, or the agent sets it per query)")
+    return ("iterative scans do not fix it: raise hnsw.ef_search / hnsw.max_scan_tuples "
+            "(`aegisctl maint vector-index --tune`), or search this filter exactly (aegisctl's "
+            "search does below search.exact_below matching rows)")
+
+
+@register_check("vector_recall_filtered", "lowest HNSW recall@10 under the configured filter "
+                "shapes (checks.vector_recall.filters), at the database's hnsw settings")
+def vector_recall_filtered(ctx: CheckContext) -> CheckResult:
+    from aegisctl.diagnostics.advice import vector_schema
+    from aegisctl.diagnostics.filtered_recall import (
+        MODES,
+        build_cases,
+        database_hnsw_settings,
+        hnsw_indexes,
+        prepare_case,
+        run_case,
+    )
+    from aegisctl.memory.search.pg import pgvector_version
+
+    t = ctx.settings.vector_recall
+    if not t.filters:
+        raise CheckSkipped("no filter shapes configured (checks.vector_recall.filters)")
+    if t.sample == 0:
+        raise CheckSkipped("checks.vector_recall.sample is 0")
+    schema = vector_schema(ctx.db)
+    indexes = [i for i in hnsw_indexes(_vector_indexes(ctx))
+               if ((_column(ctx, i) or {}).get("rows") or 0) <= t.max_rows]
+    cases = build_cases(indexes, t.filters)
+    if schema is None or not cases:
+        raise CheckSkipped("no valid HNSW index on a memory table the filter shapes apply to "
+                           f"(with at most checks.vector_recall.max_rows = {t.max_rows} rows)")
+    served = database_hnsw_settings(ctx.db)
+    ef_search = int(served["ef_search"] or 40)
+    iterative = pgvector_version(ctx.db) >= (0, 8)
+    served_mode = (served["iterative_scan"] or "off") if iterative else "off"
+    own = _own_tally(ctx)
+    rows: list[tuple[float, str, str]] = []
+    try:
+        for case in cases:
+            prepare_case(ctx.db, schema, case, t.sample)
+            if not any(case.exact):
+                continue
+            measured = {mode: run_case(ctx.db, schema, case, ef_search, mode, None, iterative)
+                        for mode in (MODES if iterative else ("off",))}
+            here = measured[served_mode]
+            if here.recall is None:
+                continue
+            text = (f"{case.label} ({case.matching_rows} matching rows): recall "
+                    f"{here.recall:.2f}, {here.short_share:.0%} of results short")
+            if here.recall < t.warning:
+                best_mode, best = max(((m, r.recall) for m, r in measured.items()
+                                       if r.recall is not None), key=lambda x: x[1])
+                text += "; " + _fix_hint(served_mode, best_mode, best, iterative)
+            if case.plan_uses_index is False:
+                text += "; the planner did not use the HNSW index under this filter"
+            rows.append((here.recall, case.label, text))
+    finally:
+        for case in cases:
+            add_own_scans(own[_key(case.index)], {"own_index_scans": case.own_index_scans,
+                                                  "own_seq_scans": case.own_seq_scans})
+        save_snapshot(ctx, SNAPSHOT, own)
+    if not rows:
+        raise CheckSkipped("no filter shape matches any stored memory")
+    rows.sort()
+    flagged = [text for recall, _, text in rows if recall < t.warning]
+    setting = (f"hnsw.ef_search {ef_search}, hnsw.iterative_scan {served_mode} (the database's "
+               f"settings), {t.sample} queries per shape")
+    if flagged:
+        message = f"below {t.warning:g}: " + " | ".join(flagged) + f" [{setting}]"
+    else:
+        message = f"lowest: {rows[0][2]} ({len(rows)} shape(s); {setting})"
+    return grade("vector_recall_filtered", rows[0][0], t.warning, t.critical,
+                 lower_is_worse=True, minimum=0, maximum=1, message=message)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aegisctl.diagnostics import queries
 from aegisctl.diagnostics.advice import vector_schema
-from aegisctl.diagnostics.topics import DiagResult, Section, describe_error, fetch
+from aegisctl.diagnostics.result import DiagResult, Section, describe_error, fetch
 from aegisctl.errors import UsageError
 from aegisctl.units import format_bytes
 
@@ -143,15 +143,19 @@ def measure_recall(conn: psycopg.Connection[Any], schema: str, index: dict[str, 
                 key=key, table=table), (sample,))
         before = first.fetchone()
         vectors = [r[0] for r in sampled.fetchall()]
-        # All approximate searches, then all exact ones.
+        # All approximate searches, then all exact ones. Never prepared: psycopg prepares a
+        # statement run 5 times, and the server may then reuse a plan made under the other
+        # phase's settings (the exact scan answering for the index, or the reverse).
         with conn.pipeline():
             conn.execute("SELECT set_config('enable_seqscan', 'off', true), "
                          "set_config('enable_indexscan', 'on', true)")
-            approx_cursors = [conn.cursor().execute(search, (v,)) for v in vectors]
+            approx_cursors = [conn.cursor().execute(search, (v,), prepare=False)
+                              for v in vectors]
             conn.execute("SELECT set_config('enable_seqscan', 'on', true), "
                          "set_config('enable_indexscan', 'off', true), "
                          "set_config('enable_bitmapscan', 'off', true)")
-            exact_cursors = [conn.cursor().execute(search, (v,)) for v in vectors]
+            exact_cursors = [conn.cursor().execute(search, (v,), prepare=False)
+                             for v in vectors]
             last = conn.cursor().execute(scans, names)
         approx = [{row[0] for row in c.fetchall()} for c in approx_cursors]
         exact = [{row[0] for row in c.fetchall()} for c in exact_cursors]
@@ -262,7 +266,7 @@ def diagnose_vectors(conn: psycopg.Connection[Any], result: DiagResult, settings
         return
     columns, indexes = vector_inventory(conn, settings, recall_sample)
     if recall_sample:
-        from aegisctl.diagnostics.vector_checks import record_recall_scans
+        from aegisctl.diagnostics.vector_scans import record_recall_scans
 
         record_recall_scans(conn, settings, result.target, columns, indexes)
         for index in indexes:
@@ -278,6 +282,14 @@ def diagnose_vectors(conn: psycopg.Connection[Any], result: DiagResult, settings
         view.insert(-1, "recall")
     result.sections.append(Section("indexes", indexes, empty="no indexes on vector columns",
                                    view_columns=view))
+    from aegisctl.diagnostics.vector_cache import index_cache
+
+    cache, cache_notes = index_cache(conn, indexes)
+    result.sections.append(Section(
+        "cache", cache, empty="no HNSW or IVFFlat index",
+        view_columns=["schema", "table", "index", "size_bytes", "buffered_bytes",
+                      "buffered_share", "shared_buffers_share", "consequence"]))
+    result.notes += cache_notes
     if any(c.get("sampled") for c in columns):
         result.notes.append(f"tables over {EXACT_BYTES // 1024 // 1024} MB (sampled: yes): "
                             f"missing and zero counts are estimated from about {SAMPLE_ROWS} "

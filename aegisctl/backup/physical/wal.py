@@ -76,6 +76,9 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
     started_child = time.monotonic()
     log_file = engine.make_dir(engine.home / "log") / f"receive-wal-{engine.server}.log"
     log_file = engine.make_dir(engine.home / "log") / f"receive-wal-{engine.server}.log"
+    from aegisctl.backup.physical.offsite_upload import start_wal_shipper
+
+    shipper = start_wal_shipper(loaded, target, engine, say)  # with backup.remote: off-site
     try:
         while not stop.is_set():
             if child is None or child.poll() is not None:
@@ -110,7 +113,11 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
                 child.wait()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if shipper is not None:
+            shipper.stop.set()
     archive_now(engine)
+    if shipper is not None:
+        shipper.close()
     return StreamSummary(target.name, started, dt.datetime.now(dt.UTC), restarts, archive_runs)
 
 
