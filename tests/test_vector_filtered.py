@@ -131,7 +131,14 @@ def test_filter_shapes_are_validated_with_the_key_named(cli: Any, write_config: 
             ([{"name": "x", "tag": "a"}, {"name": "x", "tag": "b"}], "'x' is used twice"),
             ([{"name": "x", "context": {"agent": "a"}, "kind": "semantic"}],
              "exist only on episodic memories"),
-            ([{"name": "x", "tag": "a", "color": "red"}], "unknown key")):
+            ([{"name": "x", "tag": "a", "color": "red"}], "unknown key"),
+            # An empty value was silently dropped: the shape measured was not the one declared.
+            ([{"name": "x", "tag": "", "since": "7d"}], "filters[0].tag: empty"),
+            ([{"name": "x", "event_type": "", "tag": "a"}], "filters[0].event_type: empty"),
+            ([{"name": "x", "since": "0s"}], "filters[0].since: a positive duration"),
+            # PostgreSQL text cannot hold NUL: the check would fail at every run instead.
+            ([{"name": "x", "tag": "a\x00b"}], "filters[0].tag: contains a NUL"),
+            ([{"name": "x", "context": {"a\x00": "b"}}], "filters[0].context: contains a NUL")):
         path = write_config({"targets": {"primary": {"dsn": "postgresql://a@localhost/b"}},
                              "checks": {"vector_recall": {"filters": shapes}}})
         result = cli("--config", str(path), "config", "validate")
