@@ -53,7 +53,7 @@ def _months_of(conn: psycopg.Connection[Any]) -> set[str]:
     return {n for n in partition_bounds(conn, TABLE) if n.startswith("api_usage_events_p")}
 
 
-def test_split_then_retention_drops_the_oldest_month_by_partition(aegis_db,
+def test_split_then_retention_drops_the_oldest_month_by_partition(cli, aegis_db,
                                                                    tmp_path) -> None:
     conn = aegis_db
     first = _converted(conn)
@@ -101,6 +101,9 @@ def test_split_then_retention_drops_the_oldest_month_by_partition(aegis_db,
     assert policy.partitions_dropped == [
         f"public.{month_partition_name('api_usage_events', first)}"]
     assert policy.partition_rows == oldest_rows and policy.deleted_rows == 0
+    # No table configured, none named: says so rather than doing nothing silently.
+    idle = cli("--config", str(path), "maint", "partitions", "--split-legacy", "--yes")
+    assert idle.exit_code == 0 and "--split-legacy: no table to split" in idle.output
 
 
 @pytest.mark.parametrize("point", ["split-batch", "split-swap", "split-drop"])
