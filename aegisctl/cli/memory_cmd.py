@@ -182,8 +182,10 @@ def search_cmd(
     fmt: FormatOpt = None,
 ) -> None:
     """Search memories by meaning (embeddings), by keywords (full-text), or both (hybrid:
-    reciprocal rank fusion whose weights follow how strong each signal is for the query, then
-    the optional rerank model of search.rerank).
+    reciprocal rank fusion whose weights follow how strong each signal is for the query; the
+    first hit of the signal that is sure of itself keeps a place in the top 2 (the safeguard,
+    search.safeguard); then the optional rerank model of search.rerank). --explain shows the
+    weights and what the safeguard did.
 
     Examples:
 
