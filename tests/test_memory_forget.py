@@ -222,6 +222,11 @@ def test_corrupt_ledger_fails_the_restore_in_one_line(cli, aegis_db, backup_conf
                             (database,)).fetchone() == (0,)
     listed = cli("--config", str(cfg), "backup", "list", "--format", "json")
     assert json.loads(listed.stdout)["backups"][0]["verified"] == "ok"  # not blamed
+    # A forget meanwhile works, warns, and never overwrites the damaged copy (it may hold more).
+    damaged = path.read_bytes()
+    more = _forget(cli, cfg, "--context", "agent=alice", "--reason", "r", "--yes")
+    assert more.exit_code == 0, more.output
+    assert "local copy not written" in more.stderr and path.read_bytes() == damaged
     path.write_text("{not json")
     assert cli("--config", str(cfg), "backup", "restore", backup, "--target-db", database
                ).exit_code == 1

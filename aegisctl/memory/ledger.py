@@ -326,16 +326,28 @@ def publish(settings: BackupSettings, target: str, db_ledger: Ledger,
     with what is there). A failure to write is reported, never raised: the erasure itself is
     done and recorded in the database; the next forget or backup writes the copies again."""
     result = PublishResult(len(db_ledger.entries))
+    merged = db_ledger
+    local_ok = remote_ok = True
     try:
-        merged = db_ledger.merged(read_local(settings, target))
-        result.entries = len(merged.entries)
-        result.local = str(write_local(settings, target, merged))
-    except AegisError as exc:
+        merged = merged.merged(read_local(settings, target))
+    except AegisError as exc:  # a damaged copy is not overwritten: it may hold more
         result.problems.append(f"local copy not written: {exc.message}")
-        merged = db_ledger
-    if settings.remote is not None and remote:
+        local_ok = False
+    use_remote = settings.remote is not None and remote
+    if use_remote:
         try:
             merged = merged.merged(read_remote(settings, target))
+        except AegisError as exc:
+            result.problems.append(f"remote copy not written: {exc.message}")
+            remote_ok = False
+    result.entries = len(merged.entries)
+    if local_ok:
+        try:
+            result.local = str(write_local(settings, target, merged))
+        except AegisError as exc:
+            result.problems.append(f"local copy not written: {exc.message}")
+    if use_remote and remote_ok:
+        try:
             result.remote = upload_remote(settings, target, merged)
         except AegisError as exc:
             result.problems.append(f"remote copy not written: {exc.message}")
