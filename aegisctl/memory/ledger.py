@@ -357,7 +357,8 @@ def publish(settings: BackupSettings, target: str, db_ledger: Ledger,
 def publish_with_backup(loaded: LoadedConfig, target: Target, remote: bool = True
                         ) -> PublishResult | None:
     """`backup create`'s copy of the ledger; None when the database has no ledger (its schema
-    predates it) and no copy exists yet. Reported, never raised: the backup is good."""
+    predates it) or an empty one and no copy exists yet. Reported, never raised: the backup
+    is good."""
     from aegisctl.db import connect
 
     try:
@@ -367,6 +368,8 @@ def publish_with_backup(loaded: LoadedConfig, target: Target, remote: bool = Tru
         return PublishResult(0, problems=[f"erasure ledger not copied: {exc.message}"])
     if ledger is None:
         return None
+    if not ledger.entries and not local_path(loaded.settings.backup, target.name).exists():
+        return None  # nothing was ever forgotten here: no file beside the backups
     return publish(loaded.settings.backup, target.name, ledger, remote)
 
 
