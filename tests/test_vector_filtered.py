@@ -165,3 +165,30 @@ def test_tune_measures_and_applies_max_scan_tuples_whatever_the_database_default
         conn.execute("SELECT vector_dims('[1]'::vector)")
         tuples = conn.execute("SELECT current_setting('hnsw.max_scan_tuples')").fetchone()[0]
     assert tuples == str(chosen["max_scan_tuples"] or 20000)
+
+
+def test_tune_without_the_right_to_apply_still_reports_what_it_measured(
+        cli: Any, write_config: Any, filtered_dsn: str) -> None:
+    """A role that may read but not ALTER DATABASE: the measurements and the statements to
+    run as the owner are the result (exit 1), not lost behind a one-line error."""
+    from psycopg.conninfo import make_conninfo
+
+    role = "tune_reader"
+    with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        path = config(write_config, make_conninfo(filtered_dsn, user=role))
+        result = cli("--config", str(path), "maint", "vector-index", "--tune",
+                     "--target-recall", "0.9", "--sample", "5", "--yes", "-f", "json")
+        assert result.exit_code == 1, result.output
+        report = json.loads(result.stdout)
+        assert report["chosen"] and not report["applied"]
+        assert report["statements"][0].startswith("ALTER DATABASE")
+        assert "must be owner" in report["apply_error"]
+        assert current_settings(filtered_dsn)["hnsw.iterative_scan"] == "off"
+    finally:
+        with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
