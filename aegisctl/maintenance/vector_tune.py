@@ -179,10 +179,17 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
     cases = build_cases(indexes, shapes, unfiltered=True)
     for case in cases:
         prepare_case(conn, schema, case, sample, seed)
+    unmatched = [c for c in cases if not any(c.exact)]
     cases = [c for c in cases if any(c.exact)]
+    if not cases:
+        raise OperationFailed("nothing to tune on: no stored vectors in the HNSW-indexed "
+                              "tables", hint="tune once the agent has stored memories")
     result = TuneResult(database, target, sample,
                         [{"shape": c.shape, "table": c.index["table"], "index": c.index["index"],
                           "matching_rows": c.matching_rows} for c in cases], current)
+    # A shape nothing matches (often a typo'd tag or context value) is not measured: said,
+    # so that a target "met" is not taken to cover it.
+    result.notes += [f"{c.label}: no row matches this shape: not measured" for c in unmatched]
     if not iterative:
         result.notes.append("pgvector is older than 0.8: no iterative scans, only ef_search "
                             "is tuned (a selective filter may still return short results)")
