@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import dsn_of
 from fault_fixtures import start_paused
 from partition_fixtures import fill_usage, partition_bounds, partition_config, relkind, widen_pk
@@ -52,7 +53,7 @@ def _months_of(conn: psycopg.Connection[Any]) -> set[str]:
     return {n for n in partition_bounds(conn, TABLE) if n.startswith("api_usage_events_p")}
 
 
-def test_split_then_retention_drops_the_oldest_month_by_partition(aegis_db,
+def test_split_then_retention_drops_the_oldest_month_by_partition(cli, aegis_db,
                                                                    tmp_path) -> None:
     conn = aegis_db
     first = _converted(conn)
@@ -100,21 +101,28 @@ def test_split_then_retention_drops_the_oldest_month_by_partition(aegis_db,
     assert policy.partitions_dropped == [
         f"public.{month_partition_name('api_usage_events', first)}"]
     assert policy.partition_rows == oldest_rows and policy.deleted_rows == 0
+    # No table configured, none named: says so rather than doing nothing silently.
+    idle = cli("--config", str(path), "maint", "partitions", "--split-legacy", "--yes")
+    assert idle.exit_code == 0 and "--split-legacy: no table to split" in idle.output
 
 
+@pytest.mark.parametrize("point", ["split-batch", "split-swap", "split-drop"])
 def test_kill_9_mid_split_then_a_rerun_finishes_without_loss_or_duplicates(
-        cli, aegis_db, tmp_path) -> None:
+        cli, aegis_db, tmp_path, point) -> None:
+    """Killed after a batch (the application changing rows meanwhile), inside the swap's
+    transaction (rolled back), or after the swap before the legacy partition is dropped."""
     conn = aegis_db
     first = _converted(conn)
     cfg = partition_config(tmp_path / "aegisctl.yaml", dsn_of(conn))
     args = ("--config", str(cfg), "maint", "partitions", "--split-legacy", "--table",
             "api_usage_events", "--batch-rows", "100", "--yes", "--format", "json")
-    dry = cli(*args[:-3], "--dry-run")
-    assert dry.exit_code == 0, dry.output
-    assert f"would copy {LEGACY}" in " ".join(dry.output.split())
-    unconfirmed = cli(*[a for a in args if a != "--yes"])
-    assert unconfirmed.exit_code == 2 and relkind(conn, LEGACY) == "r"
-    paused = start_paused("partition:split-batch", *args, tmp_path=tmp_path)
+    if point == "split-batch":
+        dry = cli(*args[:-3], "--dry-run")
+        assert dry.exit_code == 0, dry.output
+        assert f"would copy {LEGACY}" in " ".join(dry.output.split())
+        unconfirmed = cli(*[a for a in args if a != "--yes"])
+        assert unconfirmed.exit_code == 2 and relkind(conn, LEGACY) == "r"
+    paused = start_paused(f"partition:{point}", *args, tmp_path=tmp_path)
     # Paused after its first batch: the application changes the legacy rows meanwhile (a
     # row copied already, one not yet, one new), then the run is killed.
     copied_id, late_id = conn.execute("SELECT min(id), max(id) FROM api_usage_events"
@@ -132,14 +140,21 @@ def test_kill_9_mid_split_then_a_rerun_finishes_without_loss_or_duplicates(
     assert "api_usage_events_split" not in {p.name for p, _ in partitioned_tables(conn)}
     paused.kill(signal.SIGKILL)
     assert paused.proc.returncode == -signal.SIGKILL
-    assert relkind(conn, "public.api_usage_events_split") == "p"  # resumable state
+    conn.execute("SET lock_timeout = '30s'")  # the server notices the dead client
+    swapped = point == "split-drop"
+    assert relkind(conn, "public.api_usage_events_split") == (None if swapped else "p")
+    assert relkind(conn, LEGACY) == "r"  # attached before the swap; detached, kept, after it
     conn.execute("UPDATE api_usage_events SET customer_id = 'after' WHERE id = %s", (new_id,))
     expected[new_id] = (*expected[new_id][:2], "after")
 
     rerun = cli(*args)
     assert rerun.exit_code == 0, rerun.output
     (split,) = json.loads(rerun.stdout)["splits"]
-    assert split["status"] == "split" and split["resumed_at_page"] > 0, split
+    if swapped:
+        assert split["status"] == "nothing to split", split
+        assert any("swapped out by an earlier run" in n for n in split["notes"]), split
+    else:
+        assert split["status"] == "split" and split["resumed_at_page"] > 0, split
     assert relkind(conn, LEGACY) is None
     assert relkind(conn, "public.api_usage_events_split") is None
     assert _rows(conn) == expected

@@ -1,7 +1,6 @@
 """Warm indexes (issue 25, section 3): `diag vectors` shows how much of each vector index is in
 shared buffers and what that means, `maint prewarm` loads it (pg_buffercache's count rises),
 and a restore test prewarms the live database when maintenance.prewarm.after says so."""
-# ruff: noqa: F811  (fixtures imported from memory_fixtures are parameters here)
 
 from __future__ import annotations
 
@@ -10,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from memory_fixtures import DIM, memory_db, memory_dsn, memory_template  # noqa: F401
+import pytest
+from memory_fixtures import DIM
 
 INDEX = "idx_episodic_embedding"
 FILL = f"""
@@ -25,6 +25,8 @@ def evict(dsn: str) -> None:
     """Empty shared buffers of the index and its table, as a restart would (PostgreSQL 18's
     pg_buffercache_evict_relation; the server itself is shared by the whole test run)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.info.server_version < 180000:
+            pytest.skip("emptying one relation's buffers needs PostgreSQL 18's pg_buffercache")
         conn.execute("CHECKPOINT")
         for name in (INDEX, "episodic_memory"):
             conn.execute("SELECT pg_buffercache_evict_relation(%s::regclass)", (name,))

@@ -366,7 +366,7 @@ def partitions_cmd(
         "swapped in one short transaction, the legacy partition dropped. Needs --yes.")] = False,
     batch_rows: Annotated[int, typer.Option(
         "--batch-rows", metavar="N", min=100, help="Rows copied per batch (each batch is its "
-        "own short transaction) with --split-legacy.")] = 20000,
+        "own short transaction) with --split-legacy.")] = 5000,
     yes: Annotated[bool, yes_option()] = False,
     dry_run: DryRun = False,
     wait_lock: WaitLock = 0.0,

@@ -142,7 +142,12 @@ def vector_recall(ctx: CheckContext) -> CheckResult:
                          f"{ctx.loaded.settings.search.ef_search}){unmeasured}")
 
 
-def _fix_hint(served: str, best_mode: str | None, best: float | None) -> str:
+def _fix_hint(served: str, best_mode: str | None, best: float | None,
+              iterative: bool = True) -> str:
+    if not iterative:
+        return ("pgvector is older than 0.8, without iterative scans: upgrade it (ALTER "
+                "EXTENSION vector UPDATE after the package), or raise hnsw.ef_search "
+                "(`aegisctl maint vector-index --tune`)")
     if best_mode and best_mode != served and best is not None:
         return (f"with hnsw.iterative_scan = {best_mode}: {best:.2f}; fix: `aegisctl maint "
                 f"vector-index --tune --yes` (or ALTER DATABASE ... SET hnsw.iterative_scan = "
@@ -199,7 +204,7 @@ def vector_recall_filtered(ctx: CheckContext) -> CheckResult:
             if here.recall < t.warning:
                 best_mode, best = max(((m, r.recall) for m, r in measured.items()
                                        if r.recall is not None), key=lambda x: x[1])
-                text += "; " + _fix_hint(served_mode, best_mode, best)
+                text += "; " + _fix_hint(served_mode, best_mode, best, iterative)
             if case.plan_uses_index is False:
                 text += "; the planner did not use the HNSW index under this filter"
             rows.append((here.recall, case.label, text))

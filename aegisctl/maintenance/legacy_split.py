@@ -398,39 +398,44 @@ def _swap(conn: psycopg.Connection[Any], plan: _Plan, staging: Relation,
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in plan.columns)
     function = _ident(parent, short_name(parent.name, "_split_mirror"))
 
+    statements: list[sql.Composable] = [sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+        parent.ident(), legacy.ident())]
+    for part in parts:
+        statements.append(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+            staging.ident(), part.relation.ident()))
+        if part.is_default:
+            continue
+        assert part.lower is not None and part.upper is not None
+        statements += [
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                parent.ident(), part.relation.ident(), _bound(part.lower, key),
+                _bound(part.upper, key)),
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(part.relation.ident(),
+                                                                 sql.Identifier(BOUND))]
+    for part in parts:
+        if part.is_default:  # rows older than the first month: the table routes them
+            statements += [sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                parent.ident(), columns, columns, part.relation.ident()),
+                sql.SQL("DROP TABLE {}").format(part.relation.ident())]
+    statements += [
+        sql.SQL("DROP TRIGGER aegisctl_split_mirror ON {}").format(legacy.ident()),
+        sql.SQL("DROP TABLE {}").format(staging.ident()),
+        sql.SQL("DROP FUNCTION {}()").format(function),
+        sql.SQL("COMMENT ON TABLE {} IS {}").format(
+            legacy.ident(), sql.Literal(DONE_MARK + parent.qualified))]
+
     def body() -> None:
         pause_point("split-swap")
-        conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-            parent.ident(), legacy.ident()))
-        for part in parts:
-            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-                staging.ident(), part.relation.ident()))
-            if part.is_default:
-                continue
-            assert part.lower is not None and part.upper is not None
-            conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({})"
-                                 " TO ({})").format(parent.ident(), part.relation.ident(),
-                                                    _bound(part.lower, key),
-                                                    _bound(part.upper, key)))
-            conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                part.relation.ident(), sql.Identifier(BOUND)))
-        for part in parts:
-            if part.is_default:  # rows older than the first month: the table routes them
-                conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
-                    parent.ident(), columns, columns, part.relation.ident()))
-                conn.execute(sql.SQL("DROP TABLE {}").format(part.relation.ident()))
-        conn.execute(sql.SQL("DROP TRIGGER aegisctl_split_mirror ON {}").format(legacy.ident()))
-        conn.execute(sql.SQL("DROP TABLE {}").format(staging.ident()))
-        conn.execute(sql.SQL("DROP FUNCTION {}()").format(function))
-        conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-            legacy.ident(), sql.Literal(DONE_MARK + parent.qualified)))
+        # One round trip (no parameters: the simple query protocol): the table's ACCESS
+        # EXCLUSIVE lock is held for the statements' work, not for a round trip each.
+        conn.execute(sql.SQL("; ").join(statements))
 
     return short_transaction(conn, f"swap {legacy.qualified} for its months", policy,
                              body).seconds
 
 
 def split_legacy(conn: psycopg.Connection[Any], parent: Relation, key: PartitionKey,
-                 policy: LockPolicy, *, batch_rows: int = 20000,
+                 policy: LockPolicy, *, batch_rows: int = 5000,
                  dry_run: bool = False) -> SplitReport:
     """Split the table's legacy partition into months (or finish a split a killed run began).
     `conn` is in autocommit mode on the primary."""

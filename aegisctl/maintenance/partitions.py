@@ -88,6 +88,7 @@ class PartitionsReport:
     dry_run: bool
     tables: list[TableReport] = field(default_factory=list)
     splits: list[SplitReport] = field(default_factory=list)  # --split-legacy
+    split_requested: bool = False
 
     @property
     def ok(self) -> bool:
@@ -121,6 +122,9 @@ class PartitionsReport:
             blocks += [Note(f"{t.table}: {problem}") for problem in t.problems]
         for split in self.splits:
             blocks += [Note(f"{split.table}: {line}") for line in split.lines(self.dry_run)]
+        if self.split_requested and not self.splits:
+            blocks.append(Note("--split-legacy: no table to split (it splits the tables of the "
+                               "partitions: section, or the one named by --table)"))
         return blocks
 
 
@@ -305,7 +309,7 @@ def run_partitions(conn: psycopg.Connection[Any], specs: dict[str, PartitionSpec
     from aegisctl.maintenance.catalog import find_relation
 
     conn.execute("SET TIME ZONE 'UTC'")
-    report = PartitionsReport(dry_run)
+    report = PartitionsReport(dry_run, split_requested=split_batch_rows is not None)
     configured: dict[int, PartitionSpec] = {}
     for entry, spec in specs.items():
         name = f"{spec.schema}.{spec.table_name(entry)}"
