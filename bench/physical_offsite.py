@@ -199,8 +199,8 @@ def _rpo_under_load(uri: str, loaded: Any, engine: Any, seconds: float) -> dict[
             while not done.is_set():
                 conn.execute(
                     "INSERT INTO episodic_memory (event_type, summary, embedding) SELECT "
-                    "'chat', 'load ' || g, (SELECT array_agg(random() + 0 * g) FROM "
-                    "generate_series(1, 1536))::vector FROM generate_series(1, 20) g")
+                    "'chat', 'load ' || g, (SELECT array_agg(random() + 0 * x + 0 * g) "
+                    "FROM generate_series(1, 1536) x)::vector FROM generate_series(1, 20) g")
                 inserted[0] += 20
                 time.sleep(0.05)
 
