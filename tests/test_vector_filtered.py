@@ -131,9 +131,37 @@ def test_filter_shapes_are_validated_with_the_key_named(cli: Any, write_config: 
             ([{"name": "x", "tag": "a"}, {"name": "x", "tag": "b"}], "'x' is used twice"),
             ([{"name": "x", "context": {"agent": "a"}, "kind": "semantic"}],
              "exist only on episodic memories"),
-            ([{"name": "x", "tag": "a", "color": "red"}], "unknown key")):
+            ([{"name": "x", "tag": "a", "color": "red"}], "unknown key"),
+            # An empty value was silently dropped: the shape measured was not the one declared.
+            ([{"name": "x", "tag": "", "since": "7d"}], "filters[0].tag: empty"),
+            ([{"name": "x", "event_type": "", "tag": "a"}], "filters[0].event_type: empty"),
+            ([{"name": "x", "since": "0s"}], "filters[0].since: a positive duration"),
+            # PostgreSQL text cannot hold NUL: the check would fail at every run instead.
+            ([{"name": "x", "tag": "a\x00b"}], "filters[0].tag: contains a NUL"),
+            ([{"name": "x", "context": {"a\x00": "b"}}], "filters[0].context: contains a NUL")):
         path = write_config({"targets": {"primary": {"dsn": "postgresql://a@localhost/b"}},
                              "checks": {"vector_recall": {"filters": shapes}}})
         result = cli("--config", str(path), "config", "validate")
         assert result.exit_code == 2, result.stdout
         assert "checks.vector_recall.filters[" in result.stderr and complaint in result.stderr
+
+
+def test_tune_measures_and_applies_max_scan_tuples_whatever_the_database_default(
+        cli: Any, write_config: Any, filtered_dsn: str) -> None:
+    """A database default of hnsw.max_scan_tuples (a tiny one here, as left by hand or an
+    earlier --tune) must neither leak into the measurements nor survive the settings --tune
+    applies: what new sessions get is what was measured."""
+    with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'ALTER DATABASE "{database}" SET hnsw.max_scan_tuples = 1')
+    path = config(write_config, filtered_dsn)
+    result = cli("--config", str(path), "maint", "vector-index", "--tune", "--target-recall",
+                 "0.9", "--sample", "10", "--yes", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    chosen = json.loads(result.stdout)["chosen"]
+    # strict_order meets 0.9 at ef_search 10 on this data with pgvector's 20 000 tuples.
+    assert chosen["iterative_scan"] != "off" and chosen["ef_search"] <= 64, chosen
+    with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+        conn.execute("SELECT vector_dims('[1]'::vector)")
+        tuples = conn.execute("SELECT current_setting('hnsw.max_scan_tuples')").fetchone()[0]
+    assert tuples == str(chosen["max_scan_tuples"] or 20000)

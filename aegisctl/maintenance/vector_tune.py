@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 EF_STEPS = (10, 20, 40, 64, 100, 150, 200, 300, 400, 600, 800, 1000)
 # Tried only when no ef_search step meets the target: a longer iterative walk.
 SCAN_TUPLES_STEPS = (50_000, 100_000, 200_000)
+# pgvector's default hnsw.max_scan_tuples: the steps that do not raise it are measured with it
+# (never with whatever the database has), and applying them sets it back when needed.
+DEFAULT_SCAN_TUPLES = 20_000
 
 
 @dataclass
@@ -105,7 +108,9 @@ def _step(conn: psycopg.Connection[Any], schema: str, cases: list[Case], ef_sear
     latencies: list[float] = []
     short = queries = 0
     for case in cases:
-        measure = run_case(conn, schema, case, ef_search, mode, scan_tuples, iterative)
+        measure = run_case(conn, schema, case, ef_search, mode,
+                           (scan_tuples or DEFAULT_SCAN_TUPLES) if iterative else None,
+                           iterative)
         latencies += measure.latencies_ms
         if measure.recall is not None and measure.short_share is not None:
             recalls.append((measure.recall, case.label))
@@ -122,15 +127,17 @@ def _step(conn: psycopg.Connection[Any], schema: str, cases: list[Case], ef_sear
 
 
 def _statements(conn: psycopg.Connection[Any], database: str, step: TuneStep,
-                iterative: bool) -> list[Any]:
+                iterative: bool, current: dict[str, str | None]) -> list[Any]:
     from psycopg import sql
 
     db = sql.Identifier(database)
     values = [("hnsw.ef_search", str(step.ef_search))]
     if iterative:
         values.append(("hnsw.iterative_scan", step.iterative_scan))
-    if step.max_scan_tuples is not None:
-        values.append(("hnsw.max_scan_tuples", str(step.max_scan_tuples)))
+        tuples = step.max_scan_tuples or DEFAULT_SCAN_TUPLES
+        if step.max_scan_tuples is not None or current.get("max_scan_tuples") not in (
+                None, str(tuples)):
+            values.append(("hnsw.max_scan_tuples", str(tuples)))
     return [sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, sql.SQL(name),
                                                             sql.Literal(value))
             for name, value in values]
@@ -197,7 +204,7 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
         return result
     result.chosen = min(meeting, key=lambda s: (s.ef_search, s.max_scan_tuples or 0,
                                                 s.p95_ms or 0.0))
-    statements = _statements(conn, database, result.chosen, iterative)
+    statements = _statements(conn, database, result.chosen, iterative, current)
     result.statements = [s.as_string(conn) for s in statements]
     result.notes.append(
         f"aegisctl's own `memory search` uses search.ef_search and search.iterative_scan from "
