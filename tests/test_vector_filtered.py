@@ -208,3 +208,14 @@ def test_tune_without_the_right_to_apply_still_reports_what_it_measured(
         with psycopg.connect(filtered_dsn, autocommit=True) as conn:
             conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_tune_refuses_a_bad_target_before_connecting(cli: Any, write_config: Any) -> None:
+    """A usage error is exit 2 whether or not the server answers (not 3 for a server that
+    was never needed)."""
+    path = write_config({"targets": {"primary": {"dsn": "postgresql://a@127.0.0.1:1/b"}},
+                         "connection": {"retry": {"attempts": 1}}})
+    for value in ("0", "1.5", "-1", "nan"):
+        result = cli("--config", str(path), "maint", "vector-index", "--tune",
+                     "--target-recall", value)
+        assert result.exit_code == 2 and "--target-recall" in result.stderr, result.output

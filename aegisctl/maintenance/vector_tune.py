@@ -151,6 +151,14 @@ def _statements(conn: psycopg.Connection[Any], database: str, step: TuneStep,
             for name, value in values]
 
 
+def check_tune_arguments(target: float, sample: int) -> None:
+    """Before any connection: a usage error is exit 2 whether or not the server answers."""
+    if not 0 < target <= 1:
+        raise UsageError(f"--target-recall {target}: a recall between 0 and 1, e.g. 0.95")
+    if sample < 1:
+        raise UsageError("--sample must be at least 1")
+
+
 def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, Any]],
                        shapes: list[FilterShape], *, target: float, sample: int,
                        apply: bool, seed: float | None = None) -> TuneResult:
@@ -162,10 +170,7 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
     )
     from aegisctl.memory.search.pg import pgvector_version
 
-    if not 0 < target <= 1:
-        raise UsageError(f"--target-recall {target}: a recall between 0 and 1, e.g. 0.95")
-    if sample < 1:
-        raise UsageError("--sample must be at least 1")
+    check_tune_arguments(target, sample)
     schema = vector_schema(conn)
     if schema is None:
         raise OperationFailed("the vector extension is not installed in this database",
