@@ -164,3 +164,31 @@ def test_hostile_relation_names_are_printed_inert(cli: Any, write_config: Any,
                                    "table").stdout
     report = json.loads(cli("--config", str(config), "diag", "vectors", "-f", "json").stdout)
     assert index in {r["index"] for r in report["sections"]["cache"]}
+
+
+def test_diag_vectors_without_the_right_to_read_pg_buffercache(
+        cli: Any, write_config: Any, memory_dsn: str) -> None:
+    """pg_buffercache is for pg_monitor: a role without it still gets diag vectors (exit 0),
+    the cache section without residency and a note saying which grant shows it."""
+    from psycopg.conninfo import make_conninfo
+
+    role = "cache_reader"
+    with psycopg.connect(memory_dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        config = write_config({"targets": {"primary": {
+            "dsn": make_conninfo(memory_dsn, user=role)}},
+            "connection": {"retry": {"attempts": 1}}})
+        out = cli("--config", str(config), "diag", "vectors", "-f", "json")
+        assert out.exit_code == 0, out.output
+        report = json.loads(out.stdout)
+        rows = {r["index"]: r for r in report["sections"]["cache"]}
+        assert rows[INDEX]["buffered_bytes"] is None and rows[INDEX]["size_bytes"] > 0
+        assert any("pg_monitor" in n for n in report["notes"]), report["notes"]
+    finally:
+        with psycopg.connect(memory_dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
