@@ -135,7 +135,9 @@ def start_embedding_server(python: str, cache: str | None) -> tuple[subprocess.P
     proc = subprocess.Popen([python, "-c", code], text=True)
     for _ in range(600):
         if port_file.exists() and port_file.read_text():
-            return proc, f"http://127.0.0.1:{port_file.read_text()}/v1"
+            port = port_file.read_text()
+            shutil.rmtree(port_file.parent, ignore_errors=True)  # it served its purpose
+            return proc, f"http://127.0.0.1:{port}/v1"
         if proc.poll() is not None:
             raise SystemExit(f"the embedding server exited ({proc.returncode}); see "
                              "bench/minilm_server.py for how to create its venv")

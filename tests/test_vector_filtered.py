@@ -154,7 +154,9 @@ def test_tune_measures_and_applies_max_scan_tuples_whatever_the_database_default
     with psycopg.connect(filtered_dsn, autocommit=True) as conn:
         database = conn.execute("SELECT current_database()").fetchone()[0]
         conn.execute(f'ALTER DATABASE "{database}" SET hnsw.max_scan_tuples = 1')
-    path = config(write_config, filtered_dsn)
+    # A shape no row matches (a typo'd tag) is said, not silently left out.
+    path = config(write_config, filtered_dsn,
+                  filters=[*SHAPES, {"name": "typo", "tag": "no-such-tag"}])
     result = cli("--config", str(path), "maint", "vector-index", "--tune", "--target-recall",
                  "0.9", "--sample", "10", "--yes", "-f", "json")
     assert result.exit_code == 0, result.stderr
@@ -165,3 +167,58 @@ def test_tune_measures_and_applies_max_scan_tuples_whatever_the_database_default
         conn.execute("SELECT vector_dims('[1]'::vector)")
         tuples = conn.execute("SELECT current_setting('hnsw.max_scan_tuples')").fetchone()[0]
     assert tuples == str(chosen["max_scan_tuples"] or 20000)
+    notes = json.loads(result.stdout)["notes"]
+    assert any("typo on episodic_memory" in n and "no row" in n for n in notes)
+    # semantic_memory holds no vectors at all here: not a shape's fault, not listed.
+    assert not any("semantic_memory" in n for n in notes), notes
+    code, found = check(cli, path)
+    assert code == 0 and "typo on episodic_memory" in found["message"], found
+    assert "semantic_memory" not in found["message"], found
+
+
+def test_tune_with_nothing_to_measure_says_so(cli: Any, write_config: Any,
+                                             memory_dsn: str) -> None:
+    """An empty memory table: one line saying there is nothing to measure, not 39 empty
+    steps ending in "no step met the target"."""
+    result = cli("--config", str(config(write_config, memory_dsn)), "maint", "vector-index",
+                 "--tune")
+    assert result.exit_code == 1
+    assert "no stored vectors" in result.stderr and result.stdout == "", result.output
+
+
+def test_tune_without_the_right_to_apply_still_reports_what_it_measured(
+        cli: Any, write_config: Any, filtered_dsn: str) -> None:
+    """A role that may read but not ALTER DATABASE: the measurements and the statements to
+    run as the owner are the result (exit 1), not lost behind a one-line error."""
+    from psycopg.conninfo import make_conninfo
+
+    role = "tune_reader"
+    with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        path = config(write_config, make_conninfo(filtered_dsn, user=role))
+        result = cli("--config", str(path), "maint", "vector-index", "--tune",
+                     "--target-recall", "0.9", "--sample", "5", "--yes", "-f", "json")
+        assert result.exit_code == 1, result.output
+        report = json.loads(result.stdout)
+        assert report["chosen"] and not report["applied"]
+        assert report["statements"][0].startswith("ALTER DATABASE")
+        assert "must be owner" in report["apply_error"]
+        assert current_settings(filtered_dsn)["hnsw.iterative_scan"] == "off"
+    finally:
+        with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_tune_refuses_a_bad_target_before_connecting(cli: Any, write_config: Any) -> None:
+    """A usage error is exit 2 whether or not the server answers (not 3 for a server that
+    was never needed)."""
+    path = write_config({"targets": {"primary": {"dsn": "postgresql://a@127.0.0.1:1/b"}},
+                         "connection": {"retry": {"attempts": 1}}})
+    for value in ("0", "1.5", "-1", "nan"):
+        result = cli("--config", str(path), "maint", "vector-index", "--tune",
+                     "--target-recall", value)
+        assert result.exit_code == 2 and "--target-recall" in result.stderr, result.output

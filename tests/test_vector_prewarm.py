@@ -140,3 +140,27 @@ def test_prewarm_is_schedulable_and_its_settings_validated(cli: Any, write_confi
     bad = write_config({"maintenance": {"prewarm": {"after": ["reboot"]}}}, name="bad.yaml")
     refused = cli("--config", str(bad), "config", "validate")
     assert refused.exit_code == 2 and "maintenance.prewarm.after[0]" in refused.stderr
+
+
+def test_hostile_relation_names_are_printed_inert(cli: Any, write_config: Any,
+                                                  memory_dsn: str) -> None:
+    """A table or index name holding escape sequences or Rich markup reaches the terminal as
+    visible text (diag vectors' section titles included), and JSON keeps it exactly."""
+    table, index = "t\x1b[31mred [bold]x[/bold]", "i\x1b]0;pwned\x07"
+    with psycopg.connect(memory_dsn, autocommit=True) as conn:
+        quoted = conn.execute("SELECT quote_ident(%s), quote_ident(%s)",
+                              (table, index)).fetchone()
+        conn.execute(f"CREATE TABLE {quoted[0]} (e vector(3))")
+        conn.execute(f"INSERT INTO {quoted[0]} VALUES ('[1,2,3]')")
+        conn.execute(f"CREATE INDEX {quoted[1]} ON {quoted[0]} USING hnsw (e vector_l2_ops)")
+    config = write_config({"targets": {"primary": {"dsn": memory_dsn}},
+                           "connection": {"retry": {"attempts": 1}}})
+    for args in (["diag", "vectors"], ["maint", "prewarm", "--dry-run"]):
+        result = cli("--config", str(config), *args, "-f", "table")
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout, result.stdout
+        assert "\\x1b" in result.stdout
+    assert "[bold]x[/bold]" in cli("--config", str(config), "diag", "vectors", "-f",
+                                   "table").stdout
+    report = json.loads(cli("--config", str(config), "diag", "vectors", "-f", "json").stdout)
+    assert index in {r["index"] for r in report["sections"]["cache"]}

@@ -59,18 +59,21 @@ class TuneResult:
     chosen: TuneStep | None = None
     statements: list[str] = field(default_factory=list)
     applied: bool = False
+    # Why --yes could not apply the choice (no right to ALTER DATABASE, a standby...).
+    apply_error: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.chosen is not None
+        return self.chosen is not None and self.apply_error is None
 
     def to_json(self) -> dict[str, Any]:
         return {"database": self.database, "target_recall": self.target_recall,
                 "sample": self.sample, "shapes": self.shapes, "current": self.current,
                 "steps": [s.to_json() for s in self.steps],
                 "chosen": self.chosen.to_json() if self.chosen else None,
-                "statements": self.statements, "applied": self.applied, "notes": self.notes}
+                "statements": self.statements, "applied": self.applied,
+                "apply_error": self.apply_error, "notes": self.notes}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Column, Note, Table
@@ -92,10 +95,15 @@ class TuneResult:
         if self.chosen is None:
             blocks.append(Note("no step met the target: nothing to apply", "red"))
         else:
-            verb = "applied" if self.applied else "would apply (run again with --yes)"
+            verb = ("applied" if self.applied else
+                    "not applied: run these as the database's owner or a superuser"
+                    if self.apply_error else "would apply (run again with --yes)")
             blocks.append(Note(f"chosen: hnsw.ef_search {self.chosen.ef_search}, "
                                f"hnsw.iterative_scan {self.chosen.iterative_scan}; {verb}:"))
             blocks += [Note(statement + ";", wrap=False) for statement in self.statements]
+        if self.apply_error:
+            blocks.append(Note(f"cannot change the database's defaults: {self.apply_error}",
+                               "red"))
         blocks += [Note(n) for n in self.notes]
         return blocks
 
@@ -143,6 +151,14 @@ def _statements(conn: psycopg.Connection[Any], database: str, step: TuneStep,
             for name, value in values]
 
 
+def check_tune_arguments(target: float, sample: int) -> None:
+    """Before any connection: a usage error is exit 2 whether or not the server answers."""
+    if not 0 < target <= 1:
+        raise UsageError(f"--target-recall {target}: a recall between 0 and 1, e.g. 0.95")
+    if sample < 1:
+        raise UsageError("--sample must be at least 1")
+
+
 def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, Any]],
                        shapes: list[FilterShape], *, target: float, sample: int,
                        apply: bool, seed: float | None = None) -> TuneResult:
@@ -154,10 +170,7 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
     )
     from aegisctl.memory.search.pg import pgvector_version
 
-    if not 0 < target <= 1:
-        raise UsageError(f"--target-recall {target}: a recall between 0 and 1, e.g. 0.95")
-    if sample < 1:
-        raise UsageError("--sample must be at least 1")
+    check_tune_arguments(target, sample)
     schema = vector_schema(conn)
     if schema is None:
         raise OperationFailed("the vector extension is not installed in this database",
@@ -171,10 +184,18 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
     cases = build_cases(indexes, shapes, unfiltered=True)
     for case in cases:
         prepare_case(conn, schema, case, sample, seed)
+    # (A table with no vectors at all is no shape's fault: left out of the notes.)
+    unmatched = [c for c in cases if c.vectors and not any(c.exact)]
     cases = [c for c in cases if any(c.exact)]
+    if not cases:
+        raise OperationFailed("nothing to tune on: no stored vectors in the HNSW-indexed "
+                              "tables", hint="tune once the agent has stored memories")
     result = TuneResult(database, target, sample,
                         [{"shape": c.shape, "table": c.index["table"], "index": c.index["index"],
                           "matching_rows": c.matching_rows} for c in cases], current)
+    # A shape nothing matches (often a typo'd tag or context value) is not measured: said,
+    # so that a target "met" is not taken to cover it.
+    result.notes += [f"{c.label}: no row matches this shape: not measured" for c in unmatched]
     if not iterative:
         result.notes.append("pgvector is older than 0.8: no iterative scans, only ef_search "
                             "is tuned (a selective filter may still return short results)")
@@ -213,15 +234,16 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
     if apply:
         import psycopg
 
+        # Minutes of measurements stay the result when the choice cannot be applied: they
+        # and the statements are what the database's owner needs to run it by hand.
         try:
-            for statement in statements:
-                conn.execute(statement)
+            with conn.transaction():
+                for statement in statements:
+                    conn.execute(statement)
         except psycopg.Error as exc:
-            raise OperationFailed(f"cannot change the database's defaults: "
-                                  f"{str(exc).strip().splitlines()[0]}",
-                                  hint="ALTER DATABASE ... SET needs the database's owner or a "
-                                       "superuser: run the statements shown by --tune as one"
-                                  ) from None
+            result.apply_error = str(exc).strip().splitlines()[0] if str(exc).strip() \
+                else type(exc).__name__
+            return result
         result.applied = True
         result.notes.append("new sessions get these settings; open sessions keep theirs until "
                             "they reconnect")
