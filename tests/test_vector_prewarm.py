@@ -192,3 +192,34 @@ def test_diag_vectors_without_the_right_to_read_pg_buffercache(
         with psycopg.connect(memory_dsn, autocommit=True) as conn:
             conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_prewarm_as_a_role_that_reads_the_tables_but_owns_nothing(
+        cli: Any, write_config: Any, memory_dsn: str) -> None:
+    """TOAST tables grant nothing to anyone but their owner: a reader's prewarm loads what it
+    may read and says what it skipped, instead of failing every time (exit 1)."""
+    from psycopg.conninfo import make_conninfo
+
+    role = "prewarm_reader"
+    with psycopg.connect(memory_dsn, autocommit=True) as conn:
+        conn.execute(FILL)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        config = write_config({"targets": {"primary": {
+            "dsn": make_conninfo(memory_dsn, user=role)}},
+            "connection": {"retry": {"attempts": 1}}})
+        out = cli("--config", str(config), "maint", "prewarm", "-f", "json")
+        assert out.exit_code == 0, out.output
+        report = json.loads(out.stdout)
+        by_kind = {r["relation"]: r for r in report["relations"]}
+        assert by_kind[INDEX]["status"] == "done"
+        toast = [r for r in report["relations"] if r["kind"] == "toast"]
+        assert toast and all(r["status"] == "skipped" for r in toast), toast
+        assert any("owner" in n for n in report["notes"]), report["notes"]
+    finally:
+        with psycopg.connect(memory_dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
