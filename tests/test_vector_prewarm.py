@@ -187,6 +187,9 @@ def test_diag_vectors_without_the_right_to_read_pg_buffercache(
         report = json.loads(out.stdout)
         rows = {r["index"]: r for r in report["sections"]["cache"]}
         assert rows[INDEX]["buffered_bytes"] is None and rows[INDEX]["size_bytes"] > 0
+        # It is installed: the consequence does not tell the reader to install it.
+        assert "install" not in rows[INDEX]["consequence"], rows[INDEX]
+        assert "pg_monitor" in rows[INDEX]["consequence"], rows[INDEX]
         assert any("pg_monitor" in n for n in report["notes"]), report["notes"]
     finally:
         with psycopg.connect(memory_dsn, autocommit=True) as conn:

@@ -14,7 +14,8 @@ BUFFERCACHE = "pg_buffercache"
 
 
 def cache_consequence(size: int, buffered: int | None, shared_buffers: int,
-                      effective_cache_size: int) -> str:
+                      effective_cache_size: int,
+                      unknown_because: str = f"install {BUFFERCACHE}") -> str:
     """One sentence: what the index's size and residency mean for the next searches."""
     loaded = "" if buffered is None else f" ({buffered / size:.0%} of it is in shared buffers)" \
         if size else ""
@@ -28,7 +29,7 @@ def cache_consequence(size: int, buffered: int | None, shared_buffers: int,
                 "and slow after a restart; raise shared_buffers if the host has the memory")
     if buffered is None:
         return (f"fits in shared_buffers ({size / shared_buffers:.0%} of "
-                f"{format_bytes(shared_buffers)}); install {BUFFERCACHE} to see how much is "
+                f"{format_bytes(shared_buffers)}); {unknown_because} to see how much is "
                 "loaded")
     share = buffered / size if size else 1.0
     if share >= 0.9:
@@ -54,6 +55,7 @@ def index_cache(conn: psycopg.Connection[Any], indexes: list[dict[str, Any]]
     shared, effective, block, schema = int(row[0]), int(row[1]), int(row[2]), row[3]
     ann = [i for i in indexes if i["method"] in ("hnsw", "ivfflat")]
     buffered: dict[str, int] = {}
+    why = f"install {BUFFERCACHE}"
     notes = [f"shared_buffers {format_bytes(shared)}, effective_cache_size "
              f"{format_bytes(effective)}"]
     if schema is None:
@@ -68,6 +70,7 @@ def index_cache(conn: psycopg.Connection[Any], indexes: list[dict[str, Any]]
                 found = _buffered(conn, schema, names)
         except psycopg.errors.InsufficientPrivilege:
             schema = None
+            why = "GRANT pg_monitor to this role"
             notes.append(f"{BUFFERCACHE}: this role may not read it (GRANT pg_monitor TO "
                          "it to see how much of each index is loaded)")
             found = []
@@ -84,7 +87,7 @@ def index_cache(conn: psycopg.Connection[Any], indexes: list[dict[str, Any]]
             "buffered_share": None if loaded is None or not size else round(loaded / size, 4),
             "shared_buffers_share": round(size / shared, 4) if shared else None,
             "effective_cache_share": round(size / effective, 4) if effective else None,
-            "consequence": cache_consequence(size, loaded, shared, effective)})
+            "consequence": cache_consequence(size, loaded, shared, effective, why)})
     return rows, notes
 
 
