@@ -30,6 +30,9 @@ class HealthReport:
     connect_ms: float | None = None
     latency_ms: float | None = None
     extensions: list[ExtensionInfo] = field(default_factory=list)
+    # Known data-affecting bugs of this server's PostgreSQL and pgvector versions (the table
+    # shipped with aegisctl; `check` also judges Barman's).
+    known_bad: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,11 +58,12 @@ class HealthReport:
                 }
                 for e in self.extensions
             ],
+            "known_bad": self.known_bad,
         }
 
 
     def to_view(self) -> list[Block]:
-        from aegisctl.output import Fields, Table
+        from aegisctl.output import Fields, Note, Table
 
         where = "embedded" if self.embedded else self.dsn
         if not self.reachable:
@@ -77,6 +81,9 @@ class HealthReport:
             Table(["extension", "status", "installed", "available", "note"],
                   [(e.name, e.status, e.installed_version or "-", e.default_version or "-",
                     "; ".join(e.notes)) for e in self.extensions]),
+            *[Note(f"known bug: {k['product']} {k['version']}: {k['problem']} (fixed in "
+                   f"{k['fixed_in']}): {k['action']} [{k['source']}]", "yellow")
+              for k in self.known_bad],
         ]
 
 
@@ -99,4 +106,7 @@ def probe(conn: psycopg.Connection[Any], report: HealthReport, required: list[st
     report.database, report.user = row[3], row[4]
     # The configured extensions only: health answers "do we have what we need?".
     report.extensions = [e for e in list_extensions(conn, required) if e.configured]
+    from aegisctl.diagnostics.known_bad import known_bad_findings, server_versions
+
+    report.known_bad = [f.to_json() for f in known_bad_findings(server_versions(conn))]
     return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
 import importlib.util
 import logging
@@ -154,17 +155,56 @@ class LocalStatus:
 
 
 @dataclass
-class StopResult:
-    stopped: bool  # False: it was not running
-    data_dir: str
+class Session:
+    """A client connected to the embedded server (what a stop would disconnect)."""
+
+    pid: int
+    user: str
+    database: str
+    application: str
+    client: str  # "local socket" for Unix-socket clients
+    state: str
+    since: dt.datetime | None
+
+    def describe(self) -> str:
+        app = f" ({self.application})" if self.application else ""
+        return f"pid {self.pid}: {self.user}{app} from {self.client} on {self.database}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"stopped": self.stopped, "data_dir": self.data_dir}
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class StopResult:
+    stopped: bool  # False: it was not running (or a dry run)
+    data_dir: str
+    dry_run: bool = False
+    running: bool = False  # it ran before the command
+    # The client sessions connected when the stop was decided (None: they could not be
+    # listed); a fast shutdown disconnects them.
+    sessions: list[Session] | None = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stopped": self.stopped, "data_dir": self.data_dir, "dry_run": self.dry_run,
+                "sessions": None if self.sessions is None
+                else [s.to_json() for s in self.sessions]}
 
     def to_view(self) -> list[Block]:
-        from aegisctl.output import Note
+        from aegisctl.output import Column, Note, Table
 
-        return [Note("stopped" if self.stopped else "not running")]
+        if not self.running:
+            return [Note("not running")]
+        count = "an unknown number of" if self.sessions is None else str(len(self.sessions))
+        verb = ("would stop; would disconnect" if self.dry_run else "stopped; disconnected")
+        blocks: list[Block] = [Note(f"{verb} {count} session(s)" if self.sessions != []
+                                    else ("would stop" if self.dry_run else "stopped"))]
+        if self.sessions:
+            blocks.append(Table(
+                [Column("pid", "number"), Column("user", "id"), Column("application", "id"),
+                 Column("client", "id"), Column("database", "id"), "state", "since"],
+                [(s.pid, s.user, s.application, s.client, s.database, s.state, s.since)
+                 for s in self.sessions], title="sessions"))
+        return blocks
 
 
 @dataclass
@@ -290,8 +330,39 @@ class EmbeddedServer:
                        "-t", "60", "stop"], "stop the embedded server")
         return True
 
-    def stop_result(self) -> StopResult:
-        return StopResult(stopped=self.stop(), data_dir=str(self.data_dir))
+    def sessions(self) -> list[Session] | None:
+        """The client sessions connected now ([] when it is not running); None when they
+        cannot be listed (the server does not answer)."""
+        import psycopg
+
+        if self.status().pid is None:
+            return []
+        try:
+            with psycopg.connect(self.uri("postgres"), autocommit=True, connect_timeout=5,
+                                 application_name="aegisctl local stop") as conn:
+                rows = conn.execute(
+                    "SELECT pid, usename, datname, application_name,"
+                    "       COALESCE(host(client_addr) || ':' || client_port, 'local socket'),"
+                    "       COALESCE(state, ''), backend_start FROM pg_stat_activity"
+                    " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                    " ORDER BY backend_start, pid").fetchall()
+        except (psycopg.Error, OperationFailed) as exc:
+            log.warning("could not list the sessions of the embedded server: %s",
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            return None
+        return [Session(int(r[0]), str(r[1] or ""), str(r[2] or ""), str(r[3] or ""),
+                        str(r[4]), str(r[5]), r[6]) for r in rows]
+
+    def stop_result(self, sessions: list[Session] | None = None, *,
+                    dry_run: bool = False) -> StopResult:
+        """Stop it (or not, on a dry run); `sessions` as listed when the stop was decided."""
+        running = self.status().pid is not None
+        if dry_run:
+            return StopResult(stopped=False, data_dir=str(self.data_dir), dry_run=True,
+                              running=running, sessions=sessions if running else [])
+        stopped = self.stop()
+        return StopResult(stopped=stopped, data_dir=str(self.data_dir), running=stopped,
+                          sessions=sessions if stopped else [])
 
     def uri_result(self, database: str | None = None) -> ServerUri:
         """The URI of the running server (started if needed)."""

@@ -10,6 +10,7 @@ janitor from a template. Tests use `dsn_of(conn)` to point aegisctl at it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -40,6 +41,13 @@ _LEAKY_ENV = ("AEGISCTL_CONFIG", "AEGISCTL_DSN", "AEGISCTL_TARGET", "AEGISCTL_DA
 for _name in [n for n in os.environ if n.startswith("AEGISCTL_")
               and not n.startswith("AEGISCTL_TEST")]:
     del os.environ[_name]
+
+# Session and module fixtures (a Patroni cluster, a pooler) run before any test's own state folder
+# exists: without this they would write their locks and check snapshots into the machine's
+# default state folder (/var/lib/aegisctl as root), shared with a real installation's.
+_SESSION_STATE = tempfile.mkdtemp(prefix="aegisctl-test-state-")
+os.environ["AEGISCTL_STATE_DIR"] = _SESSION_STATE
+atexit.register(shutil.rmtree, _SESSION_STATE, True)
 
 
 @pytest.fixture(autouse=True)

@@ -111,6 +111,11 @@ def _check_property(aegis_db, tmp_path_factory, rows, batch) -> None:
             conn.execute("INSERT INTO decision_outcomes (decision_id, task_context,"
                          " alternatives, chosen_option, reasoning)"
                          " VALUES (%s, 'x', '[]', 'a', 'b')", (n + 1,))
+    # One live row always stays: a policy that would empty the table is refused (its own
+    # test is test_cleanup_emptying.py); this property is about which rows go.
+    live = len(rows) + 1
+    conn.execute("INSERT INTO episodic_memory (id, event_type, summary, importance,"
+                 " \"timestamp\") VALUES (%s, 'task', 'live', 'low', %s)", (live, NOW))
     cutoff = subtract_age(NOW, CalendarAge(months=6))
     expected_gone = {n + 1 for n, (hours, importance, ref) in enumerate(rows)
                      if NOW - dt.timedelta(hours=hours) < cutoff
@@ -121,7 +126,7 @@ def _check_property(aegis_db, tmp_path_factory, rows, batch) -> None:
     assert report.policies[0].expired_rows == len(expected_gone)
     report = run_cleanup(loaded, "primary", conn, CleanupOptions(now=NOW))
     remaining = {r[0] for r in conn.execute("SELECT id FROM episodic_memory").fetchall()}
-    assert remaining == set(range(1, len(rows) + 1)) - expected_gone
+    assert remaining == set(range(1, live + 1)) - expected_gone
     assert report.policies[0].total_deleted == len(expected_gone)
     assert {r["id"] for r in _archived(tmp / "archive")} == expected_gone
     assert len(_archived(tmp / "archive")) == len(expected_gone)
@@ -401,13 +406,14 @@ def test_a_batch_whose_commit_fails_is_not_archived(aegis_db, tmp_path) -> None:
     for n in range(1, 6):
         conn.execute("INSERT INTO events VALUES (%s, %s, %s)",
                      (n, NOW - dt.timedelta(days=100 - n), n == 3))
+    conn.execute("INSERT INTO events VALUES (6, %s, false)", (NOW,))  # live: not emptied
     loaded = _loaded(tmp_path, {"events": {"table": "events", "column": "at", "max_age": "30d",
                                            "archive": True}}, batch_size=1, min_batch_size=1)
     report = run_cleanup(loaded, "primary", conn, CleanupOptions(now=NOW))
     policy = report.policies[0]
     assert policy.status == "failed" and "poisoned row 3" in (policy.error or "")
     assert not report.ok
-    assert [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")] == [3, 4, 5]
+    assert [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")] == [3, 4, 5, 6]
     assert sorted(r["id"] for r in _archived(tmp_path / "archive")) == [1, 2]
     assert policy.archived_rows == 2
 

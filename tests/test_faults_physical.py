@@ -299,6 +299,8 @@ def test_the_erasure_horizon_counts_physical_base_backups_and_wal(
         "table": "events", "column": "created_at", "max_age": "30d"}}}
     path = env.base / "a-cleanup.yaml"
     path.write_text(yaml.safe_dump(config))
+    with env.a.connect() as conn:  # one live row: a policy that would empty it is refused
+        conn.execute("INSERT INTO events (created_at) VALUES (now())")
     before = dt.datetime.now(dt.UTC)
     result = run(cli, path, "cleanup", "run", "--yes", "--format", "json")
     assert result.exit_code == 0, result.output

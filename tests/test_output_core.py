@@ -54,7 +54,7 @@ def test_local_commands_json(cli, spare_dir: Path) -> None:
     table = cli("--data-dir", data, "local", "status").stdout
     assert "running" in table and data in table
     stopped = json.loads(cli("--data-dir", data, "-f", "json", "local", "stop").stdout)
-    assert stopped == {"stopped": True, "data_dir": data}
+    assert stopped == {"stopped": True, "data_dir": data, "dry_run": False, "sessions": []}
     again = json.loads(cli("--data-dir", data, "local", "stop", "-f", "json").stdout)
     assert again["stopped"] is False
 

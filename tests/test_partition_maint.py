@@ -129,6 +129,9 @@ def test_the_13_month_policy_retires_whole_months_of_a_converted_table(aegis_db,
     for n in range(3):
         for day in (3, 20):
             _usage(aegis_db, add_months(legacy_upper, n).replace(day=day).isoformat())
+    # One row that outlives both runs: a policy that would empty its table is refused.
+    live_at = add_months(legacy_upper, 3).replace(day=20)
+    _usage(aegis_db, live_at.isoformat())
     cfg = partition_config(tmp_path / "aegisctl.yaml", dsn_of(aegis_db), cleanup={
         "policies": {"api_usage_events": {"table": "api_usage_events", "column": "created_at",
                                           "max_age": "13mo"}}})
@@ -156,7 +159,8 @@ def test_the_13_month_policy_retires_whole_months_of_a_converted_table(aegis_db,
     months = [f"api_usage_events_p{add_months(legacy_upper, n):%Y_%m}" for n in range(3)]
     assert dropped == sorted(["api_usage_events_legacy", *months])
     assert policy.deleted_rows == 0 and policy.partition_rows > 0
-    assert aegis_db.execute("SELECT count(*) FROM api_usage_events").fetchone() == (0,)
+    assert aegis_db.execute("SELECT created_at FROM api_usage_events").fetchall() == [
+        (live_at,)]
     # The parent lives on, its sequence too (owned by the parent, not the legacy partition).
     new_id = aegis_db.execute("INSERT INTO api_usage_events (customer_id, endpoint, method,"
                               " status_code) VALUES ('n', '/n', 'GET', 200) RETURNING id"

@@ -116,7 +116,7 @@ def test_config_rejects_bad_jobs(job: dict[str, object], fragment: str) -> None:
 @pytest.mark.parametrize("command", [
     "backup prune", "backup restore --latest --force", "cleanup run",
     "maint vacuum --full", "memory reembed", "backup physical prune",
-    "backup physical disable", "backup physical enable --restart"])
+    "backup physical disable", "backup physical enable --restart", "local stop"])
 def test_destructive_commands_need_yes_in_a_schedule(command: str) -> None:
     """Derived from the commands' own marks: every command that would ask needs --yes."""
     from aegisctl.cli.command_tree import check_schedule_commands

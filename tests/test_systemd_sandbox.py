@@ -68,6 +68,9 @@ def test_each_unit_runs_with_only_its_read_write_paths_writable(
         tmp_path: Path) -> None:
     aegis_db.execute("INSERT INTO container_metrics (container_name, cpu_percent, \"timestamp\")"
                      " SELECT 'c', 1, now() - interval '90 days' FROM generate_series(1, 50)")
+    # One live row: a policy that would empty its table is refused without --allow-emptying.
+    aegis_db.execute("INSERT INTO container_metrics (container_name, cpu_percent) VALUES"
+                     " ('live', 1)")
     aegis_db.commit()
     env_file = tmp_path / "aegisctl.env"
     env_file.write_text("AEGIS_UNUSED_SECRET=x\n")
@@ -110,7 +113,8 @@ def test_each_unit_runs_with_only_its_read_write_paths_writable(
     assert statuses == [("backup", "succeeded"), ("cleanup", "succeeded"),
                         ("vacuum", "succeeded")]
     assert list((tmp_path / "archive").rglob("*.jsonl.gz"))
-    assert aegis_db.execute("SELECT count(*) FROM container_metrics").fetchone() == (0,)
+    assert aegis_db.execute("SELECT container_name FROM container_metrics").fetchall() == [
+        ("live",)]
 
 
 def test_units_carry_the_data_dir_secrets_and_the_running_aegisctl(cli, write_config,

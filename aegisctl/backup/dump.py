@@ -35,6 +35,7 @@ from aegisctl.backup.store import (
     remove_path,
     sha256_file,
 )
+from aegisctl.backup.systems import read_system_id, warn_if_shared
 from aegisctl.backup.tools import PgTools, child_conninfo, choose_pg_dump
 from aegisctl.children import die_with_parent, exit_cause
 from aegisctl.config import LoadedConfig
@@ -213,6 +214,7 @@ def create_backup(
     conn = connect(loaded, target, "backup create", "maintenance", autocommit=False)
     with conn:
         num, human = server_version(conn)
+        system_id = read_system_id(conn)
         tools = choose_pg_dump(settings.pg_dump_path, num // 10000)
         from psycopg import IsolationLevel
 
@@ -284,7 +286,7 @@ def create_backup(
             tables=counts, globals_file=globals_file,
             encryption={"algorithm": crypto.ALGORITHM, "key_id": key.key_id,
                         "chunk_size": crypto.CHUNK_SIZE} if key else None,
-            aegisctl_version=__version__,
+            system_id=system_id, aegisctl_version=__version__,
         )
         if settings.remote is not None:
             manifest.remote.status = "pending"
@@ -305,6 +307,7 @@ def create_backup(
             for _source, dest in staged:
                 remove_path(dest)  # renamed before the manifest could follow
         raise
+    warn_if_shared({m.id: m.system_id for m in store.manifests()}, system_id, store.folder)
     return manifest
 
 

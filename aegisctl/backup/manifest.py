@@ -114,6 +114,9 @@ class BackupManifest:
     remote_check: RemoteCheck | None = None
     pinned: bool = False
     pinned_at: str | None = None
+    # The dumped cluster's system identifier (pg_control_system()): tells apart the backups of
+    # two databases sharing one folder (systems.py). None in older manifests.
+    system_id: str | None = None
     aegisctl_version: str = ""
     manifest_version: int = MANIFEST_VERSION
 
@@ -274,6 +277,9 @@ def load_manifest(raw: bytes | str, *, expected_id: str | None = None) -> Backup
     _need(data, "size", int)
     _need(data, "label", str, optional=True)
     _need(data, "pinned", bool, optional=True)
+    system_id = _need(data, "system_id", str, optional=True)
+    if system_id is not None and not re.match(r"^[1-9][0-9]{0,19}$", system_id):
+        raise ManifestError("system_id is not a database system identifier")
     try:
         manifest = BackupManifest.from_dict(
             {**data, "files": [asdict(f) for f in files],

@@ -118,35 +118,50 @@ def _status(manifest: BackupManifest | None, state: str) -> str:
     return manifest.verified
 
 
-def _local_candidates(store: BackupStore) -> tuple[list[PruneCandidate], dict[str, str]]:
-    candidates, untouched = [], {}
+def _local_candidates(store: BackupStore) -> tuple[list[PruneCandidate], dict[str, str],
+                                                     dict[str, str | None]]:
+    candidates, untouched, owners = [], {}, {}
     for entry in store.scan():
         if entry.state == MANIFEST_UNREADABLE:
             untouched[entry.id] = "; ".join(entry.problems) + " (look at it by hand)"
             continue
         m = entry.manifest
+        owners[entry.id] = m.system_id if m else None
         candidates.append(PruneCandidate(entry.id, "logical", entry.created,
                                          _status(m, entry.state), bool(m and m.pinned),
                                          entry.state))
-    return candidates, untouched
+    return candidates, untouched, owners
 
 
 def _remote_candidates(store: BackupStore, remote: Remote
-                       ) -> tuple[list[PruneCandidate], dict[str, str]]:
+                       ) -> tuple[list[PruneCandidate], dict[str, str], dict[str, str | None]]:
     from aegisctl.backup.remote import scan_remote
 
     # Pins and verification results live in the local manifests when we have them.
     local = {m.id: m for m in store.manifests()}
-    candidates, untouched = [], {}
+    candidates, untouched, owners = [], {}, {}
     for group in scan_remote(remote):
         if group.state == MANIFEST_UNREADABLE:
             untouched[group.id] = "; ".join(group.problems) + " (look at it by hand)"
             continue
         m = local.get(group.id, group.manifest) if group.manifest else None
+        owners[group.id] = m.system_id if m else None
         candidates.append(PruneCandidate(group.id, "logical", group.created,
                                          _status(m, group.state), bool(m and m.pinned),
                                          group.state))
-    return candidates, untouched
+    return candidates, untouched, owners
+
+
+def _own(loaded: LoadedConfig, target: Target, plan: PrunePlan,
+         candidates: list[PruneCandidate], owners: dict[str, str | None]
+         ) -> list[PruneCandidate]:
+    """The candidates of the target's own database system; another system's backups in the
+    same folder go to `untouched` and do not count toward this one's policy (systems.py)."""
+    from aegisctl.backup.systems import foreign_backups
+
+    foreign = foreign_backups(loaded, target, owners)
+    plan.untouched.update(foreign)
+    return [c for c in candidates if c.id not in foreign]
 
 
 def _decide(plan: PrunePlan, candidates: list[PruneCandidate], policy: Any,
@@ -199,8 +214,8 @@ def _plan(loaded: LoadedConfig, target: Target, store: BackupStore, remote: bool
     settings = loaded.settings.backup
     if not remote:
         plan = PrunePlan("local", target.name)
-        candidates, plan.untouched = _local_candidates(store)
-        _decide(plan, candidates, settings.retention, now)
+        candidates, plan.untouched, owners = _local_candidates(store)
+        _decide(plan, _own(loaded, target, plan, candidates, owners), settings.retention, now)
         for kind in EXTRA_KINDS:
             found, untouched = kind.candidates(loaded, target)
             plan.untouched.update(untouched)
@@ -211,8 +226,9 @@ def _plan(loaded: LoadedConfig, target: Target, store: BackupStore, remote: bool
     handle = open_remote(settings.remote, target.name)
     assert settings.remote is not None
     plan = PrunePlan("remote", target.name)
-    candidates, plan.untouched = _remote_candidates(store, handle)
-    _decide(plan, candidates, settings.remote.retention, now)
+    candidates, plan.untouched, owners = _remote_candidates(store, handle)
+    _decide(plan, _own(loaded, target, plan, candidates, owners), settings.remote.retention,
+            now)
     _object_lock(plan, handle, now)
     return plan, handle
 

@@ -326,11 +326,14 @@ class BackupStore:
         """Every local backup with a valid manifest, oldest first."""
         return [e.manifest for e in self.scan(check=False) if e.manifest is not None]
 
-    def latest(self, good_only: bool = False) -> BackupManifest:
+    def latest(self, good_only: bool = False,
+               exclude: set[str] | None = None) -> BackupManifest:
         """The newest local backup whose files are all there (`--latest`); a newer one with
-        missing files is passed over, as `backup list` shows."""
+        missing files is passed over, as `backup list` shows. `exclude`: ids not to pick
+        (another database system's, in a shared folder)."""
         candidates = [e.manifest for e in self.scan() if e.manifest is not None
-                      and e.state == OK and (e.manifest.good or not good_only)]
+                      and e.state == OK and (e.manifest.good or not good_only)
+                      and e.id not in (exclude or set())]
         if not candidates:
             raise UsageError(f"target '{self.target}' has no complete local backup in "
                              f"{self.folder}", hint="see `aegisctl backup list`")

@@ -70,7 +70,14 @@ def _pick(app_state: AppState, backup_id: str | None, latest: bool) -> BackupMan
     store = BackupStore(app_state.config().settings.backup, app_state.target().name)
     if bool(backup_id) == latest:
         raise UsageError("give a backup ID or --latest (one of the two)")
-    return store.latest() if latest else store.load(str(backup_id))
+    if not latest:
+        return store.load(str(backup_id))
+    from aegisctl.backup.systems import foreign_backups
+
+    # The newest of this database's own backups when the folder is shared (systems.py).
+    foreign = foreign_backups(app_state.config(), app_state.target(),
+                              {m.id: m.system_id for m in store.manifests()})
+    return store.latest(exclude=set(foreign))
 
 
 @app.command()

@@ -40,6 +40,10 @@ def run_cmd(
     dry_run: Annotated[bool, dry_run_option("Count what each policy would delete; delete nothing.")] = False,
     yes: Annotated[bool, yes_option("Do not ask for confirmation.")
                    ] = False,
+    allow_emptying: Annotated[bool, typer.Option(
+        "--allow-emptying", help="Let a policy delete every row of its table. Without it such "
+        "a run is refused before anything is deleted (exit 2): a cutoff after the newest row "
+        "is usually a wrong max_age or column.")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
@@ -54,14 +58,21 @@ def run_cmd(
     the batch is deleted. Archives not yet uploaded (when backup.remote is set) are uploaded
     at the end of every run. Exits 1 when a policy failed, 130 when interrupted.
 
+    A policy that would delete every row of its table (no row newer than max_age, none
+    exempt) is refused before anything is deleted, exit 2, unless --allow-emptying; the
+    dry run warns about it.
+
     Examples:
 
       aegisctl cleanup run --dry-run
 
       aegisctl cleanup run --policy container_metrics --yes --format json
+
+      aegisctl cleanup run --policy scratch_events --yes --allow-emptying
     """
     from aegisctl.cli.interrupt import graceful_stop
     from aegisctl.maintenance.joblock import job_lock
+    from aegisctl.retention.emptying import refusal
     from aegisctl.retention.service import CleanupOptions, run_cleanup, select_policies
 
     app_state = state(ctx)
@@ -88,6 +99,9 @@ def run_cmd(
             # What will be touched, before asking (a cron job passes --yes and skips the count).
             preview = run_cleanup(loaded, target.name, conn,
                                   CleanupOptions(policies=names, dry_run=True))
+            emptying = [p.emptying for p in preview.policies if p.emptying]
+            if emptying and not allow_emptying:  # refused before asking, not after
+                raise refusal(emptying)
             if not as_json:
                 output.render(preview, "table")
             total = sum((p.expired_rows or 0) for p in preview.policies)
@@ -100,7 +114,8 @@ def run_cmd(
             stop.callbacks.append(lambda: (maint_conn or conn).cancel_safe()
                                   if phase[0] == "maintenance" else None)
             report = run_cleanup(loaded, target.name, conn,
-                                 CleanupOptions(policies=names, dry_run=dry_run),
+                                 CleanupOptions(policies=names, dry_run=dry_run,
+                                                allow_emptying=allow_emptying),
                                  should_stop=stop, progress=progress,
                                  side_connect=side_connect if progress else None,
                                  maint_conn=maint_conn,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from aegisctl import output
-from aegisctl.cli.context import FormatOption, state
+from aegisctl.cli.context import FormatOption, confirm, state
+from aegisctl.cli.options import asks, dry_run_option, unless_dry_run, yes_option
 
 app = typer.Typer(
     help=(
@@ -35,12 +38,44 @@ def start(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
 
 @app.command()
-def stop(ctx: typer.Context, fmt: FormatOption = None) -> None:
+@asks(unless_dry_run)
+def stop(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, dry_run_option(
+        "Say whether it runs and which sessions a stop would disconnect; stop nothing.")
+    ] = False,
+    yes: Annotated[bool, yes_option("Do not ask before disconnecting connected sessions.")
+                   ] = False,
+    fmt: FormatOption = None,
+) -> None:
     """Stop the embedded server (fast shutdown: open sessions are disconnected).
 
-    Example: aegisctl local stop
+    When clients are connected it first says how many and which (pid, user, application,
+    client address, database), then asks; without a terminal it needs --yes (exit 2
+    otherwise, nothing stopped). With nobody connected it stops without asking.
+
+    Examples:
+
+      aegisctl local stop
+
+      aegisctl local stop --dry-run --format json
+
+      aegisctl local stop --yes
     """
-    output.render(_server(ctx).stop_result(), state(ctx).fmt(fmt))
+    server = _server(ctx)
+    sessions = server.sessions()
+    if not dry_run and not yes and sessions != []:  # with --yes the result lists them
+        if sessions is None:
+            question = ("Could not list the sessions connected to the embedded server; stop it "
+                        "anyway (any session is disconnected)?")
+        else:
+            output.print_status(f"{len(sessions)} session(s) connected to the embedded server "
+                                f"({server.data_dir}) would be disconnected:")
+            for session in sessions:
+                output.print_status(f"  {session.describe()}")
+            question = f"Stop the embedded server and disconnect {len(sessions)} session(s)?"
+        confirm(question, yes)
+    output.render(server.stop_result(sessions, dry_run=dry_run), state(ctx).fmt(fmt))
 
 
 @app.command()

@@ -191,23 +191,57 @@ def vector_index_cmd(
     parallel_workers: Annotated[int | None, typer.Option(
         "--parallel-workers", min=0, help="max_parallel_maintenance_workers for the build.")
     ] = None,
+    tune: Annotated[bool, typer.Option(
+        "--tune", help="Instead of rebuilding: find the smallest hnsw.ef_search (and "
+        "hnsw.iterative_scan) meeting --target-recall on the filter shapes of "
+        "checks.vector_recall.filters and on unfiltered search, with each step's latency; "
+        "applied with --yes (ALTER DATABASE ... SET).")] = False,
+    target_recall: Annotated[float, typer.Option(
+        "--target-recall", metavar="RATIO", help="--tune: the recall@10 every shape must "
+        "reach.")] = 0.95,
+    sample: Annotated[int | None, typer.Option(
+        "--sample", metavar="N", min=1, help="--tune: stored vectors used as queries per "
+        "shape (default: checks.vector_recall.sample, at least 10).")] = None,
+    yes: Annotated[bool, yes_option("--tune: apply the chosen settings.")] = False,
     dry_run: DryRun = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
-    """Rebuild HNSW indexes concurrently with new parameters and report the build time.
+    """Rebuild HNSW indexes concurrently with new parameters and report the build time; or,
+    with --tune, tune the search settings for the filters the agent uses.
 
     A new index is built beside the old one (searches keep working), then replaces it.
+
+    --tune measures recall@10 (against exact search under the same filter), the share of
+    short results and the latency of each step of hnsw.ef_search, without and with
+    iterative scans, and chooses the smallest ef_search meeting --target-recall. Without
+    --yes (or with --dry-run) nothing changes; with --yes the choice becomes the database's
+    default through ALTER DATABASE ... SET (the config file is not written).
 
     Examples:
 
       aegisctl maint vector-index --table episodic_memory --m 24 --ef-construction 128
 
       aegisctl maint vector-index --dry-run
+
+      aegisctl maint vector-index --tune --target-recall 0.95
+
+      aegisctl maint vector-index --tune --yes
     """
     from aegisctl.errors import UsageError
     from aegisctl.maintenance.vector import rebuild_vector_indexes
     from aegisctl.units import parse_size
+
+    if tune:
+        if m is not None or ef_construction is not None or maintenance_work_mem is not None \
+                or parallel_workers is not None:
+            raise UsageError("--tune changes search settings, not the index: leave out --m, "
+                             "--ef-construction, --maintenance-work-mem and --parallel-workers")
+        _tune(ctx, table, index, target_recall, sample, yes and not dry_run, dry_run,
+              wait_lock, fmt)
+        return
+    if yes or sample is not None:
+        raise UsageError("--yes and --sample go with --tune")
 
     memory = None
     if maintenance_work_mem is not None:
@@ -222,6 +256,32 @@ def vector_index_cmd(
                                         maintenance_work_mem=memory,
                                         parallel_workers=parallel_workers)
     _finish(result, app_state, fmt)
+
+
+def _tune(ctx: typer.Context, table: str | None, index: str | None, target: float,
+          sample: int | None, apply: bool, dry_run: bool, wait_lock: float, fmt: Any) -> None:
+    from aegisctl.diagnostics.filtered_recall import hnsw_indexes
+    from aegisctl.diagnostics.vectors import vector_inventory
+    from aegisctl.errors import UsageError
+    from aegisctl.maintenance.vector_tune import tune_vector_search
+
+    app_state = state(ctx)
+    settings = app_state.config().settings
+    recall = settings.checks.vector_recall
+    with _maint(app_state, "vector-index --tune", not apply, wait_lock) as mctx:
+        _, inventory = vector_inventory(mctx.conn, settings, counts=False)
+        chosen = [i for i in hnsw_indexes(inventory, table)
+                  if index is None or index in (i["index"], f"{i['schema']}.{i['index']}")]
+        if not chosen:
+            raise UsageError("no valid HNSW index " + (f"'{index}'" if index else "")
+                             + (f" on table '{table}'" if table else ""))
+        result = tune_vector_search(mctx.conn, chosen, recall.filters, target=target,
+                                    sample=sample or max(10, recall.sample), apply=apply)
+    if dry_run:
+        result.notes.append("dry run: nothing was changed")
+    output.render(result, app_state.fmt(fmt))
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
 
 
 @app.command("status")

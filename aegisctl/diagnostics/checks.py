@@ -57,6 +57,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.pooler_checks",
     "aegisctl.diagnostics.retention_checks",
     "aegisctl.diagnostics.leftover_checks",
+    "aegisctl.diagnostics.version_checks",
 ]
 
 

@@ -37,6 +37,8 @@ METRICS = {
     "vector_indexes_invalid": "aegisctl_vector_indexes_invalid",
     "vector_indexes_unused": "aegisctl_vector_indexes_unused",
     "vector_recall": "aegisctl_vector_recall_ratio",
+    "known_bad_versions": "aegisctl_known_bad_versions",
+    "vector_recall_filtered": "aegisctl_vector_recall_filtered_ratio",
     "table_bloat": "aegisctl_table_bloat_bytes",
     "index_bloat": "aegisctl_index_bloat_bytes",
     "sequences": "aegisctl_sequence_used_ratio",

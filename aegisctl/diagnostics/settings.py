@@ -6,8 +6,9 @@ Imports nothing but the config types, so loading the config stays cheap.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
-from typing import Annotated
+from typing import Annotated, Literal
 
 from aegisctl.errors import ConfigError
 
@@ -62,6 +63,22 @@ class DatabaseSizeThreshold:
 
 
 @dataclass
+class FilterShape:
+    """One filter the agent searches its memory with (`checks.vector_recall.filters`): every
+    condition given must hold (AND). vector_recall_filtered and `maint vector-index --tune`
+    measure HNSW under it."""
+
+    name: str
+    # episodic | semantic; unset: every memory table the conditions exist on.
+    kind: Literal["episodic", "semantic"] | None = None
+    tag: str | None = None  # tags @> ARRAY[tag]
+    context: dict[str, str] = field(default_factory=dict)  # episodic context @> {key: value}
+    since: Duration | None = None  # the last N: the table's time column >= now() - since
+    event_type: str | None = None  # episodic only
+    category: str | None = None  # semantic only
+
+
+@dataclass
 class RecallThreshold:
     warning: float = 0.90
     critical: float = 0.80
@@ -70,6 +87,8 @@ class RecallThreshold:
     # Each sampled query also runs exactly (a full scan): indexes on tables with more rows
     # (estimated) are skipped; run `--only vector_recall` less often and raise this for them.
     max_rows: int = 100_000
+    # The filter shapes vector_recall_filtered measures (and --tune tunes for).
+    filters: list[FilterShape] = field(default_factory=list)
 
 
 @dataclass
@@ -205,5 +224,40 @@ def check_thresholds(settings: ChecksSettings, origin: str) -> None:
         problems.append("checks.vector_recall.sample: must be 0 (off) or more")
     if settings.vector_recall.max_rows < 0:
         problems.append("checks.vector_recall.max_rows: must be 0 or more")
+    problems += filter_shape_problems(settings.vector_recall.filters)
     if problems:
         raise ConfigError(f"{origin}: {problems[0]}")
+
+
+_SHAPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def filter_shape_problems(shapes: list[FilterShape]) -> list[str]:
+    problems = []
+    seen: set[str] = set()
+    for index, shape in enumerate(shapes):
+        key = f"checks.vector_recall.filters[{index}]"
+        if not _SHAPE_NAME.match(shape.name):
+            problems.append(f"{key}.name: 1-63 letters, digits, '_', '.' or '-', got "
+                            f"{shape.name!r}")
+        elif shape.name in seen:
+            problems.append(f"{key}.name: '{shape.name}' is used twice")
+        seen.add(shape.name)
+        if not (shape.tag or shape.context or shape.since or shape.event_type
+                or shape.category):
+            problems.append(f"{key} ({shape.name}): give at least one condition: tag, context, "
+                            "since, event_type or category")
+        episodic = bool(shape.context or shape.event_type)
+        if episodic and shape.category:
+            problems.append(f"{key} ({shape.name}): context/event_type exist on episodic "
+                            "memories and category on semantic ones: no memory has both")
+        elif shape.kind == "semantic" and episodic:
+            problems.append(f"{key} ({shape.name}): context and event_type exist only on "
+                            "episodic memories (kind: episodic)")
+        elif shape.kind == "episodic" and shape.category:
+            problems.append(f"{key} ({shape.name}): category exists only on semantic memories")
+        if shape.since is not None and shape.since <= 0:
+            problems.append(f"{key}.since: a positive duration like 7d")
+        if any(not k for k in shape.context):
+            problems.append(f"{key}.context: keys cannot be empty")
+    return problems

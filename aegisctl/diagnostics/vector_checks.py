@@ -182,3 +182,83 @@ def vector_recall(ctx: CheckContext) -> CheckResult:
                  message=f"lowest recall@{RECALL_K}: {recall:.2f} on {name} ({len(measured)} "
                          f"index(es), {t.sample} queries each, ef_search "
                          f"{ctx.loaded.settings.search.ef_search}){unmeasured}")
+
+
+def _fix_hint(served: str, best_mode: str | None, best: float | None) -> str:
+    if best_mode and best_mode != served and best is not None:
+        return (f"with hnsw.iterative_scan = {best_mode}: {best:.2f}; fix: `aegisctl maint "
+                f"vector-index --tune --yes` (or ALTER DATABASE ... SET hnsw.iterative_scan = "
+                f"{best_mode}, or the agent sets it per query)")
+    return ("iterative scans do not fix it: raise hnsw.ef_search / hnsw.max_scan_tuples "
+            "(`aegisctl maint vector-index --tune`), or search this filter exactly (aegisctl's "
+            "search does below search.exact_below matching rows)")
+
+
+@register_check("vector_recall_filtered", "lowest HNSW recall@10 under the configured filter "
+                "shapes (checks.vector_recall.filters), at the database's hnsw settings")
+def vector_recall_filtered(ctx: CheckContext) -> CheckResult:
+    from aegisctl.diagnostics.advice import vector_schema
+    from aegisctl.diagnostics.filtered_recall import (
+        MODES,
+        build_cases,
+        database_hnsw_settings,
+        hnsw_indexes,
+        prepare_case,
+        run_case,
+    )
+    from aegisctl.memory.search.pg import pgvector_version
+
+    t = ctx.settings.vector_recall
+    if not t.filters:
+        raise CheckSkipped("no filter shapes configured (checks.vector_recall.filters)")
+    if t.sample == 0:
+        raise CheckSkipped("checks.vector_recall.sample is 0")
+    schema = vector_schema(ctx.db)
+    indexes = [i for i in hnsw_indexes(_vector_indexes(ctx))
+               if ((_column(ctx, i) or {}).get("rows") or 0) <= t.max_rows]
+    cases = build_cases(indexes, t.filters)
+    if schema is None or not cases:
+        raise CheckSkipped("no valid HNSW index on a memory table the filter shapes apply to "
+                           f"(with at most checks.vector_recall.max_rows = {t.max_rows} rows)")
+    served = database_hnsw_settings(ctx.db)
+    ef_search = int(served["ef_search"] or 40)
+    iterative = pgvector_version(ctx.db) >= (0, 8)
+    served_mode = (served["iterative_scan"] or "off") if iterative else "off"
+    own = _own_tally(ctx)
+    rows: list[tuple[float, str, str]] = []
+    try:
+        for case in cases:
+            prepare_case(ctx.db, schema, case, t.sample)
+            if not any(case.exact):
+                continue
+            measured = {mode: run_case(ctx.db, schema, case, ef_search, mode, None, iterative)
+                        for mode in (MODES if iterative else ("off",))}
+            here = measured[served_mode]
+            if here.recall is None:
+                continue
+            text = (f"{case.label} ({case.matching_rows} matching rows): recall "
+                    f"{here.recall:.2f}, {here.short_share:.0%} of results short")
+            if here.recall < t.warning:
+                best_mode, best = max(((m, r.recall) for m, r in measured.items()
+                                       if r.recall is not None), key=lambda x: x[1])
+                text += "; " + _fix_hint(served_mode, best_mode, best)
+            if case.plan_uses_index is False:
+                text += "; the planner did not use the HNSW index under this filter"
+            rows.append((here.recall, case.label, text))
+    finally:
+        for case in cases:
+            add_own_scans(own[_key(case.index)], {"own_index_scans": case.own_index_scans,
+                                                  "own_seq_scans": case.own_seq_scans})
+        save_snapshot(ctx, SNAPSHOT, own)
+    if not rows:
+        raise CheckSkipped("no filter shape matches any stored memory")
+    rows.sort()
+    flagged = [text for recall, _, text in rows if recall < t.warning]
+    setting = (f"hnsw.ef_search {ef_search}, hnsw.iterative_scan {served_mode} (the database's "
+               f"settings), {t.sample} queries per shape")
+    if flagged:
+        message = f"below {t.warning:g}: " + " | ".join(flagged) + f" [{setting}]"
+    else:
+        message = f"lowest: {rows[0][2]} ({len(rows)} shape(s); {setting})"
+    return grade("vector_recall_filtered", rows[0][0], t.warning, t.critical,
+                 lower_is_worse=True, minimum=0, maximum=1, message=message)

@@ -143,15 +143,19 @@ def measure_recall(conn: psycopg.Connection[Any], schema: str, index: dict[str, 
                 key=key, table=table), (sample,))
         before = first.fetchone()
         vectors = [r[0] for r in sampled.fetchall()]
-        # All approximate searches, then all exact ones.
+        # All approximate searches, then all exact ones. Never prepared: psycopg prepares a
+        # statement run 5 times, and the server may then reuse a plan made under the other
+        # phase's settings (the exact scan answering for the index, or the reverse).
         with conn.pipeline():
             conn.execute("SELECT set_config('enable_seqscan', 'off', true), "
                          "set_config('enable_indexscan', 'on', true)")
-            approx_cursors = [conn.cursor().execute(search, (v,)) for v in vectors]
+            approx_cursors = [conn.cursor().execute(search, (v,), prepare=False)
+                              for v in vectors]
             conn.execute("SELECT set_config('enable_seqscan', 'on', true), "
                          "set_config('enable_indexscan', 'off', true), "
                          "set_config('enable_bitmapscan', 'off', true)")
-            exact_cursors = [conn.cursor().execute(search, (v,)) for v in vectors]
+            exact_cursors = [conn.cursor().execute(search, (v,), prepare=False)
+                             for v in vectors]
             last = conn.cursor().execute(scans, names)
         approx = [{row[0] for row in c.fetchall()} for c in approx_cursors]
         exact = [{row[0] for row in c.fetchall()} for c in exact_cursors]

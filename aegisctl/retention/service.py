@@ -33,6 +33,7 @@ from aegisctl.retention.archive import (
     upload_pending_archives,
 )
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
+from aegisctl.retention.emptying import FLAG, refusal, warning, would_empty
 from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon, physical_holding
 from aegisctl.retention.policy import ResolvedPolicy, resolve_policy
 from aegisctl.retention.settings import effective_policies
@@ -81,6 +82,7 @@ class PolicyResult:
     vacuumed: bool = False
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    emptying: str | None = None  # the warning when the policy would delete every row
 
     @property
     def total_deleted(self) -> int:
@@ -109,7 +111,7 @@ class PolicyResult:
             "uploaded": self.uploaded,
             "partition_archives": [a.to_json() for a in self.partition_archives],
             "reindexed": self.reindexed, "vacuumed": self.vacuumed,
-            "error": self.error, "notes": self.notes,
+            "error": self.error, "notes": self.notes, "empties_table": bool(self.emptying),
         }
 
 
@@ -211,6 +213,9 @@ class CleanupOptions:
     policies: list[str] | None = None
     dry_run: bool = False
     now: dt.datetime | None = None  # default: the server's clock
+    # A policy that would delete every row of its table runs only with this (--allow-emptying):
+    # that is more often a wrong max_age or column than an intent.
+    allow_emptying: bool = False
 
 
 def select_policies(loaded: LoadedConfig, names: list[str] | None) -> list[str]:
@@ -248,6 +253,9 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
     resolved = [resolve_policy(conn, n, policies[n]) for n in names]
     now_row = conn.execute("SELECT now()").fetchone()
     now = options.now or (now_row[0] if now_row else dt.datetime.now(dt.UTC))
+    emptying = {p.name: warning(p) for p in resolved if would_empty(conn, p, p.cutoff(now))}
+    if emptying and not options.dry_run and not options.allow_emptying:
+        raise refusal(list(emptying.values()))  # before anything is deleted
     report = CleanupReport(target=target_name, dry_run=options.dry_run, started_at=started)
     pacer = Pacer(settings.cleanup, conn, should_stop, progress)
     maint = MaintContext(conn=maint_conn or conn, settings=settings.maintenance, should_stop=should_stop,
@@ -257,6 +265,10 @@ def run_cleanup(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection
         result = PolicyResult(policy.name, policy.table.qualified, policy.column,
                               str(policy.age), cutoff=policy.cutoff(now))
         report.policies.append(result)
+        result.emptying = emptying.get(policy.name)
+        if result.emptying:
+            result.notes.append(f"warning: {result.emptying}" + (
+                "" if options.allow_emptying else f"; a real run needs {FLAG}"))
         if should_stop() or report.stopped:
             result.status = "skipped"
             continue
