@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ class HaPhysical:
     loaded: Any
     target: Any
     engine: Any
+    config: Path = field(default_factory=Path)
     events: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -57,7 +59,6 @@ def ha(patroni_cluster: PatroniCluster) -> Iterator[HaPhysical]:  # noqa: F811
     from aegisctl.backup.physical.backups import create_physical
     from aegisctl.backup.physical.engine import engine_for
     from aegisctl.backup.physical.setup import enable_physical
-    from aegisctl.backup.physical.wal import stream_wal
     from aegisctl.config import load_config
     from aegisctl.targets import resolve_target
 
@@ -83,11 +84,9 @@ def ha(patroni_cluster: PatroniCluster) -> Iterator[HaPhysical]:  # noqa: F811
     target = resolve_target(loaded, "cluster", env={})
     result = enable_physical(loaded, target)
     assert result.configured, result.to_json()
-    env = HaPhysical(cluster, loaded, target, engine_for(loaded, target))
+    env = HaPhysical(cluster, loaded, target, engine_for(loaded, target), config)
     # The streamer has a target of its own, as a separate process would.
-    env.thread = threading.Thread(
-        target=stream_wal, args=(loaded, env.fresh_target()),
-        kwargs={"stop": env.stop, "on_event": env.events.append}, daemon=True)
+    env.thread = threading.Thread(target=_stream, args=(env,), daemon=True)
     env.thread.start()
     try:
         wait_for("the streamer on the leader", lambda: env.slot_active_on(cluster.leader()), 90)
@@ -95,7 +94,8 @@ def ha(patroni_cluster: PatroniCluster) -> Iterator[HaPhysical]:  # noqa: F811
         yield env
     finally:
         env.stop.set()
-        env.thread.join(120)
+        if env.thread is not None:
+            env.thread.join(120)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -169,6 +169,59 @@ def test_after_a_kill_9_failover_the_next_backup_is_full_and_a_drill_crosses_the
                        to_time=to_time, expected_counts={"public.mem": count})
     assert report.ok, report.to_json()
     assert report.row_counts["public.mem"] == count
+
+
+def test_check_names_a_gap_in_the_archive_and_the_next_incremental_is_full(
+        ha: HaPhysical, cli: Any) -> None:
+    """WAL lost from the archive (a segment removed, as a failed disk would): `check` and `wal
+    status` name the missing segment and its LSN range, and the chain cannot continue."""
+    import json
+
+    from aegisctl.backup.physical.backups import create_physical, list_physical
+    from aegisctl.backup.physical.timelines import parse_segment
+    from aegisctl.backup.physical.wal import switch_and_archive, wal_status
+
+    checked = cli("--config", str(ha.config), "check", "--only", "physical_backups",
+                  "--format", "json")
+    results = {r["name"]: r for r in json.loads(checked.stdout)["targets"][0]["checks"]}
+    assert results["wal_archive_gaps"]["status"] == "OK", results
+    for _ in range(3):  # segments after the newest backup, one of which goes missing
+        switch_and_archive(ha.engine)
+    ha.stop.set()  # Barman's archiver must not append while its catalogue is edited
+    assert ha.thread is not None
+    ha.thread.join(120)
+    newest = max((b for b in list_physical(ha.engine) if b.usable), key=lambda b: b.id)
+    begin = parse_segment(newest.begin_wal or "")
+    segments = sorted(n for n in ha.archived() if parse_segment(n))
+    victim = segments[-2]
+    assert begin is not None and parse_segment(victim)[1] > begin[1]  # type: ignore[index]
+    xlog = ha.engine.server_dir / "wals" / f"{ha.engine.server}-xlog.db"
+    xlog.write_text("".join(line for line in xlog.read_text().splitlines(keepends=True)
+                            if not line.startswith(victim)))
+    (ha.engine.server_dir / "wals" / victim[:16] / victim).unlink()
+    checked = cli("--config", str(ha.config), "check", "--only", "physical_backups",
+                  "--format", "json")
+    results = {r["name"]: r for r in json.loads(checked.stdout)["targets"][0]["checks"]}
+    gap = results["wal_archive_gaps"]
+    assert gap["status"] == "CRITICAL" and victim in gap["message"], gap
+    assert "1 WAL segment(s) missing" in gap["message"] and "LSN" in gap["message"]
+    status = wal_status(ha.loaded, ha.fresh_target())
+    assert [g["first_segment"] for g in status.gaps] == [victim]
+    assert any(victim in p for p in status.problems), status.problems
+    # The streamer is stopped: a backup refuses to start without it, so restart it briefly.
+    ha.stop = threading.Event()
+    ha.thread = threading.Thread(target=_stream, args=(ha,), daemon=True)
+    ha.thread.start()
+    wait_for("the streamer", lambda: ha.slot_active_on(ha.cluster.leader()), 90)
+    backup = create_physical(ha.loaded, ha.fresh_target(), incremental=True)
+    assert backup.backup.type == "full" and backup.full_reason
+    assert "gap" in backup.full_reason and victim in backup.full_reason
+
+
+def _stream(ha: HaPhysical) -> None:
+    from aegisctl.backup.physical.wal import stream_wal
+
+    stream_wal(ha.loaded, ha.fresh_target(), stop=ha.stop, on_event=ha.events.append)
 
 
 def test_a_gap_is_named_by_segment_range_and_lsn_range_across_timelines() -> None:

@@ -33,6 +33,7 @@ class PhysicalMeasurements:
     # newest gap, named, with whether the newest backup's recovery needs what is missing.
     timeline: int | None = None
     wal_gap: str | None = None
+    wal_gap_segments: int = 0  # missing, over every gap
     wal_gap_after_newest_backup: bool = False
 
     def problems(self) -> list[tuple[str, str]]:
@@ -123,6 +124,7 @@ def _measure_archive(engine: Engine, result: PhysicalMeasurements) -> None:
         return
     gap = gaps[-1]
     result.wal_gap = gap.describe()
+    result.wal_gap_segments = sum(g.last - g.first + 1 for g in gaps)
     begins = [parse_segment(b.begin_wal or "") for b in list_physical(engine) if b.usable]
     newest = max((pos[1] for pos in begins if pos), default=None)
     result.wal_gap_after_newest_backup = newest is None or gap.last >= newest
