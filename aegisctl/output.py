@@ -299,6 +299,11 @@ def _console(stderr: bool = False) -> Any:
     return console
 
 
+def stderr_console() -> Any:
+    """The console progress displays draw on (cli.progress): stderr, inert, NO_COLOR."""
+    return _console(stderr=True)
+
+
 def _raise_broken_pipe() -> None:
     raise BrokenPipeError
 

@@ -268,3 +268,45 @@ def test_check_measurements_see_streaming_backups_and_the_drill(
     assert {results[n]["status"] for n in ("wal_streaming", "wal_slot_retained",
                                            "physical_backup_age", "physical_drill_age")} \
         == {"OK"}, results
+
+
+def test_physical_restore_and_drill_replay_the_erasure_ledger(
+        cli: Any, physical_env: PhysicalEnv) -> None:
+    """forget after a physical backup; a point-in-time restore and a drill to a moment before
+    the forget delete the forgotten memories again and say so."""
+    import psycopg
+
+    env = physical_env
+    assert cli("-c", str(env.config), "schema", "init").exit_code == 0
+    with env.connect() as conn:
+        for i in range(6):
+            conn.execute("INSERT INTO episodic_memory (event_type, summary, context) "
+                         "VALUES ('chat', %s, %s::jsonb)",
+                         (f"talk {i}", json.dumps({"agent": "alice" if i % 2 else "bob"})))
+    run_json(cli, env, "backup", "create", "--physical")
+    time.sleep(1.1)
+    moment = dt.datetime.now(dt.UTC)
+    time.sleep(1.1)
+    forgot = run_json(cli, env, "memory", "forget", "--context", "agent=alice", "--reason",
+                      "request", "--yes")
+    assert forgot["deleted"]["episodic"] == 3
+
+    drill = run_json(cli, env, "backup", "drill", "--physical", "--to-time", moment.isoformat())
+    assert drill["ok"], drill
+    assert drill["erasures"]["rows_removed"] == 3
+    assert {c["name"]: c for c in drill["checks"]}["erasure ledger"]["ok"]
+
+    target = env.base / "pitr-forget"
+    restored = run_json(cli, env, "backup", "restore", "--physical", "--to-time",
+                        moment.isoformat(), "--target-dir", str(target))
+    assert restored["erasures"]["rows_removed"] == 3
+    scratch = _Scratch(env.engine, target, 120)
+    try:
+        scratch.start()
+        with psycopg.connect(scratch.conninfo("aegis"), autocommit=True) as conn:
+            left = conn.execute("SELECT count(*) FILTER (WHERE context->>'agent' = 'alice'), "
+                                "count(*) FROM episodic_memory").fetchone()
+            assert left == (0, 3)
+            assert conn.execute("SELECT count(*) FROM aegis_erasures").fetchone() == (3,)
+    finally:
+        scratch.stop()

@@ -38,6 +38,8 @@ from aegisctl.targets import Target
 if TYPE_CHECKING:
     import psycopg
 
+    from aegisctl.memory.ledger import CurrentLedger
+    from aegisctl.memory.replay import ReplayResult
     from aegisctl.output import Block
 
 MAINTENANCE_DATABASES = ("postgres",)
@@ -65,6 +67,10 @@ class RestorePlan:
     referencing: list[ForeignKey] = field(default_factory=list)
     sequences: list[tuple[str, str, str]] = field(default_factory=list)  # (seq, table, column)
     system_database: str | None = None  # why the destination is a system database
+    # The newest erasure ledger (aegisctl.memory.ledger), read and validated before anything
+    # is touched: the restore replays it.
+    ledger: CurrentLedger | None = field(default=None, repr=False)
+    backup_has_ledger: bool = False  # the backup holds aegis_erasures (taken after 0010)
 
     @property
     def holds_data(self) -> bool:
@@ -91,6 +97,10 @@ class RestorePlan:
         elif self.overwritten:
             lines.append(f"the database holds {len(self.overwritten)} table(s): objects that "
                          "exist make the restore fail (pass --clean to replace them)")
+        if self.ledger is not None and self.ledger.ledger.entries:
+            lines.append(f"then replay the erasure ledger ({len(self.ledger.ledger.entries)} "
+                         "entries): memories forgotten after the backup was taken are deleted "
+                         "again")
         return lines
 
     def to_json(self) -> dict[str, Any]:
@@ -108,17 +118,22 @@ class RestoreResult:
     plan: RestorePlan
     dry_run: bool
     restored: bool
+    erasures: ReplayResult | None = None  # the erasure ledger's replay
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.plan.to_json(), "dry_run": self.dry_run, "restored": self.restored}
+        return {**self.plan.to_json(), "dry_run": self.dry_run, "restored": self.restored,
+                "erasures": self.erasures.to_json() if self.erasures else None}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Note
 
         if self.dry_run:
             return [Note("dry run: backup checked readable, nothing was changed")]
-        return [Note(f"restored backup {self.plan.backup_id} into database "
-                     f"'{self.plan.database}'")]
+        blocks: list[Block] = [Note(f"restored backup {self.plan.backup_id} into database "
+                                    f"'{self.plan.database}'")]
+        if self.erasures is not None:
+            blocks += self.erasures.to_view()
+        return blocks
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -180,12 +195,18 @@ def plan_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
     with admin:
         database = target_db or admin.info.dbname
         exists, system = _destination(admin, database)
+        from aegisctl.memory.ledger import current_ledger
+
+        # The newest ledger: the copies beside the backups and on the remote, and the live
+        # database's own (it may be about to be overwritten). A damaged copy stops here.
+        ledger = current_ledger(loaded.settings.backup, target.name, admin)
     if system and not allow_system_db:
         raise UsageError(f"refusing to restore into '{database}': it is {system}",
                          hint="restore into another database with --target-db NAME, or pass "
                               "--into-system-database if that is really what you want")
     plan = RestorePlan(manifest.id, database, not exists, wanted, clean, jobs,
-                       system_database=system)
+                       system_database=system, ledger=ledger,
+                       backup_has_ledger="public.aegis_erasures" in known)
     if exists:
         with connect_to(loaded, target, database, "backup restore") as conn:
             for schema, name, estimate in conn.execute(USER_TABLES).fetchall():
@@ -230,7 +251,10 @@ def connect_to(loaded: LoadedConfig, target: Target, database: str,
 
 
 def run_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
-                plan: RestorePlan, *, force: bool, no_owner: bool = False) -> None:
+                plan: RestorePlan, *, force: bool, no_owner: bool = False
+                ) -> ReplayResult | None:
+    """pg_restore, then the erasure ledger's replay (what it removed, None without a
+    ledger); a database this restore created is dropped again when either fails."""
     if plan.overwritten and not force:
         raise OperationFailed(
             f"database '{plan.database}' holds data ({len(plan.overwritten)} table(s): "
@@ -246,6 +270,7 @@ def run_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
                 sql.Identifier(plan.database)))
     try:
         _restore(loaded, target, manifest, plan, no_owner)
+        return _replay(loaded, target, plan)
     except BaseException as exc:
         if plan.create_database:
             with connect(loaded, target, "backup restore", "maintenance") as admin:
@@ -255,6 +280,32 @@ def run_restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
                 raise OperationFailed(f"{exc.message} (the database '{plan.database}' this "
                                       "restore created was dropped again)") from None
         raise
+
+
+def _replay(loaded: LoadedConfig, target: Target, plan: RestorePlan) -> ReplayResult | None:
+    from aegisctl.memory.replay import replay
+
+    if plan.ledger is None:
+        return None
+    with connect_to(loaded, target, plan.database, "backup restore") as conn:
+        try:
+            # The database's aegis_erasures tells which erasures the backup holds only when
+            # it came from the backup: not after a restore of some tables, nor from a backup
+            # older than the ledger (the live table would be left in place). Then every entry
+            # is replayed.
+            restored = plan.backup_has_ledger and (
+                not plan.tables or "public.aegis_erasures" in plan.tables)
+            return replay(conn, plan.ledger.ledger, plan.ledger.notes,
+                          restored_ledger=restored)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] != "psycopg":
+                raise
+            raise OperationFailed(
+                f"backup {plan.backup_id} was restored into '{plan.database}', but replaying "
+                f"the erasure ledger failed ({str(exc).strip().splitlines()[0]}): memories "
+                "forgotten since the backup may be back",
+                hint="run the restore again, or forget them again with "
+                     "`aegisctl memory forget`") from None
 
 
 def _restore(loaded: LoadedConfig, target: Target, manifest: BackupManifest,

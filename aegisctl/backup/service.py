@@ -21,6 +21,7 @@ from aegisctl.locks import target_lock
 from aegisctl.targets import Target
 
 if TYPE_CHECKING:
+    from aegisctl.memory.ledger import PublishResult
     from aegisctl.output import Block
 
 __all__ = ["BackupListing", "CreateResult", "PrunePlan", "PruneResult", "UploadResult",
@@ -88,6 +89,7 @@ class CreateResult:
     verification: VerifyReport | None = None
     uploads: UploadResult = field(default_factory=UploadResult)
     removed_temporaries: list[str] = field(default_factory=list)
+    erasure_ledger: PublishResult | None = None  # its copy beside the backups / remote
 
     @property
     def uploaded(self) -> list[str]:
@@ -106,7 +108,9 @@ class CreateResult:
         return {**self.manifest.to_dict(), "uploaded_now": self.uploads.uploaded,
                 "upload_error": self.upload_error,
                 "older_upload_errors": {i: e for i, e in self.uploads.failed.items()
-                                        if i != self.manifest.id}}
+                                        if i != self.manifest.id},
+                "erasure_ledger": self.erasure_ledger.to_json() if self.erasure_ledger
+                else None}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Fields
@@ -144,6 +148,11 @@ def run_create(loaded: LoadedConfig, target: Target, options: CreateOptions, *,
         if upload and settings.remote is not None:
             result.uploads = _upload_pending(loaded, target, progress, first=manifest.id)
             result.manifest = store.load(manifest.id)
+        from aegisctl.memory.ledger import publish_with_backup
+
+        # The ledger outlives the database beside its backups: a restore of this backup, or
+        # of an older one, deletes again what it lists.
+        result.erasure_ledger = publish_with_backup(loaded, target, remote=upload)
     return result
 
 

@@ -37,6 +37,8 @@ from aegisctl.testhooks import pause_at
 if TYPE_CHECKING:
     import psycopg
 
+    from aegisctl.memory.ledger import CurrentLedger
+    from aegisctl.memory.replay import ReplayResult
     from aegisctl.output import Block
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ class VerifyReport:
     manifest: BackupManifest
     verification: Verification  # status ok | failed | interrupted
     scratch_database: str | None = None
+    erasures: ReplayResult | None = None  # the erasure ledger replayed into the scratch copy
 
     @property
     def ok(self) -> bool:
@@ -139,7 +142,8 @@ class VerifyReport:
         v = self.verification
         return {"id": self.manifest.id, "ok": self.ok, "status": v.status, "level": v.level,
                 "at": v.at, "problems": v.problems, "checks": v.checks,
-                "scratch_database": self.scratch_database}
+                "scratch_database": self.scratch_database,
+                "erasures": self.erasures.to_json() if self.erasures else None}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Note
@@ -180,6 +184,14 @@ def verify_backup(loaded: LoadedConfig, target: Target, manifest: BackupManifest
     written and checksummed by this process, so its files are only checked to exist."""
     store = BackupStore(loaded.settings.backup, target.name)
     key = crypto.load_key(loaded.settings.backup.encryption) if manifest.encryption else None
+    ledger = None
+    if restore_test:
+        from aegisctl.memory.ledger import current_ledger
+
+        # Read (and validated) before anything runs: a damaged ledger copy is not the
+        # backup's fault, so it stops the command and records nothing against the backup.
+        ledger = current_ledger(loaded.settings.backup, target.name)
+    replayed: list[ReplayResult] = []
     if manifest.encryption:
         path = archive_path(store, manifest)
         if path.is_file():
@@ -204,7 +216,7 @@ def verify_backup(loaded: LoadedConfig, target: Target, manifest: BackupManifest
                 if restore_test and not problems:
                     level = "restore-test"
                     scratch, restored, found = _restore_test(loaded, target, manifest, tools,
-                                                             archive, jobs)
+                                                             archive, jobs, ledger, replayed)
                     problems += found
                     if restored is not None:
                         checks.append(f"restored into scratch database {scratch} (dropped)")
@@ -220,7 +232,7 @@ def verify_backup(loaded: LoadedConfig, target: Target, manifest: BackupManifest
     if level == "restore-test":
         manifest.restore_test = verification
     store.save(manifest)
-    return VerifyReport(manifest, verification, scratch)
+    return VerifyReport(manifest, verification, scratch, replayed[0] if replayed else None)
 
 
 def _interrupted(store: BackupStore, manifest: BackupManifest, level: str, cause: str,
@@ -282,10 +294,13 @@ def drop_leftover_scratch(conn: psycopg.Connection[Any], target: str) -> list[st
 
 
 def _restore_test(loaded: LoadedConfig, target: Target, manifest: BackupManifest,
-                  tools: PgTools, archive: Path, jobs: int
+                  tools: PgTools, archive: Path, jobs: int, ledger: CurrentLedger | None = None,
+                  replayed: list[ReplayResult] | None = None
                   ) -> tuple[str, list[str] | None, list[str]]:
     """(scratch database, checks passed after a successful restore (None: the restore
-    failed), problems). Raises CheckInterrupted when the test could not run to its end."""
+    failed), problems). Raises CheckInterrupted when the test could not run to its end.
+    After the checks, the erasure ledger (with the live database's own rows) is replayed into
+    the scratch copy, as every restore does (its result appended to `replayed`)."""
     import psycopg
     from psycopg import sql
 
@@ -320,7 +335,16 @@ def _restore_test(loaded: LoadedConfig, target: Target, manifest: BackupManifest
                              dbname=scratch) as conn:
                     pause_at("verify.check-restored")
                     passed: list[str] = []
-                    return scratch, passed, _compare(conn, manifest, passed)
+                    problems = _compare(conn, manifest, passed)
+                    if ledger is not None and replayed is not None:
+                        from aegisctl.memory.ledger import read_db_ledger
+                        from aegisctl.memory.replay import replay
+
+                        done = replay(conn, ledger.ledger.merged(read_db_ledger(admin)),
+                                      ledger.notes)
+                        passed.append(done.line())
+                        replayed.append(done)
+                    return scratch, passed, problems
             except ConnectionFailed as exc:
                 raise CheckInterrupted(f"the restored database could not be reached: "
                                        f"{exc.message}") from None

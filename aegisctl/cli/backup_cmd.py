@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -45,22 +43,12 @@ class VerifyLevel(StrEnum):
     restore_test = "restore-test"
 
 
-@contextlib.contextmanager
-def _progress(app_state: AppState) -> Iterator[Any]:
-    """A one-line status on a terminal; nothing at all under a timer or with --quiet."""
-    if app_state.quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
+def _progress(app_state: AppState) -> contextlib.AbstractContextManager[Any]:
+    """A one-line status on a terminal (stage and bytes so far); nothing under a timer."""
+    from aegisctl.backup.listing import human_size
+    from aegisctl.cli.progress import spinner
 
-    console = Console(stderr=True)
-    with console.status("starting") as status:
-        def update(stage: str, done: int) -> None:
-            from aegisctl.backup.listing import human_size
-
-            status.update(f"{stage}: {human_size(done)}")
-
-        yield update
+    return spinner(app_state, lambda stage, done: f"{stage}: {human_size(done)}")
 
 
 def _pick(app_state: AppState, backup_id: str | None, latest: bool) -> BackupManifest:
@@ -139,6 +127,8 @@ def create(
                             wait_lock=wait_lock, verify=verify.value if verify else None,
                             upload=not no_upload, progress=progress)
     output.render(result, app_state.fmt(fmt))
+    for problem in result.erasure_ledger.problems if result.erasure_ledger else []:
+        output.warn(problem)
     m = result.manifest
     if result.verification and result.verification.interrupted:
         output.print_status(f"aegisctl: error: {result.verification.interrupted_message()}")
@@ -270,6 +260,10 @@ def verify(
     report = verify_locked(app_state.config(), app_state.target(), backup_id,
                            restore_test=restore_test, jobs=jobs, wait_lock=wait_lock)
     output.render(report, app_state.fmt(fmt))
+    if restore_test:
+        from aegisctl.cli.maint_cmd import prewarm_hook
+
+        prewarm_hook(app_state, "restore_test")
     if report.interrupted:
         raise OperationFailed(report.interrupted_message())
     if not report.ok:
@@ -357,8 +351,9 @@ def restore(
             confirm(f"Overwrite {len(plan.overwritten)} table(s) in '{plan.database}'?", yes)
         elif plan.system_database:
             confirm(f"Restore into '{plan.database}', {plan.system_database}?", yes)
-        run_restore(loaded, target, manifest, plan, force=force, no_owner=no_owner)
-    output.render(RestoreResult(plan, dry_run=False, restored=True), app_state.fmt(fmt))
+        erasures = run_restore(loaded, target, manifest, plan, force=force, no_owner=no_owner)
+    output.render(RestoreResult(plan, dry_run=False, restored=True, erasures=erasures),
+                  app_state.fmt(fmt))
 
 
 @app.command()

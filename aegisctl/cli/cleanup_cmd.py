@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +10,7 @@ import typer
 from aegisctl import output
 from aegisctl.cli.context import FormatOption, OutputFormat, confirm, state
 from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
+from aegisctl.cli.progress import lines as progress_lines
 from aegisctl.errors import ExitCode
 
 app = typer.Typer(
@@ -80,7 +80,7 @@ def run_cmd(
     target = app_state.target()
     names = select_policies(loaded, policy)
     as_json = app_state.fmt(fmt) is OutputFormat.json
-    progress = output.print_status if sys.stderr.isatty() and not app_state.quiet else None
+    progress = progress_lines(app_state)
     lock = contextlib.nullcontext() if dry_run else job_lock(loaded, target, "cleanup run",
                                                              wait_lock)
 

@@ -30,11 +30,23 @@ def _server(ctx: typer.Context):  # type: ignore[no-untyped-def]
 
 @app.command()
 def start(ctx: typer.Context, fmt: FormatOption = None) -> None:
-    """Initialise (first time) and start the embedded server; a no-op when it runs.
+    """Initialise (first time) and start the embedded server; a no-op when it runs. When
+    maintenance.prewarm.after lists server_start, a server it started has its vector indexes
+    loaded into memory (maint prewarm) right away.
 
     Example: aegisctl local start
     """
-    output.render(_server(ctx).ensure_running(), state(ctx).fmt(fmt))
+    result = _server(ctx).ensure_running()
+    output.render(result, state(ctx).fmt(fmt))
+    if result.started_now and result.uri:
+        import psycopg
+
+        from aegisctl.cli.maint_cmd import prewarm_hook
+
+        uri = result.uri
+        prewarm_hook(state(ctx), "server_start",
+                     lambda: psycopg.connect(uri, autocommit=True,
+                                             application_name="aegisctl maint prewarm"))
 
 
 @app.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,6 +11,7 @@ import typer
 from aegisctl import output
 from aegisctl.cli.context import AppState, FormatOption, OutputFormat, confirm, state
 from aegisctl.cli.options import WaitLock, asks, dry_run_option, yes_option
+from aegisctl.cli.progress import lines as progress_lines
 from aegisctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def _maint(app_state: AppState, command: str, dry_run: bool,
 
         if not dry_run:
             ensure_primary(conn, f"maint {command}")
-        progress = output.print_status if sys.stderr.isatty() and not app_state.quiet else None
+        progress = progress_lines(app_state)
 
         def side_connect() -> Any:
             return app_state.connect(f"maint {command} progress")
@@ -279,6 +279,54 @@ def _tune(ctx: typer.Context, table: str | None, index: str | None, target: floa
                                     sample=sample or max(10, recall.sample), apply=apply)
     if dry_run:
         result.notes.append("dry run: nothing was changed")
+    output.render(result, app_state.fmt(fmt))
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+def prewarm_hook(app_state: AppState, event: str, connect: Any = None) -> None:
+    """After a server start, restore test or drill: prewarm when maintenance.prewarm.after
+    says so, and say what it did on stderr (the command's own result stays on stdout)."""
+    from aegisctl.maintenance.prewarm import prewarm_after
+
+    prewarm = app_state.config().settings.maintenance.prewarm
+    line = prewarm_after(event, list(prewarm.after), prewarm.tables,
+                         connect or (lambda: app_state.connect("maint prewarm", "maintenance")))
+    if line and not app_state.quiet:
+        output.print_status(line)
+
+
+@app.command("prewarm")
+def prewarm_cmd(
+    ctx: typer.Context,
+    indexes_only: Annotated[bool, typer.Option(
+        "--indexes-only", help="Load the vector indexes only, not their tables (default: "
+        "maintenance.prewarm.tables).")] = False,
+    dry_run: Annotated[bool, dry_run_option("List what would be loaded; load nothing.")] = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Load the vector indexes (HNSW, IVFFlat) and their tables into memory with pg_prewarm.
+
+    After a restart, a restore or a drill the first semantic searches read the index from
+    disk; this reads it in one pass instead. Indexes first, then tables and TOAST; what fits
+    in shared_buffers goes there, the rest to the OS cache only. Runs on a standby too. Needs
+    the pg_prewarm extension (aegisctl ext install pg_prewarm). Runs by itself after a server
+    start, restore test or drill when maintenance.prewarm.after says so; schedule it like
+    any command (e.g. `prewarm: {command: maint prewarm, at: "06:00"}`).
+
+    Examples:
+
+      aegisctl maint prewarm
+
+      aegisctl maint prewarm --indexes-only --dry-run --format json
+    """
+    from aegisctl.maintenance.prewarm import prewarm_vectors
+
+    app_state = state(ctx)
+    settings = app_state.config().settings
+    with app_state.connect("maint prewarm", "maintenance") as conn:
+        result = prewarm_vectors(conn, tables=settings.maintenance.prewarm.tables
+                                 and not indexes_only, dry_run=dry_run)
     output.render(result, app_state.fmt(fmt))
     if not result.ok:
         raise typer.Exit(int(ExitCode.FAILED))

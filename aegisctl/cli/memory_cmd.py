@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,12 +16,15 @@ import typer
 from aegisctl import output
 from aegisctl.cli.context import AppState, OutputFormat, state
 from aegisctl.cli.options import (
+    BeforeOpt,
     CategoryOpt,
+    ContextOpt,
     Importance,
     KindChoice,
     KindOpt,
     MinImportanceOpt,
     SinceOpt,
+    SourceOpt,
     TagOpt,
     TypeOpt,
     UntilOpt,
@@ -30,6 +33,7 @@ from aegisctl.cli.options import (
     dry_run_option,
     limit_option,
     memory_filters,
+    unless_dry_run,
     yes_option,
 )
 from aegisctl.cli.options import kinds as option_kinds
@@ -87,6 +91,11 @@ def _format(app_state: AppState, requested: MemoryFormat | None) -> MemoryFormat
 
 _READ_ONLY = frozenset({"search", "similar", "show", "recent", "stats", "export"})
 
+MinScoreOpt = Annotated[float | None, typer.Option(
+    "--min-score", min=0.0, max=1.0,
+    help="Minimum relevance, the same scale in every mode: the larger of the cosine "
+    "similarity and the share of the query's terms a memory contains.")]
+
 
 @contextmanager
 def _session(ctx: typer.Context, command: str
@@ -142,6 +151,8 @@ def search_cmd(
     tags: TagOpt = None,
     min_importance: MinImportanceOpt = None,
     categories: CategoryOpt = None,
+    sources: SourceOpt = None,
+    context: ContextOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
     limit: LimitOpt = None,
@@ -198,7 +209,8 @@ def search_cmd(
             half_life = parse_duration(decay)
         except ValueError as exc:
             raise UsageError(f"--decay: {exc}") from None
-    filters = memory_filters(kind, types, tags, min_importance, categories, since, until)
+    filters = memory_filters(kind, types, tags, min_importance, categories, since, until,
+                             sources=sources, context=context)
     with _session(ctx, "search") as (app_state, settings, conn, dim):
         chosen = _format(app_state, fmt)
         # Keyword mode embeds the query only for --min-score (relevance includes similarity).
@@ -344,6 +356,8 @@ def recent_cmd(
     tags: TagOpt = None,
     min_importance: MinImportanceOpt = None,
     categories: CategoryOpt = None,
+    sources: SourceOpt = None,
+    context: ContextOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
     limit: LimitOpt = None,
@@ -360,7 +374,8 @@ def recent_cmd(
     from aegisctl.memory.browse import iter_memories
     from aegisctl.memory.views import MemoryList
 
-    filters = memory_filters(kind, types, tags, min_importance, categories, since, until)
+    filters = memory_filters(kind, types, tags, min_importance, categories, since, until,
+                             sources=sources, context=context)
     with _session(ctx, "recent") as (app_state, settings, conn, _dim):
         records = list(iter_memories(conn, filters, newest_first=True,
                                      limit=limit or settings.search.limit))
@@ -451,34 +466,12 @@ def _sample_bytes() -> bytes:
     return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
-@contextmanager
-def _progress(app_state: AppState) -> Iterator[Any]:
-    """Progress bars with rate and ETA on stderr when it is a terminal; otherwise nothing.
-    The callback takes (stage, done, total)."""
-    if app_state.quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _progress(app_state: AppState) -> AbstractContextManager[Any]:
+    """Progress bars with rate and ETA on a terminal; otherwise nothing. The callback takes
+    (stage, done, total)."""
+    from aegisctl.cli.progress import bars
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(stage: str, done: int, total: int | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
+    return bars(app_state)
 
 
 # Lines of embeddings are ~16 kB: with the default 8 kB buffer each takes several reads.
@@ -569,8 +562,14 @@ def export_cmd(
     tags: TagOpt = None,
     min_importance: MinImportanceOpt = None,
     categories: CategoryOpt = None,
+    sources: SourceOpt = None,
+    context: ContextOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    before: BeforeOpt = None,
+    ids: Annotated[list[str] | None, typer.Option(
+        "--id", metavar="ID", help="Only this memory (episodic:N or semantic:N; "
+        "repeatable).")] = None,
     embeddings: Annotated[bool, typer.Option(
         "--embeddings", help="Include each vector (so an import need not re-embed).")] = False,
     out: Annotated[Path | None, typer.Option(
@@ -580,11 +579,16 @@ def export_cmd(
         "document: {\"memories\": [...], \"count\": N}).")] = None,
 ) -> None:
     """Write memories as JSON lines, in the format `memory import` reads; filters as in
-    search. With --output, a summary goes to stderr (or stdout with --format json).
+    search (and as `memory forget` takes them: run the same filters through export first to
+    answer an access request, or to keep what you are about to forget). With --output, the
+    file is written to a temporary name and renamed when complete, and a summary goes to
+    stderr (or stdout with --format json).
 
     Examples:
 
       aegisctl memory export > memories.jsonl
+
+      aegisctl memory export --context user=alice -o alice.jsonl
 
       aegisctl memory export --kind episodic --type decision --since 90d --embeddings -o decisions.jsonl
 
@@ -596,7 +600,11 @@ def export_cmd(
     app_state = state(ctx)
     chosen = fmt or (ExportFormat.json if app_state.format is OutputFormat.json
                      else ExportFormat.jsonl)
-    filters = memory_filters(kind, types, tags, min_importance, categories, since, until)
+    from aegisctl.memory.refs import parse_ref
+
+    filters = memory_filters(kind, types, tags, min_importance, categories, since, until,
+                             sources=sources, context=context, before=before)
+    filters.ids = [parse_ref(i) for i in ids or []]
     with _session(ctx, "export") as (_, _s, conn, _dim):
         if out is None:
             export_memories(conn, filters, embeddings, None, chosen.value)
@@ -607,6 +615,93 @@ def export_cmd(
         output.render(result, "json")
     else:
         output.print_status(f"exported {result.count} memories to {out}")
+
+
+@app.command("forget")
+@asks(unless_dry_run)
+def forget_cmd(
+    ctx: typer.Context,
+    ids: Annotated[list[str] | None, typer.Argument(
+        metavar="[ID]...", help="Memories to forget: episodic:N or semantic:N.")] = None,
+    kind: KindOpt = KindChoice.all,
+    types: TypeOpt = None,
+    tags: TagOpt = None,
+    min_importance: MinImportanceOpt = None,
+    categories: CategoryOpt = None,
+    sources: SourceOpt = None,
+    context: ContextOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    before: BeforeOpt = None,
+    query: Annotated[str | None, typer.Option(
+        "--query", "-q", help="Forget the hits of this search (needs --min-score; the filters "
+        "narrow it as in memory search).")] = None,
+    min_score: MinScoreOpt = None,
+    reason: Annotated[str | None, typer.Option(
+        "--reason", help="Why (kept in the erasure ledger; needed unless --dry-run), e.g. "
+        "\"GDPR request 2026-117\".")] = None,
+    dry_run: Annotated[bool, dry_run_option(
+        "List what would be forgotten; delete nothing.")] = False,
+    yes: Annotated[bool, yes_option("Do not ask before deleting.")] = False,
+    wait_lock: WaitLock = 0.0,
+    fmt: FormatOpt = None,
+) -> None:
+    """Forget memories for good: delete them (in batches, like cleanup), record each one in
+    the erasure ledger (its id and the SHA-256 of its text, never the text; when, why, the OS
+    and database user), and copy the ledger beside the backups and to backup.remote. Every
+    later restore (backup restore, verify --restore-test, the physical restore and drill)
+    deletes them again, so a forgotten memory never comes back from a backup that still
+    holds it (`check` reports such backups once they outlive the erasure horizon).
+
+    Choose the memories by id, with the filters of memory search, or with a search
+    (--query and --min-score). Run it with --dry-run first; `memory export` with the same
+    filters writes what would go.
+
+    Examples:
+
+      aegisctl memory forget episodic:42 semantic:7 --reason "user request 117" --yes
+
+      aegisctl memory forget --context user=alice --dry-run
+
+      aegisctl memory forget --source crm-import --before 2025-01-01 --reason "retention" --yes
+
+      aegisctl memory forget --query "alice's phone number" --min-score 0.6 --dry-run
+    """
+    from aegisctl.cli.context import confirm
+    from aegisctl.locks import target_lock
+    from aegisctl.memory.forget import ForgetResult, Selection, forget, select
+    from aegisctl.memory.refs import parse_ref
+
+    filters = memory_filters(kind, types, tags, min_importance, categories, since, until,
+                             sources=sources, context=context, before=before)
+    filters.ids = [parse_ref(i) for i in ids or []]
+    selection = Selection(filters, query, min_score)
+    selection.check()
+    if not dry_run and not (reason or "").strip():
+        raise UsageError("--reason is needed: the erasure ledger records why memories were "
+                         "forgotten", hint='e.g. --reason "user request 117"')
+    with _session(ctx, "forget") as (app_state, settings, conn, dim):
+        chosen_fmt = _format(app_state, fmt)
+        target = app_state.target()
+        provider = _provider(settings, dim) if query is not None else None
+        chosen, missing = select(conn, settings, selection, provider, dim)
+        plan = ForgetResult(True, target.name, chosen, reason, not_found=missing)
+        if dry_run or not chosen:
+            _show(plan, chosen_fmt)
+            if not chosen and not dry_run:
+                output.print_status("nothing matches: nothing was deleted")
+            return
+        output.print_status(f"forget {plan.statement()}: deleted in batches, recorded in the "
+                            "erasure ledger (ids and content hashes) and deleted again by every "
+                            "restore of an older backup")
+        confirm(f"Forget {plan.statement()}?", yes)
+        with target_lock(settings, target.name, "memory forget", wait_lock):
+            result = forget(conn, settings, target.name, chosen, str(reason).strip())
+        result.not_found = missing
+    _show(result, chosen_fmt)
+    if result.published:
+        for problem in result.published.problems:
+            output.warn(problem)
 
 
 @app.command("reembed")

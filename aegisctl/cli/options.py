@@ -117,14 +117,28 @@ SinceOpt = Annotated[str | None, typer.Option(
     "--since", help="Newer than a duration ago (7d, 12h) or a date (2025-01-31).")]
 UntilOpt = Annotated[str | None, typer.Option(
     "--until", help="Older than a duration ago or a date.")]
+BeforeOpt = Annotated[str | None, typer.Option(
+    "--before", help="Older than a duration ago or a date (the same as --until).")]
+SourceOpt = Annotated[list[str] | None, typer.Option(
+    "--source", help="Semantic memory source (repeatable: any of them).")]
+ContextOpt = Annotated[list[str] | None, typer.Option(
+    "--context", metavar="KEY=VALUE", help="Episodic context key with this value, e.g. "
+    "agent=planner (repeatable: all of them).")]
 
 
 def memory_filters(kind: KindChoice, types: list[str] | None, tags: list[str] | None,
                    min_importance: Importance | None, categories: list[str] | None,
-                   since: str | None, until: str | None) -> Filters:
+                   since: str | None, until: str | None, *,
+                   sources: list[str] | None = None, context: list[str] | None = None,
+                   before: str | None = None) -> Filters:
     """The filter block's options as the core's Filters."""
-    from aegisctl.memory.filters import Filters, parse_when
+    from aegisctl.errors import UsageError
+    from aegisctl.memory.filters import Filters, parse_context, parse_when
 
+    if before is not None:
+        if until is not None and until != before:
+            raise UsageError("--before and --until say the same thing: give one of them")
+        until = before
     return Filters(
         kind=kinds(kind)[0] if kind is not KindChoice.all else None,
         event_types=list(types or []), tags=list(tags or []),
@@ -132,6 +146,7 @@ def memory_filters(kind: KindChoice, types: list[str] | None, tags: list[str] | 
         categories=list(categories or []),
         since=parse_when(since) if since else None,
         until=parse_when(until) if until else None,
+        sources=list(sources or []), context=parse_context(list(context or [])),
     )
 
 

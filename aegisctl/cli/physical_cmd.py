@@ -41,6 +41,15 @@ wal_app = typer.Typer(
 )
 
 
+
+def _announce(app_state: AppState, line: str) -> None:
+    """A long step starts: said on a terminal (the progress helper's rule), not in a log."""
+    from aegisctl.cli.progress import lines
+
+    show = lines(app_state)
+    if show is not None:
+        show(line)
+
 @physical_app.command("enable")
 @asks(lambda p: bool(p.get("restart")))
 def enable(
@@ -73,7 +82,7 @@ def enable(
     if restart and target.embedded:  # other servers are refused by the core (exit 2)
         confirm(f"Restart the embedded server of '{target.name}' if a setting needs it? Every "
                 "session is disconnected", yes)
-    output.print_status("enabling physical backups (installing Barman on first use)")
+    _announce(app_state, "enabling physical backups (installing Barman on first use)")
     with target_lock(loaded.settings, target.name, "backup physical enable", wait_lock):
         result = enable_physical(loaded, target, restart=restart)
     output.render(result, app_state.fmt(fmt))
@@ -248,13 +257,16 @@ def drill(
                          "aegisctl backup verify --latest --restore-test)")
     app_state = state(ctx)
     app_state.require_session("backup drill", "direct")
-    output.print_status("drill: restoring into a temporary directory")
+    _announce(app_state, "drill: restoring into a temporary directory")
     loaded, target = app_state.config(), _physical_target(app_state)
     # A prune must not delete the backup the drill restores.
     with target_lock(loaded.settings, target.name, "backup drill --physical", wait_lock):
         report = run_drill(loaded, target, backup_id=backup_id,
                            to_time=parse_time(to_time) if to_time else None)
     output.render(report, app_state.fmt(fmt))
+    from aegisctl.cli.maint_cmd import prewarm_hook
+
+    prewarm_hook(app_state, "drill")
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))
 

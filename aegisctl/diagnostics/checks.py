@@ -56,6 +56,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.cluster_checks",
     "aegisctl.diagnostics.pooler_checks",
     "aegisctl.diagnostics.retention_checks",
+    "aegisctl.diagnostics.erasure_checks",
     "aegisctl.diagnostics.leftover_checks",
     "aegisctl.diagnostics.version_checks",
 ]

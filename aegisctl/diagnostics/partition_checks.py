@@ -37,12 +37,14 @@ def partitions_ahead(ctx: CheckContext) -> list[CheckResult]:
         assert isinstance(table, TableReport)
         if any(p.upper is None and not p.is_default for p in table.partitions):
             continue  # a partition reaching MAXVALUE: nothing is ever missing ahead
-        results.append(grade(
+        result = grade(
             f"partitions_ahead:{table.table}", table.future, limits.warning, limits.critical,
             lower_is_worse=True, minimum=0,
             message=f"{table.future} month(s) ahead of the current one"
                     + ("" if table.future >= limits.warning else
-                       " (run `aegisctl maint partitions`)")))
+                       " (run `aegisctl maint partitions`)"))
+        result.labels = {"table": table.table}  # one metric family, a series per table
+        results.append(result)
     if not results:
         raise CheckSkipped("no partitioned table ends at a month")
     return results
@@ -59,12 +61,14 @@ def default_partition_rows(ctx: CheckContext) -> list[CheckResult]:
         assert isinstance(table, TableReport)
         if table.default_rows is None:
             continue
-        results.append(grade(
+        result = grade(
             f"default_partition_rows:{table.table}", table.default_rows, limits.warning,
             limits.critical, minimum=0,
             message=f"{table.default_rows} row(s) in the DEFAULT partition"
                     + ("" if not table.default_rows else " (their month has no partition; "
-                       "`aegisctl maint partitions` moves them)")))
+                       "`aegisctl maint partitions` moves them)"))
+        result.labels = {"table": table.table}
+        results.append(result)
     if not results:
         raise CheckSkipped("no partitioned table has a DEFAULT partition")
     return results

@@ -59,13 +59,16 @@ METRICS = {
     "pooler_clients_waiting": "aegisctl_pgbouncer_clients_waiting",
     "pooler_max_wait": "aegisctl_pgbouncer_max_wait_seconds",
     "pooler_server_connections": "aegisctl_pgbouncer_server_connections_used_ratio",
+    "partitions_ahead": "aegisctl_partitions_ahead",  # label table
+    "default_partition_rows": "aegisctl_default_partition_rows",  # label table
 }
 _SUFFIX = {"s": "_seconds", "B": "_bytes", "%": "_ratio", "": ""}
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def metric_name(result: CheckResult) -> str:
-    # A labelled result (cluster_lag:pg2, member pg2) belongs to its check's one family.
+    # A labelled result (cluster_lag:pg2, member pg2; partitions_ahead:public.t, table
+    # public.t) belongs to its check's one family.
     name = result.name.split(":", 1)[0] if result.labels else result.name
     if name in METRICS:
         return METRICS[name]

@@ -282,6 +282,14 @@ def diagnose_vectors(conn: psycopg.Connection[Any], result: DiagResult, settings
         view.insert(-1, "recall")
     result.sections.append(Section("indexes", indexes, empty="no indexes on vector columns",
                                    view_columns=view))
+    from aegisctl.diagnostics.vector_cache import index_cache
+
+    cache, cache_notes = index_cache(conn, indexes)
+    result.sections.append(Section(
+        "cache", cache, empty="no HNSW or IVFFlat index",
+        view_columns=["schema", "table", "index", "size_bytes", "buffered_bytes",
+                      "buffered_share", "shared_buffers_share", "consequence"]))
+    result.notes += cache_notes
     if any(c.get("sampled") for c in columns):
         result.notes.append(f"tables over {EXACT_BYTES // 1024 // 1024} MB (sampled: yes): "
                             f"missing and zero counts are estimated from about {SAMPLE_ROWS} "

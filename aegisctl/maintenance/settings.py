@@ -5,12 +5,23 @@ Imports nothing but the standard library, so loading the config stays cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 # The same markers aegisctl.config uses for values written with a unit ("2s", "1GB").
 Duration = Annotated[float, "duration"]
 Size = Annotated[int, "size"]
+
+
+@dataclass
+class PrewarmSettings:
+    # When aegisctl loads the vector indexes into memory by itself (`maint prewarm` runs
+    # whenever asked): server_start (`aegisctl local start` started the server), restore_test
+    # (after `backup verify --restore-test`) and drill (after `backup physical drill`): those
+    # read a whole backup through the caches the live database uses.
+    after: list[Literal["server_start", "restore_test", "drill"]] = field(default_factory=list)
+    # Load the indexes' tables (and their TOAST tables) too, not only the indexes.
+    tables: bool = True
 
 
 @dataclass
@@ -28,3 +39,4 @@ class MaintenanceSettings:
     parallel_workers: int = 1
     # How often progress (pg_stat_progress_vacuum / create_index) is reported on a terminal.
     progress_interval: Duration = 2.0
+    prewarm: PrewarmSettings = field(default_factory=PrewarmSettings)

@@ -19,7 +19,7 @@ assumed at least daily). The pre-deletion WAL goes with the last of those base b
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aegisctl.backup.settings import BackupSettings, RetentionSettings
@@ -80,6 +80,7 @@ class PhysicalHolding:
     copies: list[tuple[dt.datetime, str]]  # (expires, base backup id)
     wal_segments: int  # archived WAL segments written before now
     problem: str | None = None
+    begins: dict[str, dt.datetime] = field(default_factory=dict)  # base backup id -> start
 
 
 def physical_holding(loaded: Any, target_name: str, now: dt.datetime) -> PhysicalHolding:
@@ -111,7 +112,9 @@ def physical_holding(loaded: Any, target_name: str, now: dt.datetime) -> Physica
     for i, backup in enumerate(backups):
         successor = starts[i + 1] if i + 1 < len(starts) else now
         copies.append((expiry(successor, policy), backup.id))
-    return PhysicalHolding(copies, len(wals) if copies else 0)
+    return PhysicalHolding(copies, len(wals) if copies else 0,
+                           begins={b.id: b.begin_time for b in backups
+                                   if b.begin_time is not None})
 
 
 def erasure_horizon(settings: BackupSettings, target: str, now: dt.datetime,

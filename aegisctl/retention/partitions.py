@@ -38,6 +38,8 @@ class Orphan:
 
     relation: Relation
     token: str  # names its archive: the detaching run's id (older marks: the table's oid)
+
+
 _RANGE = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$", re.DOTALL)
 
 
@@ -45,8 +47,21 @@ _RANGE = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$", re.DOTALL)
 class Partition:
     relation: Relation
     bound: str  # FOR VALUES ... as the server prints it
+    lower: dt.datetime | None  # inclusive lower bound; None for MINVALUE / DEFAULT / unknown
     upper: dt.datetime | None  # exclusive upper bound; None for MAXVALUE / DEFAULT / unknown
     detach_pending: bool
+    reltuples: float = -1.0  # the planner's row estimate; -1 when never vacuumed or analyzed
+
+
+@dataclass
+class PartitionState:
+    """One partitioned table as `cleanup run` needs it, read in one round trip."""
+
+    partitions: list[Partition]
+    orphans: list[Orphan]
+    referenced: bool  # a foreign key points at the table: rows are deleted, never dropped
+    has_default: bool
+    leaves: list[Relation]
 
 
 def _literal(text: str) -> str | None:
@@ -65,70 +80,58 @@ def _quick_timestamptz(literal: str) -> dt.datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
-def partitions(conn: psycopg.Connection[Any], parent: Relation) -> list[Partition]:
-    """Direct partitions with their upper bounds (compared in UTC, as the cutoff is)."""
-    rows = conn.execute(
-        "SELECT c.oid, n.nspname, c.relname, c.relkind, pg_total_relation_size(c.oid),"
-        "       pg_get_expr(c.relpartbound, c.oid), i.inhdetachpending"
-        "  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        "  JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE i.inhparent = %s ORDER BY c.relname", (parent.oid,)).fetchall()
-    result = []
-    for r in rows:
-        bound = str(r[5] or "")
-        upper = None
+def _bounds(conn: psycopg.Connection[Any],
+            bounds: list[str]) -> list[tuple[dt.datetime | None, dt.datetime | None]]:
+    """(lower, upper) of each `FOR VALUES FROM (..) TO (..)`, compared in UTC as the cutoff
+    is. Literals without an offset (timestamp and date columns) are cast by the server in the
+    session's time zone (UTC during cleanup), all in one round trip."""
+    literals: list[tuple[str | None, str | None]] = []
+    for bound in bounds:
         match = _RANGE.match(bound)
-        if match:
-            literal = _literal(match.group(2))
-            if literal is not None:
-                upper = _quick_timestamptz(literal)
-            if literal is not None and upper is None:
-                value = conn.execute("SELECT %s::text::timestamptz", (literal,)).fetchone()
-                upper = value[0] if value else None
-        result.append(Partition(Relation(int(r[0]), str(r[1]), str(r[2]), str(r[3]),
-                                         int(r[4] or 0)), bound, upper, bool(r[6])))
-    return result
+        literals.append((_literal(match.group(1)), _literal(match.group(2))) if match
+                        else (None, None))
+    slow = sorted({v for pair in literals for v in pair
+                   if v is not None and _quick_timestamptz(v) is None})
+    cast: dict[str, dt.datetime | None] = {}
+    if slow:
+        rows = conn.execute("SELECT v, v::timestamptz FROM unnest(%s::text[]) AS v",
+                            (slow,)).fetchall()
+        cast = {str(r[0]): r[1] for r in rows}
+
+    def value(literal: str | None) -> dt.datetime | None:
+        if literal is None:
+            return None
+        quick = _quick_timestamptz(literal)
+        return quick if quick is not None else cast.get(literal)
+
+    return [(value(lo), value(hi)) for lo, hi in literals]
 
 
-def leaves(conn: psycopg.Connection[Any], parent: Relation) -> list[Relation]:
-    rows = conn.execute(
-        "SELECT c.oid, n.nspname, c.relname, c.relkind, 0"
-        "  FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid"
-        "  JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE t.isleaf ORDER BY c.relname", (parent.oid,)).fetchall()
-    return [Relation(int(r[0]), str(r[1]), str(r[2]), str(r[3]), 0) for r in rows]
+def _relation(row: list[Any]) -> Relation:
+    return Relation(int(row[0]), str(row[1]), str(row[2]), str(row[3]), 0)
 
 
-def has_default_partition(conn: psycopg.Connection[Any], parent: Relation) -> bool:
-    row = conn.execute("SELECT partdefid <> 0 FROM pg_partitioned_table WHERE partrelid = %s",
-                       (parent.oid,)).fetchone()
-    return bool(row and row[0])
+def partition_state(conn: psycopg.Connection[Any], parent: Relation) -> PartitionState:
+    """Direct partitions with their bounds, orphans of interrupted runs, whether a key points
+    at the table, whether it has a DEFAULT partition, and its leaves."""
+    from aegisctl.resources import sql_dir
 
-
-def is_referenced(conn: psycopg.Connection[Any], oids: list[int]) -> bool:
-    """Does a foreign key point at one of these tables? (Then rows are deleted, not dropped,
-    so the key's ON DELETE action runs.)"""
-    return bool(conn.execute("SELECT 1 FROM pg_constraint WHERE contype = 'f'"
-                             " AND confrelid = ANY(%s::oid[])", (oids,)).fetchone())
-
-
-def orphans(conn: psycopg.Connection[Any], parent: Relation) -> list[Orphan]:
-    """Partitions an interrupted run detached but did not drop (marked by their comment:
-    `mark_comment`, or the bare MARK of earlier versions)."""
+    query = (sql_dir() / "retention" / "partition_state.sql").read_text()
     base = MARK + parent.qualified
-    rows = conn.execute(
-        "SELECT c.oid, n.nspname, c.relname, c.relkind, pg_total_relation_size(c.oid), d.text"
-        "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,"
-        "       LATERAL (SELECT obj_description(c.oid, 'pg_class') AS text) d"
-        " WHERE c.relkind IN ('r', 'p') AND left(d.text, length(%s)) = %s"
-        "   AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)"
-        " ORDER BY c.relname", (base, base)).fetchall()
+    row = conn.execute(query, {"parent": parent.oid, "mark": base}).fetchone()
+    assert row is not None
+    listed = list(row[0])
+    bounds = _bounds(conn, [str(r[4] or "") for r in listed])
+    partitions = [Partition(_relation(r), str(r[4] or ""), lower, upper, bool(r[5]),
+                            float(r[6]) if r[6] is not None else -1.0)
+                  for r, (lower, upper) in zip(listed, bounds, strict=True)]
     found = []
-    for r in rows:
-        rest = str(r[5])[len(base):]
+    for r in row[1]:
+        rest = str(r[4])[len(base):]
         match = _RUN.fullmatch(rest)
         if rest and not match:
             continue  # another parent whose name starts like ours
-        relation = Relation(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4] or 0))
+        relation = _relation(r)
         found.append(Orphan(relation, match.group(1) if match else f"oid{relation.oid}"))
-    return found
+    return PartitionState(partitions, found, bool(row[2]), bool(row[3]),
+                          [_relation(r) for r in row[4]])

@@ -44,6 +44,7 @@ class ResolvedPolicy:
     indexed: bool = False
     hnsw_indexes: list[Relation] = field(default_factory=list)
     partitioned_on_column: bool = False
+    rows_estimate: int = 0  # pg_class.reltuples when the policy was resolved
 
     def cutoff(self, now: dt.datetime) -> dt.datetime:
         return subtract_age(now.astimezone(dt.UTC), self.age)
@@ -76,25 +77,18 @@ def _fail(policy: str, key: str, message: str) -> ConfigError:
                        hint="fix the policy in the config; see `aegisctl cleanup run --dry-run`")
 
 
-def _columns(conn: psycopg.Connection[Any], oid: int) -> dict[str, str]:
-    rows = conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-        " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall()
-    return {str(r[0]): str(r[1]) for r in rows}
-
-
 def resolve_policy(conn: psycopg.Connection[Any], name: str,
                    settings: PolicySettings) -> ResolvedPolicy:
-    row = conn.execute(
-        "SELECT c.oid, n.nspname, c.relname, c.relkind, pg_total_relation_size(c.oid)"
-        "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-        (settings.schema, settings.table)).fetchone()
+    from aegisctl.resources import sql_dir
+
+    query = (sql_dir() / "retention" / "policy_catalog.sql").read_text()
+    row = conn.execute(query, {"schema": settings.schema, "table": settings.table,
+                               "column": settings.column}).fetchone()
     if row is None:
         raise _fail(name, "table", f"no table {settings.schema}.{settings.table} in database "
                                    f"'{conn.info.dbname}'")
     table = Relation(int(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4] or 0))
-    columns = _columns(conn, table.oid)
+    columns = {str(k): str(v) for k, v in dict(row[6]).items()}
     if settings.column not in columns:
         raise _fail(name, "column", f"table {table.qualified} has no column "
                                     f"'{settings.column}' (columns: {', '.join(sorted(columns))})")
@@ -111,30 +105,16 @@ def resolve_policy(conn: psycopg.Connection[Any], name: str,
                                                 f"'{column}'")
     policy = ResolvedPolicy(name=name, settings=settings, table=table, column=settings.column,
                             column_type=columns[settings.column], age=age,
-                            keep={k: list(v) for k, v in settings.keep.items()})
+                            keep={k: list(v) for k, v in settings.keep.items()},
+                            rows_estimate=int(row[5] or 0))
     for child_name in settings.keep_referenced_by:
         policy.referenced_by += _foreign_keys(conn, name, table, child_name)
-    policy.indexed = bool(conn.execute(
-        "SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
-        "  JOIN pg_am am ON am.oid = ic.relam JOIN pg_attribute a"
-        "    ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-        " WHERE i.indrelid = %s AND a.attname = %s AND am.amname = 'btree'"
-        "   AND i.indisvalid AND i.indpred IS NULL",
-        (table.oid, settings.column)).fetchone())
-    policy.hnsw_indexes = [Relation(int(r[0]), str(r[1]), str(r[2]), "i") for r in conn.execute(
-        "SELECT ic.oid, n.nspname, ic.relname FROM pg_index i"
-        "  JOIN pg_class ic ON ic.oid = i.indexrelid"
-        "  JOIN pg_namespace n ON n.oid = ic.relnamespace"
-        "  JOIN pg_am am ON am.oid = ic.relam"
-        " WHERE i.indrelid = %s AND am.amname = 'hnsw' AND i.indisvalid ORDER BY 3",
-        (table.oid,)).fetchall()]
-    if table.kind == "p":
-        key = conn.execute(
-            "SELECT pt.partstrat, pt.partnatts, a.attname FROM pg_partitioned_table pt"
-            "  LEFT JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]"
-            " WHERE pt.partrelid = %s", (table.oid,)).fetchone()
-        policy.partitioned_on_column = bool(
-            key and key[0] == "r" and key[1] == 1 and key[2] == settings.column)
+    policy.indexed = bool(row[7])
+    policy.hnsw_indexes = [Relation(int(r[0]), str(r[1]), str(r[2]), "i") for r in row[8]]
+    key = row[9]
+    policy.partitioned_on_column = bool(
+        table.kind == "p" and key and key[0] == "r" and key[1] == 1
+        and key[2] == settings.column)
     return policy
 
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.config import LoadedConfig
@@ -28,13 +26,18 @@ from aegisctl.retention import partitions as parts
 from aegisctl.retention.archive import (
     ArchiveWriteFailed,
     ArchiveWriter,
-    PartitionArchive,
     run_id,
     upload_pending_archives,
 )
 from aegisctl.retention.batches import BatchStats, Pacer, count_expired, delete_expired
 from aegisctl.retention.emptying import FLAG, refusal, warning, would_empty
 from aegisctl.retention.horizon import ErasureHorizon, erasure_horizon, physical_holding
+from aegisctl.retention.partition_drop import (
+    PartitionArchived,
+    PartitionArchives,
+    drop_expired_partitions,
+    dry_run_partitions,
+)
 from aegisctl.retention.policy import ResolvedPolicy, resolve_policy
 from aegisctl.retention.settings import effective_policies
 
@@ -44,20 +47,6 @@ if TYPE_CHECKING:
     from aegisctl.output import Block
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PartitionArchived:
-    partition: str
-    archive: str
-    rows: int
-    written: bool  # False: an interrupted run had completed it; not written again
-    uploaded: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"partition": self.partition, "archive": self.archive, "rows": self.rows,
-                "written_by": "this run" if self.written else "an interrupted run",
-                "uploaded": self.uploaded}
 
 
 @dataclass
@@ -73,6 +62,9 @@ class PolicyResult:
     deleted_rows: int = 0
     partitions_dropped: list[str] = field(default_factory=list)
     partition_rows: int = 0
+    # False when some of partition_rows are the planner's estimate, not a count
+    # (cleanup.partition_row_counts: estimate).
+    partition_rows_exact: bool = True
     stats: BatchStats = field(default_factory=BatchStats)
     archive: str | None = None
     archived_rows: int = 0
@@ -89,6 +81,11 @@ class PolicyResult:
         return self.deleted_rows + self.partition_rows
 
     @property
+    def deleted_shown(self) -> str | int:
+        """The deleted rows as the table shows them: `~N` when partly estimated."""
+        return self.total_deleted if self.partition_rows_exact else f"~{self.total_deleted}"
+
+    @property
     def partition_archived_rows(self) -> int:
         """Rows this run wrote into partition archives (part of archived_rows)."""
         return sum(a.rows for a in self.partition_archives if a.written)
@@ -101,7 +98,9 @@ class PolicyResult:
             "status": self.status, "expired_rows": self.expired_rows,
             "deleted_rows": self.total_deleted, "batch_deleted_rows": self.deleted_rows,
             "partitions_dropped": self.partitions_dropped,
-            "partition_rows": self.partition_rows, "batches": s.batches,
+            "partition_rows": self.partition_rows,
+            "partition_rows_exact": self.partition_rows_exact,
+            "deleted_rows_exact": self.partition_rows_exact, "batches": s.batches,
             "longest_batch_seconds": round(s.longest_batch, 4), "retries": s.retries,
             "skipped_locked_rows": s.skipped_locked, "lock_holders": s.lock_holders or None,
             "throttled": s.throttled, "throttle_seconds": round(s.throttle_seconds, 2),
@@ -143,6 +142,7 @@ class CleanupReport:
                 "uploaded_archives": self.uploaded_archives, "upload_error": self.upload_error,
                 "policies": [p.to_json() for p in self.policies],
                 "deleted_rows": sum(p.total_deleted for p in self.policies),
+                "deleted_rows_exact": all(p.partition_rows_exact for p in self.policies),
                 "erasure_horizon": self.horizon.to_json() if self.horizon else None}
 
     def to_view(self) -> list[Block]:
@@ -162,7 +162,7 @@ class CleanupReport:
             table = Table([Column("policy", "id"), Column("table", "id"), "cutoff (UTC)",
                            Column("deleted", "number"), Column("batches", "number"),
                            Column("longest", "number"), "status"],
-                          [(p.name, p.table, cutoff(p), p.total_deleted, p.stats.batches,
+                          [(p.name, p.table, cutoff(p), p.deleted_shown, p.stats.batches,
                             f"{p.stats.longest_batch:.2f}s", p.status) for p in self.policies],
                           title=f"cleanup on {self.target}",
                           empty="no cleanup policies configured (cleanup.policies)")
@@ -171,8 +171,10 @@ class CleanupReport:
             lines = list(p.notes)
             if p.partitions_dropped:
                 verb = "would drop" if self.dry_run else "dropped"
-                lines.append(f"{verb} partition(s) {', '.join(p.partitions_dropped)} "
-                             f"({p.partition_rows} rows)")
+                rows = f"{p.partition_rows} rows" if p.partition_rows_exact else (
+                    f"about {p.partition_rows} rows, the planner's estimate: "
+                    "cleanup.partition_row_counts is estimate")
+                lines.append(f"{verb} partition(s) {', '.join(p.partitions_dropped)} ({rows})")
             if p.archive:
                 lines.append(f"archived {p.archived_rows - p.partition_archived_rows} rows to "
                              f"{p.archive}" + (f" (uploaded: {p.uploaded})" if p.uploaded
@@ -323,32 +325,13 @@ def _method(policy: ResolvedPolicy) -> str:
     return f"partitions + {batches}" if policy.partitioned_on_column else batches
 
 
-def _droppable(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
-               partition: parts.Partition, cutoff: dt.datetime) -> tuple[bool, int]:
-    """(can be dropped whole, its rows): every row expired and none exempt, no key points at
-    it, not itself partitioned."""
-    from psycopg import sql
-
-    if partition.upper is None or partition.upper > cutoff or partition.relation.kind != "r":
-        return False, 0
-    where, params = policy.condition("t", cutoff)
-    row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM {} AS t")
-                       .format(where, partition.relation.ident()), params).fetchone()
-    total, expired = (int(row[0]), int(row[1])) if row else (0, 0)
-    return total == expired, total
-
-
 def _dry_run(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
              result: PolicyResult) -> None:
     assert result.cutoff is not None
     result.method = _method(policy)
     result.status = "dry-run"
-    if policy.partitioned_on_column and not parts.is_referenced(conn, [policy.table.oid]):
-        for partition in parts.partitions(conn, policy.table):
-            whole, rows = _droppable(conn, policy, partition, result.cutoff)
-            if whole:
-                result.partitions_dropped.append(partition.relation.qualified)
-                result.partition_rows += rows
+    if policy.partitioned_on_column:
+        dry_run_partitions(conn, policy, result)
     result.expired_rows = count_expired(conn, policy, policy.table, result.cutoff, only=False)
 
 
@@ -367,15 +350,15 @@ def _apply(loaded: LoadedConfig, target_name: str, conn: psycopg.Connection[Any]
         for path in archive.recover_leftovers():
             result.notes.append(f"an earlier run was killed while archiving: kept its file as "
                                 f"{path} (its last batch may not have been deleted)")
-    row = conn.execute("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = %s",
-                       (policy.table.oid,)).fetchone()
-    rows_before = int(row[0]) if row else 0
+    rows_before = policy.rows_estimate
     methods: set[str] = set()
     try:
         relations = [policy.table]
         if policy.table.kind == "p":
-            relations = _drop_partitions(conn, policy, result, maint, partition_archives, run) \
-                if policy.partitioned_on_column else parts.leaves(conn, policy.table)
+            relations = drop_expired_partitions(
+                conn, policy, result, maint, partition_archives, run,
+                exact_counts=settings.cleanup.partition_row_counts == "exact") \
+                if policy.partitioned_on_column else parts.partition_state(conn, policy.table).leaves
         for relation in relations:
             if pacer.should_stop():
                 break
@@ -453,102 +436,3 @@ def _drop_leftovers(maint: MaintContext, table: Relation) -> None:
         if LEFTOVER.search(index.name):
             run_locked(maint, sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
                 index.ident()), Step("", index.qualified))
-
-
-@dataclass
-class PartitionArchives:
-    root: Path
-    policy: str
-
-
-def _drop_partitions(conn: psycopg.Connection[Any], policy: ResolvedPolicy,
-                     result: PolicyResult, maint: MaintContext,
-                     archives: PartitionArchives | None, run: str) -> list[Relation]:
-    """Drop wholly expired partitions; the leaves still to batch-delete."""
-    from psycopg import sql
-
-    assert result.cutoff is not None
-    parent = policy.table
-    for partition in parts.partitions(conn, parent):
-        if partition.detach_pending:  # first, so that it is finished below as an orphan
-            step = Step("", partition.relation.qualified)
-            run_locked(maint, sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
-                parent.ident(), partition.relation.ident()), step)
-    for orphan in parts.orphans(conn, parent):
-        _archive_and_drop(conn, orphan.relation, orphan.token, result, maint, archives)
-    referenced = parts.is_referenced(conn, [parent.oid])
-    concurrently = not parts.has_default_partition(conn, parent)
-    for partition in parts.partitions(conn, parent):
-        if referenced or maint.should_stop():
-            break
-        whole, rows = _droppable(conn, policy, partition, result.cutoff)
-        if not whole:
-            continue
-        rel = partition.relation
-        mark = Step("", rel.qualified)
-        if not run_locked(maint, sql.SQL("COMMENT ON TABLE {} IS {}").format(
-                rel.ident(), sql.Literal(parts.mark_comment(parent, run))), mark):
-            result.notes.append(f"{rel.qualified}: {mark.detail}; batch-deleting instead")
-            continue
-        detach = Step("", rel.qualified)
-        statement = sql.SQL("ALTER TABLE {} DETACH PARTITION {}{}").format(
-            parent.ident(), rel.ident(), sql.SQL(" CONCURRENTLY") if concurrently
-            else sql.SQL(""))
-        if not run_locked(maint, statement, detach):
-            conn.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(rel.ident()))
-            result.notes.append(f"{rel.qualified}: could not detach ({detach.detail}); "
-                                "batch-deleting instead")
-            continue
-        # Counted just before the DETACH: without an archive (which counts what it writes)
-        # that figure is reported rather than scanning the partition a second time.
-        _archive_and_drop(conn, rel, run, result, maint, archives,
-                          rows=None if archives is not None else rows)
-    return _leaves_with_expired_rows(conn, parent, result.cutoff)
-
-
-def _leaves_with_expired_rows(conn: psycopg.Connection[Any], parent: Relation,
-                              cutoff: dt.datetime) -> list[Relation]:
-    """The leaves left to batch-delete: a partition whose lower bound is at or after the
-    cutoff cannot hold an expired row (its range says so), so it is not scanned."""
-    from aegisctl.schema.partition_bounds import partition_key, range_partitions
-
-    key = partition_key(conn, parent.oid)
-    later: set[int] = set()
-    if key is not None:
-        later = {p.relation.oid for p in range_partitions(conn, parent.oid, key)
-                 if not p.is_default and p.lower is not None and p.lower >= cutoff}
-    return [leaf for leaf in parts.leaves(conn, parent) if leaf.oid not in later]
-
-
-def _archive_and_drop(conn: psycopg.Connection[Any], rel: Relation, token: str,
-                      result: PolicyResult, maint: MaintContext,
-                      archives: PartitionArchives | None, rows: int | None = None) -> None:
-    """Archive a detached partition (unless an interrupted run already completed its archive:
-    `token` names the run that detached it, and so the file), then drop it. `rows`: its row
-    count when the caller has just counted it."""
-    from psycopg import sql
-
-    started = time.perf_counter()
-    if rows is None:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel.ident())).fetchone()
-        rows = int(row[0]) if row else 0
-    if archives is not None:
-        target = PartitionArchive(archives.root, archives.policy, rel.name, token)
-        written = not target.complete
-        if written:
-            with conn.transaction(), conn.cursor(name="aegisctl_archive") as cur:
-                cur.execute(sql.SQL("SELECT to_jsonb(t)::text FROM {} AS t").format(
-                    rel.ident()))
-                target.write_all([r[0] for r in chunk]
-                                 for chunk in iter(lambda: cur.fetchmany(5000), []))
-        result.partition_archives.append(
-            PartitionArchived(rel.qualified, str(target.final), rows, written))
-    drop = Step("", rel.qualified)
-    if run_locked(maint, sql.SQL("DROP TABLE {}").format(rel.ident()), drop):
-        result.partitions_dropped.append(rel.qualified)
-        result.partition_rows += rows
-        log.info("dropped expired partition %s (%d rows) in %.1fs", rel.qualified, rows,
-                 time.perf_counter() - started)
-    else:
-        result.error = f"dropping detached partition {rel.qualified}: {drop.detail} (the " \
-                       "next run finishes it)"

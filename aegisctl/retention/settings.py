@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from aegisctl.errors import ConfigError
 from aegisctl.maintenance.partition_settings import PartitionSpec
@@ -64,6 +64,11 @@ class CleanupSettings:
     # concurrently before vacuuming (vacuuming HNSW after a mass delete is slow).
     reindex_fraction: float = 0.2
     vacuum: bool = True  # VACUUM (ANALYZE) each table rows were deleted from
+    # The rows of a dropped partition: "exact" counts them after the DETACH (a scan of the
+    # month: cheap next to a DELETE, yet most of a drop's cost); "estimate" reports the
+    # planner's estimate (pg_class.reltuples) and says so. An archived partition is always
+    # counted exactly, by its archive.
+    partition_row_counts: Literal["exact", "estimate"] = "exact"
     policies: dict[str, PolicySettings] = field(default_factory=dict)
 
 

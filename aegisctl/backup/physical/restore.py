@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from aegisctl.config import LoadedConfig
+    from aegisctl.memory.replay import ReplayResult
     from aegisctl.output import Block
     from aegisctl.targets import Target
 
@@ -65,11 +66,13 @@ class RestoreResult:
     to_lsn: str | None
     duration_seconds: float
     owner: str | None
+    erasures: ReplayResult | None = None  # the erasure ledger's replay (forget_replay)
 
     def to_json(self) -> dict[str, Any]:
         return {"backup": self.backup, "chain": self.chain, "target_dir": self.target_dir,
                 "to_time": self.to_time, "to_lsn": self.to_lsn,
-                "duration_seconds": round(self.duration_seconds, 3), "owner": self.owner}
+                "duration_seconds": round(self.duration_seconds, 3), "owner": self.owner,
+                "erasures": self.erasures.to_json() if self.erasures else None}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Fields, Note
@@ -80,8 +83,11 @@ class RestoreResult:
                         ("owner", self.owner or "current user"),
                         ("duration", f"{self.duration_seconds:.1f} s")],
                        title="physical backup restored"),
-                Note("start it with pg_ctl -D DIR start (as its owner): it replays WAL to the "
-                     "target, then promotes")]
+                *(self.erasures.to_view() if self.erasures else []),
+                Note("start it with pg_ctl -D DIR start (as its owner)"
+                     + (": it was started once to replay the erasure ledger, and is promoted"
+                        if self.erasures and self.erasures.ledger_entries else
+                        ": it replays WAL to the target, then promotes"))]
 
 
 def parse_time(value: str) -> dt.datetime:
@@ -183,11 +189,27 @@ def plan_restore(loaded: LoadedConfig, target: Target, *, backup_id: str | None,
     return RestorePlan(backup, _chain(backup, by_id), target_dir, to_time, to_lsn, (start, end))
 
 
-def run_restore(loaded: LoadedConfig, target: Target, plan: RestorePlan) -> RestoreResult:
+def run_restore(loaded: LoadedConfig, target: Target, plan: RestorePlan,
+                replay_ledger: bool = True) -> RestoreResult:
+    """Barman's recover into the target folder; then (`replay_ledger`, not for the drill,
+    which replays into the copy it starts) the erasure ledger's replay."""
+    from aegisctl.backup.physical import forget_replay
+
     engine = engine_for(loaded, target)
     if shutil.which("rsync") is None:
         raise MissingBinary("Barman's recover needs rsync, which is not installed",
                             hint="apt-get install rsync")
+    # Read and validated before anything is touched: a damaged copy stops the restore here.
+    ledger = forget_replay.newest_ledger(loaded, target) if replay_ledger else None
+    result = _recover(loaded, target, plan, engine)
+    if ledger is not None:
+        result.erasures = forget_replay.replay_restored_dir(
+            engine, plan.target_dir, loaded.settings.backup.physical.drill_timeout, *ledger)
+    return result
+
+
+def _recover(loaded: LoadedConfig, target: Target, plan: RestorePlan,
+             engine: Engine) -> RestoreResult:
     from aegisctl.backup.physical import restore_dir
     from aegisctl.testhooks import pause_at
 
@@ -296,6 +318,7 @@ class DrillReport:
     checks: list[DrillCheck] = field(default_factory=list)
     row_counts: dict[str, int] = field(default_factory=dict)
     log_errors: list[str] = field(default_factory=list)
+    erasures: ReplayResult | None = None
 
     @property
     def ok(self) -> bool:
@@ -309,7 +332,8 @@ class DrillReport:
                 "total_seconds": round(self.total_seconds, 3), "port": self.port,
                 "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
                            for c in self.checks],
-                "row_counts": self.row_counts, "log_errors": self.log_errors}
+                "row_counts": self.row_counts, "log_errors": self.log_errors,
+                "erasures": self.erasures.to_json() if self.erasures else None}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Fields, Note, Table
@@ -427,10 +451,13 @@ def run_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | None = N
               to_time: dt.datetime | None = None,
               expected_counts: dict[str, int] | None = None) -> DrillReport:
     """Restore, start, promote, check, stop, delete; recorded as the last drill."""
+    from aegisctl.backup.physical import forget_replay
     from aegisctl.db import connect
 
     engine = engine_for(loaded, target)
     physical = loaded.settings.backup.physical
+    # Read and validated before anything runs; replayed into the started copy.
+    ledger, _ = forget_replay.newest_ledger(loaded, target)
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     with connect(loaded, target, "backup drill", needs="direct") as conn:
@@ -450,7 +477,7 @@ def run_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | None = N
                             refresh_wal=to_time is not None)
         report = DrillReport(target.name, plan.backup.id, plan.chain, to_time, started_at)
         try:
-            run_restore(loaded, target, plan)
+            run_restore(loaded, target, plan, replay_ledger=False)
             report.restore_seconds = time.monotonic() - t0
             scratch = _Scratch(engine, data_dir, physical.drill_timeout, str(superuser))
             report.port = scratch.port
@@ -461,6 +488,7 @@ def run_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | None = N
                 report.promote_seconds = time.monotonic() - t1
                 report.checks.append(DrillCheck("promoted", True, "read-write after recovery"))
                 _check_restored(scratch, database, source_ext, expected_counts, report)
+                _replay_ledger(scratch, database, ledger, report)
             finally:
                 report.log_errors = scratch.log_errors()
                 scratch.stop()
@@ -474,6 +502,22 @@ def run_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | None = N
     save_state(engine, {"last_drill_attempt": {"at": report.started_at.isoformat(),
                                                "ok": report.ok}})
     return report
+
+
+def _replay_ledger(scratch: _Scratch, database: str, ledger: Any, report: DrillReport) -> None:
+    """The erasure ledger replayed into the drill's copy, as every restore does."""
+    import psycopg
+
+    from aegisctl.backup.physical.forget_replay import replay_into
+
+    try:
+        with psycopg.connect(scratch.conninfo(database)) as conn:
+            report.erasures = replay_into(conn, ledger)
+    except psycopg.Error as exc:
+        report.checks.append(DrillCheck("erasure ledger", False,
+                                        str(exc).strip().splitlines()[0][:300]))
+        return
+    report.checks.append(DrillCheck("erasure ledger", True, report.erasures.line()))
 
 
 def _row_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
