@@ -78,7 +78,7 @@ def ha(patroni_cluster: PatroniCluster) -> Iterator[HaPhysical]:  # noqa: F811
         "connection": {"retry": {"attempts": 1}},
         "backup": {"directory": str(folder / "backups"),
                    "physical": {"directory": str(folder / "barman"), "archive_interval": "2s",
-                                "max_slot_wal_keep_size": "1GB"}},
+                                "max_slot_wal_keep_size": "1GB", "drill_timeout": "180s"}},
     }))
     loaded = load_config(str(config), env={})
     target = resolve_target(loaded, "cluster", env={})
@@ -217,6 +217,28 @@ def test_check_names_a_gap_in_the_archive_and_the_next_incremental_is_full(
     backup = create_physical(ha.loaded, ha.fresh_target(), incremental=True)
     assert backup.backup.type == "full" and backup.full_reason
     assert "gap" in backup.full_reason and victim in backup.full_reason
+
+
+def test_disable_takes_the_slot_out_of_patronis_configuration(ha: HaPhysical) -> None:
+    """A permanent slot dropped by SQL would come back: it leaves the DCS, and Patroni drops it
+    on every member."""
+    from aegisctl.backup.physical.setup import disable_physical, plan_disable
+
+    ha.stop.set()
+    assert ha.thread is not None
+    ha.thread.join(120)
+    plan = plan_disable(ha.loaded, ha.fresh_target())
+    assert plan.slot_exists
+    disable_physical(ha.loaded, ha.fresh_target(), plan)
+    status, config = http_json(f"{ha.cluster.members[0].api_url}/config")
+    assert status == 200 and SLOT not in (config.get("slots") or {})
+    for member in ha.cluster.members:
+        def gone(member: Any = member) -> bool:
+            with member.connect() as conn:
+                row = conn.execute("SELECT count(*) FROM pg_replication_slots "
+                                   "WHERE slot_name = %s", (SLOT,)).fetchone()
+            return row == (0,)
+        wait_for(f"the slot dropped on {member.name}", gone, 60)
 
 
 def _stream(ha: HaPhysical) -> None:

@@ -191,6 +191,17 @@ def declare_in_dcs(settings: PatroniSettings, target_name: str, slot: str,
     return done
 
 
+def forget_in_dcs(settings: PatroniSettings, target_name: str, slot: str) -> None:
+    """`disable`: the slot is no longer permanent (null removes a key in Patroni's PATCH)."""
+    from aegisctl.cluster.patroni import fetch_config, patch_config
+
+    config, base = fetch_config(settings, target_name)
+    slots = config.get("slots")
+    if isinstance(slots, dict) and slot in slots:
+        patch_config(settings, target_name, base, {"slots": {slot: None}},
+                     f"patronictl edit-config, and remove slots.{slot}")
+
+
 def loop_wait(settings: PatroniSettings, target_name: str) -> float:
     from aegisctl.cluster.patroni import fetch_config
 
@@ -217,3 +228,57 @@ def wait_applied(loaded: LoadedConfig, target: Target, slot: str, names: list[st
         if not pending or time.monotonic() > deadline:
             return pending
         time.sleep(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# After a failover: a receiver ahead of the new leader
+
+
+def realign_receiver(loaded: LoadedConfig, target: Target, engine: Engine) -> str:
+    """The receiver got WAL from the old leader that the new one never received (asynchronous
+    replication; it died with the old leader): pg_receivewal asks to resume inside that lost
+    branch and the new leader refuses, every time. Everything up to the switch point is already
+    in the receiver's files (it was ahead), so it resumes at the start of the switch point's
+    segment on the new timeline; the lost branch's segments not yet archived are set aside in
+    aegisctl's folder (never deleted). Barman's own `receive-wal --reset` would resume on the
+    new timeline at the slot's position, which may lie before the new timeline began."""
+    import psycopg
+
+    from aegisctl.backup.physical.engine import conninfo_for
+    from aegisctl.backup.physical.timelines import (
+        SEGMENT_SIZE,
+        format_lsn,
+        parse_history,
+        parse_segment,
+        segment_name,
+    )
+
+    with psycopg.connect(conninfo_for(loaded.settings, target, engine), replication="true",
+                         autocommit=True, connect_timeout=10) as conn:
+        # The replication protocol's own commands: simple queries only.
+        system = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")
+        timeline = int((system.get_value(0, 1) or b"0").decode())
+        if timeline < 2:
+            return "nothing to realign: the leader is on timeline 1"
+        history = conn.pgconn.exec_(f"TIMELINE_HISTORY {timeline}".encode())
+        content = history.get_value(0, 1) or b""
+    chain = parse_history(bytes(content).decode("utf-8", "replace"), timeline)
+    if chain is None:
+        raise OperationFailed(f"the leader's history of timeline {timeline} is not valid")
+    switch = chain[-1].begin_segment
+    streaming = engine.server_dir / "streaming"
+    aside = engine.make_dir(engine.state_dir / "lost-branch")
+    moved = []
+    for entry in sorted(streaming.iterdir()):
+        pos = parse_segment(entry.name.removesuffix(".partial"))
+        if pos is not None and pos[0] < timeline and pos[1] > switch and entry.is_file():
+            entry.rename(aside / entry.name)
+            moved.append(entry.name)
+    start = streaming / (segment_name(timeline, switch) + ".partial")
+    if not start.exists() and not start.with_suffix("").exists():
+        start.touch(0o600)  # pg_receivewal resumes at the start of the newest .partial
+        engine.chown(start)
+    return (f"the receiver was ahead of the new leader (WAL the old leader wrote after the "
+            f"switch point, lost with it): resuming on timeline {timeline} at "
+            f"{format_lsn(switch * SEGMENT_SIZE)}"
+            + (f"; set aside {', '.join(moved)} in {aside}" if moved else ""))

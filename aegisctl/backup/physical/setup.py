@@ -424,7 +424,14 @@ def disable_physical(loaded: LoadedConfig, target: Target, plan: DisablePlan) ->
                 raise OperationFailed(
                     f"slot {engine.slot_name} is in use by process {row[0]} (a WAL streamer)",
                     hint="stop `aegisctl backup wal stream` first")
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (engine.slot_name,))
+            if target.cluster is not None and target.cluster.patroni is not None:
+                # Patroni would create a permanent slot again: it leaves the DCS first, and
+                # Patroni then drops it on every member as unknown.
+                from aegisctl.backup.physical.ha import forget_in_dcs
+
+                forget_in_dcs(target.cluster.patroni, target.name, engine.slot_name)
+            else:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (engine.slot_name,))
     if plan.config_exists and engine.server_config.exists():
         engine.server_config.rename(engine.server_config.with_suffix(".conf.disabled"))
     plan.done = True

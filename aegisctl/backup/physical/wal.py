@@ -90,6 +90,8 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
                     f"restarting in {delay:.0f} s")
                 restarts += 1
                 child = None
+                if target.cluster is not None and _ahead_of_new_leader(engine, log_file):
+                    say(_realign(loaded, target, engine))
                 if stop.wait(delay):
                     break
                 delay = min(delay * 2, 60.0)
@@ -182,11 +184,37 @@ def _why_not_streaming(loaded: LoadedConfig, target: Target, engine: Engine,
     return tail
 
 
-def _tail(path: Path) -> str:
+# pg_receivewal's error when its position is on a branch the server never had.
+NOT_IN_HISTORY = "is not in this server's history"
+
+
+def _ahead_of_new_leader(engine: Engine, log_file: Path) -> bool:
+    """After a failover the receiver may hold WAL the old leader wrote and the new one never
+    received (asynchronous replication): it asks to resume inside that lost branch, which the
+    new leader refuses, every time."""
+    barman_log = engine.home / "log" / "barman.log"
+    return any(NOT_IN_HISTORY in _tail(path, 40) for path in (log_file, barman_log))
+
+
+def _realign(loaded: LoadedConfig, target: Target, engine: Engine) -> str:
+    from aegisctl.backup.physical.ha import realign_receiver
+    from aegisctl.errors import AegisError
+
+    try:
+        return realign_receiver(loaded, target, engine)
+    except (AegisError, OSError) as exc:
+        return f"cannot realign the receiver with the new leader yet: {exc}"
+    except Exception as exc:  # psycopg's: the leader went away again; the next exit retries
+        return f"cannot realign the receiver with the new leader yet: {exc}"
+
+
+def _tail(path: Path, lines_wanted: int = 1) -> str:
     try:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "no output"
+    if lines_wanted > 1:
+        return "\n".join(lines[-lines_wanted:])
     return lines[-1][:300] if lines else "no output"
 
 
