@@ -194,6 +194,8 @@ class SearchSettings:
     dedupe: float = 0.8  # word-trigram overlap that folds a near-identical hit; 0 = off
     # Query-adaptive fusion: each signal's weight follows how strong it is for this query.
     adaptive: bool = True
+    # The first hit of the signal that is sure of itself keeps a place in hybrid's top 2.
+    safeguard: bool = True
     rerank: RerankSettings | None = None
 
 

@@ -81,8 +81,9 @@ class HealthReport:
             Table(["extension", "status", "installed", "available", "note"],
                   [(e.name, e.status, e.installed_version or "-", e.default_version or "-",
                     "; ".join(e.notes)) for e in self.extensions]),
-            *[Note(f"known bug: {k['product']} {k['version']}: {k['problem']} (fixed in "
-                   f"{k['fixed_in']}): {k['action']} [{k['source']}]", "yellow")
+            *[Note(f"known bug: {k['product']} {k['version']}: {k['problem']} ("
+                   + (f"if you use {k['applies_to']}; " if k.get("when") else "")
+                   + f"fixed in {k['fixed_in']}): {k['action']} [{k['source']}]", "yellow")
               for k in self.known_bad],
         ]
 

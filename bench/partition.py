@@ -17,16 +17,23 @@ swap transactions take ACCESS EXCLUSIVE on the table: from the first lock to COM
 <= 1 s; the build transaction only reads the table), each step's time, and
 rows lost (ids the writer got back that are not in the table afterwards; target 0).
 
-Phase 2, retention: the same rows in a table partitioned by month from the start (16 monthly
-partitions made by aegisctl's create_month) and in a plain table with an index on created_at.
-`cleanup run` with the seed's policy (13mo, archive off, VACUUM off) at the current month's
-start drops the 3 expired months as whole partitions; the plain table gets one `DELETE ...
-WHERE created_at < cutoff` of the same rows. Reported: both times and the ratio (target >= 50x),
-and whether anything was rewritten (the surviving partitions keep their relfilenode; the plain
-table keeps its size and carries the deleted rows as dead tuples until VACUUM).
+Phase 2, retention: the same rows in three tables partitioned by month from the start (16
+monthly partitions made by aegisctl's create_month) and in a plain table with an index on
+created_at. `cleanup run` with the seed's policy (13mo, archive off, VACUUM off) at the
+current month's start drops the 3 expired months as whole partitions, once with exact row
+counts (the default) and once with `partition_row_counts: estimate`; the third table gets only
+the bare DETACH ... CONCURRENTLY and DROP statements (the floor); the plain table gets one
+`DELETE ... WHERE created_at < cutoff` of the same rows. Reported: the times and ratios
+(target >= 50x the DELETE; or, where the machine keeps even the floor below that, within 20 %
+of the floor), every statement of each run by kind, and whether anything was rewritten (the
+surviving partitions keep their relfilenode; the plain table keeps its size and carries the
+deleted rows as dead tuples until VACUUM).
+
+Phase 1b (--split): `maint partitions --split-legacy` on the converted table, the writers
+going: their worst insert during it, its batches and swap, rows lost.
 
 Usage: nice python bench/partition.py [--rows 1000000] [--rate 500] [--writers 4]
-                                      [--skip-retention] [--keep]
+                                      [--split] [--skip-retention | --skip-conversion] [--keep]
 (starts its own embedded server in a temporary folder)
 """
 
@@ -422,6 +429,64 @@ def retention_phase(base: Path, dsn: str, conn: psycopg.Connection[Any], rows: i
     }
 
 
+def split_phase(base: Path, dsn: str, conn: psycopg.Connection[Any],
+                args: argparse.Namespace) -> dict[str, Any]:
+    """`maint partitions --split-legacy` on the converted table (every row in its legacy
+    partition, which also takes the writers' rows: the current month is in its range) while
+    the writers go on: their worst insert during the split against before it, the batches,
+    the swap, rows lost."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AEGISCTL_")}
+    env["AEGISCTL_STATE_DIR"] = str(base / "state")
+    writer = Writers(dsn, args.rate, args.writers)
+    writer.start()
+    writer.set_phase("baseline")
+    time.sleep(5)
+    writer.set_phase("split")
+    waits = LockWaits(dsn)
+    waits.start()
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "aegisctl", "--config",
+                           str(base / "aegisctl.yaml"), "maint", "partitions", "--split-legacy",
+                           "--table", "api_usage_events", "--yes", "--format", "json"],
+                          capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - started
+    waits.stop.set()
+    waits.join()
+    writer.set_phase("after")
+    time.sleep(2)
+    writer.stop()
+    if done.returncode != 0:
+        raise SystemExit(f"split failed: {done.stderr or done.stdout}")
+    (split,) = json.loads(done.stdout)["splits"]
+    ids = writer.ids
+    present = conn.execute("SELECT count(*) FROM api_usage_events WHERE id = ANY(%s)",
+                           (ids,)).fetchone()
+    during, baseline = writer.latencies("split"), writer.latencies("baseline")
+    return {
+        "seconds": round(seconds, 2), "status": split["status"], "months": len(split["months"]),
+        "copied_rows": split["copied_rows"], "batches": split["batches"],
+        "longest_batch_seconds": split["longest_batch_seconds"],
+        "swap_seconds": split["swap_seconds"],
+        "writer_rows_per_s_during": round(len(during) / seconds, 1),
+        "writer_max_ms": _ms(during), "writer_p99_ms": _ms(during, 99),
+        "writer_baseline_max_ms": _ms(baseline), "writer_baseline_p99_ms": _ms(baseline, 99),
+        "writer_longest_lock_wait_ms_sampled": round(waits.longest * 1000, 1),
+        "writer_errors": writer.errors[:5],
+        "rows_lost": len(ids) - (present[0] if present else 0),
+    }
+
+
+def summarise_split(s: dict[str, Any]) -> None:
+    print(f"\nsplit of the legacy partition into {s['months']} months: {s['copied_rows']} rows "
+          f"copied in {s['batches']} batches (longest {s['longest_batch_seconds']}s), swap "
+          f"{s['swap_seconds']}s, {s['seconds']}s in all; writers at "
+          f"{s['writer_rows_per_s_during']} rows/s: worst insert {s['writer_max_ms']} ms (p99 "
+          f"{s['writer_p99_ms']}; before: {s['writer_baseline_max_ms']} ms, p99 "
+          f"{s['writer_baseline_p99_ms']}; longest lock wait seen "
+          f"{s['writer_longest_lock_wait_ms_sampled']} ms), rows lost {s['rows_lost']}",
+          file=sys.stderr)
+
+
 def conversion(base: Path, dsn: str, conn: psycopg.Connection[Any], args: argparse.Namespace,
                start: dt.datetime, now: dt.datetime) -> dict[str, Any]:
     started = time.perf_counter()
@@ -476,6 +541,9 @@ def main() -> None:
                         help="only the conversion phase")
     parser.add_argument("--skip-conversion", action="store_true",
                         help="only the retention phase")
+    parser.add_argument("--split", action="store_true",
+                        help="after the conversion, split its legacy partition into months "
+                             "(maint partitions --split-legacy) with the writers going")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="aegisctl-bench-partition-"))
@@ -494,12 +562,17 @@ def main() -> None:
             if not args.skip_conversion:
                 results["conversion"] = conversion(base, dsn, conn, args, start, now)
                 print(f"conversion: {results['conversion']}", file=sys.stderr)
+                if args.split:
+                    results["split"] = split_phase(base, dsn, conn, args)
+                    print(f"split: {results['split']}", file=sys.stderr)
             if not args.skip_retention:
                 results["retention"] = retention_phase(base, dsn, conn, args.rows, start, now)
                 print(f"retention: {results['retention']}", file=sys.stderr)
         print(json.dumps(results, indent=2))
         if "conversion" in results:
             summarise_conversion(args.rows, results["conversion"])
+        if "split" in results:
+            summarise_split(results["split"])
         if "retention" in results:
             summarise_retention(results["retention"])
     finally:

@@ -13,7 +13,18 @@ noise added, normalised: shaped like real text embeddings) and an HNSW index, th
      extension and vector index checks) vs pg_restore of the logical dump into a new
      database (which rebuilds the HNSW index)                        target: <= 0.5x
 
+With --offsite (physical backups off the machine, issue 26), instead: the same kind of
+database, a moto S3 server as a separate process, and in one run
+
+  4. raw copy of the data directory (cp -a: the physical floor on this disk), the local full
+     backup, then its upload (and the WAL so far) to the store, encrypted and checked
+  5. time to a verified PITR drill restored from the store alone (a fresh config, only the
+     key) vs the same drill from the local copy
+  6. the RPO under a steady insert load: WAL shipped beside the streamer every
+     archive_interval, the remote lag sampled every second (seconds and bytes behind)
+
 Usage: python bench/physical.py [--rows 150000] [--keep]
+       python bench/physical.py --offsite [--rows 50000] [--load-seconds 60]
 Starts its own embedded PostgreSQL in a temporary folder (as root, one others can enter).
 """
 
@@ -174,7 +185,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=150_000)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--offsite", action="store_true", help="measure physical backups "
+                        "off the machine (moto S3) instead")
+    parser.add_argument("--load-seconds", type=float, default=60.0)
     args = parser.parse_args()
+    if args.offsite:
+        from physical_offsite import offsite
+
+        offsite(args, load, DIM)
+        return
 
     base = Path(tempfile.mkdtemp(prefix="aegisctl-bench-physical-"))
     base.chmod(0o755)

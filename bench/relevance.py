@@ -27,11 +27,14 @@ then every question through aegisctl's search core (what `memory search --kind s
 10 --mode M` runs). Baseline in the same run: plain exact pgvector kNN (`ORDER BY embedding <=>
 q LIMIT 10`) over the same vectors, without aegisctl's dedupe and fusion.
 
-No tuning on the reporting set: the fusion grid (--grid) is scored on one corpus, its best
-setting (success@5 + MRR@10 there) is reported on the other, in both directions. The shipped
-defaults are the setting tuned on the SQLite docs; they are printed as rows of their own, next
-to the last round's fixed-weight fusion. `--rerank-url` adds hybrid + rerank
-through a `POST /rerank` server, with its latency.
+No tuning on the reporting set: the fusion grid (--grid; 972 settings: rrf_k, keyword weight,
+adaptive on/off and the adaptive rule's constants, and the safeguard's thresholds, off
+included) is scored on one corpus, its best setting (success@5 + MRR@10 there) is reported on
+the other, in both directions; so is the best setting of the grid without the safeguard, to
+show what it changes. The shipped defaults are the setting tuned on the SQLite docs; they are
+printed as rows of their own, with and without the safeguard, next to the fixed-weight fusion
+of two releases ago. `--rerank-url` adds hybrid + rerank through a `POST /rerank` server, with
+its latency.
 Printed: success@5 and MRR@10 per mode and question style (nDCG@10 in --json).
 """
 
@@ -162,7 +165,8 @@ def knn(conn: psycopg.Connection[Any], vector: list[float]) -> list[int]:
 
 
 # The fusion grid scored on the tuning corpus: SearchSettings fields, and the adaptive rule's
-# constants in aegisctl/memory/search/fusion.py (FLOOR, SPREAD_FULL, AGREEMENT).
+# and the safeguard's constants in aegisctl/memory/search/fusion.py. GUARD_WEAK 0.0 with
+# GUARD_STRONG 9.0 is the safeguard off (the first value of each, so a tie prefers it off).
 GRID: dict[str, tuple[Any, ...]] = {
     "rrf_k": (10, 30, 60),
     "keyword_weight": (0.5, 0.75, 1.0),
@@ -170,8 +174,12 @@ GRID: dict[str, tuple[Any, ...]] = {
     "FLOOR": (0.25, 0.5),
     "SPREAD_FULL": (0.1, 0.3),
     "AGREEMENT": (0.0, 0.5),
+    "GUARD_WEAK": (0.0, 0.5, 0.6, 0.7),
+    "GUARD_STRONG": (9.0, 0.8, 0.9),
 }
 CONSTANTS = ("FLOOR", "SPREAD_FULL", "AGREEMENT")
+GUARDS = ("GUARD_WEAK", "GUARD_STRONG")
+GUARD_OFF = {"GUARD_WEAK": 0.0, "GUARD_STRONG": 9.0}
 
 
 @dataclass
@@ -186,20 +194,37 @@ class Variant:
         for name, value in self.constants.items():
             setattr(fusion, name, value)
 
+    @property
+    def fusion_key(self) -> str:
+        """What the fused order depends on (everything but the safeguard)."""
+        return self.label.split(" | ")[0]
 
-def grid(base: Any) -> list[Variant]:
+    @property
+    def guarded(self) -> bool:
+        return any(self.constants[g] != GUARD_OFF[g] for g in GUARDS)
+
+
+def grid(base: Any, with_guard: bool = True) -> list[Variant]:
     out: list[Variant] = []
     names = list(GRID)
     for values in itertools.product(*(GRID[n] for n in names)):
         chosen = dict(zip(names, values, strict=True))
         if not chosen["adaptive"] and any(chosen[c] != GRID[c][0] for c in CONSTANTS):
             continue  # the constants only matter to the adaptive rule
+        if not with_guard and any(chosen[g] != GUARD_OFF[g] for g in GUARDS):
+            continue
         settings = copy.deepcopy(base)
         for name in ("rrf_k", "keyword_weight", "adaptive"):
             setattr(settings.search, name, chosen[name])
-        label = " ".join(f"{n} {v}" for n, v in chosen.items()
-                         if chosen["adaptive"] or n not in CONSTANTS)
-        out.append(Variant(label, settings, {c: chosen[c] for c in CONSTANTS}))
+        settings.search.safeguard = True
+        label = " ".join(f"{n} {chosen[n]}" for n in names if n not in GUARDS and (
+            chosen["adaptive"] or n not in CONSTANTS))
+        guard = ("safeguard off" if all(chosen[g] == GUARD_OFF[g] for g in GUARDS) else
+                 f"safeguard: semantic below {chosen['GUARD_WEAK']}" + (
+                     f", keyword from {chosen['GUARD_STRONG']}"
+                     if chosen["GUARD_STRONG"] != GUARD_OFF["GUARD_STRONG"] else ""))
+        out.append(Variant(f"{label} | {guard}", settings,
+                           {c: chosen[c] for c in CONSTANTS + GUARDS}))
     return out
 
 
@@ -228,22 +253,60 @@ def captured(loaded: Loaded, settings: Any) -> list[tuple[Any, ...]]:
     return out
 
 
-def score_offline(loaded: Loaded, lists: list[tuple[Any, ...]], variant: Variant) -> Scores:
-    """What search() ranks in hybrid mode, from the captured lists: fuse, then dedupe."""
-    from aegisctl.memory.search import adaptive_weights, dedupe, exact_terms, fuse
+def score_offline(loaded: Loaded, lists: list[tuple[Any, ...]], variants: list[Variant]
+                  ) -> list[Scores]:
+    """What search() ranks in hybrid mode, from the captured lists: fuse (once per fusion
+    setting), the safeguard (per variant), then dedupe."""
+    from aegisctl.memory.search import adaptive_weights, exact_terms, fuse
+    from aegisctl.memory.search.fusion import safeguard
 
-    variant.apply()
-    scores = Scores()
-    search = variant.settings.search
-    for question, (semantic, keyword, stats), answers in zip(loaded.questions, lists,
-                                                              loaded.relevant, strict=True):
-        sem = [copy.deepcopy(h) for h in semantic]
-        kw = [copy.deepcopy(h) for h in keyword]
-        weights = adaptive_weights(sem, kw, stats, search)
-        hits = dedupe(fuse(sem, kw, "hybrid", search, exact_terms(question["q"]), weights),
-                      search.dedupe)
-        scores.add(question["style"], [h.id for h in hits[:10]], answers)
-    return scores
+    fused_by: dict[str, list[tuple[list[Any], Any, Any, float]]] = {}
+    out = []
+    for variant in variants:
+        variant.apply()
+        search = variant.settings.search
+        fused = fused_by.get(variant.fusion_key)
+        if fused is None:
+            fused = fused_by[variant.fusion_key] = []
+            search.safeguard = False
+            for question, (semantic, keyword, stats) in zip(loaded.questions, lists,
+                                                             strict=True):
+                sem, kw = _fresh(semantic), _fresh(keyword)
+                weights = adaptive_weights(sem, kw, stats, search)
+                hits = fuse(sem, kw, "hybrid", search, exact_terms(question["q"]), weights)
+                fused.append((hits, sem, kw, weights.keyword_strength))
+            search.safeguard = True
+        scores = Scores()
+        for question, (hits, sem, kw, strength), answers in zip(
+                loaded.questions, fused, loaded.relevant, strict=True):
+            order = list(hits)
+            safeguard(order, sem, kw, strength)
+            scores.add(question["style"], top_ids(order, search.dedupe), answers)
+        out.append(scores)
+    return out
+
+
+def _fresh(hits: list[Any]) -> list[Any]:
+    """Shallow copies that fusion may annotate without touching the captured hits."""
+    return [_fresh_hit(h) for h in hits]
+
+
+def _fresh_hit(hit: Any) -> Any:
+    hit = copy.copy(hit)
+    hit.ranks, hit.duplicates, hit.exact_terms = dict(hit.ranks), [], list(hit.exact_terms)
+    return hit
+
+
+def top_ids(hits: list[Any], threshold: float, n: int = 10) -> list[int]:
+    """The first n ids after dedupe (which folds a hit only into better-ranked ones, so a
+    prefix of the list gives the same first n whenever it keeps n)."""
+    from aegisctl.memory.search import dedupe
+
+    for prefix in (hits[:3 * n], hits):
+        kept = dedupe([_fresh_hit(h) for h in prefix], threshold)
+        if len(kept) >= n or prefix is hits:
+            return [h.id for h in kept[:n]]
+    return []
 
 
 @dataclass
@@ -363,11 +426,18 @@ def evaluate(loaded: list[Loaded], settings: Any, rerank: bool, use_grid: bool
             plain.add(q["style"], knn(item.conn, vector), answers)
         rows.append(("plain kNN (exact, same vectors)", plain))
         for mode in ("keyword", "semantic", "hybrid"):
-            rows.append((f"aegisctl {mode} (defaults)", run_questions(item, settings, mode)))
-        fixed = copy.deepcopy(settings)
+            label = f"aegisctl {mode} (defaults)"
+            if mode == "hybrid":
+                label = "aegisctl hybrid, shipped (defaults = tuned on sqlite)"
+            rows.append((label, run_questions(item, settings, mode)))
+        unguarded = copy.deepcopy(settings)
+        unguarded.search.safeguard = False
+        rows.append(("aegisctl hybrid, shipped without the safeguard",
+                     run_questions(item, unguarded, "hybrid")))
+        fixed = copy.deepcopy(unguarded)
         fixed.search.adaptive = False
         fixed.search.rrf_k = 60
-        rows.append(("aegisctl hybrid, last round (fixed weights, rrf_k 60)",
+        rows.append(("aegisctl hybrid, two releases ago (fixed weights, rrf_k 60)",
                      run_questions(item, fixed, "hybrid")))
         if rerank:
             rows.append(("aegisctl hybrid + rerank (defaults)",
@@ -376,26 +446,49 @@ def evaluate(loaded: list[Loaded], settings: Any, rerank: bool, use_grid: bool
     if use_grid and len(loaded) == 2:
         from aegisctl.memory.search import fusion
 
-        shipped = {c: getattr(fusion, c) for c in CONSTANTS}
+        shipped = {c: getattr(fusion, c) for c in CONSTANTS + GUARDS}
         for tune, report in (loaded, loaded[::-1]):
-            deep = copy.deepcopy(settings)
-            lists = captured(tune, deep)
-            scored = [(v, score_offline(tune, lists, v)) for v in grid(settings)]
+            lists = captured(tune, copy.deepcopy(settings))
+            variants = grid(settings)
+            started = time.perf_counter()
+            scored = list(zip(variants, score_offline(tune, lists, variants), strict=True))
+            seconds = time.perf_counter() - started
+            # Stable sort: among equal scores the grid's order decides (safeguard off first).
             scored.sort(key=lambda entry: rank_key(entry[1]), reverse=True)
-            best, on_tune = scored[0]
-            print(f"\ntuned on {tune.corpus.name} ({len(scored)} settings, ranked by "
-                  f"success@5 + MRR@10): {best.label} (s@5 "
-                  f"{on_tune.success('all'):.3f}, MRR {on_tune.mrr('all'):.3f} there)")
-            best.apply()
-            results[report.corpus.name].append(
-                (f"hybrid tuned on {tune.corpus.name}", run_questions(report, best.settings,
-                                                                      "hybrid")))
-            if rerank:
+            for which, pool in (("", scored),
+                                (", safeguard not in the grid",
+                                 [e for e in scored if not e[0].guarded])):
+                best, on_tune = pool[0]
+                print(f"\ntuned on {tune.corpus.name}{which} ({len(pool)} settings, scored "
+                      f"offline in {seconds:.0f} s, ranked by success@5 + MRR@10): "
+                      f"{best.label} (s@5 {on_tune.success('all'):.3f}, MRR "
+                      f"{on_tune.mrr('all'):.3f} there)")
+                best.apply()
                 results[report.corpus.name].append(
-                    (f"hybrid tuned on {tune.corpus.name} + rerank",
-                     run_questions(report, best.settings, "hybrid", rerank)))
-            Variant("shipped", settings, shipped).apply()
+                    (f"hybrid tuned on {tune.corpus.name}{which}",
+                     run_questions(report, best.settings, "hybrid")))
+                if rerank and not which:
+                    results[report.corpus.name].append(
+                        (f"hybrid tuned on {tune.corpus.name} + rerank",
+                         run_questions(report, best.settings, "hybrid", rerank)))
+                Variant("shipped", settings, shipped).apply()
+            guarded = sum(1 for v, _ in scored if v.guarded)
+            print(f"settings at least as good as {tune.corpus.name}'s best single mode in "
+                  f"both metrics: {_at_least(tune, results, scored, True)} of {guarded} with "
+                  f"a safeguard, {_at_least(tune, results, scored, False)} of "
+                  f"{len(scored) - guarded} without")
     return results
+
+
+def _at_least(tune: Loaded, results: dict[str, list[tuple[str, Scores]]],
+              scored: list[tuple[Variant, Scores]], guarded: bool) -> int:
+    rows = dict(results[tune.corpus.name])
+    singles = [rows["aegisctl keyword (defaults)"], rows["aegisctl semantic (defaults)"]]
+    s5 = max(s.success("all") for s in singles)
+    mrr = max(s.mrr("all") for s in singles)
+    return sum(1 for v, s in scored if v.guarded == guarded
+               and round(s.success("all"), 3) >= round(s5, 3)
+               and round(s.mrr("all"), 3) >= round(mrr, 3))
 
 
 def main() -> None:

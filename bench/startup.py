@@ -6,6 +6,13 @@ shared host) moves both sides of each ratio alike. Prints the median of the per-
 
 Targets (issue 21): `aegisctl --version` <= 1.2x, any group's `--help` <= 1.5x.
 
+The floor of any `--help`: Typer draws help with rich through `typer.rich_utils`, which
+imports rich's console, table, markdown (markdown-it) and traceback (pygments) modules at its
+top, whatever the app. The bench measures that floor in the same rounds, `python -c "import
+typer, typer.rich_utils"`, and the help of an empty Typer app (one group, two commands), and
+prints each `--help` against the floor too: what aegisctl adds above what no Typer CLI can
+avoid.
+
     nice python bench/startup.py --runs 15
 """
 
@@ -16,10 +23,31 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 GROUPS = ["backup", "memory", "maint", "schedule", "check"]
+EMPTY_APP = """
+import typer
+
+app = typer.Typer(add_completion=False)
+group = typer.Typer(help="A group.")
+app.add_typer(group, name="grp")
+
+
+@group.command()
+def one() -> None:
+    \"\"\"The first command.\"\"\"
+
+
+@group.command()
+def two() -> None:
+    \"\"\"The second command.\"\"\"
+
+
+app(prog_name="empty")
+"""
 
 
 def wall_ms(argv: list[str]) -> float:
@@ -35,7 +63,13 @@ def main() -> None:
     args = parser.parse_args()
     script = shutil.which("aegisctl") or str(Path(sys.executable).parent / "aegisctl")
     baseline = [sys.executable, "-c", "import typer"]
-    candidates = {"aegisctl --version": [script, "--version"],
+    empty = Path(tempfile.mkdtemp(prefix="aegisctl-bench-startup-")) / "empty_app.py"
+    empty.write_text(EMPTY_APP)
+    floors = {"floor: import typer.rich_utils": [sys.executable, "-c",
+                                                  "import typer, typer.rich_utils"],
+              "floor: empty app --help": [sys.executable, str(empty), "--help"],
+              "floor: empty app grp --help": [sys.executable, str(empty), "grp", "--help"]}
+    candidates = {**floors,"aegisctl --version": [script, "--version"],
                   "aegisctl --help": [script, "--help"],
                   **{f"aegisctl {g} --help": [script, g, "--help"] for g in GROUPS}}
     for argv in [baseline, *candidates.values()]:
@@ -47,13 +81,20 @@ def main() -> None:
         base_ms.append(base)
         for name, argv in candidates.items():
             ratios[name].append(wall_ms(argv) / base)
+    empty.unlink()
+    empty.parent.rmdir()
     print(f"runs: {args.runs} paired rounds; baseline python -c 'import typer': "
           f"{statistics.median(base_ms):.1f} ms (median)")
+    floor = statistics.median(ratios["floor: import typer.rich_utils"])
     for name, values in ratios.items():
-        target = 1.2 if name.endswith("--version") else 1.5
         ratio = statistics.median(values)
+        if name.startswith("floor"):
+            print(f"{name:30s} {ratio:5.2f}x")
+            continue
+        target = 1.2 if name.endswith("--version") else 1.5
         verdict = "ok" if ratio <= target else "OVER"
-        print(f"{name:28s} {ratio:5.2f}x  (target <= {target}x, {verdict})")
+        above = "" if name.endswith("--version") else f", {ratio / floor:4.2f}x the help floor"
+        print(f"{name:30s} {ratio:5.2f}x  (target <= {target}x, {verdict}{above})")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def test_shipped_table_loads_and_every_entry_cites_its_source() -> None:
     ({"source": None}, "missing field(s) source"),
     ({"severity": "high"}, "unknown field(s) severity"),
     ({"problem": "  "}, "non-empty string"),
+    ({"when": "always"}, "when 'always' is not one of physical_backups"),
 ])
 def test_a_malformed_table_is_refused_with_the_entry_named(changes: dict[str, Any],
                                                            complaint: str) -> None:
@@ -70,6 +71,12 @@ def test_the_check_fires_for_a_known_bad_version_and_names_the_fix() -> None:
     fixed = judge_versions({"pgvector": "0.8.0", "postgresql": "14.4", "barman": "3.13.1"})
     assert fixed.status is Status.OK and fixed.value == 0
     assert judge_versions({"barman": "3.13.0"}).status is Status.WARNING
+    # An entry limited to a condition fires only where it holds: PostgreSQL 18.6's incremental
+    # backups matter where physical backups are enabled.
+    assert judge_versions({"postgresql": "18.6"}).status is Status.OK
+    physical = judge_versions({"postgresql": "18.6"}, conditions=frozenset({"physical_backups"}))
+    assert physical.status is Status.WARNING and "fixed in 18.7" in physical.message
+    assert "take a new full backup" in physical.message
 
 
 def test_check_and_health_read_the_real_server(cli: Any, write_config: Any,
@@ -80,5 +87,21 @@ def test_check_and_health_read_the_real_server(cli: Any, write_config: Any,
     [check] = json.loads(result.stdout)["targets"][0]["checks"][1:]
     assert check["name"] == "known_bad_versions" and check["status"] == "OK", check
     assert "postgresql 18" in check["message"]
+    # health does not look at conditions: it lists conditional entries, marked as such.
     health = cli("--config", str(config), "health", "-f", "json")
-    assert json.loads(health.stdout)["known_bad"] == []
+    assert all(k["when"] == "physical_backups" for k in json.loads(health.stdout)["known_bad"])
+
+
+def test_health_shows_a_known_bad_version() -> None:
+    from aegisctl.diagnostics.known_bad import known_bad_findings
+    from aegisctl.health import HealthReport
+    from aegisctl.output import Note
+
+    report = HealthReport(target="primary", reachable=True, dsn="postgresql://x@h/db",
+                          embedded=False, server_version="14.2",
+                          known_bad=[f.to_json() for f in known_bad_findings(
+                              {"postgresql": "14.2", "pgvector": "0.8.1"})])
+    notes = [b.text for b in report.to_view() if isinstance(b, Note)]
+    assert notes == [next(n for n in notes if n.startswith("known bug: postgresql 14.2: "))]
+    assert "fixed in 14.4" in notes[0] and "maint reindex --all" in notes[0]
+    assert report.to_json()["known_bad"][0]["fixed_in"] == "14.4"

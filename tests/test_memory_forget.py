@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from backup_fixtures import (  # noqa: F401  (fixtures)
     backup_config,
     s3_bucket,
@@ -221,6 +222,11 @@ def test_corrupt_ledger_fails_the_restore_in_one_line(cli, aegis_db, backup_conf
                             (database,)).fetchone() == (0,)
     listed = cli("--config", str(cfg), "backup", "list", "--format", "json")
     assert json.loads(listed.stdout)["backups"][0]["verified"] == "ok"  # not blamed
+    # A forget meanwhile works, warns, and never overwrites the damaged copy (it may hold more).
+    damaged = path.read_bytes()
+    more = _forget(cli, cfg, "--context", "agent=alice", "--reason", "r", "--yes")
+    assert more.exit_code == 0, more.output
+    assert "local copy not written" in more.stderr and path.read_bytes() == damaged
     path.write_text("{not json")
     assert cli("--config", str(cfg), "backup", "restore", backup, "--target-db", database
                ).exit_code == 1
@@ -259,3 +265,46 @@ def test_restore_of_one_table_replays_every_entry(cli, aegis_db, backup_config) 
     assert done["erasures"]["rows_removed"] == 4
     assert _ids(aegis_db, "episodic_memory", "context->>'agent' = 'alice'") == []
     assert len(_ids(aegis_db, "episodic_memory")) == 8
+
+
+def _ledger(**changes: Any) -> bytes:
+    entry = {"erasure_id": "0b6c5e0e-8d4a-4d44-9f43-3f7d0d5b1a2c", "kind": "episodic",
+             "memory_id": 7, "content_sha256": "a" * 64,
+             "erased_at": "2026-01-01T00:00:00+00:00", "reason": "r", "os_user": "u",
+             "db_user": "d", "batch": 0}
+    entry.update(changes)
+    entry = {k: v for k, v in entry.items() if v is not ...}
+    return json.dumps({"ledger_version": 1, "count": 1, "entries": [entry]}).encode()
+
+
+@pytest.mark.parametrize("changes,problem", [
+    ({"memory_id": "7"}, "memory_id"), ({"memory_id": True}, "memory_id"),
+    ({"memory_id": -1}, "memory_id"), ({"memory_id": 2**31}, "memory_id"),
+    ({"erasure_id": "1; DROP TABLE x"}, "erasure_id"),
+    ({"erasure_id": "0B6C5E0E-8D4A-4D44-9F43-3F7D0D5B1A2C"}, "erasure_id"),
+    ({"content_sha256": "A" * 64}, "content_sha256"), ({"content_sha256": "ab"}, "content_sha256"),
+    ({"kind": "api_keys"}, "kind"), ({"erased_at": "2026-01-01T00:00:00"}, "zone"),
+    ({"batch": 1.5}, "batch"), ({"reason": ...}, "no reason"), ({"extra": 1}, "unknown"),
+])
+def test_a_ledger_file_is_validated_before_it_steers_a_delete(changes: dict[str, Any],
+                                                              problem: str) -> None:
+    from aegisctl.memory.ledger import LedgerError, load_ledger
+
+    assert load_ledger(_ledger(), "f").entries[0].memory_id == 7
+    with pytest.raises(LedgerError) as raised:
+        load_ledger(_ledger(**changes), "f")
+    assert problem in raised.value.message and "entry 1" in raised.value.message
+    assert "\n" not in raised.value.message
+
+
+def test_a_ledger_file_is_validated_as_a_whole() -> None:
+    from aegisctl.memory.ledger import LedgerError, load_ledger
+
+    good = json.loads(_ledger())
+    for document, problem in ((dict(good, count=2), "incomplete"),
+                              (dict(good, ledger_version=2), "version"),
+                              (dict(good, entries={}), "not a list"), ([], "version")):
+        with pytest.raises(LedgerError, match=problem):
+            load_ledger(json.dumps(document).encode(), "f")
+    with pytest.raises(LedgerError, match="not valid JSON"):
+        load_ledger(b"\xff{", "f")

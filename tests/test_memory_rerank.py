@@ -112,3 +112,29 @@ def test_adaptive_weights_lean_on_the_strong_signal() -> None:
                                          weights=weights)}
     assert plain[1] > weights.semantic / (settings.rrf_k + 3) + \
         weights.keyword / (settings.rrf_k + 3)
+
+
+def test_rerank_and_embedding_share_the_http_retries(embedding_server) -> None:
+    """One HTTP helper (aegisctl.memory.http) posts for both: 5xx retried, then one line with
+    the server's own message; a refused key never retried, with the rerank step's own hint."""
+    import pytest
+
+    from aegisctl.config import RerankSettings
+    from aegisctl.errors import ConfigError, OperationFailed
+    from aegisctl.memory.search.rerank import make_reranker
+
+    reranker = make_reranker(RerankSettings(base_url=embedding_server.base_url, model="m",
+                                            retries=1))
+    assert reranker is not None
+    embedding_server.state.rerank_fail_with = 503
+    with pytest.raises(OperationFailed) as failed:
+        reranker.scores("q", ["a", "b"])
+    assert str(failed.value) == (f"rerank endpoint {reranker.url} answered HTTP 503: "
+                                 "model unavailable")
+    assert embedding_server.state.rerank_requests == 2  # retried once
+    embedding_server.state.rerank_fail_with = 401
+    with pytest.raises(ConfigError) as refused:
+        reranker.scores("q", ["a", "b"])
+    assert embedding_server.state.rerank_requests == 3  # never retried
+    assert "HTTP 401" in str(refused.value) and "search.rerank.api_key_env" in str(
+        refused.value.hint)

@@ -1,7 +1,6 @@
 """Vector search health under filters (issue 25, section 2): a tag on 1 % of the rows defeats a
 plain HNSW scan at ef_search 40 (few or no rows come back), `check` says so and names the fix,
 iterative scans fix it, and `maint vector-index --tune` finds settings that meet its target."""
-# ruff: noqa: F811  (fixtures imported from memory_fixtures are parameters here)
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from memory_fixtures import DIM, memory_db, memory_dsn, memory_template  # noqa: F401
+from memory_fixtures import DIM
 
 ROWS = 6000
 

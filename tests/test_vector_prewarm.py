@@ -1,7 +1,6 @@
 """Warm indexes (issue 25, section 3): `diag vectors` shows how much of each vector index is in
 shared buffers and what that means, `maint prewarm` loads it (pg_buffercache's count rises),
 and a restore test prewarms the live database when maintenance.prewarm.after says so."""
-# ruff: noqa: F811  (fixtures imported from memory_fixtures are parameters here)
 
 from __future__ import annotations
 
@@ -10,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from memory_fixtures import DIM, memory_db, memory_dsn, memory_template  # noqa: F401
+import pytest
+from memory_fixtures import DIM
 
 INDEX = "idx_episodic_embedding"
 FILL = f"""
@@ -25,6 +25,8 @@ def evict(dsn: str) -> None:
     """Empty shared buffers of the index and its table, as a restart would (PostgreSQL 18's
     pg_buffercache_evict_relation; the server itself is shared by the whole test run)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.info.server_version < 180000:
+            pytest.skip("emptying one relation's buffers needs PostgreSQL 18's pg_buffercache")
         conn.execute("CHECKPOINT")
         for name in (INDEX, "episodic_memory"):
             conn.execute("SELECT pg_buffercache_evict_relation(%s::regclass)", (name,))
@@ -86,3 +88,55 @@ def test_prewarm_loads_the_vector_index_into_shared_buffers(
     assert verify.exit_code == 0, verify.stdout + verify.stderr
     assert "after restore_test: prewarmed" in verify.stderr
     assert cache_row(cli, config)[0]["buffered_share"] >= 0.9
+
+
+def test_a_started_server_is_prewarmed_when_configured(cli: Any, write_config: Any) -> None:
+    """`local start` with maintenance.prewarm.after: [server_start] loads the vector index of
+    the server it started: after a restart the index is in shared buffers again."""
+    import shutil
+    import tempfile
+
+    from aegisctl.local import EmbeddedServer
+
+    base = Path(tempfile.mkdtemp(prefix="aegisctl-prewarm-"))
+    base.chmod(0o755)
+    config = write_config({"embedded": {"data_dir": str(base / "pgdata")},
+                           "maintenance": {"prewarm": {"after": ["server_start"]}}})
+    base_args = ("--config", str(config))
+    try:
+        first = cli(*base_args, "local", "start")
+        assert first.exit_code == 0, first.output
+        # A server without pg_prewarm: the start succeeds and says why nothing was loaded.
+        assert "after server_start: prewarm skipped" in first.stderr
+        assert "aegisctl ext install pg_prewarm" in first.stderr
+        assert cli(*base_args, "ext", "install", "vector", "pg_prewarm",
+                   "pg_buffercache").exit_code == 0
+        uri = cli(*base_args, "local", "uri").stdout.strip()
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute("CREATE TABLE notes (id int, embedding vector(8))")
+            conn.execute("INSERT INTO notes SELECT g, (SELECT array_agg(random())::vector "
+                         "FROM generate_series(1, 8) WHERE g > 0) FROM generate_series(1, 2000) g")
+            conn.execute("CREATE INDEX notes_embedding ON notes USING hnsw "
+                         "(embedding vector_l2_ops)")
+        assert cli(*base_args, "local", "stop").exit_code == 0
+        again = cli(*base_args, "local", "start")
+        assert again.exit_code == 0, again.output
+        # The index, its table and the TOAST table.
+        assert "after server_start: prewarmed 3 relation(s)" in again.stderr
+        report = json.loads(cli(*base_args, "diag", "vectors", "-f", "json").stdout)
+        [row] = [r for r in report["sections"]["cache"] if r["index"] == "notes_embedding"]
+        assert row["buffered_share"] >= 0.9, row
+    finally:
+        EmbeddedServer(base / "pgdata").stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_prewarm_is_schedulable_and_its_settings_validated(cli: Any, write_config: Any) -> None:
+    good = write_config({"schedule": {"prewarm": {"command": "maint prewarm --indexes-only",
+                                                  "at": "06:00"}},
+                         "maintenance": {"prewarm": {"after": ["drill", "restore_test"]}}})
+    result = cli("--config", str(good), "config", "validate")
+    assert result.exit_code == 0, result.output
+    bad = write_config({"maintenance": {"prewarm": {"after": ["reboot"]}}}, name="bad.yaml")
+    refused = cli("--config", str(bad), "config", "validate")
+    assert refused.exit_code == 2 and "maintenance.prewarm.after[0]" in refused.stderr

@@ -218,7 +218,8 @@ def recorded_checksum(head: dict[str, Any]) -> str:
 
 
 def _upload_file(remote: Remote, path: Path, key: str, item: BackupFile,
-                 digests: FileDigests, progress: Progress | None) -> str:
+                 digests: FileDigests, progress: Progress | None,
+                 metadata: dict[str, str] | None = None) -> str:
     from boto3.s3.transfer import TransferConfig
 
     config = TransferConfig(multipart_threshold=remote.settings.multipart_threshold,
@@ -230,8 +231,9 @@ def _upload_file(remote: Remote, path: Path, key: str, item: BackupFile,
         if progress:
             progress(f"uploading {path.name}", done[0])
 
-    remote.client.upload_file(str(path), remote.settings.bucket, key,
-                              ExtraArgs=_extra_args(remote.settings, item.sha256),
+    extra = _extra_args(remote.settings, item.sha256)
+    extra["Metadata"].update(metadata or {})  # physical WAL: when it was archived
+    remote.client.upload_file(str(path), remote.settings.bucket, key, ExtraArgs=extra,
                               Config=config, Callback=callback)
     head = remote.client.head_object(Bucket=remote.settings.bucket, Key=key,
                                      ChecksumMode="ENABLED")

@@ -11,7 +11,7 @@ import typer
 
 from aegisctl import output
 from aegisctl.backup.physical import hooks as physical_hooks
-from aegisctl.cli import physical_cmd
+from aegisctl.cli import offsite_cmd, physical_cmd
 from aegisctl.cli.context import AppState, FormatOption, confirm, state
 from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
@@ -187,10 +187,12 @@ def list_(
     if physical_on:
         from aegisctl.backup.physical.backups import physical_listing
 
-        output.render(physical_hooks.WithPhysical(listing, physical_listing(loaded, target)),
-                      app_state.fmt(fmt))
+        shown: Any = physical_hooks.WithPhysical(listing, physical_listing(loaded, target))
     else:
-        output.render(listing, app_state.fmt(fmt))
+        shown = listing
+    # Physical backups in the remote store, and the window the store alone can restore.
+    output.render(shown if local_only else offsite_cmd.with_remote(shown, loaded, target),
+                  app_state.fmt(fmt))
     if listing.remote_error:
         output.warn(f"remote not listed: {listing.remote_error}")
     if listing.stale:
@@ -223,7 +225,9 @@ def verify(
     deep: Annotated[bool, typer.Option("--deep", help="With --remote: download every object "
                                        "and hash it.")] = False,
     every: Annotated[bool, typer.Option("--all", help="With --remote: every backup ever "
-                                        "uploaded.")] = False,
+                                        "uploaded (physical backups and WAL too).")] = False,
+    physical: Annotated[bool, typer.Option("--physical", help="With --remote: only the "
+                                           "physical backups and WAL in the store.")] = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
@@ -243,11 +247,21 @@ def verify(
       aegisctl backup verify 20260101T020000Z --format json
 
       aegisctl backup verify --remote --all --deep
+
+      aegisctl backup verify --remote --physical
     """
     from aegisctl.backup.verify import verify_locked
     from aegisctl.errors import OperationFailed, UsageError
 
     app_state = state(ctx)
+    if physical:
+        return offsite_cmd.verify_remote(app_state, remote=remote, deep=deep, fmt=fmt,
+                                         wait_lock=wait_lock, logical=None)
+    if remote and every and offsite_cmd.remote_has_physical(app_state):
+        return offsite_cmd.verify_remote(app_state, remote=remote, deep=deep, fmt=fmt,
+                                         wait_lock=wait_lock, logical=lambda: _verify_remote(
+                                             app_state, backup_id, latest, remote, deep, every,
+                                             restore_test, wait_lock, fmt, render=False))
     if remote or deep or every:
         _verify_remote(app_state, backup_id, latest, remote, deep, every, restore_test,
                        wait_lock, fmt)
@@ -272,7 +286,8 @@ def verify(
 
 @app.command()
 @asks(lambda p: not p.get("dry_run") and not (p.get("physical") or p.get("target_dir")
-                                                    or p.get("to_time") or p.get("to_lsn")))
+                                                    or p.get("to_time") or p.get("to_lsn")
+                                                    or p.get("from_remote")))
 def restore(
     ctx: typer.Context,
     backup_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
@@ -307,6 +322,10 @@ def restore(
                                                "--physical: recover to this LSN.")] = None,
     target_dir: Annotated[Path | None, typer.Option("--target-dir", file_okay=False, hidden=True, help="With "
                                                     "--physical: where to restore.")] = None,
+    from_remote: Annotated[bool, typer.Option("--from-remote", hidden=True, help="With --physical: "
+                                              "from the remote store alone.")] = False,
+    system_id: Annotated[str | None, typer.Option("--system-id", hidden=True, help="With "
+                                                  "--from-remote: whose backups.")] = None,
     fmt: FormatOption = None,
 ) -> None:
     """Restore a backup into the target's database or --target-db. The backup is checked
@@ -325,12 +344,13 @@ def restore(
 
     Physical backups: aegisctl backup physical restore.
     """
-    if physical or target_dir or to_time or to_lsn:
+    if physical or target_dir or to_time or to_lsn or from_remote:
         return physical_cmd.restore_physical(ctx, physical=physical, backup_id=backup_id,
                                              latest=latest,
                                              to_time=to_time, to_lsn=to_lsn,
                                              target_dir=target_dir, dry_run=dry_run, fmt=fmt,
-                                             wait_lock=wait_lock)
+                                             wait_lock=wait_lock, from_remote=from_remote,
+                                             system_id=system_id)
     from aegisctl.backup.restore import RestoreResult, plan_restore, run_restore
     from aegisctl.locks import target_lock
 
@@ -387,12 +407,16 @@ def prune(
     loaded, target = app_state.config(), app_state.target()
     plan = plan_prune(loaded, target, remote=remote, wait_lock=wait_lock)
     # Physical backups (local only) follow the same retention, whole chains at a time.
-    physical = None
+    physical: Any = None
     if not remote and physical_hooks.enabled(loaded, target):
         from aegisctl.backup.physical.prune import prune_physical
 
         physical = prune_physical(loaded, target, dry_run=True)
+    elif remote:  # physical chains and WAL in the store: backup.remote.retention too
+        physical = offsite_cmd.remote_prune_plan(loaded, target)
     deleting = len(plan.delete) + (len(physical.delete) if physical else 0)
+    if physical is not None and remote and physical.wal_delete:
+        deleting += 1  # old WAL files go even when no backup does
     if not dry_run and not deleting and remote:
         # Nothing to delete, but a killed upload's parts may be there to abort.
         output.render(apply_prune(loaded, target, plan, wait_lock=wait_lock),
@@ -415,7 +439,10 @@ def prune(
     confirm(f"Delete these {deleting} {plan.where} backup(s)?", yes)
     result: Any = apply_prune(loaded, target, plan, wait_lock=wait_lock) if plan.delete \
         else PruneResult(plan, dry_run=False)
-    if physical and physical.delete:
+    if physical and remote:
+        result = physical_hooks.WithPhysical(
+            result, offsite_cmd.apply_remote_prune(loaded, target, wait_lock))
+    elif physical and physical.delete:
         from aegisctl.backup.physical.prune import prune_physical
 
         # Planned again at deletion: a backup taken since is newer than anything deleted.
@@ -426,7 +453,7 @@ def prune(
 
 def _verify_remote(app_state: Any, backup_id: str | None, latest: bool, remote: bool,
                    deep: bool, every: bool, restore_test: bool, wait_lock: float,
-                   fmt: Any) -> None:
+                   fmt: Any, render: bool = True) -> Any:
     from aegisctl.backup.remote_check import verify_remote_locked
     from aegisctl.errors import UsageError
 
@@ -438,6 +465,8 @@ def _verify_remote(app_state: Any, backup_id: str | None, latest: bool, remote: 
         raise UsageError("give a backup ID, --latest or --all (one of them)")
     result = verify_remote_locked(app_state.config(), app_state.target(), backup_id,
                                   every=every, deep=deep, wait_lock=wait_lock)
+    if not render:
+        return result
     output.render(result, app_state.fmt(fmt))
     if not result.ok:
         raise typer.Exit(int(ExitCode.FAILED))
@@ -454,7 +483,8 @@ def upload(
     fmt: FormatOption = None,
 ) -> None:
     """Upload a backup (or every pending one) to the remote store, checking each object's
-    size and SHA-256 afterwards. Each backup is tried whatever the others do. Exits 1 when
+    size and SHA-256 afterwards. Each backup is tried whatever the others do. With
+    --pending, pending physical backups and WAL go too (backup physical upload). Exits 1 when
     any upload failed, 2 for a configuration problem (no credentials, no such bucket), 3
     when the store cannot be reached.
 
@@ -470,14 +500,21 @@ def upload(
     if bool(backup_id) == pending:
         raise UsageError("give a backup ID or --pending (one of the two)")
     app_state = state(ctx)
+    loaded, target = app_state.config(), app_state.target()
     with _progress(app_state) as progress:
-        result = run_upload(app_state.config(), app_state.target(), backup_id,
-                            wait_lock=wait_lock, progress=progress)
-    output.render(result, app_state.fmt(fmt))
+        result = run_upload(loaded, target, backup_id, wait_lock=wait_lock, progress=progress)
+        # --pending: physical backups and WAL not yet in the store go too.
+        shipped = offsite_cmd.ship_now(loaded, target, wait=max(wait_lock, 60.0),
+                                       progress=progress) \
+            if pending and offsite_cmd.shipping_enabled(loaded, target) else None
+    output.render(offsite_cmd.With(result, "physical", shipped) if shipped else result,
+                  app_state.fmt(fmt))
     for failed, error in result.failed.items():
         output.print_status(f"aegisctl: error: upload of backup {failed} failed: {error}")
     if not result.ok:
         raise typer.Exit(result.exit_code)
+    if shipped:
+        offsite_cmd.fail_on(shipped)
 
 
 @app.command()

@@ -51,6 +51,27 @@ LAZY_GROUPS: dict[str, str] = {
     "cleanup": "aegisctl.cli.cleanup_cmd",
     "cluster": "aegisctl.cli.cluster_cmd",
 }
+# Each group's line in `aegisctl --help`, known without importing the group (which would
+# import all sixteen and build every command for one listing). A test keeps each equal to
+# short_help() of the group's own help text.
+LISTED_HELP: dict[str, str] = {
+    "health": "Check that the database answers, and what it is.",
+    "config": "Inspect and check the YAML configuration.",
+    "local": "Manage the embedded PostgreSQL 18 + pgvector that...",
+    "memory": "Search and manage the agent's memory.",
+    "schema": "Create and evolve the Aegis schema.",
+    "ext": "List and install the PostgreSQL extensions Aegis uses...",
+    "roles": "Least-privilege roles from the `roles` section of the config.",
+    "backup": "Backups you can trust.",
+    "schedule": "The schedule from the config.",
+    "systemd": "systemd timers for the schedule.",
+    "jobs": "Run scheduled jobs by name and read their history.",
+    "diag": "Diagnostics for a DBA.",
+    "check": "Every health check against the config's thresholds; exit...",
+    "maint": "Database maintenance that never stalls the application.",
+    "cleanup": "Retention cleanup that never blocks the application.",
+    "cluster": "A cluster target (Patroni or a multi-host DSN).",
+}
 
 
 # One line per command in a group's listing (80 columns), however long its help: the first
@@ -90,8 +111,22 @@ class AegisGroup(TyperGroup):
         eager = super().list_commands(ctx)
         return eager + [name for name in LAZY_GROUPS if name not in eager]
 
+    _listing = False
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:  # type: ignore[override]
+        # The listing needs each group's name and line only: stand-ins, nothing imported.
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
     def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:  # type: ignore[override]
         command = super().get_command(ctx, cmd_name)
+        if command is None and self._listing and cmd_name in LISTED_HELP:
+            from typer.core import TyperCommand
+
+            return TyperCommand(cmd_name, short_help=LISTED_HELP[cmd_name])
         if command is None and cmd_name in LAZY_GROUPS:
             module = importlib.import_module(LAZY_GROUPS[cmd_name])
             command = typer.main.get_command(module.app)
@@ -109,6 +144,12 @@ class AegisGroup(TyperGroup):
             if type(exc).__name__ == "NoArgsIsHelpError":
                 raise
             _usage_failure(exc)
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        from aegisctl.cli.lazy_coercion import defer_coercion
+
+        defer_coercion(self.get_params(ctx))  # --help among them
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:

@@ -360,6 +360,14 @@ def partitions_cmd(
     lock_timeout: Annotated[float, typer.Option(
         "--lock-timeout", metavar="SECONDS", min=0.01, help="How long creating a partition may "
         "wait for its locks before it rolls back and retries.")] = 0.1,
+    split_legacy: Annotated[bool, typer.Option(
+        "--split-legacy", help="First move the rows of each table's legacy partition (left by "
+        "`schema partition`) into monthly partitions, online: copied in batches, verified, "
+        "swapped in one short transaction, the legacy partition dropped. Needs --yes.")] = False,
+    batch_rows: Annotated[int, typer.Option(
+        "--batch-rows", metavar="N", min=100, help="Rows copied per batch (each batch is its "
+        "own short transaction) with --split-legacy.")] = 5000,
+    yes: Annotated[bool, yes_option()] = False,
     dry_run: DryRun = False,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
@@ -375,23 +383,34 @@ def partitions_cmd(
     problem (rows that cannot be moved, a configured table not partitioned yet). Meant to
     run daily from the schedule (e.g. `partitions: {command: maint partitions, at: "01:00"}`).
 
+    --split-legacy splits the legacy partition (the table as it was before `schema partition`)
+    into one partition per month, so that retention drops its months one by one: its rows are
+    copied in batches of --batch-rows while a trigger mirrors every change, verified, and
+    swapped in; killed at any point, a re-run resumes or finishes.
+
     Examples:
 
       aegisctl maint partitions
 
       aegisctl maint partitions --dry-run --format json
+
+      aegisctl maint partitions --split-legacy --table api_usage_events --yes
     """
     from aegisctl.maintenance.partitions import run_partitions
     from aegisctl.schema.partition_tx import LockPolicy
 
     app_state = state(ctx)
     loaded = app_state.config()
+    if split_legacy and not dry_run:
+        confirm("Copy each legacy partition's rows into monthly partitions, swap them in and "
+                "drop the legacy partition once verified?", yes)
     with _maint(app_state, "partitions", dry_run, wait_lock) as mctx:
         policy = LockPolicy(lock_timeout=lock_timeout,
                             attempts=max(mctx.settings.lock_attempts, 20),
                             max_delay=mctx.settings.lock_max_delay, should_stop=mctx.should_stop)
         report = run_partitions(mctx.conn, loaded.settings.partitions, policy, dry_run=dry_run,
-                                only=table)
+                                only=table, split_batch_rows=batch_rows if split_legacy
+                                else None)
     output.render(report, app_state.fmt(fmt))
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILED))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from aegisctl import output
+from aegisctl.cli import offsite_cmd
 from aegisctl.cli.context import AppState, FormatOption, confirm, state
 from aegisctl.cli.options import WaitLock, asks, dry_run_option, unless_dry_run, yes_option
 from aegisctl.errors import ExitCode
@@ -200,7 +201,9 @@ def stream(
 def wal_status(ctx: typer.Context, fmt: FormatOption = None) -> None:
     """Show WAL streaming: is it up, its lag, the WAL the slot holds back, the newest archived
     segment, and the recoverable window (from the oldest usable base backup to the newest
-    archived WAL). Exits 1 when streaming is down, lagging or the slot holds too much.
+    archived WAL); with backup.remote, the remote backups and the window the store alone can
+    restore (under "remote" in the JSON). Exits 1 when streaming is down, lagging or the slot
+    holds too much.
 
     Examples:
 
@@ -211,8 +214,9 @@ def wal_status(ctx: typer.Context, fmt: FormatOption = None) -> None:
     from aegisctl.backup.physical.wal import wal_status as core_status
 
     app_state = state(ctx)
-    result = core_status(app_state.config(), _physical_target(app_state))
-    output.render(result, app_state.fmt(fmt))
+    loaded, target = app_state.config(), _physical_target(app_state)
+    result = core_status(loaded, target)
+    output.render(offsite_cmd.with_remote(result, loaded, target), app_state.fmt(fmt))
     if not result.ok:
         raise typer.Exit(int(ExitCode.FAILED))
 
@@ -234,6 +238,8 @@ def drill(
     to_time: Annotated[str | None, typer.Option(
         "--to-time", metavar="TS", help="Recover to this moment (ISO 8601; UTC when no "
         "offset).")] = None,
+    from_remote: offsite_cmd.FromRemote = False,
+    system_id: offsite_cmd.SystemId = None,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
@@ -248,6 +254,8 @@ def drill(
       aegisctl backup drill --physical
 
       aegisctl backup drill --physical --to-time 2026-01-31T14:05:00Z --format json
+
+      aegisctl backup drill --physical --from-remote
     """
     from aegisctl.backup.physical.restore import parse_time, run_drill
     from aegisctl.errors import UsageError
@@ -256,6 +264,10 @@ def drill(
         raise UsageError("backup drill needs --physical (logical backups: "
                          "aegisctl backup verify --latest --restore-test)")
     app_state = state(ctx)
+    if from_remote:
+        _physical_target(app_state)
+        return offsite_cmd.drill_from_remote(app_state, backup_id=backup_id, to_time=to_time,
+                                             system_id=system_id, fmt=fmt, wait_lock=wait_lock)
     app_state.require_session("backup drill", "direct")
     _announce(app_state, "drill: restoring into a temporary directory")
     loaded, target = app_state.config(), _physical_target(app_state)
@@ -281,17 +293,21 @@ def create_physical(ctx: typer.Context, *, incremental: bool, parent: str | None
     loaded, target = app_state.config(), _physical_target(app_state)
     with target_lock(loaded.settings, target.name, "backup create --physical", wait_lock):
         result = core_create(loaded, target, incremental=incremental, parent=parent)
-    output.render(result, app_state.fmt(fmt))
-    if result.verify_problem:
-        raise typer.Exit(int(ExitCode.FAILED))
+        if result.verify_problem:
+            output.render(result, app_state.fmt(fmt))
+            raise typer.Exit(int(ExitCode.FAILED))
+        # With backup.remote: uploaded now (and the WAL archived so far); else pending.
+        offsite_cmd.after_create(app_state, loaded, target, result, fmt)
 
 
 def restore_physical(ctx: typer.Context, *, physical: bool, backup_id: str | None,
                      latest: bool,
                      to_time: str | None, to_lsn: str | None, target_dir: Path | None,
-                     dry_run: bool, fmt: FormatOption, wait_lock: float = 0.0) -> None:
+                     dry_run: bool, fmt: FormatOption, wait_lock: float = 0.0,
+                     from_remote: bool = False, system_id: str | None = None) -> None:
     """Body of `backup restore --physical (ID | --latest) [--to-time | --to-lsn]
-    --target-dir DIR`. It never writes into a non-empty directory, so it needs no --yes."""
+    --target-dir DIR [--from-remote]`. It never writes into a non-empty directory, so it
+    needs no --yes."""
     from aegisctl.backup.physical.restore import parse_time, plan_restore, run_restore
     from aegisctl.errors import UsageError
 
@@ -303,6 +319,14 @@ def restore_physical(ctx: typer.Context, *, physical: bool, backup_id: str | Non
     if not backup_id and not latest and not to_time and not to_lsn:
         raise UsageError("give a backup ID, --latest, or --to-time/--to-lsn")
     app_state = state(ctx)
+    if from_remote:
+        if backup_id and latest:
+            raise UsageError("give a backup ID or --latest, not both")
+        _physical_target(app_state)
+        return offsite_cmd.restore_from_remote(
+            app_state, backup_id=backup_id, to_time=to_time, to_lsn=to_lsn,
+            target_dir=target_dir, system_id=system_id, dry_run=dry_run, fmt=fmt,
+            wait_lock=wait_lock)
     loaded, target = app_state.config(), _physical_target(app_state)
     plan = plan_restore(loaded, target, backup_id=backup_id, latest=latest,
                         to_time=parse_time(to_time) if to_time else None, to_lsn=to_lsn,
@@ -318,6 +342,7 @@ def restore_physical(ctx: typer.Context, *, physical: bool, backup_id: str | Non
 
 
 def register(backup_app: typer.Typer) -> None:
+    offsite_cmd.register(physical_app)
     backup_app.add_typer(physical_app, name="physical")
     backup_app.add_typer(wal_app, name="wal")
     backup_app.command("drill", hidden=True)(drill)  # alias of `backup physical drill`
@@ -397,20 +422,25 @@ def restore_cmd(
                                                     help="Where to restore (a new or empty "
                                                          "folder).")] = None,
     dry_run: Annotated[bool, dry_run_option("Show the plan; restore nothing.")] = False,
+    from_remote: offsite_cmd.FromRemote = False,
+    system_id: offsite_cmd.SystemId = None,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
-    """Restore a physical backup (to a moment or LSN) into a new or empty folder.
+    """Restore a physical backup (to a moment or LSN) into a new or empty folder; with
+    --from-remote, from the remote store alone (only the config and the key are needed).
 
     Examples:
 
       aegisctl backup physical restore --latest --target-dir /srv/restored
 
       aegisctl backup physical restore --to-time 2026-01-31T14:05:00Z --target-dir /srv/pitr
+
+      aegisctl backup physical restore --from-remote --latest --target-dir /srv/restored
     """
     restore_physical(ctx, physical=True, backup_id=backup_id, latest=latest, to_time=to_time,
                      to_lsn=to_lsn, target_dir=target_dir, dry_run=dry_run, fmt=fmt,
-                     wait_lock=wait_lock)
+                     wait_lock=wait_lock, from_remote=from_remote, system_id=system_id)
 
 
 @physical_app.command("drill")
@@ -422,17 +452,22 @@ def drill_cmd(
     to_time: Annotated[str | None, typer.Option(
         "--to-time", metavar="TS", help="Recover to this moment (ISO 8601; UTC when no "
         "offset).")] = None,
+    from_remote: offsite_cmd.FromRemote = False,
+    system_id: offsite_cmd.SystemId = None,
     wait_lock: WaitLock = 0.0,
     fmt: FormatOption = None,
 ) -> None:
     """Prove a physical backup restores: recover it into a temporary directory, start it,
-    check it (pg_amcheck, extensions, row counts, vector indexes), then delete it.
+    check it (pg_amcheck, extensions, row counts, vector indexes), then delete it. With
+    --from-remote: from the remote store alone.
 
     Examples:
 
       aegisctl backup physical drill
 
       aegisctl backup physical drill --to-time 2026-01-31T14:05:00Z --format json
+
+      aegisctl backup physical drill --from-remote
     """
-    drill(ctx, physical=True, backup_id=backup_id, to_time=to_time, wait_lock=wait_lock,
-          fmt=fmt)
+    drill(ctx, physical=True, backup_id=backup_id, to_time=to_time, from_remote=from_remote,
+          system_id=system_id, wait_lock=wait_lock, fmt=fmt)

@@ -20,7 +20,7 @@ from aegisctl.diagnostics.checks import (
     grade,
     register_check,
 )
-from aegisctl.diagnostics.topics import format_seconds
+from aegisctl.diagnostics.result import format_seconds
 
 if TYPE_CHECKING:
     from aegisctl.config import LoadedConfig

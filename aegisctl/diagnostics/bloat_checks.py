@@ -87,7 +87,7 @@ def bloat_of_tables(conn: psycopg.Connection[Any], approx_from: int) -> list[Blo
     """Every table of at least MIN_BYTES, estimated; those of `approx_from` bytes or more
     measured with pgstattuple_approx when it is available."""
     from aegisctl.diagnostics import queries
-    from aegisctl.diagnostics.topics import fetch
+    from aegisctl.diagnostics.result import fetch
 
     rows = fetch(conn, queries.query("bloat", "tables").sql, {"min_bytes": MIN_BYTES})
     schema = _approx_schema(conn)
@@ -107,7 +107,7 @@ def bloat_of_tables(conn: psycopg.Connection[Any], approx_from: int) -> list[Blo
 
 def bloat_of_indexes(conn: psycopg.Connection[Any]) -> list[Bloat]:
     from aegisctl.diagnostics import queries
-    from aegisctl.diagnostics.topics import fetch
+    from aegisctl.diagnostics.result import fetch
 
     rows = fetch(conn, queries.query("bloat", "indexes").sql, {"min_bytes": MIN_BYTES})
     return [Bloat("index", f"{r['schema']}.{r['index']}", r["table"], r["bytes"],

@@ -15,7 +15,7 @@ from aegisctl.diagnostics.checks import (
     grade,
     register_check,
 )
-from aegisctl.diagnostics.topics import format_seconds
+from aegisctl.diagnostics.result import format_seconds
 
 
 def _who(pid: int | None, user: str | None, query: str | None) -> str:

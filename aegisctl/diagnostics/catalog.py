@@ -6,11 +6,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from aegisctl.diagnostics.result import RECORDS, VIEWS, DiagResult
 from aegisctl.diagnostics.topics import (
-    RECORDS,
-    VIEWS,
     DiagOptions,
-    DiagResult,
     Runner,
     _activity,
     _cache,

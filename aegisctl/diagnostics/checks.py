@@ -52,6 +52,7 @@ CHECK_PROVIDERS: list[str] = [
     "aegisctl.diagnostics.backup_checks",
     "aegisctl.diagnostics.job_checks",
     "aegisctl.diagnostics.physical_checks",
+    "aegisctl.diagnostics.physical_offsite_checks",
     "aegisctl.diagnostics.partition_checks",
     "aegisctl.diagnostics.cluster_checks",
     "aegisctl.diagnostics.pooler_checks",
@@ -323,7 +324,7 @@ def show(value: float | None, unit: str) -> str | None:
     if value is None:
         return None
     if unit == "s":
-        from aegisctl.diagnostics.topics import format_seconds
+        from aegisctl.diagnostics.result import format_seconds
 
         return f"{round(value, 3):g}s" if value < 60 else format_seconds(value)
     if unit == "B":
@@ -386,7 +387,7 @@ def run_target(loaded: LoadedConfig, target: Target, specs: list[CheckSpec],
     the reason, not silently skipped: whoever asked for it is watching for its answer."""
     import psycopg
 
-    from aegisctl.diagnostics.topics import describe_error
+    from aegisctl.diagnostics.result import describe_error
 
     started = time.perf_counter()
     out = TargetChecks(target=target.name, role=None, reachable=False)

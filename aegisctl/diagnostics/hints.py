@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from aegisctl.config import Settings
-    from aegisctl.diagnostics.topics import DiagResult
+    from aegisctl.diagnostics.result import DiagResult
 
 
 def _short(text: str | None, width: int = 80) -> str:
@@ -21,7 +21,7 @@ def _short(text: str | None, width: int = 80) -> str:
 def idle_in_transaction(conn: psycopg.Connection[Any], result: DiagResult) -> None:
     """Each session idle in a transaction: its pid, age and last statement, how to end it, and
     the setting that ends such sessions by itself."""
-    from aegisctl.diagnostics.topics import format_seconds
+    from aegisctl.diagnostics.result import format_seconds
 
     rows = result.section("idle_in_transaction").rows
     if not rows:
@@ -49,7 +49,7 @@ def vacuum(conn: psycopg.Connection[Any], result: DiagResult, settings: Settings
     """The bloat estimate of every table of some size, with what to run; a note per table
     whose dead rows call for a VACUUM."""
     from aegisctl.diagnostics.bloat_checks import bloat_of_tables
-    from aegisctl.diagnostics.topics import Section
+    from aegisctl.diagnostics.result import Section
 
     threshold = settings.checks.table_bloat
     rows = []

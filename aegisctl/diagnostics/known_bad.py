@@ -17,6 +17,8 @@ from typing import Any
 
 PRODUCTS = ("pgvector", "postgresql", "barman")
 _FIELDS = ("product", "affected_from", "fixed_in", "applies_to", "problem", "action", "source")
+# Conditions an entry may be limited to (`when`): physical backups enabled for the target.
+CONDITIONS = ("physical_backups",)
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
 _LEADING = re.compile(r"^\s*(\d+(?:\.\d+)*)")
 DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "known_bad_versions.json"
@@ -35,6 +37,7 @@ class KnownBad:
     problem: str
     action: str
     source: str  # the changelog or release notes, and the version that says so
+    when: str | None = None  # applies only where this condition holds (CONDITIONS)
 
     def affects(self, version: str) -> bool:
         found = version_tuple(version)
@@ -52,11 +55,15 @@ class Finding:
         return (f"{e.product} {self.version}: {e.problem} ({e.applies_to}; fixed in "
                 f"{e.fixed_in}): {e.action} [{e.source}]")
 
+    @property
+    def condition(self) -> str | None:
+        return self.entry.when
+
     def to_json(self) -> dict[str, Any]:
         e = self.entry
         return {"product": e.product, "version": self.version, "affected_from": e.affected_from,
                 "fixed_in": e.fixed_in, "applies_to": e.applies_to, "problem": e.problem,
-                "action": e.action, "source": e.source}
+                "action": e.action, "source": e.source, "when": e.when}
 
 
 def _tuple(version: str) -> tuple[int, ...]:
@@ -89,7 +96,7 @@ def parse_known_bad(text: str, origin: str = "known_bad_versions.json") -> list[
         where = f"{origin}: entries[{index}]"
         if not isinstance(item, dict):
             raise KnownBadTableError(f"{where}: expected an object")
-        unknown = sorted(set(item) - set(_FIELDS))
+        unknown = sorted(set(item) - set(_FIELDS) - {"when"})
         missing = [f for f in _FIELDS if f not in item]
         if unknown or missing:
             raise KnownBadTableError(f"{where}: " + "; ".join(
@@ -107,7 +114,11 @@ def parse_known_bad(text: str, origin: str = "known_bad_versions.json") -> list[
         if not _tuple(item["affected_from"]) < _tuple(item["fixed_in"]):
             raise KnownBadTableError(f"{where}: affected_from {item['affected_from']} must be "
                                      f"older than fixed_in {item['fixed_in']}")
-        table.append(KnownBad(**{f: item[f].strip() for f in _FIELDS}))
+        when = item.get("when")
+        if when is not None and when not in CONDITIONS:
+            raise KnownBadTableError(f"{where}: when {when!r} is not one of "
+                                     f"{', '.join(CONDITIONS)}")
+        table.append(KnownBad(**{f: item[f].strip() for f in _FIELDS}, when=when))
     return table
 
 
@@ -121,12 +132,15 @@ def load_known_bad(path: Path | None = None) -> list[KnownBad]:
 
 
 def known_bad_findings(versions: dict[str, str | None],
-                       table: list[KnownBad] | None = None) -> list[Finding]:
+                       table: list[KnownBad] | None = None,
+                       conditions: set[str] | None = None) -> list[Finding]:
     """Every table entry whose range holds the given version of its product (a product whose
-    version is None or unreadable is not judged)."""
+    version is None or unreadable is not judged). `conditions`: those that hold here, for
+    entries limited by `when`; None when they were not looked at (every entry is listed)."""
     entries = load_known_bad() if table is None else table
     return [Finding(e, versions[e.product] or "") for e in entries
-            if versions.get(e.product) and e.affects(versions[e.product] or "")]
+            if versions.get(e.product) and e.affects(versions[e.product] or "")
+            and (conditions is None or e.when is None or e.when in conditions)]
 
 
 def server_versions(conn: Any) -> dict[str, str | None]:

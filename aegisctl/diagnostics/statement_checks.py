@@ -19,8 +19,9 @@ from aegisctl.diagnostics.checks import (
     grade,
     register_check,
 )
+from aegisctl.diagnostics.result import format_seconds
 from aegisctl.diagnostics.snapshots import load_snapshot, save_snapshot
-from aegisctl.diagnostics.topics import PGSS_MISSING, format_seconds
+from aegisctl.diagnostics.topics import PGSS_MISSING
 
 SNAPSHOT = "pg_stat_statements"
 

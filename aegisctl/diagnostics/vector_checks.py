@@ -1,9 +1,9 @@
 """`aegisctl check`: pgvector's ANN indexes (HNSW, IVFFlat): invalid, unused, recall.
 
 The recall check queries each index itself. Its scans land in the same cumulative statistics
-the "unused" check reads, so a snapshot (`vector_scans`) keeps a tally of aegisctl's own scans
-per index and the "unused" check subtracts it: an index only the recall sample ever used is
-still unused.
+the "unused" check reads, so a snapshot (`vector_scans`, kept by diagnostics.vector_scans)
+keeps a tally of aegisctl's own scans per index and the "unused" check subtracts it: an index
+only the recall sample ever used is still unused.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from aegisctl.diagnostics.checks import (
     register_check,
 )
 from aegisctl.diagnostics.snapshots import load_snapshot, save_snapshot
+from aegisctl.diagnostics.vector_scans import SNAPSHOT, add_own_scans, tally_entry
+from aegisctl.diagnostics.vector_scans import index_key as _key
 
-SNAPSHOT = "vector_scans"
 # An ANN index on a table this small is not expected to be used yet.
 UNUSED_MIN_ROWS = 1000
 
@@ -37,10 +38,6 @@ def _vector_indexes(ctx: CheckContext) -> list[dict[str, Any]]:
 def _column(ctx: CheckContext, index: dict[str, Any]) -> dict[str, Any] | None:
     return next((c for c in ctx.memo["vector_columns"]
                  if (c["schema"], c["table"]) == (index["schema"], index["table"])), None)
-
-
-def _key(index: dict[str, Any]) -> str:
-    return f"{index['schema']}.{index['index']}"
 
 
 @register_check("vector_indexes_invalid", "HNSW/IVFFlat indexes that are invalid")
@@ -67,45 +64,6 @@ def vector_indexes_invalid(ctx: CheckContext) -> CheckResult:
                          "the table: aegisctl maint vector-index, or REINDEX INDEX CONCURRENTLY)")
     return grade("vector_indexes_invalid", len(bad), 0, None, minimum=0,
                  message="invalid: " + "; ".join(parts))
-
-
-def tally_entry(saved: dict[str, Any], key: str, scans: int, seq: int) -> dict[str, int]:
-    """aegisctl's own index scans and table sequential scans of one index so far, started
-    afresh when the counters went down (a statistics reset) since they were last seen."""
-    entry = saved.get(key)
-    if not isinstance(entry, dict) or scans < int(entry.get("seen_idx", 0)) \
-            or seq < int(entry.get("seen_seq", 0)):
-        entry = {"own_idx": 0, "own_seq": 0}
-    return {"own_idx": min(scans, int(entry.get("own_idx", 0))),
-            "own_seq": min(seq, int(entry.get("own_seq", 0))), "seen_idx": scans,
-            "seen_seq": seq}
-
-
-def add_own_scans(entry: dict[str, int], found: dict[str, Any]) -> None:
-    """The scans one recall measurement added (they reach the statistics after it)."""
-    for kind, field in (("idx", "own_index_scans"), ("seq", "own_seq_scans")):
-        added = int(found.get(field) or 0)
-        entry[f"own_{kind}"] += added
-        entry[f"seen_{kind}"] += added
-
-
-def record_recall_scans(conn: Any, settings: Any, target: str, columns: list[dict[str, Any]],
-                        indexes: list[dict[str, Any]]) -> None:
-    """`diag vectors --recall-sample` queries the indexes too: its scans go in the same
-    tally, so they never make an unused index look used."""
-    from aegisctl.diagnostics.snapshots import update_snapshot
-
-    def change(saved: dict[str, Any]) -> None:
-        seq_of = {(c["schema"], c["table"]): int(c.get("table_seq_scans") or 0) for c in columns}
-        for index in indexes:
-            if "own_index_scans" not in index:
-                continue
-            entry = tally_entry(saved, _key(index), int(index["scans"] or 0),
-                                seq_of.get((index["schema"], index["table"]), 0))
-            add_own_scans(entry, index)
-            saved[_key(index)] = entry
-
-    update_snapshot(conn, settings, target, SNAPSHOT, change)
 
 
 def _own_tally(ctx: CheckContext) -> dict[str, dict[str, int]]:
@@ -184,7 +142,12 @@ def vector_recall(ctx: CheckContext) -> CheckResult:
                          f"{ctx.loaded.settings.search.ef_search}){unmeasured}")
 
 
-def _fix_hint(served: str, best_mode: str | None, best: float | None) -> str:
+def _fix_hint(served: str, best_mode: str | None, best: float | None,
+              iterative: bool = True) -> str:
+    if not iterative:
+        return ("pgvector is older than 0.8, without iterative scans: upgrade it (ALTER "
+                "EXTENSION vector UPDATE after the package), or raise hnsw.ef_search "
+                "(`aegisctl maint vector-index --tune`)")
     if best_mode and best_mode != served and best is not None:
         return (f"with hnsw.iterative_scan = {best_mode}: {best:.2f}; fix: `aegisctl maint "
                 f"vector-index --tune --yes` (or ALTER DATABASE ... SET hnsw.iterative_scan = "
@@ -241,7 +204,7 @@ def vector_recall_filtered(ctx: CheckContext) -> CheckResult:
             if here.recall < t.warning:
                 best_mode, best = max(((m, r.recall) for m, r in measured.items()
                                        if r.recall is not None), key=lambda x: x[1])
-                text += "; " + _fix_hint(served_mode, best_mode, best)
+                text += "; " + _fix_hint(served_mode, best_mode, best, iterative)
             if case.plan_uses_index is False:
                 text += "; the planner did not use the HNSW index under this filter"
             rows.append((here.recall, case.label, text))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aegisctl.diagnostics import queries
 from aegisctl.diagnostics.advice import vector_schema
-from aegisctl.diagnostics.topics import DiagResult, Section, describe_error, fetch
+from aegisctl.diagnostics.result import DiagResult, Section, describe_error, fetch
 from aegisctl.errors import UsageError
 from aegisctl.units import format_bytes
 
@@ -266,7 +266,7 @@ def diagnose_vectors(conn: psycopg.Connection[Any], result: DiagResult, settings
         return
     columns, indexes = vector_inventory(conn, settings, recall_sample)
     if recall_sample:
-        from aegisctl.diagnostics.vector_checks import record_recall_scans
+        from aegisctl.diagnostics.vector_scans import record_recall_scans
 
         record_recall_scans(conn, settings, result.target, columns, indexes)
         for index in indexes:

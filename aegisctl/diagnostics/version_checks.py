@@ -12,10 +12,11 @@ from aegisctl.diagnostics.checks import (
 from aegisctl.diagnostics.known_bad import KnownBad, known_bad_findings, server_versions
 
 
-def judge_versions(versions: dict[str, str | None],
-                   table: list[KnownBad] | None = None) -> CheckResult:
-    """The check's verdict on these version strings (product -> version, None: unknown)."""
-    findings = known_bad_findings(versions, table)
+def judge_versions(versions: dict[str, str | None], table: list[KnownBad] | None = None,
+                   conditions: frozenset[str] = frozenset()) -> CheckResult:
+    """The check's verdict on these version strings (product -> version, None: unknown),
+    where `conditions` hold (physical_backups: enabled for the target)."""
+    findings = known_bad_findings(versions, table, set(conditions))
     seen = ", ".join(f"{name} {v}" for name, v in sorted(versions.items()) if v)
     if not findings:
         return CheckResult("known_bad_versions", Status.OK, 0, 0, None, "",
@@ -28,10 +29,9 @@ def judge_versions(versions: dict[str, str | None],
 def _barman_version(ctx: CheckContext) -> str | None:
     """The installed Barman's own answer, only where physical backups are enabled (else
     nothing is run)."""
-    from aegisctl.backup.physical import hooks
     from aegisctl.errors import AegisError
 
-    if not hooks.enabled(ctx.loaded, ctx.target):
+    if not _physical(ctx):
         return None
     from aegisctl.backup.physical.engine import barman_version, engine_for
 
@@ -44,9 +44,18 @@ def _barman_version(ctx: CheckContext) -> str | None:
         return None
 
 
+def _physical(ctx: CheckContext) -> bool:
+    from aegisctl.backup.physical import hooks
+
+    if "physical_enabled" not in ctx.memo:
+        ctx.memo["physical_enabled"] = hooks.enabled(ctx.loaded, ctx.target)
+    return bool(ctx.memo["physical_enabled"])
+
+
 @register_check("known_bad_versions", "pgvector, PostgreSQL and Barman at a version with a "
                 "known data-affecting bug (table shipped with aegisctl)")
 def known_bad_versions(ctx: CheckContext) -> CheckResult:
     versions = server_versions(ctx.db)
     versions["barman"] = _barman_version(ctx)
-    return judge_versions(versions)
+    return judge_versions(versions, conditions=frozenset(
+        {"physical_backups"} if _physical(ctx) else set()))

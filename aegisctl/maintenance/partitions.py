@@ -33,6 +33,7 @@ from aegisctl.schema.partition_tx import LockPolicy, short_transaction
 if TYPE_CHECKING:
     import psycopg
 
+    from aegisctl.maintenance.legacy_split import SplitReport
     from aegisctl.maintenance.partition_settings import PartitionSpec
     from aegisctl.output import Block
 
@@ -86,14 +87,18 @@ class TableReport:
 class PartitionsReport:
     dry_run: bool
     tables: list[TableReport] = field(default_factory=list)
+    splits: list[SplitReport] = field(default_factory=list)  # --split-legacy
+    split_requested: bool = False
 
     @property
     def ok(self) -> bool:
-        return not any(t.problems for t in self.tables)
+        return not any(t.problems for t in self.tables) \
+            and not any(s.status == "interrupted" for s in self.splits)
 
     def to_json(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "ok": self.ok,
-                "tables": [t.to_json() for t in self.tables]}
+                "tables": [t.to_json() for t in self.tables],
+                "splits": [s.to_json() for s in self.splits]}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Column, Note, Table
@@ -115,6 +120,11 @@ class PartitionsReport:
             title="partitioned tables", empty="no range-partitioned tables")]
         for t in self.tables:
             blocks += [Note(f"{t.table}: {problem}") for problem in t.problems]
+        for split in self.splits:
+            blocks += [Note(f"{split.table}: {line}") for line in split.lines(self.dry_run)]
+        if self.split_requested and not self.splits:
+            blocks.append(Note("--split-legacy: no table to split (it splits the tables of the "
+                               "partitions: section, or the one named by --table)"))
         return blocks
 
 
@@ -252,12 +262,16 @@ def _overlaps(part: RangePartition, lower: dt.datetime, upper: dt.datetime) -> b
 
 
 def partitioned_tables(conn: psycopg.Connection[Any]) -> list[tuple[Relation, PartitionKey]]:
-    """Every table partitioned by range on one date/time column (partitions of partitions
-    excluded)."""
+    """Every table partitioned by range on one date/time column (partitions of partitions,
+    and the staging table of a split in progress, excluded)."""
+    from aegisctl.maintenance.legacy_split import STAGING_MARK
+
     rows = conn.execute(
         "SELECT c.oid, n.nspname, c.relname, c.relkind, 0 FROM pg_partitioned_table p"
         "  JOIN pg_class c ON c.oid = p.partrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE NOT c.relispartition ORDER BY n.nspname, c.relname").fetchall()
+        " WHERE NOT c.relispartition AND left(coalesce(obj_description(c.oid, 'pg_class'), ''),"
+        "       length(%s)) <> %s ORDER BY n.nspname, c.relname",
+        (STAGING_MARK, STAGING_MARK)).fetchall()
     found = []
     for r in rows:
         key = partition_key(conn, int(r[0]))
@@ -286,13 +300,16 @@ def refresh(conn: psycopg.Connection[Any], parent: Relation, key: PartitionKey,
 
 def run_partitions(conn: psycopg.Connection[Any], specs: dict[str, PartitionSpec],
                    policy: LockPolicy, *, dry_run: bool = False,
-                   only: list[str] | None = None) -> PartitionsReport:
+                   only: list[str] | None = None,
+                   split_batch_rows: int | None = None) -> PartitionsReport:
     """The `maint partitions` job over every range-partitioned table; the configured ones get
-    their months ahead and their DEFAULT rows moved."""
+    their months ahead and their DEFAULT rows moved. With `split_batch_rows`, the legacy
+    partition of each configured (or `only`-named) table is split into months first
+    (aegisctl.maintenance.legacy_split)."""
     from aegisctl.maintenance.catalog import find_relation
 
     conn.execute("SET TIME ZONE 'UTC'")
-    report = PartitionsReport(dry_run)
+    report = PartitionsReport(dry_run, split_requested=split_batch_rows is not None)
     configured: dict[int, PartitionSpec] = {}
     for entry, spec in specs.items():
         name = f"{spec.schema}.{spec.table_name(entry)}"
@@ -313,6 +330,20 @@ def run_partitions(conn: psycopg.Connection[Any], specs: dict[str, PartitionSpec
         if only and parent.qualified not in only and parent.name not in only:
             continue
         wanted = configured.get(parent.oid)
+        if split_batch_rows is not None and (wanted is not None or only):
+            from aegisctl.maintenance.legacy_split import split_legacy
+
+            try:
+                report.splits.append(split_legacy(conn, parent, key, policy,
+                                                  batch_rows=split_batch_rows,
+                                                  dry_run=dry_run))
+            except OperationFailed as exc:
+                problem = TableReport(parent.qualified, key.column, wanted is not None,
+                                      wanted.premake if wanted else None)
+                problem.problems.append(f"splitting the legacy partition: {exc}"
+                                        + (f" ({exc.hint})" if exc.hint else ""))
+                report.tables.append(problem)
+                continue
         table = table_report(conn, parent, key, wanted)
         report.tables.append(table)
         if wanted is None:

@@ -78,7 +78,7 @@ class MaintStatus:
         return {"tables": [t.to_json() for t in self.tables]}
 
     def to_view(self) -> list[Block]:
-        from aegisctl.diagnostics.topics import format_seconds
+        from aegisctl.diagnostics.result import format_seconds
         from aegisctl.output import Column, Note, Table
 
         now = dt.datetime.now(dt.UTC)

@@ -9,25 +9,19 @@
 
 from __future__ import annotations
 
-import email.utils
-import json
 import logging
-import random
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aegisctl.config import EmbeddingSettings
-from aegisctl.errors import ConfigError, OperationFailed, RemoteUnavailable
+from aegisctl.errors import ConfigError, OperationFailed
+from aegisctl.memory.http import Endpoint, post_json
 
 log = logging.getLogger(__name__)
 
 LOCAL_MODEL = "wordllama l2_supercat"
 LOCAL_NATIVE_DIM = 256
-RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 
 Vector = list[float]
 
@@ -100,7 +94,7 @@ class OpenAIProvider:
                                 "encoding_format": "float"}
         if self.send_dimensions:
             body["dimensions"] = self.dimensions
-        payload = self._post(json.dumps(body).encode())
+        payload = self._post(body)
         try:
             items = sorted(payload["data"], key=lambda item: item.get("index", 0))
             return [[float(x) for x in item["embedding"]] for item in items]
@@ -110,44 +104,17 @@ class OpenAIProvider:
                 f"({type(exc).__name__}: {exc})"
             ) from None
 
-    def _post(self, data: bytes) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "User-Agent": "aegisctl"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    result: dict[str, Any] = json.loads(response.read())
-                    return result
-            except urllib.error.HTTPError as exc:
-                detail = _error_detail(exc)
-                if exc.code in (401, 403):
-                    raise self._auth_error(exc.code, detail) from None
-                if exc.code not in RETRY_STATUSES or attempt >= self.retries:
-                    raise OperationFailed(
-                        f"embedding endpoint {self.url} answered HTTP {exc.code}"
-                        + (f": {detail}" if detail else "")
-                    ) from None
-                wait = self._wait(attempt, exc.headers.get("Retry-After"))
-                log.info("embedding endpoint answered HTTP %s; retrying in %.1fs", exc.code, wait)
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                reason = getattr(exc, "reason", exc)
-                timed_out = isinstance(reason, TimeoutError)
-                if not timed_out or attempt >= self.retries:
-                    raise RemoteUnavailable(
-                        f"cannot reach the embedding endpoint {self.url}: "
-                        + ("timed out" if timed_out else str(reason)),
-                        hint="check embedding.base_url, or set embedding.provider: none "
-                             "for keyword search only",
-                    ) from None
-                wait = self._wait(attempt, None)
-                log.info("embedding endpoint timed out; retrying in %.1fs", wait)
-            except json.JSONDecodeError:
-                raise OperationFailed(f"embedding endpoint {self.url} did not answer JSON") from None
-            time.sleep(wait)
-        raise AssertionError("unreachable")
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        payload = post_json(Endpoint(
+            url=self.url, what="embedding endpoint",
+            unreachable_hint="check embedding.base_url, or set embedding.provider: none for "
+                             "keyword search only",
+            auth_error=self._auth_error, api_key=self.api_key, timeout=self.timeout,
+            retries=self.retries, max_retry_wait=self.max_retry_wait), body)
+        if not isinstance(payload, dict):
+            raise OperationFailed(f"embedding endpoint {self.url} answered with an unexpected "
+                                  "body (not a JSON object)")
+        return payload
 
     def _auth_error(self, code: int, detail: str) -> ConfigError:
         if self.api_key:
@@ -162,37 +129,6 @@ class OpenAIProvider:
             + (f": {detail}" if detail else "") + ")",
             hint=hint,
         )
-
-    def _wait(self, attempt: int, retry_after: str | None) -> float:
-        """Retry-After when the server says (seconds or an HTTP date), else backoff + jitter."""
-        if retry_after:
-            seconds = _parse_retry_after(retry_after)
-            if seconds is not None:
-                return min(self.max_retry_wait, max(0.0, seconds))
-        backoff: float = random.uniform(0.5, 1.0) * 0.5 * 2.0**attempt
-        return min(self.max_retry_wait, backoff)
-
-
-def _parse_retry_after(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return float(when.timestamp() - time.time())
-
-
-def _error_detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(exc.read() or b"{}")
-    except (ValueError, OSError):
-        return ""
-    error = body.get("error") if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else error
-    return str(message).splitlines()[0][:200] if message else ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ def explain_lines(explain: Explain) -> list[str]:
                      f"{fusion['semantic_strength']:.2f}), keyword weight "
                      f"{fusion['keyword_weight']:.2f} (strength "
                      f"{fusion['keyword_strength']:.2f}): {fusion['reason']}")
+        lines.append(f"safeguard: {fusion['safeguard']}")
     if explain.rerank_ms:
         lines.append(f"rerank: {explain.rerank_ms:.1f} ms")
     for path in explain.paths:

@@ -14,7 +14,7 @@ import datetime as dt
 import re
 import shlex
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aegisctl.errors import ConfigError
 from aegisctl.scheduling.calendar import (
@@ -27,8 +27,23 @@ from aegisctl.scheduling.calendar import (
 from aegisctl.units import format_duration
 
 if TYPE_CHECKING:
-    from aegisctl.config import Settings
-    from aegisctl.scheduling.settings import JobSettings
+    from collections.abc import Mapping
+
+    from aegisctl.scheduling.settings import JobSettings, SchedulerSettings
+
+class Settings(Protocol):
+    """What the schedule reads of the settings (config.Settings has it). A protocol, so this
+    module never imports config, which calls check_schedule on every load."""
+
+    @property
+    def schedule(self) -> Mapping[str, JobSettings]: ...
+    @property
+    def scheduler(self) -> SchedulerSettings: ...
+    @property
+    def targets(self) -> Mapping[str, object]: ...
+    @property
+    def default_target(self) -> str | None: ...
+
 
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aegisctl.errors import OperationFailed
 from aegisctl.resources import migrations_dir as default_migrations_dir
+from aegisctl.schema.differences import Difference, index_table
 from aegisctl.schema.dimension import database_embedding_dim
 from aegisctl.schema.extensions import OPTIONAL_EXTENSIONS
 from aegisctl.schema.files import load_migrations, split_statements
@@ -28,15 +29,6 @@ if TYPE_CHECKING:
     from aegisctl.output import Block
 
 Catalog = dict[str, dict[str, str]]  # kind -> object key -> definition
-
-
-@dataclass
-class Difference:
-    kind: str  # migration | extension | table | column | index | constraint | trigger | type
-    name: str
-    problem: str  # missing | unexpected | different | pending | changed | not installed ...
-    expected: str | None = None
-    actual: str | None = None
 
 
 @dataclass
@@ -191,18 +183,13 @@ def verify_schema(conn: psycopg.Connection[Any], extensions: list[str],
         for key, definition in sorted(have.items()):
             if key in wanted or kind in ("table", "type"):
                 continue
-            owner = key.split(".", 1)[0] if kind != "index" else _index_table(definition)
+            owner = key.split(".", 1)[0] if kind != "index" else index_table(definition)
             if owner in tables:
                 report.differences.append(Difference(kind, key, "unexpected", actual=definition))
     from aegisctl.schema.verify_partitions import drop_partitioning_differences
 
     report.differences = drop_partitioning_differences(conn, schema, report.differences)
     return report
-
-
-def _index_table(definition: str) -> str:
-    match = re.search(r" ON (?:ONLY )?([\w\"]+) USING ", definition)
-    return match.group(1).strip('"') if match else ""
 
 
 def _extension_differences(conn: psycopg.Connection[Any],

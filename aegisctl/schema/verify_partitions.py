@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import psycopg
 
-    from aegisctl.schema.verify import Difference
+    from aegisctl.schema.differences import Difference
 
 
 def _keys(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
@@ -29,7 +29,7 @@ def _widened(expected: str, actual: str, column: str) -> bool:
 
 
 def _explained(diff: Difference, keys: dict[str, str]) -> bool:
-    from aegisctl.schema.verify import _index_table
+    from aegisctl.schema.differences import index_table
 
     expected, actual = diff.expected or "", diff.actual or ""
     if diff.kind == "table":
@@ -38,7 +38,7 @@ def _explained(diff: Difference, keys: dict[str, str]) -> bool:
         table, _, column = diff.name.partition(".")
         return keys.get(table) == column and actual.replace(" NOT NULL", "", 1) == expected
     if diff.kind == "index":
-        key = keys.get(_index_table(actual or expected))
+        key = keys.get(index_table(actual or expected))
         if key is None:
             return False
         normal = actual.replace(" ON ONLY ", " ON ", 1)

@@ -6,11 +6,27 @@ program (it is GPL-3.0: aegisctl never imports it). This module imports nothing 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 Duration = Annotated[float, "duration"]
 Size = Annotated[int, "size"]
+
+
+@dataclass
+class PhysicalRemoteSettings:
+    """`backup.physical.remote`: base backups and WAL in the `backup.remote` store, encrypted
+    with `backup.encryption`'s key (see physical/offsite.py)."""
+
+    # Send physical backups and WAL to backup.remote when it is configured.
+    upload: bool = True
+    # A base backup goes up as a tar stream cut into encrypted volumes of this much data
+    # (one volume at a time is staged on disk; a killed upload resumes at its volume).
+    volume_size: Size = 256 * 1000**2
+    # check: the remote WAL archive behind the local one by more than this (the RPO if the
+    # host dies now) warns; twice as much is critical.
+    max_wal_lag: Duration = 600.0
+    max_wal_lag_bytes: Size = 256 * 1000**2
 
 
 @dataclass
@@ -44,6 +60,7 @@ class PhysicalSettings:
     max_drill_age: Duration = 35 * 86400.0
     # A drill's restored server must be promoted within this long.
     drill_timeout: Duration = 900.0
+    remote: PhysicalRemoteSettings = field(default_factory=PhysicalRemoteSettings)
 
 
 def check_physical_settings(physical: PhysicalSettings, origin: str) -> None:
@@ -61,6 +78,7 @@ def check_physical_settings(physical: PhysicalSettings, origin: str) -> None:
     for name, value, low in (("archive_interval", physical.archive_interval, 1.0),
                              ("drill_timeout", physical.drill_timeout, 10.0),
                              ("max_slot_wal_keep_size", physical.max_slot_wal_keep_size,
-                              64 * 1024**2)):
+                              64 * 1024**2),
+                             ("remote.volume_size", physical.remote.volume_size, 1024**2)):
         if value < low:
             raise ConfigError(f"{origin}: {key}.{name}: must be at least {low:g}")

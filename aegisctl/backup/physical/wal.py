@@ -82,6 +82,9 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
     log_file = engine.make_dir(engine.home / "log") / f"receive-wal-{engine.server}.log"
     timelines = TimelineWatch(engine)
     last_wait: str | None = None
+    from aegisctl.backup.physical.offsite_upload import start_wal_shipper
+
+    shipper = start_wal_shipper(loaded, target, engine, say)  # with backup.remote: off-site
     try:
         while not stop.is_set():
             if child is not None and child.poll() is not None:
@@ -129,9 +132,13 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
             _stop_child(child)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if shipper is not None:
+            shipper.stop.set()
     archive_now(engine)
     for line in timelines.news():
         say(line)
+    if shipper is not None:
+        shipper.close()
     return StreamSummary(target.name, started, dt.datetime.now(dt.UTC), restarts, archive_runs)
 
 

@@ -167,8 +167,9 @@ def search(conn: psycopg.Connection[Any], settings: Settings, request: SearchReq
     weights = None
     if mode == "hybrid":
         weights = adaptive_weights(semantic, keyword, stats, settings.search)
-        explain.fusion = weights.to_json()
     hits = fuse(semantic, keyword, mode, settings.search, terms, weights)
+    if weights is not None:
+        explain.fusion = weights.to_json()  # after fuse: it records what the safeguard did
     if request.decay_half_life is not None:
         hits = apply_decay(hits, request.decay_half_life)
     if request.dedupe:

@@ -1,5 +1,7 @@
 """Fusion and ranking: the single modes keep their signal's order; hybrid is weighted
-reciprocal rank fusion plus the exact-term boost; --decay weighs by age and importance."""
+reciprocal rank fusion plus the exact-term boost, then the safeguard (the first hit of the
+signal that is sure of itself keeps a place in the top GUARD_SLOT); --decay weighs by age and
+importance."""
 
 from __future__ import annotations
 
@@ -57,11 +59,14 @@ class Weights:
     keyword_strength: float = 1.0  # 0..1
     semantic_strength: float = 1.0  # 0..1
     reason: str = "fixed weights (search.adaptive: false)"
+    measured: bool = False  # the strengths were measured (not the defaults)
+    safeguard: str = "off"  # what the safeguard did, for --explain
 
     def to_json(self) -> dict[str, Any]:
         return {"semantic_weight": round(self.semantic, 4), "keyword_weight": round(self.keyword, 4),
                 "keyword_strength": round(self.keyword_strength, 4),
-                "semantic_strength": round(self.semantic_strength, 4), "reason": self.reason}
+                "semantic_strength": round(self.semantic_strength, 4), "reason": self.reason,
+                "safeguard": self.safeguard}
 
 
 # Query-adaptive fusion (chosen on bench/relevance.py, tuned on one manual, checked on another):
@@ -78,21 +83,36 @@ SPREAD_FULL = 0.1
 # Agreement: a memory in the first AGREE_DEPTH of both lists gets AGREEMENT first-place votes.
 AGREE_DEPTH = 10
 AGREEMENT = 0.5
+# The safeguard: fusion may not bury the first hit of the signal that is sure of itself. When
+# the keyword signal is weak for the query (strength below GUARD_WEAK: no memory holds most of
+# its rare terms), semantic's first hit keeps a place in the first GUARD_SLOT; when it is strong
+# (from GUARD_STRONG), keyword's first hit does. In between, fusion alone decides. Without it,
+# fusion tuned on the PostgreSQL manual lost SQLite questions whose answer semantic search
+# ranked first (bench/relevance.py; the thresholds were chosen on the SQLite docs alone).
+GUARD_WEAK = 0.6
+GUARD_STRONG = 0.8
+GUARD_SLOT = 2
 
 
 def adaptive_weights(semantic: list[Hit], keyword: list[Hit], stats: TermStats | None,
                      search: SearchSettings) -> Weights:
-    if not search.adaptive or stats is None:
+    """Each signal's strength for this query (which the safeguard reads too) and, with
+    search.adaptive, the weights it implies."""
+    if stats is None:
         return Weights(search.semantic_weight, search.keyword_weight)
     shares = [h.term_share or 0.0 for h in keyword[:KEYWORD_TOP]]
     keyword_strength = max(shares, default=0.0) * (0.5 + 0.5 * stats.selectivity)
     sims = [h.similarity for h in semantic[:SPREAD_DEPTH] if h.similarity is not None]
     spread = sims[0] - sims[-1] if len(sims) >= 2 else 0.0
     semantic_strength = min(1.0, max(0.0, spread / SPREAD_FULL)) if sims else 0.0
+    if not search.adaptive:
+        return Weights(search.semantic_weight, search.keyword_weight,
+                       keyword_strength=keyword_strength, semantic_strength=semantic_strength,
+                       measured=True)
     weights = Weights(
         semantic=search.semantic_weight * (FLOOR + (1 - FLOOR) * semantic_strength),
         keyword=search.keyword_weight * (FLOOR + (1 - FLOOR) * keyword_strength),
-        keyword_strength=keyword_strength, semantic_strength=semantic_strength)
+        keyword_strength=keyword_strength, semantic_strength=semantic_strength, measured=True)
     weak = [name for name, strength in (("keyword", keyword_strength),
                                         ("semantic", semantic_strength)) if strength < 0.5]
     weights.reason = ("both signals strong" if not weak else
@@ -104,7 +124,8 @@ def fuse(semantic: list[Hit], keyword: list[Hit], mode: Mode, search: SearchSett
          terms: Sequence[str] = (), weights: Weights | None = None) -> list[Hit]:
     """Single modes keep their signal's order; hybrid is weighted reciprocal rank fusion plus
     the exact-term boost (in units of a first-place vote, 1 / (rrf_k + 1)), with the weights
-    `weights` (query-adaptive) or the configured ones, and a bonus when both signals agree."""
+    `weights` (query-adaptive) or the configured ones, and a bonus when both signals agree;
+    then, when `weights` measured the signals' strengths, the safeguard."""
     if mode == "semantic":
         for hit in semantic:
             hit.score = hit.similarity or 0.0
@@ -127,6 +148,7 @@ def fuse(semantic: list[Hit], keyword: list[Hit], mode: Mode, search: SearchSett
         if existing.similarity is None:
             existing.similarity = hit.similarity
     agreement = AGREEMENT if weights is not None and search.adaptive else 0.0
+    measured = weights
     weights = weights or Weights(search.semantic_weight, search.keyword_weight)
     per_signal = {"semantic": weights.semantic, "keyword": weights.keyword}
     first = 1.0 / (search.rrf_k + 1)
@@ -140,7 +162,35 @@ def fuse(semantic: list[Hit], keyword: list[Hit], mode: Mode, search: SearchSett
             text = searchable(hit)
             hit.exact_terms = [t for t in terms if contains_term(text, t) >= 0]
             hit.score += search.exact_term_boost * first * len(hit.exact_terms) / len(terms)
-    return sorted(merged.values(), key=lambda h: (-h.score, min(h.ranks.values())))
+    fused = sorted(merged.values(), key=lambda h: (-h.score, min(h.ranks.values())))
+    if measured is not None and measured.measured:
+        measured.safeguard = (safeguard(fused, semantic, keyword, measured.keyword_strength)
+                              if search.safeguard else "off (search.safeguard: false)")
+    return fused
+
+
+def safeguard(fused: list[Hit], semantic: list[Hit], keyword: list[Hit],
+              keyword_strength: float) -> str:
+    """Keep the confident signal's first hit in the first GUARD_SLOT places of `fused` (moved
+    there in place, its score raised to a tie with the hit it passes); says what it did."""
+    if keyword_strength < GUARD_WEAK:
+        signal, hits = "semantic", semantic
+        why = f"keyword strength {keyword_strength:.2f} < {GUARD_WEAK}"
+    elif keyword_strength >= GUARD_STRONG:
+        signal, hits = "keyword", keyword
+        why = f"keyword strength {keyword_strength:.2f} >= {GUARD_STRONG}"
+    else:
+        return (f"idle: keyword strength {keyword_strength:.2f} is between {GUARD_WEAK} and "
+                f"{GUARD_STRONG}")
+    if not hits:
+        return f"idle: no {signal} hits"
+    position = next(i for i, h in enumerate(fused) if h.key == hits[0].key)
+    if position < GUARD_SLOT:
+        return f"{signal}'s first hit is in place {position + 1} ({why})"
+    guarded = fused.pop(position)
+    fused.insert(GUARD_SLOT - 1, guarded)
+    guarded.score = max(guarded.score, fused[GUARD_SLOT].score)
+    return (f"{signal}'s first hit moved from place {position + 1} to {GUARD_SLOT} ({why})")
 
 
 def importance_weight(record: dict[str, Any]) -> float:

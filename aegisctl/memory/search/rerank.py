@@ -13,21 +13,18 @@ step the user configured would mislead more than an error).
 
 from __future__ import annotations
 
-import json
 import os
-import random
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from aegisctl.config import RerankSettings
-from aegisctl.errors import ConfigError, OperationFailed, RemoteUnavailable
+from aegisctl.errors import ConfigError, OperationFailed
+from aegisctl.memory.http import Endpoint, post_json
 from aegisctl.memory.search.fusion import searchable
 from aegisctl.memory.search.hits import Hit
 
-RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+# A search waits for the reranker: a retry waits at most this long, whatever Retry-After says.
+MAX_RETRY_WAIT = 2.0
 # A document longer than this is cut before it is sent: rerank models read ~512 tokens.
 MAX_DOCUMENT_CHARS = 4000
 
@@ -50,7 +47,7 @@ class Reranker:
         body = {"model": self.model, "query": query,
                 "documents": [d[:MAX_DOCUMENT_CHARS] for d in documents],
                 "top_n": len(documents), "return_documents": False}
-        payload = self._post(json.dumps(body).encode())
+        payload = self._post(body)
         items = payload.get("results") if isinstance(payload, dict) else payload
         if not isinstance(items, list):
             raise OperationFailed(f"rerank endpoint {self.url} answered without a results list")
@@ -71,35 +68,17 @@ class Reranker:
                                   f" of {len(documents)} documents")
         return [float(s) for s in out if s is not None]
 
-    def _post(self, data: bytes) -> Any:
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "User-Agent": "aegisctl"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as exc:
-                if exc.code in (401, 403):
-                    raise ConfigError(f"rerank endpoint {self.url} refused the request "
-                                      f"(HTTP {exc.code})",
-                                      hint="set search.rerank.api_key_env to the variable "
-                                           "holding its key") from None
-                if exc.code not in RETRY_STATUSES or attempt >= self.retries:
-                    raise OperationFailed(f"rerank endpoint {self.url} answered HTTP "
-                                          f"{exc.code}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if attempt >= self.retries:
-                    reason = getattr(exc, "reason", exc)
-                    raise RemoteUnavailable(
-                        f"cannot reach the rerank endpoint {self.url}: {reason}",
-                        hint="check search.rerank.base_url, or remove search.rerank") from None
-            except json.JSONDecodeError:
-                raise OperationFailed(f"rerank endpoint {self.url} did not answer JSON") from None
-            time.sleep(min(2.0, random.uniform(0.5, 1.0) * 0.25 * 2.0**attempt))
-        raise AssertionError("unreachable")
+    def _post(self, body: dict[str, Any]) -> Any:
+        return post_json(Endpoint(
+            url=self.url, what="rerank endpoint",
+            unreachable_hint="check search.rerank.base_url, or remove search.rerank",
+            auth_error=self._auth_error, api_key=self.api_key, timeout=self.timeout,
+            retries=self.retries, max_retry_wait=MAX_RETRY_WAIT), body)
+
+    def _auth_error(self, code: int, detail: str) -> ConfigError:
+        return ConfigError(f"rerank endpoint {self.url} refused the request (HTTP {code}"
+                           + (f": {detail}" if detail else "") + ")",
+                           hint="set search.rerank.api_key_env to the variable holding its key")
 
 
 def make_reranker(settings: RerankSettings | None,
