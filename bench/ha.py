@@ -179,12 +179,15 @@ def seed_cleanup(cluster: PatroniCluster, rows: int) -> None:
         conn.execute("CREATE TABLE ha_events (id bigint PRIMARY KEY, ts timestamptz NOT NULL)")
         conn.execute("INSERT INTO ha_events SELECT g, now() - interval '30 days' "
                      "FROM generate_series(1, %s) g", (rows,))
+        # Fresh rows too: a policy that would empty its table is refused (--allow-emptying).
+        conn.execute("INSERT INTO ha_events SELECT g, now() + interval '1 day' "
+                     "FROM generate_series(%s, %s) g", (rows + 1, rows + 100))
         conn.execute("CREATE INDEX ON ha_events (ts)")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with cluster.replica().connect(DB) as conn:
             row = conn.execute("SELECT count(*) FROM ha_events").fetchone()
-        if row and row[0] == rows:
+        if row and row[0] == rows + 100:
             return
         time.sleep(1)
     raise SystemExit("the replica did not receive the seeded cleanup rows")
@@ -202,13 +205,16 @@ def cleanup_figures(cluster: PatroniCluster, archive_dir: Path, rows: int,
                 if line.strip():
                     archived[int(json.loads(line)["id"])] += 1
     with cluster.leader().connect(DB) as conn:
-        left = {int(r[0]) for r in conn.execute("SELECT id FROM ha_events").fetchall()}
+        left = {int(r[0]) for r in conn.execute("SELECT id FROM ha_events WHERE id <= %s",
+                                                (rows,)).fetchall()}
+        fresh = conn.execute("SELECT count(*) FROM ha_events WHERE id > %s", (rows,)).fetchone()
     deleted = rows - len(left)
     lost = sum(1 for i in range(1, rows + 1) if i not in left and i not in archived)
     twice = sum(1 for n in archived.values() if n > 1)
     back = len(left & set(archived))
     print(f"cleanup: {deleted} of {rows} expired rows deleted ({len(left)} left), in batches of "
-          f"{CLEANUP_BATCH}; runs by exit code: {cleaner.exits} (5: stopped by a change)")
+          f"{CLEANUP_BATCH}; fresh rows kept: {fresh[0] if fresh else '?'} of 100; runs by exit "
+          f"code: {cleaner.exits} (5: stopped by a change, 3: no leader yet)")
     print(f"  rows deleted but in no archive (lost): {lost} (~{lost / CLEANUP_BATCH:.1f} "
           f"batches; target 0); archived twice: {twice}; archived but back in the table: {back}"
           f" (~{(twice + back) / CLEANUP_BATCH:.1f} batches repeated; target 0)")

@@ -154,9 +154,12 @@ def test_after_a_kill_9_failover_the_next_backup_is_full_and_a_drill_crosses_the
     with new.connect(DB) as conn:
         conn.execute("INSERT INTO mem (note) VALUES ('committed after the promotion')")
         row = conn.execute("SELECT count(*), clock_timestamp() FROM mem").fetchone()
-    assert row is not None
-    count, committed = int(row[0]), row[1]
-    time.sleep(1.5)
+        assert row is not None
+        count, committed = int(row[0]), row[1]
+        time.sleep(2)
+        # Recovery to a time stops at the first commit after it: there must be one (and this
+        # row must not be restored).
+        conn.execute("INSERT INTO mem (note) VALUES ('committed after the recovery target')")
     # An incremental asked for now cannot continue the chain of the old timeline.
     backup = create_physical(ha.loaded, ha.fresh_target(), incremental=True)
     assert backup.backup.type == "full", backup.to_json()
