@@ -181,7 +181,7 @@ def seed_cleanup(cluster: PatroniCluster, rows: int) -> None:
                      "FROM generate_series(1, %s) g", (rows,))
         # Fresh rows too: a policy that would empty its table is refused (--allow-emptying).
         conn.execute("INSERT INTO ha_events SELECT g, now() + interval '1 day' "
-                     "FROM generate_series(%s, %s) g", (rows + 1, rows + 100))
+                     "FROM generate_series(%s::bigint, %s::bigint) g", (rows + 1, rows + 100))
         conn.execute("CREATE INDEX ON ha_events (ts)")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
