@@ -180,7 +180,7 @@ def _print_block(block: Block) -> None:
                       soft_wrap=not block.wrap)
         return
     if isinstance(block, Fields):
-        table = RichTable(title=block.title, box=box.SIMPLE, show_header=False,
+        table = RichTable(title=_title(block.title), box=box.SIMPLE, show_header=False,
                           title_justify="left")
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
@@ -195,7 +195,7 @@ def _print_block(block: Block) -> None:
     if _fixed_width(block, cells) > console.width:
         _print_records(console, block, cells)
         return
-    table = RichTable(title=block.title, box=box.SIMPLE_HEAD, title_justify="left")
+    table = RichTable(title=_title(block.title), box=box.SIMPLE_HEAD, title_justify="left")
     for index, column in enumerate(block.columns):
         col = column if isinstance(column, Column) else Column(column)
         # Identifiers and numbers keep their full width on a narrow terminal (prose wraps
@@ -212,6 +212,14 @@ def _print_block(block: Block) -> None:
     for row in block.rows:
         table.add_row(*(_rich_cell(cell) for cell in row))
     console.print(table)
+
+
+def _title(title: str | None) -> Any:
+    """A block's title as inert text: titles name relations, targets, shapes (data), so they
+    are neither Rich markup nor terminal escapes."""
+    from rich.text import Text
+
+    return Text(inert(title)) if title else None
 
 
 def _fixed_width(block: Table, cells: list[list[str]]) -> int:

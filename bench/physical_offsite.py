@@ -197,10 +197,11 @@ def _rpo_under_load(uri: str, loaded: Any, engine: Any, seconds: float) -> dict[
     def writer() -> None:
         with psycopg.connect(uri, autocommit=True) as conn:
             while not done.is_set():
-                conn.execute(
+                conn.execute(  # distinct summaries: the schema refuses duplicate content
                     "INSERT INTO episodic_memory (event_type, summary, embedding) SELECT "
-                    "'chat', 'load ' || g, (SELECT array_agg(random() + 0 * g) FROM "
-                    "generate_series(1, 1536))::vector FROM generate_series(1, 20) g")
+                    "'chat', 'load ' || %s::text || '-' || g, (SELECT array_agg(random() "
+                    "+ 0 * x + 0 * g) FROM generate_series(1, 1536) x)::vector "
+                    "FROM generate_series(1, 20) g", (inserted[0],))
                 inserted[0] += 20
                 time.sleep(0.05)
 

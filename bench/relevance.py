@@ -135,7 +135,9 @@ def start_embedding_server(python: str, cache: str | None) -> tuple[subprocess.P
     proc = subprocess.Popen([python, "-c", code], text=True)
     for _ in range(600):
         if port_file.exists() and port_file.read_text():
-            return proc, f"http://127.0.0.1:{port_file.read_text()}/v1"
+            port = port_file.read_text()
+            shutil.rmtree(port_file.parent, ignore_errors=True)  # it served its purpose
+            return proc, f"http://127.0.0.1:{port}/v1"
         if proc.poll() is not None:
             raise SystemExit(f"the embedding server exited ({proc.returncode}); see "
                              "bench/minilm_server.py for how to create its venv")
@@ -543,6 +545,9 @@ def main() -> None:
         for name, rows in results.items():
             print(f"\n{name}:")
             print_table(rows)
+        print()
+        for line in verdicts(results):
+            print(line)
         if args.json:
             args.json.write_text(json.dumps({
                 name: {label: {style: {"success@5": round(s.success(style), 3),
@@ -561,6 +566,27 @@ def main() -> None:
             server.stop()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def verdicts(results: dict[str, list[tuple[str, Scores]]]) -> list[str]:
+    """The issue's bar, per corpus: is each hybrid row at least as good as the better single
+    mode in both success@5 and MRR@10 (rounded as printed)?"""
+    out = []
+    for name, rows in results.items():
+        table = dict(rows)
+        singles = [table["aegisctl keyword (defaults)"], table["aegisctl semantic (defaults)"]]
+        s5 = round(max(s.success("all") for s in singles), 3)
+        mrr = round(max(s.mrr("all") for s in singles), 3)
+        for label, scores in rows:
+            if label.startswith("aegisctl hybrid, shipped (") or (
+                    label.startswith("hybrid tuned on") and "rerank" not in label):
+                a, b = round(scores.success("all"), 3), round(scores.mrr("all"), 3)
+                verdict = ("better than both single modes" if a > s5 and b > mrr else
+                           "at least the better single mode" if a >= s5 and b >= mrr else
+                           "BELOW the better single mode")
+                out.append(f"{name}: {label}: {a:.3f} / {b:.3f} against {s5:.3f} / {mrr:.3f}: "
+                           f"{verdict}")
+    return out
 
 
 def print_table(results: list[tuple[str, Scores]]) -> None:

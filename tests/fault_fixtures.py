@@ -136,7 +136,10 @@ def small_fs(tmp_path: Path) -> Iterator[SmallFs]:
 
 
 def aegisctl_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AEGISCTL_")}
+    # The test's own state folder stays (conftest sets it per test): without it the child
+    # would take its locks in the machine's /var/lib/aegisctl, shared with every other run.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AEGISCTL_") or k == "AEGISCTL_STATE_DIR"}
     env.update({"NO_COLOR": "1", **extra})
     return env
 

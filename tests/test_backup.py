@@ -367,3 +367,13 @@ def test_directory_backup_remote_round_trip_with_object_lock(cli, aegis_db, back
     again = cli("--config", str(cfg), "backup", "download", backup_id)
     assert again.exit_code == 1
     assert "already here, complete" in again.stderr
+
+
+def test_table_names_with_spaces_and_quotes_verify(cli, aegis_db, backup_config) -> None:
+    """pg_restore --list prints names unquoted: a name with a space must not make a good
+    backup 'failed (no TABLE DATA entry)'."""
+    aegis_db.execute('CREATE TABLE "wéird ""name"" x" (id int)')
+    aegis_db.execute('INSERT INTO "wéird ""name"" x" VALUES (1)')
+    aegis_db.commit()
+    m = _create(cli, backup_config())
+    assert m["verification"]["status"] == "ok", m["verification"]

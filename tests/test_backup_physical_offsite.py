@@ -115,6 +115,8 @@ def test_create_uploads_encrypted_and_a_fresh_machine_restores_to_a_moment(
     assert drill["ok"], drill
     checks = {c["name"]: c for c in drill["checks"]}
     assert checks["pg_amcheck"]["ok"] and checks["extensions"]["ok"]
+    # Nothing was created on that machine to do it: no database, no Barman.
+    assert not (env.base / "fresh" / "pgdata").exists()
     assert "used by a nearest-neighbour query" in checks["hnsw public.mem_emb_hnsw"]["detail"]
     # Outside the remote window: refused before anything is written.
     result = cli("-c", str(fresh), "backup", "restore", "--physical", "--from-remote",

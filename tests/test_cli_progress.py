@@ -18,7 +18,8 @@ import pytest
 def _on_a_terminal(argv: list[str]) -> tuple[int, str, str]:
     """stderr on a pseudo-terminal (a person watching), stdout on a pipe."""
     main, secondary = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AEGISCTL_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AEGISCTL_") or k == "AEGISCTL_STATE_DIR"}
     env.update(NO_COLOR="1", COLUMNS="200")
     proc = subprocess.Popen([sys.executable, "-m", "aegisctl", *argv], stdout=subprocess.PIPE,
                             stderr=secondary, stdin=subprocess.DEVNULL, env=env)
@@ -74,7 +75,8 @@ def test_progress_on_a_terminal_only_and_never_quiet_or_json_logs(config: Path) 
     assert json.loads(json_out).keys() == result.keys()
 
     # Not a terminal (a timer): nothing on stderr either.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AEGISCTL_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AEGISCTL_") or k == "AEGISCTL_STATE_DIR"}
     timer = subprocess.run([sys.executable, "-m", "aegisctl", *command], capture_output=True,
                            text=True, env=env, timeout=120)
     assert timer.returncode == 0, timer.stderr

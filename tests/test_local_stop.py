@@ -46,7 +46,8 @@ def _alive(conn: psycopg.Connection[Any]) -> bool:
 def _answered(server: EmbeddedServer, answer: bytes) -> subprocess.CompletedProcess[str]:
     """`local stop` with a terminal as stdin, given `answer` to its question."""
     master, slave = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AEGISCTL_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AEGISCTL_") or k == "AEGISCTL_STATE_DIR"}
     try:
         os.write(master, answer)  # read by the prompt when it asks
         return subprocess.run([sys.executable, "-m", "aegisctl", "--data-dir",

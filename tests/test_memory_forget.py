@@ -67,6 +67,13 @@ def test_forget_dry_run_touches_nothing_then_forgets_and_records(cli, aegis_db, 
     assert no_yes.exit_code == 2  # not a terminal, no --yes
     nothing = _forget(cli, cfg, "--reason", "x", "--yes")
     assert nothing.exit_code == 2 and "never forgets every memory" in nothing.stderr
+    # A table alone narrows nothing: every episodic memory is "everything" too.
+    whole_kind = _forget(cli, cfg, "--kind", "episodic", "--reason", "x", "--yes")
+    assert whole_kind.exit_code == 2 and "--all" in whole_kind.stderr
+    both = _forget(cli, cfg, "--all", "--context", "agent=alice", "--dry-run")
+    assert both.exit_code == 2 and "--all" in both.stderr
+    everything = _json(_forget(cli, cfg, "--kind", "episodic", "--all", "--dry-run"))
+    assert everything["selected"] == {"episodic": 12, "semantic": 0}
     assert len(_ids(aegis_db, "episodic_memory")) == 12
 
     texts = {i: t for i, t in aegis_db.execute("SELECT id, summary FROM episodic_memory")}

@@ -131,9 +131,94 @@ def test_filter_shapes_are_validated_with_the_key_named(cli: Any, write_config: 
             ([{"name": "x", "tag": "a"}, {"name": "x", "tag": "b"}], "'x' is used twice"),
             ([{"name": "x", "context": {"agent": "a"}, "kind": "semantic"}],
              "exist only on episodic memories"),
-            ([{"name": "x", "tag": "a", "color": "red"}], "unknown key")):
+            ([{"name": "x", "tag": "a", "color": "red"}], "unknown key"),
+            # An empty value was silently dropped: the shape measured was not the one declared.
+            ([{"name": "x", "tag": "", "since": "7d"}], "filters[0].tag: empty"),
+            ([{"name": "x", "event_type": "", "tag": "a"}], "filters[0].event_type: empty"),
+            ([{"name": "x", "since": "0s"}], "filters[0].since: a positive duration"),
+            # PostgreSQL text cannot hold NUL: the check would fail at every run instead.
+            ([{"name": "x", "tag": "a\x00b"}], "filters[0].tag: contains a NUL"),
+            ([{"name": "x", "context": {"a\x00": "b"}}], "filters[0].context: contains a NUL")):
         path = write_config({"targets": {"primary": {"dsn": "postgresql://a@localhost/b"}},
                              "checks": {"vector_recall": {"filters": shapes}}})
         result = cli("--config", str(path), "config", "validate")
         assert result.exit_code == 2, result.stdout
         assert "checks.vector_recall.filters[" in result.stderr and complaint in result.stderr
+
+
+def test_tune_measures_and_applies_max_scan_tuples_whatever_the_database_default(
+        cli: Any, write_config: Any, filtered_dsn: str) -> None:
+    """A database default of hnsw.max_scan_tuples (a tiny one here, as left by hand or an
+    earlier --tune) must neither leak into the measurements nor survive the settings --tune
+    applies: what new sessions get is what was measured."""
+    with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'ALTER DATABASE "{database}" SET hnsw.max_scan_tuples = 1')
+    # A shape no row matches (a typo'd tag) is said, not silently left out.
+    path = config(write_config, filtered_dsn,
+                  filters=[*SHAPES, {"name": "typo", "tag": "no-such-tag"}])
+    result = cli("--config", str(path), "maint", "vector-index", "--tune", "--target-recall",
+                 "0.9", "--sample", "10", "--yes", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    chosen = json.loads(result.stdout)["chosen"]
+    # strict_order meets 0.9 at ef_search 10 on this data with pgvector's 20 000 tuples.
+    assert chosen["iterative_scan"] != "off" and chosen["ef_search"] <= 64, chosen
+    with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+        conn.execute("SELECT vector_dims('[1]'::vector)")
+        tuples = conn.execute("SELECT current_setting('hnsw.max_scan_tuples')").fetchone()[0]
+    assert tuples == str(chosen["max_scan_tuples"] or 20000)
+    notes = json.loads(result.stdout)["notes"]
+    assert any("typo on episodic_memory" in n and "no row" in n for n in notes)
+    # semantic_memory holds no vectors at all here: not a shape's fault, not listed.
+    assert not any("semantic_memory" in n for n in notes), notes
+    code, found = check(cli, path)
+    assert code == 0 and "typo on episodic_memory" in found["message"], found
+    assert "semantic_memory" not in found["message"], found
+
+
+def test_tune_with_nothing_to_measure_says_so(cli: Any, write_config: Any,
+                                             memory_dsn: str) -> None:
+    """An empty memory table: one line saying there is nothing to measure, not 39 empty
+    steps ending in "no step met the target"."""
+    result = cli("--config", str(config(write_config, memory_dsn)), "maint", "vector-index",
+                 "--tune")
+    assert result.exit_code == 1
+    assert "no stored vectors" in result.stderr and result.stdout == "", result.output
+
+
+def test_tune_without_the_right_to_apply_still_reports_what_it_measured(
+        cli: Any, write_config: Any, filtered_dsn: str) -> None:
+    """A role that may read but not ALTER DATABASE: the measurements and the statements to
+    run as the owner are the result (exit 1), not lost behind a one-line error."""
+    from psycopg.conninfo import make_conninfo
+
+    role = "tune_reader"
+    with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        path = config(write_config, make_conninfo(filtered_dsn, user=role))
+        result = cli("--config", str(path), "maint", "vector-index", "--tune",
+                     "--target-recall", "0.9", "--sample", "5", "--yes", "-f", "json")
+        assert result.exit_code == 1, result.output
+        report = json.loads(result.stdout)
+        assert report["chosen"] and not report["applied"]
+        assert report["statements"][0].startswith("ALTER DATABASE")
+        assert "must be owner" in report["apply_error"]
+        assert current_settings(filtered_dsn)["hnsw.iterative_scan"] == "off"
+    finally:
+        with psycopg.connect(filtered_dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_tune_refuses_a_bad_target_before_connecting(cli: Any, write_config: Any) -> None:
+    """A usage error is exit 2 whether or not the server answers (not 3 for a server that
+    was never needed)."""
+    path = write_config({"targets": {"primary": {"dsn": "postgresql://a@127.0.0.1:1/b"}},
+                         "connection": {"retry": {"attempts": 1}}})
+    for value in ("0", "1.5", "-1", "nan"):
+        result = cli("--config", str(path), "maint", "vector-index", "--tune",
+                     "--target-recall", value)
+        assert result.exit_code == 2 and "--target-recall" in result.stderr, result.output

@@ -140,3 +140,86 @@ def test_prewarm_is_schedulable_and_its_settings_validated(cli: Any, write_confi
     bad = write_config({"maintenance": {"prewarm": {"after": ["reboot"]}}}, name="bad.yaml")
     refused = cli("--config", str(bad), "config", "validate")
     assert refused.exit_code == 2 and "maintenance.prewarm.after[0]" in refused.stderr
+
+
+def test_hostile_relation_names_are_printed_inert(cli: Any, write_config: Any,
+                                                  memory_dsn: str) -> None:
+    """A table or index name holding escape sequences or Rich markup reaches the terminal as
+    visible text (diag vectors' section titles included), and JSON keeps it exactly."""
+    table, index = "t\x1b[31mred [bold]x[/bold]", "i\x1b]0;pwned\x07"
+    with psycopg.connect(memory_dsn, autocommit=True) as conn:
+        quoted = conn.execute("SELECT quote_ident(%s), quote_ident(%s)",
+                              (table, index)).fetchone()
+        conn.execute(f"CREATE TABLE {quoted[0]} (e vector(3))")
+        conn.execute(f"INSERT INTO {quoted[0]} VALUES ('[1,2,3]')")
+        conn.execute(f"CREATE INDEX {quoted[1]} ON {quoted[0]} USING hnsw (e vector_l2_ops)")
+    config = write_config({"targets": {"primary": {"dsn": memory_dsn}},
+                           "connection": {"retry": {"attempts": 1}}})
+    for args in (["diag", "vectors"], ["maint", "prewarm", "--dry-run"]):
+        result = cli("--config", str(config), *args, "-f", "table")
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout, result.stdout
+        assert "\\x1b" in result.stdout
+    assert "[bold]x[/bold]" in cli("--config", str(config), "diag", "vectors", "-f",
+                                   "table").stdout
+    report = json.loads(cli("--config", str(config), "diag", "vectors", "-f", "json").stdout)
+    assert index in {r["index"] for r in report["sections"]["cache"]}
+
+
+def test_diag_vectors_without_the_right_to_read_pg_buffercache(
+        cli: Any, write_config: Any, memory_dsn: str) -> None:
+    """pg_buffercache is for pg_monitor: a role without it still gets diag vectors (exit 0),
+    the cache section without residency and a note saying which grant shows it."""
+    from psycopg.conninfo import make_conninfo
+
+    role = "cache_reader"
+    with psycopg.connect(memory_dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        config = write_config({"targets": {"primary": {
+            "dsn": make_conninfo(memory_dsn, user=role)}},
+            "connection": {"retry": {"attempts": 1}}})
+        out = cli("--config", str(config), "diag", "vectors", "-f", "json")
+        assert out.exit_code == 0, out.output
+        report = json.loads(out.stdout)
+        rows = {r["index"]: r for r in report["sections"]["cache"]}
+        assert rows[INDEX]["buffered_bytes"] is None and rows[INDEX]["size_bytes"] > 0
+        assert any("pg_monitor" in n for n in report["notes"]), report["notes"]
+    finally:
+        with psycopg.connect(memory_dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_prewarm_as_a_role_that_reads_the_tables_but_owns_nothing(
+        cli: Any, write_config: Any, memory_dsn: str) -> None:
+    """TOAST tables grant nothing to anyone but their owner: a reader's prewarm loads what it
+    may read and says what it skipped, instead of failing every time (exit 1)."""
+    from psycopg.conninfo import make_conninfo
+
+    role = "prewarm_reader"
+    with psycopg.connect(memory_dsn, autocommit=True) as conn:
+        conn.execute(FILL)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        config = write_config({"targets": {"primary": {
+            "dsn": make_conninfo(memory_dsn, user=role)}},
+            "connection": {"retry": {"attempts": 1}}})
+        out = cli("--config", str(config), "maint", "prewarm", "-f", "json")
+        assert out.exit_code == 0, out.output
+        report = json.loads(out.stdout)
+        by_kind = {r["relation"]: r for r in report["relations"]}
+        assert by_kind[INDEX]["status"] == "done"
+        toast = [r for r in report["relations"] if r["kind"] == "toast"]
+        assert toast and all(r["status"] == "skipped" for r in toast), toast
+        assert any("owner" in n for n in report["notes"]), report["notes"]
+    finally:
+        with psycopg.connect(memory_dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            conn.execute(f"DROP ROLE {role}")

@@ -246,9 +246,12 @@ def _interrupted(store: BackupStore, manifest: BackupManifest, level: str, cause
 
 
 def _missing_data_entries(manifest: BackupManifest, entries: list[str]) -> list[str]:
-    data = {" ".join(e.split()[-3:-1]) for e in entries if " TABLE DATA " in e}
+    # pg_restore --list prints "<id>; <oids> TABLE DATA <schema> <name> <owner>" with the
+    # names unquoted: a name may hold spaces, so it is matched whole, never split on them.
+    data = [e[e.index(" TABLE DATA ") + len(" TABLE DATA "):] for e in entries
+            if " TABLE DATA " in e]
     missing = [f"{t.schema}.{t.name}" for t in manifest.tables
-               if f"{t.schema} {t.name}" not in data]
+               if not any(d.startswith(f"{t.schema} {t.name} ") for d in data)]
     return [f"no TABLE DATA entry for {name}" for name in missing]
 
 

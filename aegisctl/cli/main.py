@@ -132,6 +132,9 @@ class AegisGroup(TyperGroup):
             command = typer.main.get_command(module.app)
             command.name = cmd_name
             self.commands[cmd_name] = command
+            from aegisctl.cli.lazy_coercion import defer_tree
+
+            defer_tree(command)  # `aegisctl memory search --help`: no pydantic either
         if command is not None:
             short_helps(command)
         return command

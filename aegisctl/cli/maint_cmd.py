@@ -263,11 +263,12 @@ def _tune(ctx: typer.Context, table: str | None, index: str | None, target: floa
     from aegisctl.diagnostics.filtered_recall import hnsw_indexes
     from aegisctl.diagnostics.vectors import vector_inventory
     from aegisctl.errors import UsageError
-    from aegisctl.maintenance.vector_tune import tune_vector_search
+    from aegisctl.maintenance.vector_tune import check_tune_arguments, tune_vector_search
 
     app_state = state(ctx)
     settings = app_state.config().settings
     recall = settings.checks.vector_recall
+    check_tune_arguments(target, sample or max(10, recall.sample))
     with _maint(app_state, "vector-index --tune", not apply, wait_lock) as mctx:
         _, inventory = vector_inventory(mctx.conn, settings, counts=False)
         chosen = [i for i in hnsw_indexes(inventory, table)

@@ -182,8 +182,10 @@ def search_cmd(
     fmt: FormatOpt = None,
 ) -> None:
     """Search memories by meaning (embeddings), by keywords (full-text), or both (hybrid:
-    reciprocal rank fusion whose weights follow how strong each signal is for the query, then
-    the optional rerank model of search.rerank).
+    reciprocal rank fusion whose weights follow how strong each signal is for the query; the
+    first hit of the signal that is sure of itself keeps a place in the top 2 (the safeguard,
+    search.safeguard); then the optional rerank model of search.rerank). --explain shows the
+    weights and what the safeguard did.
 
     Examples:
 
@@ -637,6 +639,9 @@ def forget_cmd(
         "--query", "-q", help="Forget the hits of this search (needs --min-score; the filters "
         "narrow it as in memory search).")] = None,
     min_score: MinScoreOpt = None,
+    everything: Annotated[bool, typer.Option(
+        "--all", help="Every memory of --kind (all, episodic or semantic): needed when no id, "
+        "filter or --query narrows the choice.")] = False,
     reason: Annotated[str | None, typer.Option(
         "--reason", help="Why (kept in the erasure ledger; needed unless --dry-run), e.g. "
         "\"GDPR request 2026-117\".")] = None,
@@ -675,7 +680,7 @@ def forget_cmd(
     filters = memory_filters(kind, types, tags, min_importance, categories, since, until,
                              sources=sources, context=context, before=before)
     filters.ids = [parse_ref(i) for i in ids or []]
-    selection = Selection(filters, query, min_score)
+    selection = Selection(filters, query, min_score, everything=everything)
     selection.check()
     if not dry_run and not (reason or "").strip():
         raise UsageError("--reason is needed: the erasure ledger records why memories were "

@@ -44,10 +44,8 @@ class With:
         return body
 
     def to_view(self) -> list[Block]:
-        from aegisctl.output import Note
-
-        extra = self.extra.to_view() if hasattr(self.extra, "to_view") else \
-            [Note(f"{self.key}: {self.extra}", "yellow")]
+        # A plain value (an error the caller already warned about) is for the JSON only.
+        extra = self.extra.to_view() if hasattr(self.extra, "to_view") else []
         return list(self.main.to_view()) + list(extra)
 
 

@@ -243,8 +243,23 @@ def filter_shape_problems(shapes: list[FilterShape]) -> list[str]:
         elif shape.name in seen:
             problems.append(f"{key}.name: '{shape.name}' is used twice")
         seen.add(shape.name)
-        if not (shape.tag or shape.context or shape.since or shape.event_type
-                or shape.category):
+        # A value given but empty ("" or 0s) would be dropped from the WHERE clause: the
+        # shape measured would not be the one declared, so it is refused, not ignored.
+        for name in ("tag", "event_type", "category"):
+            value = getattr(shape, name)
+            if value is not None and not value.strip():
+                problems.append(f"{key}.{name}: empty; give a value or leave the key out")
+            if value is not None and "\x00" in value:
+                problems.append(f"{key}.{name}: contains a NUL character, which PostgreSQL "
+                                "text cannot hold")
+        if any("\x00" in k or "\x00" in v for k, v in shape.context.items()):
+            problems.append(f"{key}.context: contains a NUL character, which PostgreSQL "
+                            "text cannot hold")
+        if shape.since is not None and shape.since <= 0:
+            problems.append(f"{key}.since: a positive duration like 7d")
+        given = [shape.tag is not None, bool(shape.context), shape.since is not None,
+                 shape.event_type is not None, shape.category is not None]
+        if not any(given):
             problems.append(f"{key} ({shape.name}): give at least one condition: tag, context, "
                             "since, event_type or category")
         episodic = bool(shape.context or shape.event_type)
@@ -256,8 +271,6 @@ def filter_shape_problems(shapes: list[FilterShape]) -> list[str]:
                             "episodic memories (kind: episodic)")
         elif shape.kind == "episodic" and shape.category:
             problems.append(f"{key} ({shape.name}): category exists only on semantic memories")
-        if shape.since is not None and shape.since <= 0:
-            problems.append(f"{key}.since: a positive duration like 7d")
         if any(not k for k in shape.context):
             problems.append(f"{key}.context: keys cannot be empty")
     return problems

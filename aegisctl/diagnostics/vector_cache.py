@@ -41,6 +41,7 @@ def cache_consequence(size: int, buffered: int | None, shared_buffers: int,
 def index_cache(conn: psycopg.Connection[Any], indexes: list[dict[str, Any]]
                 ) -> tuple[list[dict[str, Any]], list[str]]:
     """(one row per ANN index, notes)."""
+    import psycopg
     from psycopg import sql
 
     row = conn.execute(
@@ -60,12 +61,16 @@ def index_cache(conn: psycopg.Connection[Any], indexes: list[dict[str, Any]]
                      "shows how much of each index is loaded")
     elif ann:
         names = [sql.Identifier(i["schema"], i["index"]).as_string(conn) for i in ann]
-        found = conn.execute(sql.SQL(
-            "SELECT r.name, count(b.bufferid) FROM unnest(%s::text[]) AS r(name) "
-            "LEFT JOIN {} b ON b.relfilenode = pg_relation_filenode(r.name::regclass) "
-            "AND b.reldatabase = (SELECT oid FROM pg_database WHERE datname = "
-            "current_database()) AND b.relforknumber = 0 GROUP BY r.name").format(
-            sql.Identifier(schema, "pg_buffercache")), (names,)).fetchall()
+        try:
+            # A savepoint inside a transaction: the rest of the topic still runs after a
+            # refusal (pg_buffercache is for pg_monitor).
+            with conn.transaction():
+                found = _buffered(conn, schema, names)
+        except psycopg.errors.InsufficientPrivilege:
+            schema = None
+            notes.append(f"{BUFFERCACHE}: this role may not read it (GRANT pg_monitor TO "
+                         "it to see how much of each index is loaded)")
+            found = []
         by_name = {str(name): int(count) * block for name, count in found}
         buffered = {n: by_name.get(n, 0) for n in names}
     rows = []
@@ -81,3 +86,15 @@ def index_cache(conn: psycopg.Connection[Any], indexes: list[dict[str, Any]]
             "effective_cache_share": round(size / effective, 4) if effective else None,
             "consequence": cache_consequence(size, loaded, shared, effective)})
     return rows, notes
+
+
+def _buffered(conn: psycopg.Connection[Any], schema: str, names: list[str]) -> list[Any]:
+    """(index name, shared buffers it holds) for these indexes."""
+    from psycopg import sql
+
+    return conn.execute(sql.SQL(
+        "SELECT r.name, count(b.bufferid) FROM unnest(%s::text[]) AS r(name) "
+        "LEFT JOIN {} b ON b.relfilenode = pg_relation_filenode(r.name::regclass) "
+        "AND b.reldatabase = (SELECT oid FROM pg_database WHERE datname = "
+        "current_database()) AND b.relforknumber = 0 GROUP BY r.name").format(
+        sql.Identifier(schema, "pg_buffercache")), (names,)).fetchall()

@@ -189,10 +189,13 @@ def vector_recall_filtered(ctx: CheckContext) -> CheckResult:
     served_mode = (served["iterative_scan"] or "off") if iterative else "off"
     own = _own_tally(ctx)
     rows: list[tuple[float, str, str]] = []
+    unmatched: list[str] = []
     try:
         for case in cases:
             prepare_case(ctx.db, schema, case, t.sample)
             if not any(case.exact):
+                if case.vectors:  # (a table with no vectors is no shape's fault)
+                    unmatched.append(case.label)
                 continue
             measured = {mode: run_case(ctx.db, schema, case, ef_search, mode, None, iterative)
                         for mode in (MODES if iterative else ("off",))}
@@ -223,5 +226,8 @@ def vector_recall_filtered(ctx: CheckContext) -> CheckResult:
         message = f"below {t.warning:g}: " + " | ".join(flagged) + f" [{setting}]"
     else:
         message = f"lowest: {rows[0][2]} ({len(rows)} shape(s); {setting})"
+    if unmatched:
+        # Often a typo'd tag or context value: such a shape is never measured.
+        message += f"; no row matches (not measured): {', '.join(unmatched)}"
     return grade("vector_recall_filtered", rows[0][0], t.warning, t.critical,
                  lower_is_worse=True, minimum=0, maximum=1, message=message)

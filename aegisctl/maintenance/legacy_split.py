@@ -120,12 +120,10 @@ def _ident(rel: Relation, name: str) -> sql.Identifier:
 
 
 def _is_legacy(part: RangePartition) -> bool:
-    """A plain partition spanning more than one month, ending at a month start."""
-    if part.is_default or part.relation.kind != "r" or part.upper is None:
-        return False
-    if part.upper != month_start(part.upper):
-        return False
-    return part.lower is None or part.months is None or part.months > 1
+    """What `schema partition` leaves: a plain partition from MINVALUE up to a month start
+    (a partition someone made to span several months on purpose is left alone)."""
+    return (not part.is_default and part.relation.kind == "r" and part.lower is None
+            and part.upper is not None and part.upper == month_start(part.upper))
 
 
 def _relation(conn: psycopg.Connection[Any], schema: str, name: str) -> Relation | None:
@@ -225,12 +223,8 @@ def _plan(conn: psycopg.Connection[Any], parent: Relation, key: PartitionKey,
         (legacy.relation.oid,)).fetchone()
     oldest = row[0] if row else None
     report.rows_estimate = int(row[1]) if row else 0
-    if legacy.lower is not None:
-        first = legacy.lower
-    elif oldest is not None:
-        first = month_start(_utc(oldest, key))
-    else:
-        first = legacy.upper  # empty: no month to make
+    # An empty legacy partition: no month to make (the swap only detaches and drops it).
+    first = month_start(_utc(oldest, key)) if oldest is not None else legacy.upper
     months = months_between(first, legacy.upper)
     if staging is not None:
         months = _staging_months(conn, staging, key)
@@ -239,6 +233,7 @@ def _plan(conn: psycopg.Connection[Any], parent: Relation, key: PartitionKey,
 
 
 def _utc(value: Any, key: PartitionKey) -> dt.datetime:
+    """A timestamp or date column's value in UTC (the session's time zone during the split)."""
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
     return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)  # a date

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 EXTENSION = "pg_prewarm"
 EVENTS = ("server_start", "restore_test", "drill")
 
-# Every HNSW/IVFFlat index of a user table, then those tables and their TOAST tables.
+# Every HNSW/IVFFlat index of a user table, then those tables and their TOAST tables, and
+# whether this role may prewarm each (pg_prewarm checks SELECT on an index's table, and on
+# a TOAST table itself).
 _RELATIONS = """
 WITH idx AS (
     SELECT i.indexrelid, i.indrelid FROM pg_index i
@@ -35,11 +37,12 @@ WITH idx AS (
     WHERE am.amname IN ('hnsw', 'ivfflat') AND i.indisvalid
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 )
-SELECT oid::regclass::text, kind, pg_relation_size(oid) FROM (
-    SELECT indexrelid AS oid, 'index' AS kind, 1 AS ord FROM idx
-    UNION SELECT indrelid, 'table', 2 FROM idx
-    UNION SELECT t.reltoastrelid, 'toast', 3 FROM idx JOIN pg_class t ON t.oid = idx.indrelid
-          WHERE t.reltoastrelid <> 0
+SELECT oid::regclass::text, kind, pg_relation_size(oid),
+       has_table_privilege(acl, 'SELECT') FROM (
+    SELECT indexrelid AS oid, 'index' AS kind, 1 AS ord, indrelid AS acl FROM idx
+    UNION SELECT indrelid, 'table', 2, indrelid FROM idx
+    UNION SELECT t.reltoastrelid, 'toast', 3, t.reltoastrelid FROM idx
+          JOIN pg_class t ON t.oid = idx.indrelid WHERE t.reltoastrelid <> 0
 ) r ORDER BY ord, 1
 """
 
@@ -52,7 +55,7 @@ class PrewarmedRelation:
     mode: str  # buffer | prefetch | read
     blocks: int | None = None
     seconds: float | None = None
-    status: str = "planned"  # planned | done | failed
+    status: str = "planned"  # planned | done | failed | skipped (this role may not read it)
     detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -133,13 +136,24 @@ def prewarm_vectors(conn: psycopg.Connection[Any], *, tables: bool = True,
     if schema is None and not dry_run:
         raise OperationFailed(missing_hint(result.database))
     budget = result.shared_buffers
-    for name, kind, size in conn.execute(_RELATIONS).fetchall():
+    for name, kind, size, readable in conn.execute(_RELATIONS).fetchall():
         if kind != "index" and not tables:
+            continue
+        if not readable:
+            # pg_prewarm needs SELECT on the relation itself; TOAST tables grant it to no
+            # one but their owner, so a reading role would fail there every time.
+            result.relations.append(PrewarmedRelation(
+                str(name), str(kind), int(size), "-", status="skipped",
+                detail="this role may not read it"))
             continue
         # What no longer fits in shared_buffers goes to the OS cache only.
         mode = "buffer" if size <= budget else "prefetch"
         budget -= size if mode == "buffer" else 0
         result.relations.append(PrewarmedRelation(str(name), str(kind), int(size), mode))
+    skipped = [r for r in result.relations if r.status == "skipped"]
+    if skipped:
+        result.notes.append(f"{len(skipped)} relation(s) skipped: this role may not read them "
+                            "(run maint prewarm as their owner or a superuser to load them)")
     if schema is None:
         result.notes.append(missing_hint(result.database))
     if dry_run or schema is None:
@@ -147,6 +161,8 @@ def prewarm_vectors(conn: psycopg.Connection[Any], *, tables: bool = True,
     started = time.perf_counter()
     function = sql.Identifier(schema, "pg_prewarm")
     for item in result.relations:
+        if item.status == "skipped":
+            continue
         t0 = time.perf_counter()
         for mode in ([item.mode, "read"] if item.mode == "prefetch" else [item.mode]):
             try:

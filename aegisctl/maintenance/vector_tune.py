@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 EF_STEPS = (10, 20, 40, 64, 100, 150, 200, 300, 400, 600, 800, 1000)
 # Tried only when no ef_search step meets the target: a longer iterative walk.
 SCAN_TUPLES_STEPS = (50_000, 100_000, 200_000)
+# pgvector's default hnsw.max_scan_tuples: the steps that do not raise it are measured with it
+# (never with whatever the database has), and applying them sets it back when needed.
+DEFAULT_SCAN_TUPLES = 20_000
 
 
 @dataclass
@@ -56,18 +59,21 @@ class TuneResult:
     chosen: TuneStep | None = None
     statements: list[str] = field(default_factory=list)
     applied: bool = False
+    # Why --yes could not apply the choice (no right to ALTER DATABASE, a standby...).
+    apply_error: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.chosen is not None
+        return self.chosen is not None and self.apply_error is None
 
     def to_json(self) -> dict[str, Any]:
         return {"database": self.database, "target_recall": self.target_recall,
                 "sample": self.sample, "shapes": self.shapes, "current": self.current,
                 "steps": [s.to_json() for s in self.steps],
                 "chosen": self.chosen.to_json() if self.chosen else None,
-                "statements": self.statements, "applied": self.applied, "notes": self.notes}
+                "statements": self.statements, "applied": self.applied,
+                "apply_error": self.apply_error, "notes": self.notes}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Column, Note, Table
@@ -89,10 +95,15 @@ class TuneResult:
         if self.chosen is None:
             blocks.append(Note("no step met the target: nothing to apply", "red"))
         else:
-            verb = "applied" if self.applied else "would apply (run again with --yes)"
+            verb = ("applied" if self.applied else
+                    "not applied: run these as the database's owner or a superuser"
+                    if self.apply_error else "would apply (run again with --yes)")
             blocks.append(Note(f"chosen: hnsw.ef_search {self.chosen.ef_search}, "
                                f"hnsw.iterative_scan {self.chosen.iterative_scan}; {verb}:"))
             blocks += [Note(statement + ";", wrap=False) for statement in self.statements]
+        if self.apply_error:
+            blocks.append(Note(f"cannot change the database's defaults: {self.apply_error}",
+                               "red"))
         blocks += [Note(n) for n in self.notes]
         return blocks
 
@@ -105,7 +116,9 @@ def _step(conn: psycopg.Connection[Any], schema: str, cases: list[Case], ef_sear
     latencies: list[float] = []
     short = queries = 0
     for case in cases:
-        measure = run_case(conn, schema, case, ef_search, mode, scan_tuples, iterative)
+        measure = run_case(conn, schema, case, ef_search, mode,
+                           (scan_tuples or DEFAULT_SCAN_TUPLES) if iterative else None,
+                           iterative)
         latencies += measure.latencies_ms
         if measure.recall is not None and measure.short_share is not None:
             recalls.append((measure.recall, case.label))
@@ -122,18 +135,28 @@ def _step(conn: psycopg.Connection[Any], schema: str, cases: list[Case], ef_sear
 
 
 def _statements(conn: psycopg.Connection[Any], database: str, step: TuneStep,
-                iterative: bool) -> list[Any]:
+                iterative: bool, current: dict[str, str | None]) -> list[Any]:
     from psycopg import sql
 
     db = sql.Identifier(database)
     values = [("hnsw.ef_search", str(step.ef_search))]
     if iterative:
         values.append(("hnsw.iterative_scan", step.iterative_scan))
-    if step.max_scan_tuples is not None:
-        values.append(("hnsw.max_scan_tuples", str(step.max_scan_tuples)))
+        tuples = step.max_scan_tuples or DEFAULT_SCAN_TUPLES
+        if step.max_scan_tuples is not None or current.get("max_scan_tuples") not in (
+                None, str(tuples)):
+            values.append(("hnsw.max_scan_tuples", str(tuples)))
     return [sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, sql.SQL(name),
                                                             sql.Literal(value))
             for name, value in values]
+
+
+def check_tune_arguments(target: float, sample: int) -> None:
+    """Before any connection: a usage error is exit 2 whether or not the server answers."""
+    if not 0 < target <= 1:
+        raise UsageError(f"--target-recall {target}: a recall between 0 and 1, e.g. 0.95")
+    if sample < 1:
+        raise UsageError("--sample must be at least 1")
 
 
 def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, Any]],
@@ -147,10 +170,7 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
     )
     from aegisctl.memory.search.pg import pgvector_version
 
-    if not 0 < target <= 1:
-        raise UsageError(f"--target-recall {target}: a recall between 0 and 1, e.g. 0.95")
-    if sample < 1:
-        raise UsageError("--sample must be at least 1")
+    check_tune_arguments(target, sample)
     schema = vector_schema(conn)
     if schema is None:
         raise OperationFailed("the vector extension is not installed in this database",
@@ -164,10 +184,18 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
     cases = build_cases(indexes, shapes, unfiltered=True)
     for case in cases:
         prepare_case(conn, schema, case, sample, seed)
+    # (A table with no vectors at all is no shape's fault: left out of the notes.)
+    unmatched = [c for c in cases if c.vectors and not any(c.exact)]
     cases = [c for c in cases if any(c.exact)]
+    if not cases:
+        raise OperationFailed("nothing to tune on: no stored vectors in the HNSW-indexed "
+                              "tables", hint="tune once the agent has stored memories")
     result = TuneResult(database, target, sample,
                         [{"shape": c.shape, "table": c.index["table"], "index": c.index["index"],
                           "matching_rows": c.matching_rows} for c in cases], current)
+    # A shape nothing matches (often a typo'd tag or context value) is not measured: said,
+    # so that a target "met" is not taken to cover it.
+    result.notes += [f"{c.label}: no row matches this shape: not measured" for c in unmatched]
     if not iterative:
         result.notes.append("pgvector is older than 0.8: no iterative scans, only ef_search "
                             "is tuned (a selective filter may still return short results)")
@@ -197,7 +225,7 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
         return result
     result.chosen = min(meeting, key=lambda s: (s.ef_search, s.max_scan_tuples or 0,
                                                 s.p95_ms or 0.0))
-    statements = _statements(conn, database, result.chosen, iterative)
+    statements = _statements(conn, database, result.chosen, iterative, current)
     result.statements = [s.as_string(conn) for s in statements]
     result.notes.append(
         f"aegisctl's own `memory search` uses search.ef_search and search.iterative_scan from "
@@ -206,15 +234,16 @@ def tune_vector_search(conn: psycopg.Connection[Any], indexes: list[dict[str, An
     if apply:
         import psycopg
 
+        # Minutes of measurements stay the result when the choice cannot be applied: they
+        # and the statements are what the database's owner needs to run it by hand.
         try:
-            for statement in statements:
-                conn.execute(statement)
+            with conn.transaction():
+                for statement in statements:
+                    conn.execute(statement)
         except psycopg.Error as exc:
-            raise OperationFailed(f"cannot change the database's defaults: "
-                                  f"{str(exc).strip().splitlines()[0]}",
-                                  hint="ALTER DATABASE ... SET needs the database's owner or a "
-                                       "superuser: run the statements shown by --tune as one"
-                                  ) from None
+            result.apply_error = str(exc).strip().splitlines()[0] if str(exc).strip() \
+                else type(exc).__name__
+            return result
         result.applied = True
         result.notes.append("new sessions get these settings; open sessions keep theirs until "
                             "they reconnect")

@@ -42,6 +42,7 @@ class Selection:
     query: str | None = None
     min_score: float | None = None
     limit: int = 1000  # hits of --query at most
+    everything: bool = False  # --all: every memory of the chosen kind(s), asked for by name
 
     def check(self) -> None:
         if self.query is not None and self.min_score is None:
@@ -52,11 +53,17 @@ class Selection:
             raise UsageError("--min-score goes with --query")
         if self.query is not None and self.filters.ids:
             raise UsageError("give memory ids or --query, not both")
-        if self.query is None and not self.filters.active and self.filters.kind is None:
+        narrowed = self.query is not None or self.filters.active
+        if self.everything and narrowed:
+            raise UsageError("--all forgets every memory of --kind: give it without ids, "
+                             "filters or --query")
+        # A kind alone narrows nothing (`--kind episodic` is every episodic memory): emptying
+        # a table is said in so many words, as cleanup's --allow-emptying.
+        if not narrowed and not self.everything:
             raise UsageError("memory forget needs ids, filters or --query: it never forgets "
                              "every memory by default",
                              hint="e.g. aegisctl memory forget --context agent=planner "
-                                  "--dry-run")
+                                  "--dry-run; to forget every memory of --kind, add --all")
 
 
 @dataclass

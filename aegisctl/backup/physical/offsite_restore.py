@@ -3,11 +3,13 @@
 Barman is not needed for this: the chain's volumes are downloaded, authenticated and
 decrypted as they stream into tar extraction (`filter="data"`: no path leaves the folder, no
 link points out of it), an incremental chain is combined with `pg_combinebackup`, the WAL
-from the backup's start (to the first segment archived after --to-time, as Barman's recover
-does) is fetched into `aegisctl_wal/` inside the data directory, and the recovery settings
-point `restore_command` at it. The target folder is handled as by the local restore
-(physical/restore_dir.py): staged, then moved into place, so a killed restore never leaves a
-folder that looks like a data directory.
+run from the backup's start is fetched into `aegisctl_wal/` inside the data directory, and
+the recovery settings point `restore_command` at it. The whole run, not only up to the
+first segment archived after --to-time: recovery stops at the first commit after the target,
+and a long transaction's commit can lie many segments later (stopping early made PostgreSQL
+end with "recovery ended before configured recovery target was reached"). The target
+folder is handled as by the local restore (physical/restore_dir.py): staged, then moved into
+place, so a killed restore never leaves a folder that looks like a data directory.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from aegisctl.backup.physical.offsite import (
     RemoteManifest,
     RemoteWindow,
     open_offsite,
-    parse_archived_at,
     read_catalog,
     remote_systems,
     remote_window,
@@ -264,9 +265,6 @@ def _fetch_wal(plan: RemoteRestorePlan, folder: Path) -> int:
                                       "aegisctl cannot read")
         os.replace(tmp, folder / name)
         count += 1
-        archived = parse_archived_at(meta.get("archived-at"))
-        if name in plan.wal and plan.to_time and archived and archived > plan.to_time:
-            break  # the first segment archived after the target holds it (Barman's rule)
     return count
 
 
@@ -292,7 +290,7 @@ def run_remote_restore(loaded: LoadedConfig, target: Target, plan: RemoteRestore
     from aegisctl.backup.physical import forget_replay
 
     # Read and validated before anything is touched: a damaged copy stops the restore here.
-    ledger = forget_replay.newest_ledger(loaded, target) if replay_ledger else None
+    ledger = erasure_ledger(loaded, target, plan.chain[-1]) if replay_ledger else None
     result = _restore(loaded, target, plan)
     if ledger is not None:
         from aegisctl.backup.physical.engine import engine_for
@@ -301,6 +299,28 @@ def run_remote_restore(loaded: LoadedConfig, target: Target, plan: RemoteRestore
         result.erasures = forget_replay.replay_restored_dir(
             engine, plan.target_dir, loaded.settings.backup.physical.drill_timeout, *ledger)
     return result
+
+
+def erasure_ledger(loaded: LoadedConfig, target: Target, manifest: RemoteManifest
+                   ) -> tuple[Any, Any]:
+    """The erasure ledger to replay and where (physical/forget_replay.py). On a machine with
+    only the config and the key there is no embedded database to ask: it is not created just
+    to be read (the copies beside the backups and in the store are), and the database and
+    user to replay into are the ones the remote manifest recorded."""
+    from aegisctl.backup.physical import forget_replay
+    from aegisctl.paths import data_dir
+
+    if not target.embedded or \
+            (data_dir(loaded.settings.embedded.data_dir) / "global" / "pg_control").exists():
+        return forget_replay.newest_ledger(loaded, target)
+    from aegisctl.memory.ledger import current_ledger
+
+    current = current_ledger(loaded.settings.backup, target.name)
+    current.notes.append("no database on this machine: the ledger copies beside the backups "
+                         "and in the remote store were read")
+    destination = forget_replay.Destination(manifest.database, manifest.superuser) \
+        if manifest.database and manifest.superuser else None
+    return current, destination
 
 
 def _restore(loaded: LoadedConfig, target: Target, plan: RemoteRestorePlan) -> RestoreResult:
@@ -368,7 +388,6 @@ def run_remote_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | N
     """Restore from the store alone into a temporary folder, start, promote, check, delete.
     The source is not asked anything: the database, superuser and extensions the checks need
     were recorded in the remote manifest at upload."""
-    from aegisctl.backup.physical import forget_replay
     from aegisctl.backup.physical.engine import engine_for
     from aegisctl.backup.physical.restore import (
         DrillCheck,
@@ -382,14 +401,14 @@ def run_remote_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | N
     system = resolve_system(loaded, target, system_id)
     engine = engine_for(loaded, target, system_id=system)
     physical = loaded.settings.backup.physical
-    # Read and validated before anything runs; replayed into the started copy.
-    ledger, _ = forget_replay.newest_ledger(loaded, target)
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     with _drill_dir(engine) as data_dir:
         plan = plan_remote_restore(loaded, target, backup_id=backup_id, to_time=to_time,
                                    to_lsn=None, target_dir=data_dir, system_id=system)
         newest = plan.chain[-1]
+        # Read and validated before anything runs; replayed into the started copy.
+        ledger, _ = erasure_ledger(loaded, target, newest)
         report = DrillReport(target.name, plan.backup.id, [m.id for m in plan.chain], to_time,
                              started_at)
         try:

@@ -482,7 +482,7 @@ def ship(loaded: LoadedConfig, target: Target, *, engine: Engine | None = None,
                         facts = _source_facts(loaded, target)
                     resumed = len(backup_journal(engine, backup.id).get("volumes") or [])
                     try:
-                        ship_backup(offsite, engine, backup, facts, progress)
+                        sent = ship_backup(offsite, engine, backup, facts, progress)
                     except AegisError as exc:
                         result.failed[backup.id] = exc.message
                         result.exit_code = result.exit_code or int(exc.exit_code)
@@ -491,6 +491,7 @@ def ship(loaded: LoadedConfig, target: Target, *, engine: Engine | None = None,
                         save_backup_journal(engine, backup.id, journal)
                         continue
                     result.backups.append(backup.id)
+                    result.bytes_sent += sum(v.size for v in sent.volumes[resumed:])
                     if resumed:
                         result.resumed[backup.id] = resumed
                     # WAL archived meanwhile (the backup's own end) goes too.

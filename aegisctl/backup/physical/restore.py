@@ -420,7 +420,13 @@ class _Scratch:
                     if row and not row[0]:
                         return
             except psycopg.OperationalError:
-                pass
+                # A server whose recovery failed is gone (its postmaster.pid with it): say so
+                # now rather than after the whole timeout.
+                if not (self.data_dir / "postmaster.pid").exists():
+                    raise OperationFailed(
+                        "the restored server stopped during recovery: "
+                        + ("; ".join(self.log_errors()[-3:]) or "no FATAL in its log")
+                    ) from None
             time.sleep(0.5)
         raise OperationFailed(f"the restored server was not promoted within "
                               f"{self.timeout:.0f} s: "
