@@ -325,8 +325,10 @@ class PatroniCluster:
 def _member_config(cluster_base: Path, name: str, pg_port: int, api_port: int, etcd_port: int,
                    bin_dir: Path) -> dict[str, Any]:
     home = cluster_base / name
+    # Replication for every user: the members' own (replicator) and Barman's WAL streamer
+    # and base backups (postgres) in the physical backup tests.
     hba = ["local all all trust", "host all all 127.0.0.1/32 trust",
-           "host replication replicator 127.0.0.1/32 trust"]
+           "host replication all 127.0.0.1/32 trust"]
     return {
         "scope": SCOPE,
         "name": name,

@@ -356,15 +356,3 @@ def test_commands_follow_a_kill_9_failover(
     assert timeline["status"] == "WARNING"
     assert (f"timeline {before['writes']['timeline']} -> {status['writes']['timeline']}"
             in timeline["message"])
-
-
-def test_physical_backups_of_a_cluster_target_are_refused_in_one_line(
-        cli: Any, write_config: Callable[..., Path]) -> None:
-    """Barman's WAL stream and slot do not follow a failover yet: said at once, exit 2."""
-    config = write_config({"targets": {"cluster": {
-        "dsn": "postgresql://agent@{host}:{port}/aegis",
-        "patroni": {"urls": ["http://127.0.0.1:9"]}}}})
-    for args in (["backup", "create", "--physical"], ["backup", "wal", "status"]):
-        result = cli("--config", str(config), *args)
-        assert result.exit_code == 2, result.output
-        assert "is a cluster: physical backups and WAL streaming do not follow" in result.stderr

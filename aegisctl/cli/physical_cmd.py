@@ -222,17 +222,9 @@ def wal_status(ctx: typer.Context, fmt: FormatOption = None) -> None:
 
 
 def _physical_target(app_state: AppState) -> Target:
-    """The target, refused (exit 2, one line) when it is a cluster: Barman's WAL stream and
-    slot would stay on one member and not follow a failover."""
-    from aegisctl.errors import ConfigError
-
-    target = app_state.target()
-    if target.cluster is not None:
-        raise ConfigError(
-            f"target '{target.name}' is a cluster: physical backups and WAL streaming do not "
-            "follow a switchover or failover yet (the WAL stream and its slot would stay on "
-            "one member)", hint="use logical backups (backup create) for a cluster target")
-    return target
+    """The target. A cluster target works too: Barman and the WAL streamer follow its leader
+    (aegisctl.backup.physical.ha)."""
+    return app_state.target()
 
 
 def drill(

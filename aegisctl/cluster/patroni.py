@@ -1,6 +1,8 @@
-"""Patroni's REST API, read-only: `/cluster` (every member, its role, state, lag, timeline) and a
-member's own `/patroni`. The answers are input: validated here into `ClusterView` before any
-choice is made from them. urllib only: no HTTP library to install for this."""
+"""Patroni's REST API: `/cluster` (every member, its role, state, lag, timeline), a member's own
+`/patroni`, and the cluster-wide dynamic configuration (`/config`: read, and patched only by
+`backup physical enable` to declare its permanent slot). The answers are input: validated
+here into `ClusterView` before any choice is made from them. urllib only: no HTTP library
+to install for this."""
 
 from __future__ import annotations
 
@@ -174,3 +176,44 @@ def fetch_local_member(settings: PatroniSettings, target_name: str) -> LocalMemb
         raise ConnectionFailed(f"target '{target_name}': {base}/patroni gave no member name")
     return LocalMember(name=name, is_leader=leads,
                        paused=isinstance(raw, dict) and raw.get("pause") is True)
+
+
+def fetch_config(settings: PatroniSettings, target_name: str) -> tuple[dict[str, Any], str]:
+    """The cluster's dynamic configuration (what `patronictl show-config` prints) and the REST
+    API that answered."""
+    errors = []
+    for base in settings.urls:
+        try:
+            raw = _get_json(base.rstrip("/") + "/config", settings.timeout)
+        except (OSError, ValueError) as exc:
+            errors.append(f"{base}: {_reason(exc)}")
+            continue
+        if isinstance(raw, dict):
+            return raw, base
+        errors.append(f"{base}: /config is not a JSON object")
+    raise ConnectionFailed(f"target '{target_name}': no Patroni REST API gave its /config "
+                           f"({'; '.join(errors)})",
+                           hint=f"check targets.{target_name}.patroni.urls")
+
+
+def patch_config(settings: PatroniSettings, target_name: str, base: str,
+                 change: dict[str, Any], how_by_hand: str) -> None:
+    """PATCH the dynamic configuration (merged into it by Patroni, then applied by every member
+    on its next loop). A refusal (REST API authentication, allowlist) says how to do it by
+    hand with patronictl."""
+    from aegisctl.errors import OperationFailed
+
+    request = urllib.request.Request(
+        base.rstrip("/") + "/config", data=json.dumps(change).encode(), method="PATCH",
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=settings.timeout) as response:
+            response.read(MAX_BODY)
+    except urllib.error.HTTPError as exc:
+        raise OperationFailed(f"target '{target_name}': Patroni refused to change its "
+                              f"configuration ({base}/config: HTTP {exc.code})",
+                              hint=how_by_hand) from None
+    except OSError as exc:
+        raise ConnectionFailed(f"target '{target_name}': cannot change Patroni's "
+                               f"configuration ({base}/config: {_reason(exc)})",
+                               hint=how_by_hand) from None

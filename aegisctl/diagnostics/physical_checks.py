@@ -1,8 +1,10 @@
 """`aegisctl check`: physical backups and WAL streaming (when `backup physical enable` was
-run for the target): streaming up and its lag, WAL the slot holds back, the newest physical
-backup's age, the newest successful drill's age. Thresholds: `backup.physical`."""
+run for the target): streaming up and its lag, gaps in the archived WAL, WAL the slot holds
+back, the newest physical backup's age, the newest successful drill's age. Thresholds: `backup.physical`."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from aegisctl.diagnostics.checks import (
     CheckContext,
@@ -12,6 +14,9 @@ from aegisctl.diagnostics.checks import (
     grade,
     register_check,
 )
+
+if TYPE_CHECKING:
+    from aegisctl.backup.physical.check import PhysicalMeasurements
 
 
 @register_check("physical_backups", "WAL streaming, slot retention, physical backup and "
@@ -38,6 +43,7 @@ def physical_backups(ctx: CheckContext) -> list[CheckResult]:
                           message=f"streaming, {behind}", minimum=0)
     return [
         streaming,
+        _archive_gaps(m),
         grade("wal_slot_retained", m.slot_retained_bytes, m.max_slot_retained, None, unit="B",
               message=f"the slot holds {m.slot_retained_bytes} bytes of WAL"
               if m.slot_retained_bytes is not None else "no WAL slot to measure", minimum=0),
@@ -46,6 +52,22 @@ def physical_backups(ctx: CheckContext) -> list[CheckResult]:
         _age("physical_drill_age", m.last_drill_age_seconds, m.max_drill_age,
              "newest successful physical drill", critical_when_missing=False),
     ]
+
+
+def _archive_gaps(m: PhysicalMeasurements) -> CheckResult:
+    """The WAL archive across timelines (a failover's switch included): a missing segment is
+    named; CRITICAL when the newest backup's recovery needs it."""
+    if not m.wal_gap:
+        where = f" (timeline {m.timeline})" if m.timeline else ""
+        return CheckResult("wal_archive_gaps", Status.OK, 0, None, None, "",
+                           f"no gap in the archived WAL{where}")
+    if m.wal_gap_after_newest_backup:
+        return CheckResult("wal_archive_gaps", Status.CRITICAL, m.wal_gap_segments, None, None,
+                           "",
+                           f"{m.wal_gap}: the newest backup recovers only up to it; take a "
+                           "full backup (aegisctl backup physical create)")
+    return CheckResult("wal_archive_gaps", Status.WARNING, m.wal_gap_segments, None, None, "",
+                       f"{m.wal_gap}: backups older than it recover only up to it")
 
 
 def _age(name: str, age: float | None, limit: float, what: str, *,

@@ -8,7 +8,6 @@ drilled) live beside them in `aegisctl/<server>/state.json`.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
 import logging
 import re
@@ -63,17 +62,25 @@ def wal_position(name: str) -> tuple[int, int]:
     return int(name[:8], 16), int(name[8:16], 16) * 0x100 + int(name[16:24], 16)
 
 
-def last_gap(wals: list[tuple[str, int, float]]) -> str | None:
+def last_gap(wals: list[tuple[str, int, float]], engine: Engine | None = None) -> str | None:
     """The first segment after the newest gap in the archive, or None when it is
-    continuous. Recovery cannot replay across a gap: the window starts after it."""
-    names = sorted(w[0] for w in wals if _WAL_NAME.match(w[0]))
-    after = None
-    for previous, current in itertools.pairwise(names):
-        tli_a, seg_a = wal_position(previous)
-        tli_b, seg_b = wal_position(current)
-        if tli_a == tli_b and seg_b > seg_a + 1:
-            after = current
-    return after
+    continuous across its timelines (see timelines.py; `engine` reads the history files).
+    Recovery cannot replay across a gap: the window starts after it."""
+    from aegisctl.backup.physical.timelines import Timeline, segment_name, timeline_chain, wal_gaps
+
+    names = [w[0] for w in wals]
+    chain = timeline_chain(engine, names) if engine is not None else []
+    if not chain:
+        from aegisctl.backup.physical.timelines import newest_timeline
+
+        newest = newest_timeline(names)
+        chain = [Timeline(newest, 0)] if newest else []
+    gaps = wal_gaps(names, chain)
+    if not gaps:
+        return None
+    after = gaps[-1].last + 1
+    on = max((t for t in chain if t.begin_segment <= after), key=lambda t: t.id)
+    return segment_name(on.id, after)
 
 
 @dataclass
@@ -211,10 +218,11 @@ def recoverable_window(engine: Engine, backups: list[PhysicalBackup],
     newest archived WAL (a `.partial` segment still being streamed is not recoverable yet)."""
     by_id = {b.id: b for b in backups}
     usable = [b for b in backups if b.end_time and chain_usable(b, by_id)]
-    gap = last_gap(wals)
+    gap = last_gap(wals, engine)
     if gap is not None:
+        # By segment number: a backup on a later timeline still starts after the gap.
         usable = [b for b in usable
-                  if b.begin_wal and wal_position(b.begin_wal) >= wal_position(gap)]
+                  if b.begin_wal and wal_position(b.begin_wal)[1] >= wal_position(gap)[1]]
     if not usable:
         return None, None, None
     oldest = min(usable, key=lambda b: b.end_time or dt.datetime.max.replace(tzinfo=dt.UTC))
@@ -234,10 +242,12 @@ class PhysicalCreateResult:
     backup: PhysicalBackup
     duration_seconds: float
     verify_problem: str | None = None
+    full_reason: str | None = None  # an incremental was asked for; why this one is full
 
     def to_json(self) -> dict[str, Any]:
         return {**self.backup.to_json(), "duration_seconds": round(self.duration_seconds, 3),
-                "verify_problem": self.verify_problem}
+                "verify_problem": self.verify_problem,
+                "full_instead_of_incremental": self.full_reason}
 
     def to_view(self) -> list[Block]:
         from aegisctl.output import Fields, Note
@@ -249,6 +259,8 @@ class PhysicalCreateResult:
             ("end", b.end_time), ("verified", b.verified),
             ("duration", f"{self.duration_seconds:.1f} s"),
         ], title="physical backup created")]
+        if self.full_reason:
+            blocks.append(Note(f"full instead of incremental: {self.full_reason}", "yellow"))
         if self.verify_problem:
             blocks.append(Note(f"verify: {self.verify_problem}", "red"))
         return blocks
@@ -366,9 +378,13 @@ def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool =
     if not engine.server_config.exists():
         raise UsageError(f"physical backups are not enabled for '{target.name}'",
                          hint="aegisctl backup physical enable")
+    from aegisctl.backup.physical.ha import point_at_leader
+
+    point_at_leader(loaded, target, engine, "backup create --physical")
     _require_streaming(loaded, target, engine)
     before = {b.id: b for b in list_physical(engine)}
     args = ["backup", "--wait", "--wait-timeout", str(int(wait_timeout))]
+    full_reason: str | None = None
     if incremental or parent:
         summaries = _server_summaries(loaded, target)
         if not summaries.enabled:
@@ -386,12 +402,20 @@ def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool =
             raise UsageError("no full physical backup to build an incremental on",
                              hint="aegisctl backup create --physical")
         else:
+            from aegisctl.backup.physical.timelines import chain_break, current_timeline
+
             chosen = usable[-1]
-        if not chosen.summarize_wal:
-            raise UsageError(f"backup {chosen.id} was taken without summarize_wal: it cannot "
-                             "be a parent; take a full backup")
-        _check_parent_summaries(chosen, summaries)
-        args += ["--incremental", chosen.id]
+            # After a failover (or WAL lost from the archive) the chain cannot go on: the
+            # scheduled incremental becomes a full backup, saying why.
+            full_reason = chain_break(engine, chosen, current_timeline(loaded, target))
+        if full_reason is None:
+            if not chosen.summarize_wal:
+                raise UsageError(f"backup {chosen.id} was taken without summarize_wal: it "
+                                 "cannot be a parent; take a full backup")
+            _check_parent_summaries(chosen, summaries)
+            args += ["--incremental", chosen.id]
+        else:
+            log.warning("taking a full backup instead of an incremental: %s", full_reason)
     args.append(engine.server)
     _wait_for_a_free_id(set(before))
     started = time.monotonic()
@@ -405,7 +429,7 @@ def create_physical(loaded: LoadedConfig, target: Target, *, incremental: bool =
     if done.returncode != 0 or not backup.usable:
         raise OperationFailed(f"physical backup {backup.id} ended {backup.status}: "
                               f"{engine.explain(done)}")
-    result = PhysicalCreateResult(backup, duration)
+    result = PhysicalCreateResult(backup, duration, full_reason=full_reason)
     if verify:
         result.verify_problem = verify_physical(engine, backup)
     return result

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup.physical.backups import load_state, newest_backup_age
-from aegisctl.backup.physical.engine import engine_for
+from aegisctl.backup.physical.engine import Engine, engine_for
 
 if TYPE_CHECKING:
     from aegisctl.config import LoadedConfig
@@ -29,6 +29,12 @@ class PhysicalMeasurements:
     max_slot_retained: int
     max_backup_age: float
     max_drill_age: float
+    # The WAL archive across timelines (physical/timelines.py): its newest timeline, and the
+    # newest gap, named, with whether the newest backup's recovery needs what is missing.
+    timeline: int | None = None
+    wal_gap: str | None = None
+    wal_gap_segments: int = 0  # missing, over every gap
+    wal_gap_after_newest_backup: bool = False
 
     def problems(self) -> list[tuple[str, str]]:
         """(severity, message) pairs: 'critical' or 'warning'. Empty when all is well."""
@@ -37,6 +43,12 @@ class PhysicalMeasurements:
         out: list[tuple[str, str]] = []
         if self.slot_lost:
             out.append(("critical", "the WAL slot lost WAL: point-in-time recovery has a gap"))
+        if self.wal_gap and self.wal_gap_after_newest_backup:
+            out.append(("critical", f"the WAL archive has a gap: {self.wal_gap}; the newest "
+                                    "backup recovers only up to it: take a full backup"))
+        elif self.wal_gap:
+            out.append(("warning", f"the WAL archive has a gap: {self.wal_gap}; backups "
+                                   "older than it recover only up to it"))
         if not self.streaming:
             out.append(("critical", "WAL streaming is down"))
         elif self.lag_bytes is not None and self.lag_bytes > self.max_lag:
@@ -89,6 +101,7 @@ def physical_measurements(loaded: LoadedConfig, target: Target) -> PhysicalMeasu
     else:
         result.streaming = False
     result.last_backup_age_seconds = newest_backup_age(engine)
+    _measure_archive(engine, result)
     drill = load_state(engine).get("last_drill")
     if isinstance(drill, dict) and isinstance(drill.get("at"), str):
         try:
@@ -97,3 +110,21 @@ def physical_measurements(loaded: LoadedConfig, target: Target) -> PhysicalMeasu
         except ValueError:
             pass
     return result
+
+
+def _measure_archive(engine: Engine, result: PhysicalMeasurements) -> None:
+    from aegisctl.backup.physical.backups import list_physical
+    from aegisctl.backup.physical.timelines import archive_gaps, newest_timeline, parse_segment
+    from aegisctl.backup.physical.walfiles import archived_wals
+
+    names = [w[0] for w in archived_wals(engine)]
+    result.timeline = newest_timeline(names)
+    gaps = archive_gaps(engine, names)
+    if not gaps:
+        return
+    gap = gaps[-1]
+    result.wal_gap = gap.describe()
+    result.wal_gap_segments = sum(g.last - g.first + 1 for g in gaps)
+    begins = [parse_segment(b.begin_wal or "") for b in list_physical(engine) if b.usable]
+    newest = max((pos[1] for pos in begins if pos), default=None)
+    result.wal_gap_after_newest_backup = newest is None or gap.last >= newest

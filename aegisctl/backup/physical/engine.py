@@ -364,7 +364,12 @@ def conninfo_for(settings: Settings, target: Target, engine: Engine) -> str:
                             settings.embedded.run_as).ensure_running()
         return make_conninfo(host=status.socket_dir or "", port=str(status.port or 5432),
                              user=SUPERUSER, dbname=settings.embedded.database)
-    params = {k: str(v) for k, v in conninfo_to_dict(target.direct_dsn or target.dsn).items()}
+    dsn = target.direct_dsn or target.dsn
+    if target.cluster is not None:  # the member leading now (physical/ha.py)
+        from aegisctl.backup.physical.ha import leader_dsn
+
+        dsn = leader_dsn(target)
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
     password = params.pop("password", None) or target.password
     if password:
         passfile = engine.home / "pgpass"

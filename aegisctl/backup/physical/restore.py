@@ -27,6 +27,7 @@ from aegisctl.backup.physical.backups import (
     save_state,
 )
 from aegisctl.backup.physical.engine import Engine, engine_for
+from aegisctl.backup.physical.ha import point_at_leader
 from aegisctl.backup.physical.wal import switch_and_archive
 from aegisctl.backup.physical.walfiles import archived_wals
 from aegisctl.errors import MissingBinary, OperationFailed, UsageError
@@ -157,6 +158,7 @@ def plan_restore(loaded: LoadedConfig, target: Target, *, backup_id: str | None,
     _check_reachable(engine, target_dir)
     if to_time and refresh_wal:
         # The segment holding a recent target may still be .partial: close and archive it.
+        point_at_leader(loaded, target, engine, "backup restore --physical", required=False)
         with contextlib.suppress(OperationFailed):
             switch_and_archive(engine)
     backups = list_physical(engine)
@@ -213,6 +215,7 @@ def _recover(loaded: LoadedConfig, target: Target, plan: RestorePlan,
 
     started = time.monotonic()
     _check_target_dir(plan.target_dir)
+    point_at_leader(loaded, target, engine, "backup restore --physical", required=False)
     target_dir = plan.target_dir
     point = {"backup": plan.backup.id, "to_time": plan.to_time.isoformat()
              if plan.to_time else None, "to_lsn": plan.to_lsn}
@@ -241,6 +244,7 @@ def _recover(loaded: LoadedConfig, target: Target, plan: RestorePlan,
         args += ["--target-time", plan.to_time.isoformat(), "--target-action", "promote"]
     elif plan.to_lsn:
         args += ["--target-lsn", plan.to_lsn, "--target-action", "promote"]
+    args += _across_timelines(engine, plan.backup)
     args += [engine.server, plan.backup.id, str(staging)]
     try:
         engine.run(*args, what=f"restore backup {plan.backup.id}", timeout=None)
@@ -251,6 +255,19 @@ def _recover(loaded: LoadedConfig, target: Target, plan: RestorePlan,
     restore_dir.write_marker(target_dir, {**point, "pid": os.getpid(), "phase": "moving"})
     restore_dir.move_up(target_dir)
     return _finish(engine, plan, started)
+
+
+def _across_timelines(engine: Engine, backup: PhysicalBackup) -> list[str]:
+    """After a promotion (a cluster's failover) the archive goes on on a newer timeline.
+    Without --target-tli, Barman copies only the WAL of the backup's own timeline (even for a
+    --target-time), and recovery would end at the switch: ask for the newest one, as
+    PostgreSQL's recovery_target_timeline = latest does."""
+    from aegisctl.backup.physical.timelines import newest_timeline
+
+    newest = newest_timeline([w[0] for w in archived_wals(engine)])
+    if newest is not None and backup.timeline is not None and newest > backup.timeline:
+        return ["--target-tli", "latest"]
+    return []
 
 
 def _finish(engine: Engine, plan: RestorePlan, started: float) -> RestoreResult:
@@ -456,6 +473,7 @@ def run_drill(loaded: LoadedConfig, target: Target, *, backup_id: str | None = N
         source_ext: dict[str, str] = dict(conn.execute(
             "SELECT extname, extversion FROM pg_extension").fetchall())
         if to_time is None and expected_counts is None:
+            point_at_leader(loaded, target, engine, "backup drill", required=False)
             with contextlib.suppress(OperationFailed):
                 switch_and_archive(engine)
             expected_counts = _row_counts(conn)

@@ -269,6 +269,9 @@ def physical_status(loaded: LoadedConfig, target: Target, *, run_check: bool = T
     with connect(loaded, target, "backup physical status") as conn:
         result = _status(loaded, target, engine, conn)
     if run_check and result.configured and engine.installed():
+        from aegisctl.backup.physical.ha import point_at_leader
+
+        point_at_leader(loaded, target, engine, "backup physical status", required=False)
         problem = replication_problem(loaded, target, engine)
         result.problems += [problem] if problem else []
         result.checks = engine_checks(engine)
@@ -286,15 +289,30 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
     if restart and not target.embedded:
         raise UsageError(f"--restart only restarts the embedded server: restart "
                          f"'{target.name}' with its service manager when enable says so")
+    # A Patroni cluster: the settings and the slot go to its DCS configuration, for every
+    # member (ALTER SYSTEM would reach the current leader only; see physical/ha.py).
+    patroni = target.cluster.patroni if target.cluster is not None else None
     with connect(loaded, target, "backup physical enable", "ddl", needs="direct") as conn:
         changes = check_settings(conn, loaded)
-        for change in changes:
+        for change in changes if patroni is None else []:
             if change.current == change.wanted:
                 continue  # only pending a restart
             conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(
                 sql.Identifier(change.name), sql.Literal(change.wanted)))
-        if changes:
+        if changes and patroni is None:
             conn.execute("SELECT pg_reload_conf()")
+    dcs_actions: list[str] = []
+    if patroni is not None:
+        from aegisctl.backup.physical.ha import declare_in_dcs, loop_wait, wait_applied
+
+        wanted = {c.name: c.wanted for c in changes if c.current != c.wanted}
+        dcs_actions = declare_in_dcs(patroni, target.name, engine.slot_name, wanted)
+        if dcs_actions:
+            pending = wait_applied(loaded, target, engine.slot_name, list(wanted),
+                                   3 * loop_wait(patroni, target.name) + 10)
+            if pending:
+                dcs_actions.append("Patroni has not applied yet: " + ", ".join(pending)
+                                   + " (run enable again in a minute)")
     if changes and restart:
         _restart_embedded(loaded)
     with connect(loaded, target, "backup physical enable", "ddl", needs="direct") as conn:
@@ -306,7 +324,7 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
         # the restart those need.
         slot_blocked = [c.name for c in still if c.needs_restart
                         and c.name in ("wal_level", "max_replication_slots")]
-        if slot_blocked:
+        if slot_blocked or patroni is not None:  # Patroni creates its permanent slots
             created_slot = False
         elif not slot_state(conn, engine.slot_name)[0]:
             # Reserve WAL now: a slot made by CREATE_REPLICATION_SLOT (pg_receivewal,
@@ -319,6 +337,7 @@ def enable_physical(loaded: LoadedConfig, target: Target, *, restart: bool = Fal
         result = _status(loaded, target, engine, conn)
     result.changes = changes
     result.restarted = bool(changes and restart)
+    result.actions += dcs_actions
     if created_slot:
         result.actions.append(f"created replication slot {engine.slot_name} (WAL reserved)")
     elif slot_blocked:
@@ -405,7 +424,14 @@ def disable_physical(loaded: LoadedConfig, target: Target, plan: DisablePlan) ->
                 raise OperationFailed(
                     f"slot {engine.slot_name} is in use by process {row[0]} (a WAL streamer)",
                     hint="stop `aegisctl backup wal stream` first")
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (engine.slot_name,))
+            if target.cluster is not None and target.cluster.patroni is not None:
+                # Patroni would create a permanent slot again: it leaves the DCS first, and
+                # Patroni then drops it on every member as unknown.
+                from aegisctl.backup.physical.ha import forget_in_dcs
+
+                forget_in_dcs(target.cluster.patroni, target.name, engine.slot_name)
+            else:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (engine.slot_name,))
     if plan.config_exists and engine.server_config.exists():
         engine.server_config.rename(engine.server_config.with_suffix(".conf.disabled"))
     plan.done = True

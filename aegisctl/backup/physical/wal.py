@@ -16,11 +16,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegisctl.backup.physical.engine import Engine, engine_for
+from aegisctl.backup.physical.ha import Upstream, follow_leader, leader_moved
+from aegisctl.backup.physical.timelines import TimelineWatch
 from aegisctl.backup.physical.walfiles import archived_wals as archived_wals  # re-exported
 from aegisctl.errors import OperationFailed
 
@@ -57,7 +59,9 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
                stop: threading.Event | None = None,
                on_event: Callable[[str], None] | None = None,
                max_runtime: float | None = None) -> StreamSummary:
-    """Stream until `stop` is set, SIGTERM/SIGINT arrives, or `max_runtime` passes."""
+    """Stream until `stop` is set, SIGTERM/SIGINT arrives, or `max_runtime` passes. On a
+    cluster target every (re)start of the receiver first finds the leader (physical/ha.py),
+    and a leader change while it runs restarts it there."""
     engine = engine_for(loaded, target)
     if not engine.server_config.exists():
         raise OperationFailed(f"physical backups are not enabled for '{target.name}'",
@@ -72,53 +76,102 @@ def stream_wal(loaded: LoadedConfig, target: Target, *,
     started = dt.datetime.now(dt.UTC)
     restarts, archive_runs, delay = 0, 0, 1.0
     child: subprocess.Popen[str] | None = None
+    upstream: Upstream | None = None
     last_archive = 0.0
     started_child = time.monotonic()
     log_file = engine.make_dir(engine.home / "log") / f"receive-wal-{engine.server}.log"
-    log_file = engine.make_dir(engine.home / "log") / f"receive-wal-{engine.server}.log"
+    timelines = TimelineWatch(engine)
+    last_wait: str | None = None
     from aegisctl.backup.physical.offsite_upload import start_wal_shipper
 
     shipper = start_wal_shipper(loaded, target, engine, say)  # with backup.remote: off-site
     try:
         while not stop.is_set():
-            if child is None or child.poll() is not None:
-                if child is not None:
-                    say(f"receive-wal exited with {child.returncode}: "
-                        f"{_why_not_streaming(loaded, target, engine, log_file)}; "
-                        f"restarting in {delay:.0f} s")
-                    restarts += 1
-                    if stop.wait(delay):
-                        break
-                    delay = min(delay * 2, 60.0)
-                child = engine.popen("receive-wal", engine.server, log_file=log_file)
-                say(f"receive-wal started (pid {child.pid}, slot {engine.slot_name})")
-                started_child = time.monotonic()
+            if child is not None and child.poll() is not None:
+                say(f"receive-wal exited with {child.returncode}: "
+                    f"{_why_not_streaming(loaded, target, engine, log_file)}; "
+                    f"restarting in {delay:.0f} s")
+                restarts += 1
+                child = None
+                if target.cluster is not None and _ahead_of_new_leader(engine, log_file):
+                    say(_realign(loaded, target, engine))
+                if stop.wait(delay):
+                    break
+                delay = min(delay * 2, 60.0)
+            if child is None:
+                ready, upstream, waiting = _upstream(loaded, target, engine, say)
+                if waiting and waiting != last_wait:  # once per reason, not every second
+                    say(waiting)
+                last_wait = waiting
+                if ready:
+                    child = engine.popen("receive-wal", engine.server, log_file=log_file)
+                    say(f"receive-wal started (pid {child.pid}, slot {engine.slot_name}"
+                        + (f", leader {upstream.member}" if upstream and upstream.member
+                           else "") + ")")
+                    started_child = time.monotonic()
             elif time.monotonic() - started_child > 60:
                 delay = 1.0  # it has stayed up: the next failure restarts quickly again
             if time.monotonic() - last_archive >= physical.archive_interval:
                 archive_now(engine)
                 archive_runs += 1
                 last_archive = time.monotonic()
+                for line in timelines.news():
+                    say(line)
+                moved = leader_moved(target, upstream) if child is not None and upstream \
+                    else None
+                if moved and child is not None:
+                    say(f"the leader is now {moved}: moving the receiver there")
+                    _stop_child(child)
+                    child, delay = None, 1.0
             stop.wait(min(1.0, physical.archive_interval))
             if max_runtime is not None and \
                     (dt.datetime.now(dt.UTC) - started).total_seconds() > max_runtime:
                 break
     finally:
-        if child is not None and child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+        if child is not None:
+            _stop_child(child)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if shipper is not None:
             shipper.stop.set()
     archive_now(engine)
+    for line in timelines.news():
+        say(line)
     if shipper is not None:
         shipper.close()
     return StreamSummary(target.name, started, dt.datetime.now(dt.UTC), restarts, archive_runs)
+
+
+def _stop_child(child: subprocess.Popen[str]) -> None:
+    if child.poll() is not None:
+        return
+    os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def _upstream(loaded: LoadedConfig, target: Target, engine: Engine,
+              say: Callable[[str], None]) -> tuple[bool, Upstream | None, str | None]:
+    """(ready to start the receiver, the leader it will stream from, why it waits). A single
+    server is always ready; a cluster is once its leader is proven and Barman points there."""
+    from aegisctl.errors import AegisError
+
+    if target.cluster is None:
+        return True, None, None
+    try:
+        upstream = follow_leader(loaded, target, engine, "backup wal stream")
+    except AegisError as exc:
+        return False, None, f"waiting for the cluster's leader: {exc.message}"
+    assert upstream is not None
+    if upstream.moved:
+        say(f"following the new leader {upstream.member or '(libpq read-write)'} "
+            f"(timeline {upstream.timeline})")
+    if upstream.slot_created:
+        say(f"created replication slot {engine.slot_name} on the new leader")
+    return True, upstream, None
 
 
 def _why_not_streaming(loaded: LoadedConfig, target: Target, engine: Engine,
@@ -138,11 +191,37 @@ def _why_not_streaming(loaded: LoadedConfig, target: Target, engine: Engine,
     return tail
 
 
-def _tail(path: Path) -> str:
+# pg_receivewal's error when its position is on a branch the server never had.
+NOT_IN_HISTORY = "is not in this server's history"
+
+
+def _ahead_of_new_leader(engine: Engine, log_file: Path) -> bool:
+    """After a failover the receiver may hold WAL the old leader wrote and the new one never
+    received (asynchronous replication): it asks to resume inside that lost branch, which the
+    new leader refuses, every time."""
+    barman_log = engine.home / "log" / "barman.log"
+    return any(NOT_IN_HISTORY in _tail(path, 40) for path in (log_file, barman_log))
+
+
+def _realign(loaded: LoadedConfig, target: Target, engine: Engine) -> str:
+    from aegisctl.backup.physical.ha import realign_receiver
+    from aegisctl.errors import AegisError
+
+    try:
+        return realign_receiver(loaded, target, engine)
+    except (AegisError, OSError) as exc:
+        return f"cannot realign the receiver with the new leader yet: {exc}"
+    except Exception as exc:  # psycopg's: the leader went away again; the next exit retries
+        return f"cannot realign the receiver with the new leader yet: {exc}"
+
+
+def _tail(path: Path, lines_wanted: int = 1) -> str:
     try:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "no output"
+    if lines_wanted > 1:
+        return "\n".join(lines[-lines_wanted:])
     return lines[-1][:300] if lines else "no output"
 
 
@@ -184,6 +263,8 @@ class WalStatus:
     oldest_backup: str | None
     archived_wal_bytes: int
     problems: list[str]
+    timeline: int | None = None  # the newest in the archive
+    gaps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -200,6 +281,7 @@ class WalStatus:
             "recoverable_window": {"start": self.window_start, "end": self.window_end,
                                    "oldest_backup": self.oldest_backup},
             "archived_wal_bytes": self.archived_wal_bytes,
+            "timeline": self.timeline, "wal_gaps": self.gaps,
             "problems": self.problems, "ok": self.ok,
         }
 
@@ -219,7 +301,8 @@ class WalStatus:
             ("slot holds", "-" if self.slot_retained_bytes is None
              else f"{self.slot_retained_bytes} bytes of WAL"),
             ("last archived", f"{self.last_archived_wal or '-'} at {ts(self.last_archived_at)}"),
-            ("archived WAL", f"{self.archived_wal_bytes} bytes"),
+            ("archived WAL", f"{self.archived_wal_bytes} bytes"
+             + (f", timeline {self.timeline}" if self.timeline else "")),
             ("recoverable", f"{ts(self.window_start)} .. {ts(self.window_end)}"
              + (f" (from backup {self.oldest_backup})" if self.oldest_backup else "")),
         ], title="WAL streaming")]
@@ -228,7 +311,8 @@ class WalStatus:
 
 
 def wal_status(loaded: LoadedConfig, target: Target) -> WalStatus:
-    from aegisctl.backup.physical.backups import last_gap, list_physical, recoverable_window
+    from aegisctl.backup.physical.backups import list_physical, recoverable_window
+    from aegisctl.backup.physical.timelines import archive_gaps, newest_timeline
     from aegisctl.db import connect
 
     engine = engine_for(loaded, target)
@@ -259,11 +343,14 @@ def wal_status(loaded: LoadedConfig, target: Target) -> WalStatus:
         window_start=window[0], window_end=window[1],
         oldest_backup=window[2], archived_wal_bytes=sum(w[1] for w in wals),
         problems=problems)
-    gap = last_gap(wals)
-    if gap is not None:
-        problems.append(f"the WAL archive has a gap before {gap}: nothing older is "
-                        "recoverable past it" + ("" if window[0] else
-                                                 "; take a full backup"))
+    names = [w[0] for w in wals]
+    gaps = archive_gaps(engine, names)
+    status.timeline = newest_timeline(names)
+    status.gaps = [g.to_json() for g in gaps]
+    for gap in gaps:
+        problems.append(f"the WAL archive has a gap: {gap.describe()}; recovery cannot cross "
+                        "it: backups that began before it recover only up to "
+                        f"{gap.start_lsn}" + ("" if window[0] else "; take a full backup"))
     if row is None:
         problems.append(f"slot {engine.slot_name} does not exist (backup physical enable)")
     else:
