@@ -79,3 +79,19 @@ def test_a_system_id_that_is_not_one_makes_the_manifest_untrusted(cli, aegis_db,
     row = json.loads(listed.stdout)["backups"][0]
     assert row["id"] == backup_id and row["state"] == "manifest unreadable"
     assert "system_id is not a database system identifier" in row["problems"][0]
+
+
+def test_latest_with_only_other_systems_backups_says_so(cli, aegis_db, backup_config,
+                                                       tmp_path) -> None:
+    """A fresh database beside a folder of two other databases' dumps: --latest names why it
+    picks none and how to restore one anyway, instead of "no complete local backup"."""
+    cfg = backup_config()
+    ids = [_create(cli, cfg) for _ in range(2)]
+    folder = tmp_path / "backups" / "primary"
+    _rewrite(folder, ids[0], system_id=OTHER_SYSTEM)
+    _rewrite(folder, ids[1], system_id="7000000000000000002")
+    plan = cli("--config", str(cfg), "backup", "restore", "--latest", "--target-db",
+               "aegis_restored_here", "--dry-run")
+    assert plan.exit_code == 2, plan.output
+    assert "2 backup(s)" in plan.stderr and "other database systems" in plan.stderr
+    assert "backup restore ID" in plan.stderr, plan.stderr

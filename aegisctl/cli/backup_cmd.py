@@ -65,7 +65,17 @@ def _pick(app_state: AppState, backup_id: str | None, latest: bool) -> BackupMan
     # The newest of this database's own backups when the folder is shared (systems.py).
     foreign = foreign_backups(app_state.config(), app_state.target(),
                               {m.id: m.system_id for m in store.manifests()})
-    return store.latest(exclude=set(foreign))
+    try:
+        return store.latest(exclude=set(foreign))
+    except UsageError:
+        if not foreign:
+            raise
+        # Only other databases' dumps (a fresh server beside a shared folder): say so, and
+        # how to restore one of them on purpose.
+        raise UsageError(f"--latest: the {len(foreign)} backup(s) in {store.folder} are all "
+                         "other database systems' (a shared backup folder)",
+                         hint="pick one on purpose: `aegisctl backup restore ID` (see "
+                              "`aegisctl backup list`)") from None
 
 
 @app.command()
