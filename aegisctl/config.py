@@ -183,7 +183,7 @@ class SearchSettings:
     default_mode: Literal["semantic", "keyword", "hybrid"] | None = None
     limit: int = 10
     # Below this many estimated matching rows a filtered search is exact (no index).
-    exact_below: int = 5000
+    exact_below: int = 1000
     iterative_scan: Literal["strict_order", "relaxed_order", "off"] = "strict_order"
     # Hybrid fusion (aegisctl/memory/search/fusion.py), defaults chosen on bench/relevance.py.
     rrf_k: int = 30
