@@ -62,12 +62,22 @@ def _pick(app_state: AppState, backup_id: str | None, latest: bool) -> BackupMan
         return store.load(str(backup_id))
     from aegisctl.backup.systems import foreign_backups
 
-    # The newest of this database's own backups when the folder is shared (systems.py).
+    # The newest of this database's own backups when the folder is shared (systems.py), and
+    # never one whose verification failed: --latest means "the newest I can rely on".
+    manifests = store.manifests()
     foreign = foreign_backups(app_state.config(), app_state.target(),
-                              {m.id: m.system_id for m in store.manifests()})
+                              {m.id: m.system_id for m in manifests})
+    failed = {m.id for m in manifests if m.verified == "failed" and m.id not in foreign}
     try:
-        return store.latest(exclude=set(foreign))
+        picked = store.latest(exclude=set(foreign) | failed)
     except UsageError:
+        if failed:
+            raise UsageError(f"--latest: every complete backup of target "
+                             f"'{app_state.target().name}' failed its verification "
+                             f"({', '.join(sorted(failed))})",
+                             hint="restore one on purpose by its ID after reading its "
+                                  "problems in `aegisctl backup list`, or take a new backup"
+                             ) from None
         if not foreign:
             raise
         # Only other databases' dumps (a fresh server beside a shared folder): say so, and
@@ -76,6 +86,11 @@ def _pick(app_state: AppState, backup_id: str | None, latest: bool) -> BackupMan
                          "other database systems' (a shared backup folder)",
                          hint="pick one on purpose: `aegisctl backup restore ID` (see "
                               "`aegisctl backup list`)") from None
+    newer_failed = sorted(i for i in failed if i > picked.id)
+    if newer_failed:
+        output.print_status(f"--latest: passed over {', '.join(newer_failed)} (verification "
+                            f"failed); picked {picked.id}")
+    return picked
 
 
 @app.command()
@@ -301,7 +316,8 @@ def verify(
 def restore(
     ctx: typer.Context,
     backup_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
-    latest: Annotated[bool, typer.Option("--latest", help="The newest local backup.")] = False,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest local backup whose verification did not fail.")] = False,
     target_db: Annotated[str | None, typer.Option(
         "--target-db", help="Restore into this database on the same server (created when "
         "missing) instead of the target's own.")] = None,
