@@ -100,11 +100,19 @@ def target_lock_path(state: Path, target: str) -> Path:
     return locks_dir(state) / f"{safe_name(target)}.lock"
 
 
-def _read_fd_holder(fd: int) -> Holder | None:
-    try:
-        return Holder.parse(os.pread(fd, _HOLDER_BYTES, 0).decode(errors="replace"))
-    except OSError:
-        return None
+def _read_fd_holder(fd: int, settle_seconds: float = 0.2) -> Holder | None:
+    """The holder described in the lock file. A holder writes its description just after it
+    takes the lock (and a leaving one clears it), so an empty or half-written file is read
+    again for a moment rather than naming nobody, or the previous holder."""
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        try:
+            found = Holder.parse(os.pread(fd, _HOLDER_BYTES, 0).decode(errors="replace"))
+        except OSError:
+            return None
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.01)
 
 
 @contextlib.contextmanager
@@ -133,7 +141,14 @@ def hold(path: Path, holder: Holder, *, wait_seconds: float = 0.0,
                 time.sleep(POLL_SECONDS)
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder.to_json()) + "\n").encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            # Leave no description behind: the next holder's moment between taking the lock
+            # and writing its own would otherwise name this run (a killed run's stays, and
+            # is overwritten by the next holder).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)
 

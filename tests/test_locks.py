@@ -72,3 +72,39 @@ def test_memory_reembed_takes_the_lock(cli, make_config, tmp_path: Path, memory_
     done = cli("--config", str(config), "memory", "reembed", "--missing", "-f", "json")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["updated"]["episodic"] == 5
+
+
+def test_a_busy_lock_never_names_the_previous_holder(tmp_path: Path) -> None:
+    """Between taking the flock and writing its description, a new holder's file must not
+    still name the run before it: the leaving run clears it, and a reader that finds it empty
+    waits for the new description."""
+    import fcntl
+    import os
+
+    from aegisctl.errors import LockBusy
+
+    path = tmp_path / "locks" / "t.lock"
+    with lock_file_at(path, "backup prune"):
+        pass
+    assert path.read_text() == ""  # the leaving run cleared its description
+
+    # A new holder that has the flock but has not written yet, then writes 50 ms later.
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def describe_late() -> None:
+        time.sleep(0.05)
+        os.pwrite(fd, (json.dumps({"command": "backup verify", "pid": os.getpid(),
+                                   "host": "h", "user": "u", "started_at": "now"}) + "\n"
+                       ).encode(), 0)
+
+    writer = threading.Thread(target=describe_late)
+    writer.start()
+    try:
+        with lock_file_at(path, "test"):
+            raise AssertionError("the lock was free")
+    except LockBusy as exc:
+        assert "backup verify" in exc.message and "backup prune" not in exc.message
+    finally:
+        writer.join()
+        os.close(fd)
